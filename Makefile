@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/lightning-sparsity demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check lightning_sparsity tests benchmarks examples
+	$(BIN)/ruff format --check lightning_sparsity tests benchmarks examples
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -m "not slow"
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_counter.py

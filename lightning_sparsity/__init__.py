@@ -1,0 +1,26 @@
+"""lightning_sparsity: exact sparse FLOPs, TensorBoard curves and FLOP budgets for pruning.
+
+Convention used everywhere in this package: 1 MAC (multiply-accumulate) = 2 FLOPs, as in
+``torch.utils.flop_counter`` and Lightning's ``measure_flops``.
+"""
+
+from lightning_sparsity.counting import (
+    CostModel,
+    LayerStats,
+    MeasureError,
+    SparsityMeter,
+    SparsityReport,
+    measure,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostModel",
+    "LayerStats",
+    "MeasureError",
+    "SparsityMeter",
+    "SparsityReport",
+    "__version__",
+    "measure",
+]

@@ -1,0 +1,521 @@
+"""One registry of per-op FLOP formulas.
+
+Convention: **1 MAC = 2 FLOPs**, as in ``torch.utils.flop_counter`` and Lightning's
+``measure_flops``. Bias adds, norms, activations and pooling are not counted (this matches
+torchvision's published ``_ops``).
+
+Each registered aten op has
+
+* a *dense* formula: a pure function of the op's argument shapes returning a list of
+  :class:`Use` — parts of the op's cost, each naming which positional operand may be a
+  weight (the sparse count scales that part by ``nnz(weight) / numel(weight)``; every
+  registered op uses each weight element equally often, so the scaling is exact), and
+* an *effective* formula: the exact number of multiplications (MACs) whose two operands
+  are both nonzero, computed with indicator tensors in float64 with autocast off, one
+  0-dim tensor per :class:`Use` (no host sync); the tracer doubles it into FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+aten = torch.ops.aten
+
+__all__ = ["FREE_OPS", "REGISTRY", "Formula", "Use", "is_free", "register"]
+
+
+@dataclass(frozen=True)
+class Use:
+    """One part of an op's dense cost.
+
+    Attributes:
+        flops: dense FLOPs of this part (2 per MAC).
+        weights: positional indices of operands that may be a weight, in order of
+            preference; empty for parts between two activations (attention scores).
+    """
+
+    flops: int
+    weights: tuple[int, ...] = ()
+
+
+DenseFn = Callable[..., list[Use]]
+EffectiveFn = Callable[..., list[Tensor]]
+
+
+@dataclass(frozen=True)
+class Formula:
+    """The registered cost of one aten op."""
+
+    op: torch._ops.OpOverload
+    dense: DenseFn
+    effective: EffectiveFn
+
+
+REGISTRY: dict[torch._ops.OpOverload, Formula] = {}
+
+
+def register(*ops: Any, effective: EffectiveFn) -> Callable[[DenseFn], DenseFn]:
+    """Register ``dense`` (decorated) and ``effective`` formulas for aten overloads.
+
+    Args:
+        *ops: ``torch.ops.aten`` overloads, e.g. ``aten.mm.default``.
+        effective: the effective-FLOP formula, same arguments as the dense one.
+
+    Returns:
+        The decorator, which returns the dense function unchanged.
+
+    Raises:
+        TypeError: if a target is not an aten op.
+        ValueError: if an overload is registered twice.
+    """
+    overloads: list[torch._ops.OpOverload] = []
+    for op in ops:
+        if not isinstance(op, torch._ops.OpOverload):
+            raise TypeError(
+                f"register() takes aten op overloads such as aten.mm.default,"
+                f" got {op!r} ({type(op).__name__})"
+            )
+        overloads.append(op)
+
+    def decorator(dense: DenseFn) -> DenseFn:
+        for overload in overloads:
+            if overload in REGISTRY:
+                raise ValueError(f"{overload} already has a formula ({REGISTRY[overload].dense})")
+            REGISTRY[overload] = Formula(overload, dense, effective)
+        return dense
+
+    return decorator
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ind(t: Tensor) -> Tensor:
+    """1 where ``t`` is nonzero, else 0, as float64 (exact counts up to 2**53)."""
+    return (t != 0).to(torch.float64)
+
+
+def _no_autocast(t: Tensor) -> torch.autocast:
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def _matmul_count(a: Tensor, b: Tensor) -> Tensor:
+    """``sum((a != 0) @ (b != 0))``: multiplications with both operands nonzero."""
+    with _no_autocast(a):
+        return (_ind(a) @ _ind(b)).sum()
+
+
+# --------------------------------------------------------------------------- matmul family
+
+
+def _mm_dense(a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # NB: [M, K] @ [K, N] is M*N*K MACs.
+    m, k = a.shape
+    n = b.shape[1]
+    return [Use(2 * m * k * n, weights=(1, 0))]
+
+
+def _mm_effective(a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Tensor]:
+    return [_matmul_count(a, b)]
+
+
+def _bmm_dense(a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # NB: [B, M, K] @ [B, K, N] is B*M*N*K MACs.
+    b_, m, k = a.shape
+    return [Use(2 * b_ * m * k * b.shape[2], weights=(1, 0))]
+
+
+register(aten.mm.default, effective=_mm_effective)(_mm_dense)
+register(aten.bmm.default, effective=_mm_effective)(_bmm_dense)
+
+
+def _addmm_dense(bias: Tensor, a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # the bias add is not counted; the weight sits at position 2 or 1
+    (use,) = _mm_dense(a, b) if a.dim() == 2 else _bmm_dense(a, b)
+    return [Use(use.flops, weights=(2, 1))]
+
+
+def _addmm_effective(bias: Tensor, a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Tensor]:
+    return [_matmul_count(a, b)]
+
+
+register(aten.addmm.default, aten.baddbmm.default, effective=_addmm_effective)(_addmm_dense)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _conv_dense(
+    x: Tensor, w: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any,
+    transposed: bool, *_: Any, result: Tensor, **__: Any,
+) -> list[Use]:  # fmt: skip
+    # NB: every weight element meets one input pixel per output position (per input
+    # position when transposed), padding included, as FlopCounterMode counts it:
+    #   2 * N * prod(spatial) * prod(w.shape),  spatial = input's if transposed else output's
+    spatial = x.shape[2:] if transposed else result.shape[2:]
+    return [Use(2 * x.shape[0] * math.prod(spatial) * w.numel(), weights=(1,))]
+
+
+def _conv_effective(
+    x: Tensor, w: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any,
+    transposed: bool, output_padding: Any, groups: int, *_: Any, **__: Any,
+) -> list[Tensor]:  # fmt: skip
+    # sum(conv(1[x != 0], 1[w != 0])): zero padding contributes nothing. A transposed conv
+    # runs uncropped (padding 0) so that, like the dense count, every product is counted.
+    if transposed:
+        padding = output_padding = [0] * (x.dim() - 2)
+    with _no_autocast(x):
+        y = torch.ops.aten.convolution.default(
+            _ind(x), _ind(w), None, stride, padding, dilation, transposed, output_padding, groups
+        )
+    return [y.sum()]
+
+
+register(aten.convolution.default, aten._convolution.default, effective=_conv_effective)(
+    _conv_dense
+)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _sdpa_shapes(q: Tensor, k: Tensor, v: Tensor) -> int:
+    # q [..., L, E], k [..., S, E], v [..., S, Ev]; grouped-query heads count q's heads:
+    #   scores 2*B*H*L*S*E + attn@v 2*B*H*L*S*Ev
+    batch_heads = math.prod(q.shape[:-2])
+    length, e = q.shape[-2], q.shape[-1]
+    s, ev = k.shape[-2], v.shape[-1]
+    return 2 * batch_heads * length * s * (e + ev)
+
+
+def _sdpa_dense(q: Tensor, k: Tensor, v: Tensor, *_: Any, **__: Any) -> list[Use]:
+    return [Use(_sdpa_shapes(q, k, v))]
+
+
+def _attention_probs(
+    q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None
+) -> Tensor:
+    """Softmax probabilities of SDPA recomputed in float64 (their zeros are data)."""
+    if k.shape[-3] != q.shape[-3] and q.dim() >= 3:  # grouped-query attention
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q.double() @ k.double().transpose(-2, -1)) * scale
+    length, s = q.shape[-2], k.shape[-2]
+    if is_causal:
+        keep = torch.ones(length, s, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.double()
+    return torch.softmax(scores, dim=-1)
+
+
+def _sdpa_count(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None
+) -> Tensor:
+    # NB: probabilities are recomputed in float64 without dropout; an entry that underflows
+    # to exactly 0 in a lower precision kernel is still counted here.
+    with _no_autocast(q):
+        if k.shape[-3] != q.shape[-3] and q.dim() >= 3:
+            rep = q.shape[-3] // k.shape[-3]
+            k_, v_ = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+        else:
+            k_, v_ = k, v
+        p = _attention_probs(q, k_, mask, is_causal, scale)
+        return _matmul_count(q, k_.transpose(-2, -1)) + _matmul_count(p, v_)
+
+
+def _sdpa_effective(
+    q: Tensor, k: Tensor, v: Tensor, *args: Any, attn_mask: Tensor | None = None,
+    scale: float | None = None, **kwargs: Any,
+) -> list[Tensor]:  # fmt: skip
+    # CPU flash: (q, k, v, dropout_p, is_causal, *, attn_mask, scale)
+    is_causal = bool(args[1]) if len(args) > 1 else bool(kwargs.get("is_causal", False))
+    return [_sdpa_count(q, k, v, attn_mask, is_causal, scale)]
+
+
+def _sdpa_effective_with_bias(
+    q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor | None = None, *args: Any,
+    scale: float | None = None, is_causal: bool = False, **kwargs: Any,
+) -> list[Tensor]:  # fmt: skip
+    # efficient / cudnn: (q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal, ...)
+    if len(args) > 2:
+        is_causal = bool(args[2])
+    return [_sdpa_count(q, k, v, attn_bias, is_causal, scale)]
+
+
+def _sdpa_effective_flash(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, is_causal: bool = False,
+    *args: Any, scale: float | None = None, **kwargs: Any,
+) -> list[Tensor]:  # fmt: skip
+    # CUDA flash: (q, k, v, dropout_p, is_causal, return_debug_mask, *, scale)
+    return [_sdpa_count(q, k, v, None, is_causal, scale)]
+
+
+register(aten._scaled_dot_product_flash_attention_for_cpu.default, effective=_sdpa_effective)(
+    _sdpa_dense
+)
+register(aten._scaled_dot_product_flash_attention.default, effective=_sdpa_effective_flash)(
+    _sdpa_dense
+)
+register(
+    aten._scaled_dot_product_efficient_attention.default,
+    aten._scaled_dot_product_cudnn_attention.default,
+    effective=_sdpa_effective_with_bias,
+)(_sdpa_dense)
+
+
+def _mha_dense(
+    query: Tensor, key: Tensor, value: Tensor, embed_dim: int, num_heads: int,
+    qkv_weight: Tensor, qkv_bias: Tensor, proj_weight: Tensor, *_: Any, **__: Any,
+) -> list[Use]:  # fmt: skip
+    # nn.MultiheadAttention's fused fast path (batch first: query [B, L, E], key [B, S, E]):
+    #   in-projection 2*B*L*E*E (q) + 2*B*S*E*E (k) + 2*B*S*E*E (v), S == L
+    #   attention     2*B*L*S*E (scores, all heads) + 2*B*L*S*E (attn @ v)
+    #   out-projection 2*B*L*E*E
+    b, length, e = query.shape
+    s = key.shape[1]
+    # NB: the op requires query, key and value of one shape (L == S), so every entry of the
+    # packed in-projection weight is used B*L times.
+    assert length == s, "aten._native_multi_head_attention takes L == S"
+    return [
+        Use(2 * b * length * 3 * e * e, weights=(5,)),
+        Use(2 * b * length * s * 2 * e),
+        Use(2 * b * length * e * e, weights=(7,)),
+    ]
+
+
+def _mha_effective(
+    query: Tensor, key: Tensor, value: Tensor, embed_dim: int, num_heads: int,
+    qkv_weight: Tensor, qkv_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor,
+    mask: Tensor | None = None, *_: Any, **__: Any,
+) -> list[Tensor]:  # fmt: skip
+    e, h = embed_dim, num_heads
+    wq, wk, wv = qkv_weight.split(e)
+    bq, bk, bv = qkv_bias.split(e)
+    with _no_autocast(query):
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+
+        def heads(t: Tensor) -> Tensor:  # [B, L, E] -> [B, H, L, E/H]
+            return t.unflatten(-1, (h, e // h)).transpose(1, 2)
+
+        qh, kh, vh = heads(q), heads(k), heads(v)
+        attn_mask = None
+        if mask is not None:  # fast-path masks are True where attention is *disallowed*
+            attn_mask = ~mask if mask.dtype == torch.bool else mask
+            if attn_mask.dim() == 2 and attn_mask.shape[0] == query.shape[0]:  # key padding
+                attn_mask = attn_mask[:, None, None, :]
+        p = _attention_probs(qh, kh, attn_mask, False, None)
+        o = (p @ vh.double()).transpose(1, 2).flatten(2)
+        in_proj = [
+            _matmul_count(query, wq.t()),
+            _matmul_count(key, wk.t()),
+            _matmul_count(value, wv.t()),
+        ]
+        attention = _matmul_count(qh, kh.transpose(-2, -1)) + _matmul_count(p, vh)
+        out_proj = _matmul_count(o, proj_weight.t())
+    return [in_proj[0] + in_proj[1] + in_proj[2], attention, out_proj]
+
+
+register(aten._native_multi_head_attention.default, effective=_mha_effective)(_mha_dense)
+
+
+# --------------------------------------------------------------------------- recurrent
+
+
+def _rnn_layer_dense(x: Tensor, w_ih: Tensor, w_hh: Tensor, *args: Any, **__: Any) -> list[Use]:
+    # aten.mkldnn_rnn_layer: one direction of one LSTM layer on CPU (FlopCounterMode: 0).
+    # x is [T, B, In]; w_ih [G*H, In], w_hh [G*H, H] (G = 4 gates):
+    #   2 * T * B * In * G*H  +  2 * T * B * H * G*H
+    steps_and_batch = x.shape[0] * x.shape[1]
+    return [
+        Use(2 * steps_and_batch * w_ih.numel(), weights=(1,)),
+        Use(2 * steps_and_batch * w_hh.numel(), weights=(2,)),
+    ]
+
+
+def _rnn_layer_effective(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, hx: Tensor, cx: Tensor,
+    reverse: bool, batch_sizes: Any, mode: int, hidden_size: int, num_layers: int,
+    has_biases: bool, bidirectional: bool, batch_first: bool, *_: Any, result: Any, **__: Any,
+) -> list[Tensor]:  # fmt: skip
+    # NB: nn.LSTM hands this op time-major data whatever its batch_first flag says
+    y = result[0]  # every h_t, [T, B, H]
+    # the previous hidden state of each step: h0, then every output but the last processed
+    prev = torch.cat([hx.reshape(1, *y.shape[1:]), y[1:] if reverse else y[:-1]])
+    return [_matmul_count(x, w_ih.t()), _matmul_count(prev, w_hh.t())]
+
+
+register(aten.mkldnn_rnn_layer.default, effective=_rnn_layer_effective)(_rnn_layer_dense)
+
+
+# --------------------------------------------------------------------------- not counted
+
+#: Ops that cost nothing in the dense column besides those tagged pointwise and views:
+#: norms, pooling, softmax, reductions, creation, copies, shape and index plumbing.
+FREE_OPS: frozenset[str] = frozenset(
+    [
+        "_adaptive_avg_pool2d",
+        "_adaptive_avg_pool3d",
+        "_batch_norm_impl_index",
+        "_log_softmax",
+        "_native_batch_norm_legit",
+        "_native_batch_norm_legit_functional",
+        "_native_batch_norm_legit_no_training",
+        "_softmax",
+        "_to_copy",
+        "_unsafe_view",
+        "_local_scalar_dense",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "alias",
+        "amax",
+        "amin",
+        "any",
+        "all",
+        "arange",
+        "argmax",
+        "argmin",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "batch_norm",
+        "bernoulli",
+        "bernoulli_",
+        "cat",
+        "clone",
+        "constant_pad_nd",
+        "copy",
+        "copy_",
+        "cumsum",
+        "detach",
+        "dropout",
+        "embedding",
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "expand_copy",
+        "fill",
+        "fill_",
+        "flip",
+        "full",
+        "full_like",
+        "gather",
+        "index",
+        "index_put",
+        "index_put_",
+        "index_select",
+        "layer_norm",
+        "lift_fresh",
+        "lift_fresh_copy",
+        "linalg_vector_norm",
+        "log_softmax",
+        "masked_fill",
+        "masked_fill_",
+        "max",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool2d_with_indices",
+        "max_pool3d",
+        "max_pool3d_with_indices",
+        "mean",
+        "min",
+        "native_batch_norm",
+        "native_dropout",
+        "native_group_norm",
+        "native_layer_norm",
+        "new_empty",
+        "new_empty_strided",
+        "new_full",
+        "new_ones",
+        "new_zeros",
+        "nonzero",
+        "norm",
+        "normal_",
+        "ones",
+        "ones_like",
+        "pad",
+        "rand",
+        "rand_like",
+        "randn",
+        "randn_like",
+        "randperm",
+        "reflection_pad1d",
+        "reflection_pad2d",
+        "reflection_pad3d",
+        "repeat",
+        "repeat_interleave",
+        "replication_pad1d",
+        "replication_pad2d",
+        "replication_pad3d",
+        "roll",
+        "rsub",
+        "scalar_tensor",
+        "scatter",
+        "scatter_add",
+        "scatter_add_",
+        "scatter_",
+        "sort",
+        "softmax",
+        "split",
+        "split_with_sizes",
+        "stack",
+        "std",
+        "std_mean",
+        "sum",
+        "topk",
+        "tril",
+        "triu",
+        "uniform_",
+        "unsafe_split",
+        "unsafe_split_with_sizes",
+        "upsample_bilinear2d",
+        "upsample_nearest1d",
+        "upsample_nearest2d",
+        "upsample_nearest3d",
+        "var",
+        "var_mean",
+        "zero_",
+        "zeros",
+        "zeros_like",
+        "_pad_packed_sequence",
+        "_pack_padded_sequence",
+        "pixel_shuffle",
+        "pixel_unshuffle",
+        "one_hot",
+        "im2col",
+        "col2im",
+        "resize_",
+        "set_",
+        "sym_size",
+        "sym_stride",
+        "sym_numel",
+        "sym_storage_offset",
+        "is_same_size",
+        "equal",
+        "_has_compatible_shallow_copy_type",
+    ]
+)
+
+
+def is_free(op: torch._ops.OpOverload) -> bool:
+    """Whether ``op`` truly costs nothing in the dense column (not an unknown op)."""
+    return (
+        op.is_view
+        or torch.Tag.pointwise in op.tags
+        or op._opname in FREE_OPS
+        or op._opname.rstrip("_") in FREE_OPS
+    )

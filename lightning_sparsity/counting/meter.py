@@ -1,0 +1,262 @@
+"""``measure`` (one shot) and ``SparsityMeter`` (trace once, recount cheaply every epoch).
+
+FLOPs count 2 per MAC. The meter's cached recount is the same arithmetic on the same trace
+as a full re-trace, so the two agree exactly; it re-traces when the input's shapes or the
+model's structure (modules, parameters, pruning/parametrization state) change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils._pytree import tree_flatten
+
+from lightning_sparsity.counting.params import Slot, find_slots
+from lightning_sparsity.counting.report import LayerStats, SparsityReport
+from lightning_sparsity.counting.trace import Trace, replay, trace
+
+__all__ = ["CostModel", "SparsityMeter", "measure"]
+
+Per = Literal["example", "batch"]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Sparse FLOPs as a linear function of each parameter's nonzero count.
+
+    ``flops_sparse = fixed_flops + Σ flops_per_nonzero[name] × nnz(name)`` for parameters
+    used whole (views, transposes, casts); parameters used only in parts (a packed QKV
+    projection with different query and key lengths) appear in ``partial`` and are
+    not linear in their total count. FLOPs are per example or per batch as ``per`` says.
+
+    Attributes:
+        flops: dense FLOPs.
+        fixed_flops: FLOPs with no weight operand (attention scores): never skipped.
+        flops_per_nonzero: parameter name → FLOPs per nonzero entry.
+        partial: names of parameters used in parts.
+        per: ``"example"`` or ``"batch"``.
+    """
+
+    flops: float
+    fixed_flops: float
+    flops_per_nonzero: dict[str, float]
+    partial: frozenset[str]
+    per: Per
+
+
+def _validate(model: Any, example_input: Any, per: str, batch_size: int | None) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, (Tensor, tuple, list, dict)):
+        raise TypeError(
+            "`example_input` must be a Tensor, a tuple/list of positional arguments or a dict"
+            f" of keyword arguments, got {type(example_input).__name__}"
+        )
+    if per not in ("example", "batch"):
+        raise ValueError(f"`per` must be one of ('example', 'batch'), got {per!r}")
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
+
+
+def _infer_batch_size(example_input: Any, per: str, batch_size: int | None) -> int:
+    if per == "batch":
+        return 1
+    if batch_size is not None:
+        return batch_size
+    leaves, _ = tree_flatten(example_input)
+    for leaf in leaves:
+        if isinstance(leaf, Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    raise ValueError(
+        "cannot infer the batch size for per='example': the example input has no tensor with"
+        " a batch dimension; pass `batch_size=` or use per='batch'"
+    )
+
+
+def _signature(model: nn.Module, slots: Sequence[Slot], example_input: Any) -> tuple[Any, ...]:
+    leaves, spec = tree_flatten(example_input)
+    inputs = tuple(
+        (tuple(x.shape), x.dtype, x.device) if isinstance(x, Tensor) else repr(x) for x in leaves
+    )
+    modules = tuple((id(m), type(m)) for m in model.modules())
+    return (str(spec), inputs, modules, tuple(s.signature() for s in slots))
+
+
+def _as_number(value: Fraction) -> int | float:
+    return value.numerator if value.denominator == 1 else float(value)
+
+
+class SparsityMeter:
+    """Trace a model once, then recount nonzero parameters and sparse FLOPs cheaply.
+
+    Example:
+        >>> meter = SparsityMeter(model, torch.zeros(1, 3, 224, 224))
+        >>> meter.measure().total.flops_sparse  # every epoch: one sweep of nonzero counts
+
+    Args:
+        model: the model to count.
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        per: ``"example"`` (FLOPs divided by the input's batch size) or ``"batch"``.
+        batch_size: the batch size to divide by; default: dim 0 of the first input tensor.
+
+    Raises:
+        TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
+        ValueError: for a bad ``per`` or ``batch_size``.
+        MeasureError: if the model's forward pass fails on the example input.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Any,
+        *,
+        per: Per = "example",
+        batch_size: int | None = None,
+    ) -> None:
+        _validate(model, example_input, per, batch_size)
+        self.model = model
+        self.example_input = example_input
+        self.per: Per = per
+        self.batch_size = _infer_batch_size(example_input, per, batch_size)
+        self.traces = 0
+        self._trace: Trace | None = None
+        self._signature: tuple[Any, ...] | None = None
+        self._ensure_trace(find_slots(model))
+
+    def _ensure_trace(self, slots: list[Slot]) -> Trace:
+        signature = _signature(self.model, slots, self.example_input)
+        if self._trace is None or signature != self._signature:
+            self._trace = trace(self.model, self.example_input)
+            self._signature = signature
+            self.traces += 1
+        return self._trace
+
+    def measure(self) -> SparsityReport:
+        """Count the model as it is now (re-tracing only if its structure changed)."""
+        current = self._ensure_trace(find_slots(self.model))
+        return _report(current, self.per, self.batch_size)
+
+    def cost_model(self) -> CostModel:
+        """The per-parameter cost of the current trace (for FLOP-targeted pruning)."""
+        current = self._ensure_trace(find_slots(self.model))
+        div = self.batch_size
+        per_nonzero: dict[int, Fraction] = {}
+        partial: set[str] = set()
+        for use in current.uses:
+            if use.chain is None:
+                per_nonzero[use.slot] = per_nonzero.get(use.slot, Fraction(0)) + use.coef
+            else:
+                partial.add(current.slots[use.slot].name)
+        return CostModel(
+            flops=_as_number(Fraction(sum(current.dense), div)),
+            fixed_flops=_as_number(Fraction(sum(current.fixed), div)),
+            flops_per_nonzero={
+                current.slots[i].name: _as_number(c / div) for i, c in per_nonzero.items()
+            },
+            partial=frozenset(partial),
+            per=self.per,
+        )
+
+
+def measure(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    activations: bool = False,
+    per: Per = "example",
+    batch_size: int | None = None,
+) -> SparsityReport:
+    """Count parameters, nonzero parameters, dense and sparse FLOPs of one forward pass.
+
+    Args:
+        model: the model; left as found (mode flags, gradients, running statistics, hooks).
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        activations: also count effective FLOPs (both operands nonzero) on this input.
+        per: ``"example"`` (FLOPs divided by the input's batch size) or ``"batch"``.
+        batch_size: the batch size to divide by; default: dim 0 of the first input tensor.
+
+    Returns:
+        The report. On the meta device, nonzero counts and sparse FLOPs are ``None``.
+
+    Raises:
+        TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
+        ValueError: for a bad ``per`` or ``batch_size``, or ``activations=True`` on meta.
+        MeasureError: if the model's forward pass fails on the example input.
+    """
+    _validate(model, example_input, per, batch_size)
+    div = _infer_batch_size(example_input, per, batch_size)
+    if activations and any(slot.is_meta() for slot in find_slots(model)):
+        raise ValueError("activations=True needs real values; the model is on the meta device")
+    return _report(trace(model, example_input, effective=activations), per, div)
+
+
+def _gather(values: list[Tensor]) -> list[Any]:
+    """0-dim tensors to Python numbers with one host sync (they may sit on several devices)."""
+    if not values:
+        return []
+    device = values[0].device
+    return torch.stack([v.to(device, non_blocking=True) for v in values]).tolist()
+
+
+def _report(current: Trace, per: Per, div: int) -> SparsityReport:
+    slots = current.slots
+    n_rows = len(current.rows)
+    meta = any(slot.is_meta() for slot in slots)
+    sparse: list[Fraction] | None = None
+    nonzero: list[int] | None = None
+    if not meta:
+        partial_uses = [u for u in current.uses if u.chain is not None]
+        with torch.no_grad(), parametrize.cached():
+            counts: list[Tensor] = [slot.value().count_nonzero() for slot in slots]
+            counts += [
+                replay(slots[u.slot].value(), u.chain).count_nonzero()  # type: ignore[arg-type]
+                for u in partial_uses
+            ]
+        values = _gather(counts)
+        nnz_slot, nnz_partial = values[: len(slots)], values[len(slots) :]
+        sparse = [Fraction(f) for f in current.fixed]
+        for use in current.uses:
+            if use.chain is None:
+                sparse[use.row] += use.coef * nnz_slot[use.slot]
+        for use, nnz in zip(partial_uses, nnz_partial, strict=True):
+            sparse[use.row] += use.coef * nnz
+        nonzero = [0] * n_rows
+        for slot_index, row in enumerate(current.row_of_slot):
+            nonzero[row] += nnz_slot[slot_index]
+    params = [0] * n_rows
+    for slot, row in zip(slots, current.row_of_slot, strict=True):
+        params[row] += slot.numel()
+    effective: list[Any] | None = None
+    if current.effective is not None:
+        found = [e for e in current.effective if e is not None]
+        zero = torch.zeros((), dtype=torch.float64, device=found[0].device if found else None)
+        effective = [int(v) for v in _gather([zero if e is None else e for e in current.effective])]
+
+    layers = []
+    for row in range(n_rows):
+        if not params[row] and not current.dense[row]:
+            continue
+        layers.append(
+            LayerStats(
+                name=current.rows[row],
+                type=current.row_types[row],
+                params=params[row],
+                params_nonzero=None if nonzero is None else nonzero[row],
+                flops=_as_number(Fraction(current.dense[row], div)),
+                flops_sparse=None if sparse is None else _as_number(sparse[row] / div),
+                flops_effective=None
+                if effective is None
+                else _as_number(Fraction(effective[row], div)),
+            )
+        )
+    return SparsityReport.from_layers(
+        layers, per=per, batch_size=div, unsupported=current.unsupported
+    )

@@ -1,0 +1,199 @@
+"""``SparsityReport``: pure data, per-layer rows plus totals.
+
+FLOPs count 2 per MAC. ``per`` says whether FLOPs are per example (the default: the
+example input's FLOPs divided by its batch size) or per batch (the input as given).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["LayerStats", "SparsityReport"]
+
+Per = Literal["example", "batch"]
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Counts for one module (its own parameters, the FLOPs of ops run inside it).
+
+    Attributes:
+        name: fully qualified module name (``""`` is the root; ``"total"`` for totals).
+        type: the module's class name.
+        params: entries of the module's own effective parameters (tied ones once).
+        params_nonzero: nonzero entries among them; ``None`` on the meta device.
+        flops: dense FLOPs of the ops executed directly in this module.
+        flops_sparse: the same, skipping multiplications by a zero weight; ``None`` on the
+            meta device.
+        flops_effective: multiplications with both operands nonzero (×2); ``None`` unless
+            measured with ``activations=True``.
+    """
+
+    name: str
+    type: str
+    params: int
+    params_nonzero: int | None
+    flops: int | float
+    flops_sparse: int | float | None
+    flops_effective: int | float | None = None
+
+    @property
+    def density(self) -> float | None:
+        """``params_nonzero / params`` (1.0 for a module without parameters)."""
+        if self.params_nonzero is None:
+            return None
+        return self.params_nonzero / self.params if self.params else 1.0
+
+    @property
+    def sparsity(self) -> float | None:
+        """``1 - density``: the fraction of zero parameters."""
+        density = self.density
+        return None if density is None else 1.0 - density
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """``flops_sparse / flops`` (1.0 for a module without FLOPs)."""
+        if self.flops_sparse is None:
+            return None
+        return self.flops_sparse / self.flops if self.flops else 1.0
+
+
+_COLUMNS = [f.name for f in fields(LayerStats)]
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-layer rows and their totals.
+
+    Attributes:
+        layers: one row per module that owns parameters or runs counted ops.
+        total: the sums over ``layers``.
+        per: ``"example"`` or ``"batch"``: what the FLOPs are counted for.
+        batch_size: the example input's batch size the FLOPs were divided by.
+        unsupported: aten ops met in the forward pass with no formula, and how often; their
+            cost is not in any FLOP column.
+    """
+
+    layers: tuple[LayerStats, ...]
+    total: LayerStats
+    per: Per = "example"
+    batch_size: int = 1
+    unsupported: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_layers(
+        cls,
+        layers: Sequence[LayerStats],
+        *,
+        per: Per = "example",
+        batch_size: int = 1,
+        unsupported: dict[str, int] | None = None,
+    ) -> SparsityReport:
+        """Build a report, summing ``layers`` into ``total``."""
+
+        def add(name: str) -> Any:
+            values = [getattr(row, name) for row in layers]
+            return None if any(v is None for v in values) else sum(values)
+
+        total = LayerStats(
+            name="total",
+            type="",
+            params=sum(row.params for row in layers),
+            params_nonzero=add("params_nonzero"),
+            flops=sum(row.flops for row in layers),
+            flops_sparse=add("flops_sparse"),
+            flops_effective=add("flops_effective"),
+        )
+        return cls(tuple(layers), total, per, batch_size, dict(unsupported or {}))
+
+    def layer(self, name: str) -> LayerStats:
+        """The row of module ``name``.
+
+        Raises:
+            KeyError: if no row has that name; the message lists the names.
+        """
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer named {name!r}; layers are {[r.name for r in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready data."""
+        return {
+            "per": self.per,
+            "batch_size": self.batch_size,
+            "total": asdict(self.total),
+            "layers": [asdict(row) for row in self.layers],
+            "unsupported": dict(self.unsupported),
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text of :meth:`to_dict`, also written to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """CSV text, one row per layer then ``total``, also written to ``path`` if given."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[*_COLUMNS, "density"], lineterminator="\n")
+        writer.writeheader()
+        for row in (*self.layers, self.total):
+            writer.writerow({**asdict(row), "density": row.density})
+        text = buffer.getvalue()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_markdown(self) -> str:
+        """A per-layer table with totals, FLOPs in human units."""
+        effective = self.total.flops_effective is not None
+        head = ["layer", "type", "params", "nonzero", "density", "FLOPs", "sparse FLOPs"]
+        head += ["sparse/dense", *(["effective FLOPs"] if effective else [])]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in (*self.layers, self.total):
+            name = "**total**" if row is self.total else (row.name or "<root>")
+            cells = [
+                name,
+                row.type,
+                f"{row.params:,}",
+                _fmt_int(row.params_nonzero),
+                _fmt_ratio(row.density),
+                format_flops(row.flops),
+                format_flops(row.flops_sparse),
+                _fmt_ratio(row.flops_ratio),
+            ]
+            if effective:
+                cells.append(format_flops(row.flops_effective))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(f"FLOPs per {self.per} (2 FLOPs = 1 MAC).")
+        if self.unsupported:
+            ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))
+            lines.append(f"Not counted (no formula): {ops}.")
+        return "\n".join(lines)
+
+
+def _fmt_int(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_flops(value: float | None) -> str:
+    """``1234567`` → ``"1.23M"``; ``None`` → ``"n/a"``."""
+    if value is None:
+        return "n/a"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:g}"

@@ -1,0 +1,306 @@
+"""One traced forward pass: per-op dense FLOPs, attributed to modules and weight slots.
+
+The forward runs under a ``TorchDispatchMode`` (so every model works without per-layer-type
+code) in eval mode under ``no_grad``. Each op with a formula in
+:mod:`~lightning_sparsity.counting.formulas` adds its dense FLOPs to the innermost running
+module's row; a part whose weight operand derives from a slot (through views, copies and
+casts, followed op by op) becomes a :class:`WeightUse`: FLOPs per nonzero entry of that
+operand. Sparse FLOPs are then ``fixed + Σ coef × nnz`` for any later state of the weights,
+which is what makes the per-epoch recount one sweep of nonzero counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from lightning_sparsity.counting.formulas import REGISTRY, Formula, is_free
+from lightning_sparsity.counting.params import Slot, find_slots
+
+aten = torch.ops.aten
+
+__all__ = ["MeasureError", "Trace", "WeightUse", "call_model", "trace"]
+
+
+class MeasureError(RuntimeError):
+    """The model's forward pass failed on the example input."""
+
+
+class Step(NamedTuple):
+    """One op on the way from a slot's value to a weight operand (replayed when needed)."""
+
+    func: torch._ops.OpOverload
+    args: tuple[Any, ...]  # the arguments after the tensor itself
+    kwargs: dict[str, Any]
+    output: int | None  # which output, for ops that return several
+
+
+@dataclass(frozen=True)
+class WeightUse:
+    """FLOPs that scale with the nonzeros of (a view of) one slot.
+
+    Attributes:
+        row: index of the module row the FLOPs belong to.
+        slot: index of the slot.
+        coef: dense FLOPs per entry of the operand (sparse = coef × nnz(operand)).
+        chain: ``None`` when the operand holds exactly the slot's entries (a transpose,
+            reshape or cast), so ``nnz(operand) == nnz(slot)``; otherwise the ops that
+            make the operand from the slot's value (a slice, a broadcast).
+    """
+
+    row: int
+    slot: int
+    coef: Fraction
+    chain: tuple[Step, ...] | None
+
+
+@dataclass
+class Trace:
+    """What one forward pass costs, independent of the weights' current values."""
+
+    slots: list[Slot]
+    rows: list[str]
+    row_types: list[str]
+    row_of_slot: list[int]
+    dense: list[int]
+    fixed: list[int]
+    uses: list[WeightUse]
+    effective: list[Tensor | None] | None
+    unsupported: dict[str, int]
+
+
+# ops whose output holds exactly the entries of their input (so the same nonzero count)
+_BIJECTIVE = {
+    aten.t.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten._reshape_alias.default,
+    aten.clone.default,
+    aten._to_copy.default,
+    aten.detach.default,
+    aten.alias.default,
+    aten.lift_fresh.default,
+    aten.unsqueeze.default,
+    aten.squeeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.expand.default,  # only when nothing is broadcast (checked by numel)
+}
+# non-view ops that still carry a weight's entries through (replayed from the chain)
+_CARRY = {aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default, aten.unsafe_chunk.default}
+
+_COUNT, _CARRY_KIND, _FREE, _UNKNOWN = range(4)
+_WARNED: set[str] = set()
+
+
+class _Provenance(NamedTuple):
+    tensor: Tensor  # kept alive so its id cannot be reused during the trace
+    slot: int
+    chain: tuple[Step, ...]
+    bijective: bool
+
+
+class _CountingMode(TorchDispatchMode):
+    def __init__(self, slots: list[Slot], n_rows: int, effective: bool) -> None:
+        super().__init__()
+        self.prov: dict[int, _Provenance] = {}
+        for i, slot in enumerate(slots):
+            if slot.kind == "plain":
+                self.mark(slot.value(), i)
+        self.stack: list[int] = [0]
+        self.dense = [0] * n_rows
+        self.fixed = [0] * n_rows
+        self.uses: list[WeightUse] = []
+        self.effective: list[Tensor | None] | None = [None] * n_rows if effective else None
+        self.unsupported: Counter[str] = Counter()
+        self.kinds: dict[torch._ops.OpOverload, int] = {}
+
+    def mark(self, tensor: Tensor, slot: int) -> None:
+        self.prov[id(tensor)] = _Provenance(tensor, slot, (), True)
+
+    def _kind(self, func: torch._ops.OpOverload) -> int:
+        if func in REGISTRY:
+            return _COUNT
+        if func.is_view or func in _BIJECTIVE or func in _CARRY:
+            return _CARRY_KIND
+        return _FREE if is_free(func) else _UNKNOWN
+
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = self.kinds.get(func)
+        if kind is None:
+            kind = self.kinds[func] = self._kind(func)
+        if kind == _COUNT:
+            self._count(REGISTRY[func], args, kwargs, out)
+        elif kind == _CARRY_KIND:
+            if args and isinstance(args[0], Tensor) and id(args[0]) in self.prov:
+                self._carry(func, args, kwargs, out)
+        elif kind == _UNKNOWN:
+            self.unsupported[str(func)] += 1
+        return out
+
+    def _carry(
+        self, func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> None:
+        src = self.prov[id(args[0])]
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        for index, tensor in enumerate(outputs):
+            if not isinstance(tensor, Tensor):
+                continue
+            step = Step(func, args[1:], kwargs, index if outputs is out else None)
+            bijective = src.bijective and func in _BIJECTIVE and tensor.numel() == args[0].numel()
+            self.prov[id(tensor)] = _Provenance(tensor, src.slot, (*src.chain, step), bijective)
+
+    def _count(
+        self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> None:
+        row = self.stack[-1]
+        uses = formula.dense(*args, **kwargs, result=out)
+        for use in uses:
+            self.dense[row] += use.flops
+            found = None
+            for pos in use.weights:
+                operand = args[pos]
+                if isinstance(operand, Tensor) and id(operand) in self.prov:
+                    found = self.prov[id(operand)], operand
+                    break
+            if found is None:
+                self.fixed[row] += use.flops
+                continue
+            src, operand = found
+            chain = None if src.bijective else src.chain
+            self.uses.append(WeightUse(row, src.slot, Fraction(use.flops, operand.numel()), chain))
+        if self.effective is not None:
+            counts = formula.effective(*args, **kwargs, result=out)
+            total = 2 * (torch.stack(counts).sum() if len(counts) > 1 else counts[0])  # MAC→FLOPs
+            previous = self.effective[row]
+            self.effective[row] = total if previous is None else previous + total
+
+
+def replay(value: Tensor, chain: tuple[Step, ...]) -> Tensor:
+    """Rebuild a weight operand from its slot's value."""
+    for step in chain:
+        out = step.func(value, *step.args, **step.kwargs)
+        value = out if step.output is None else out[step.output]
+    return value
+
+
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """Call ``model`` on a Tensor, a tuple/list of positional arguments, or a dict of kwargs."""
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+def describe_input(example_input: Any) -> str:
+    """A short text of the input's tensor shapes, for error messages."""
+    leaves, _ = tree_flatten(example_input)
+    parts = [
+        f"Tensor{tuple(x.shape)} {x.dtype} on {x.device}" if isinstance(x, Tensor) else repr(x)
+        for x in leaves
+    ]
+    return ", ".join(parts) if parts else "no tensors"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the trace (no running-statistics updates), every flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> Trace:
+    """Run one forward pass of ``model`` on ``example_input`` and record its costs.
+
+    The model is left as found: train/eval flags, gradients, running statistics, hooks.
+
+    Args:
+        model: the model.
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        effective: also count multiplications with both operands nonzero.
+
+    Returns:
+        The trace.
+
+    Raises:
+        MeasureError: if the forward pass raises; the message shows the input's shapes.
+    """
+    slots = find_slots(model)
+    modules = list(model.named_modules())
+    row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
+    mode = _CountingMode(slots, len(modules), effective)
+    reparam: dict[int, list[tuple[str, int]]] = {}
+    for i, slot in enumerate(slots):
+        if slot.kind != "plain":
+            reparam.setdefault(id(slot.module), []).append((slot.attr, i))
+
+    def pre_hook(module: nn.Module, _: Any) -> None:
+        mode.stack.append(row_of_module[id(module)])
+        # runs after prune's own pre-hook: the effective weight the forward will read
+        for attr, i in reparam.get(id(module), ()):
+            mode.mark(getattr(module, attr), i)
+
+    def post_hook(module: nn.Module, _: Any, __: Any) -> None:
+        mode.stack.pop()
+
+    handles = []
+    for _, module in modules:
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook, always_call=True))
+    try:
+        with _eval_mode(model), torch.no_grad(), parametrize.cached(), mode:
+            call_model(model, example_input)
+    except Exception as err:
+        raise MeasureError(
+            f"{type(model).__name__} forward failed on the example input"
+            f" ({describe_input(example_input)}): {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    new = sorted(set(mode.unsupported) - _WARNED)
+    if new:  # once per op and process; the report always lists them
+        _WARNED.update(new)
+        warnings.warn(
+            f"lightning_sparsity: no FLOP formula for {', '.join(new)}; their cost is not"
+            " counted (see SparsityReport.unsupported)",
+            stacklevel=3,
+        )
+    return Trace(
+        slots=slots,
+        rows=[name for name, _ in modules],
+        row_types=[type(m).__name__ for _, m in modules],
+        row_of_slot=[row_of_module[id(s.module)] for s in slots],
+        dense=mode.dense,
+        fixed=mode.fixed,
+        uses=mode.uses,
+        effective=mode.effective,
+        unsupported=dict(mode.unsupported),
+    )

@@ -1,0 +1,119 @@
+"""Brute-force multiplication counts, written independently of the library's formulas.
+
+Each function walks the products an op performs one position at a time and counts those
+whose weight is nonzero (sparse) or whose two operands are nonzero (effective). Every count
+is returned in FLOPs (2 per multiplication). Only for tiny shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+
+def nz(t: Tensor) -> Tensor:
+    return (t != 0).to(torch.int64)
+
+
+def matmul_products(a: Tensor, b: Tensor) -> int:
+    """Products of a[..., m, k] * b[..., k, n] with both nonzero: broadcast, no matmul."""
+    both = nz(a)[..., :, :, None] * nz(b)[..., None, :, :]
+    return 2 * int(both.sum())
+
+
+def conv_products(
+    x: Tensor,
+    w: Tensor,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    transposed: bool = False,
+    count_input_zeros: bool = False,
+) -> int:
+    """Products of an N-d (transposed) convolution, visited position by position.
+
+    ``count_input_zeros=True`` counts every product with a nonzero weight (sparse FLOPs:
+    padding included, as the dense count has it); otherwise both operands must be nonzero.
+    """
+    spatial = x.dim() - 2
+    xi = torch.ones_like(x, dtype=torch.int64) if count_input_zeros else nz(x)
+    wi = nz(w)
+    kernel = w.shape[2:]
+    total = 0
+    if not transposed:
+        # w: [Cout, Cin/g, k...]; out[o] += x[o*s - p + k*d] * w[k]
+        cin_g, cout_g = w.shape[1], w.shape[0] // groups
+        out_size = [
+            (x.shape[2 + i] + 2 * padding - dilation * (kernel[i] - 1) - 1) // stride + 1
+            for i in range(spatial)
+        ]
+        for o in itertools.product(*[range(n) for n in out_size]):
+            for k in itertools.product(*[range(n) for n in kernel]):
+                pos = [o[i] * stride - padding + k[i] * dilation for i in range(spatial)]
+                inside = all(0 <= pos[i] < x.shape[2 + i] for i in range(spatial))
+                if inside:
+                    xs = xi[(slice(None), slice(None), *pos)]  # [N, Cin]
+                elif count_input_zeros:  # a padded position: a product by zero, still dense
+                    xs = torch.ones(x.shape[0], x.shape[1], dtype=torch.int64)
+                else:
+                    continue
+                for g in range(groups):
+                    xg = xs[:, g * cin_g : (g + 1) * cin_g]  # [N, Cin/g]
+                    wg = wi[(slice(g * cout_g, (g + 1) * cout_g), slice(None), *k)]
+                    total += int((xg[:, None, :] * wg[None, :, :]).sum())
+        return 2 * total
+    # transposed: w [Cin, Cout/g, k...]; every input position meets every kernel offset
+    cin_g = w.shape[0] // groups
+    for i in itertools.product(*[range(n) for n in x.shape[2:]]):
+        xs = xi[(slice(None), slice(None), *i)]  # [N, Cin]
+        for k in itertools.product(*[range(n) for n in kernel]):
+            for g in range(groups):
+                xg = xs[:, g * cin_g : (g + 1) * cin_g]
+                wg = wi[(slice(g * cin_g, (g + 1) * cin_g), slice(None), *k)]  # [Cin/g, Cout/g]
+                total += int((xg[:, :, None] * wg[None, :, :]).sum())
+    return 2 * total
+
+
+def attention_products(q: Tensor, k: Tensor, v: Tensor, p: Tensor) -> int:
+    """Scores q @ k^T and p @ v, both operands nonzero."""
+    return matmul_products(q, k.transpose(-2, -1)) + matmul_products(p, v)
+
+
+def lstm_products(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[int, int, Tensor]:
+    """A single-layer LSTM (x [T, B, In]) run step by step with explicit products.
+
+    Returns:
+        (sparse FLOPs, effective FLOPs, the output sequence) — the output lets the test check
+        that this is the same computation the module does.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = w_hh.shape[1]
+    h = torch.zeros(batch, hidden)
+    c = torch.zeros(batch, hidden)
+    sparse = effective = 0
+    outputs = []
+    for t in range(steps):
+        for inp, w in ((x[t], w_ih), (h, w_hh)):
+            sparse += 2 * inp.shape[0] * int(nz(w).sum())
+            effective += matmul_products(inp, w.t())
+        gates = x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return sparse, effective, torch.stack(outputs)
+
+
+def softmax_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
+    scores = q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        length, s = q.shape[-2], k.shape[-2]
+        scores = scores.masked_fill(~torch.ones(length, s, dtype=torch.bool).tril(), -math.inf)
+    return torch.softmax(scores, dim=-1)
