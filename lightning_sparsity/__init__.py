@@ -4,6 +4,7 @@ Convention used everywhere in this package: 1 MAC (multiply-accumulate) = 2 FLOP
 ``torch.utils.flop_counter`` and Lightning's ``measure_flops``.
 """
 
+from lightning_sparsity.callback import SparsityCallback
 from lightning_sparsity.counting import (
     CostModel,
     LayerStats,
@@ -19,6 +20,7 @@ __all__ = [
     "CostModel",
     "LayerStats",
     "MeasureError",
+    "SparsityCallback",
     "SparsityMeter",
     "SparsityReport",
     "__version__",

@@ -1,0 +1,346 @@
+"""``SparsityCallback``: glue between the meter, the pruner, the loggers and the files.
+
+At fit start (the dense point) and at each train epoch end it prunes when a pruner is
+given, re-measures through :class:`~lightning_sparsity.SparsityMeter`, logs ``sparsity/``
+scalars through every logger of the trainer, and keeps the history in its checkpoint state.
+FLOPs count 2 per MAC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from lightning_sparsity.counting import SparsityMeter, SparsityReport
+from lightning_sparsity.loggers.history import HistoryWriter, plot_history
+from lightning_sparsity.loggers.tensorboard import hparams_of, layout, tensorboard_writers
+
+__all__ = ["SparsityCallback", "SparsityCallbackLogic", "default_input_from_batch"]
+
+Step = Literal["epoch", "global_step"]
+_STEPS = ("epoch", "global_step")
+
+
+def default_input_from_batch(batch: Any) -> Any:
+    """The model input of a ``(input, target, ...)`` batch, or a bare Tensor batch.
+
+    Raises:
+        TypeError: for any other batch; pass ``input_from_batch=`` then.
+    """
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise TypeError(
+        f"cannot take the model input from a batch of type {type(batch).__name__}; set"
+        " `example_input_array` on the LightningModule or pass `input_from_batch=` (a function"
+        " batch -> model input) or `example_input=` to SparsityCallback"
+    )
+
+
+def _first_example(value: Any) -> Any:
+    """Slice every tensor to its first example (batch of one)."""
+    return tree_map(lambda t: t[:1] if isinstance(t, Tensor) and t.dim() > 0 else t, value)
+
+
+class SparsityCallbackLogic:
+    """The callback's behaviour, independent of which Lightning package provides the base.
+
+    Use :class:`lightning_sparsity.SparsityCallback` (``pytorch_lightning``) or
+    ``lightning_sparsity.lightning.SparsityCallback`` (the unified ``lightning`` package).
+
+    Args:
+        pruning: a :class:`~lightning_sparsity.MagnitudePruner` whose schedule is applied at
+            train epoch ends; ``None`` to only measure (e.g. beside Lightning's
+            ``ModelPruning`` or a torch.ao.pruning sparsifier).
+        example_input: the model input to count with; default
+            ``pl_module.example_input_array``, else the first example of the first training
+            batch.
+        input_from_batch: batch → model input, for batches that are not ``(input, ...)``.
+        per_layer: also log per-layer density and sparse FLOPs under ``sparsity_layers/``
+            (turn off for huge models).
+        step: the x axis of the curves: ``"epoch"`` (epochs completed; 0 is the dense model
+            at fit start) or ``"global_step"``.
+        table_every_n_epochs: write the per-layer markdown table to TensorBoard every N
+            epochs (and at fit end); ``0`` only at fit end.
+        write_files: at each point append the history to ``sparsity_history.csv``/``.json``
+            in the trainer's log directory; at fit end write the report and a PNG.
+
+    Raises:
+        TypeError: if ``pruning`` lacks the pruner interface or ``input_from_batch`` is
+            not callable.
+        ValueError: for a bad ``step`` or ``table_every_n_epochs``.
+    """
+
+    def __init__(
+        self,
+        pruning: Any | None = None,
+        *,
+        example_input: Any | None = None,
+        input_from_batch: Callable[[Any], Any] | None = None,
+        per_layer: bool = True,
+        step: Step = "epoch",
+        table_every_n_epochs: int = 1,
+        write_files: bool = True,
+    ) -> None:
+        # every argument checked at once; a wrong type wins over a wrong value
+        type_errors, value_errors = [], []
+        if pruning is not None and not all(
+            hasattr(pruning, name) for name in ("apply", "schedule", "state_dict")
+        ):
+            type_errors.append(
+                f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
+            )
+        if input_from_batch is not None and not callable(input_from_batch):
+            type_errors.append(
+                f"`input_from_batch` must be callable, got {type(input_from_batch).__name__}"
+            )
+        if step not in _STEPS:
+            value_errors.append(f"`step` must be one of {_STEPS}, got {step!r}")
+        if (
+            not isinstance(table_every_n_epochs, int)
+            or isinstance(table_every_n_epochs, bool)
+            or table_every_n_epochs < 0
+        ):
+            value_errors.append(
+                f"`table_every_n_epochs` must be an int >= 0, got {table_every_n_epochs!r}"
+            )
+        if type_errors or value_errors:
+            message = "; ".join(type_errors + value_errors)
+            raise TypeError(message) if type_errors else ValueError(message)
+        self.pruning = pruning
+        self.example_input = example_input
+        self.input_from_batch = input_from_batch or default_input_from_batch
+        self.per_layer = per_layer
+        self.step = step
+        self.table_every_n_epochs = table_every_n_epochs
+        self.write_files = write_files
+        self.history: list[dict[str, Any]] = []
+        self.report: SparsityReport | None = None
+        self._meter: SparsityMeter | None = None
+        self._pending_masks: dict[str, Tensor] | None = None
+        self._writer: HistoryWriter | None = None
+        self._layout_written: set[int] = set()
+        self._dir: Path | None = None
+
+    # ------------------------------------------------------------------ measuring
+
+    def _input(self, pl_module: nn.Module, batch: Any = None) -> Any | None:
+        value = self.example_input
+        if value is None:
+            value = getattr(pl_module, "example_input_array", None)
+        if value is None and batch is not None:
+            value = _first_example(self.input_from_batch(batch))
+        if value is None:
+            return None
+        device = next(pl_module.parameters(), torch.empty(0)).device
+        return tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t, value)
+
+    def _measure(self, pl_module: nn.Module, example_input: Any) -> SparsityReport:
+        meter = self._meter
+        if meter is None or meter.model is not pl_module:
+            meter = self._meter = SparsityMeter(pl_module, example_input)
+        return meter.measure()
+
+    def _target(self, epoch: int) -> float | None:
+        schedule = getattr(self.pruning, "schedule", None)
+        return None if schedule is None else float(schedule(epoch))
+
+    def _point(self, trainer: Any, pl_module: nn.Module, example_input: Any, epoch: int) -> None:
+        """Measure, record and log one point: ``epoch`` epochs completed."""
+        report = self.report = self._measure(pl_module, example_input)
+        total = report.total
+        step = epoch if self.step == "epoch" else int(trainer.global_step)
+        row: dict[str, Any] = {
+            "step": step,
+            "epoch": epoch,
+            "per": report.per,
+            "flops": total.flops,
+            "flops_sparse": total.flops_sparse,
+            "flops_ratio": total.flops_ratio,
+            "params": total.params,
+            "params_nonzero": total.params_nonzero,
+            "param_sparsity": total.sparsity,
+            "target_sparsity": self._target(epoch - 1) if epoch > 0 else None,
+        }
+        self.history.append(row)
+        self._log(trainer, report, row)
+
+    # ------------------------------------------------------------------ logging
+
+    def metrics(self, report: SparsityReport, row: dict[str, Any]) -> dict[str, float]:
+        """The scalars logged for one point (stable keys)."""
+        per = f"per_{report.per}"
+        metrics = {
+            f"sparsity/flops_dense_{per}": float(row["flops"]),
+            f"sparsity/flops_sparse_{per}": float(row["flops_sparse"]),
+            "sparsity/flops_ratio": float(row["flops_ratio"]),
+            "sparsity/params": float(row["params"]),
+            "sparsity/params_nonzero": float(row["params_nonzero"]),
+            "sparsity/param_sparsity": float(row["param_sparsity"]),
+        }
+        if row["target_sparsity"] is not None:
+            metrics["sparsity/target_sparsity"] = float(row["target_sparsity"])
+        if self.per_layer:
+            for layer in report.layers:
+                name = layer.name or "root"
+                if layer.params:
+                    metrics[f"sparsity_layers/{name}/density"] = float(layer.density or 0.0)
+                if layer.flops:
+                    metrics[f"sparsity_layers/{name}/flops_sparse_{per}"] = float(
+                        layer.flops_sparse or 0
+                    )
+        return metrics
+
+    def _log(self, trainer: Any, report: SparsityReport, row: dict[str, Any]) -> None:
+        metrics = self.metrics(report, row)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=row["step"])
+        if not trainer.is_global_zero:
+            return
+        per = f"per_{report.per}"
+        for writer in tensorboard_writers(trainer.loggers):
+            if id(writer) not in self._layout_written:
+                writer.add_custom_scalars(
+                    layout(
+                        [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"],
+                        ["sparsity/param_sparsity", "sparsity/target_sparsity"],
+                    )
+                )
+                self._layout_written.add(id(writer))
+            every = self.table_every_n_epochs
+            if every and row["epoch"] % every == 0:
+                writer.add_text("sparsity/layers", report.to_markdown(), global_step=row["step"])
+        if self.write_files and self.directory is not None:
+            if self._writer is None or self._writer.directory != self.directory:
+                self._writer = HistoryWriter(self.directory)
+            self._writer.write(self.history)
+
+    @property
+    def directory(self) -> Path | None:
+        """Where the files go: the trainer's log directory (known from ``setup`` on)."""
+        return self._dir
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        """Find the log directory (on every rank: it is broadcast).
+
+        Before a resume, give the model plain weights, as the checkpoint stores them.
+        """
+        self._dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if stage == "fit" and trainer.ckpt_path and self.pruning is not None:
+            self.pruning.make_permanent(pl_module)
+
+    def _start(self, trainer: Any, pl_module: nn.Module, batch: Any = None) -> None:
+        example_input = self._input(pl_module, batch)
+        if example_input is None:
+            return
+        if self.history:  # resumed: the curve continues, no second starting point
+            self._meter = SparsityMeter(pl_module, example_input)
+        else:
+            self._point(trainer, pl_module, example_input, trainer.current_epoch)
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Re-apply restored masks; measure the starting point (the dense model)."""
+        if self._pending_masks is not None and self.pruning is not None:
+            self.pruning.apply_masks(pl_module, self._pending_masks)
+            self._pending_masks = None
+        self._start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int
+    ) -> None:
+        """Without an explicit input, the meter starts on the first batch's first example."""
+        if self._meter is None:
+            self._start(trainer, pl_module, batch)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Prune to the schedule's target, then measure and log."""
+        if self._meter is None:  # no batch ran and no input was given
+            return
+        epoch = trainer.current_epoch
+        target = self._target(epoch)
+        if target is not None and self.pruning.schedule.is_pruning_epoch(epoch):  # type: ignore[union-attr]
+            self.pruning.apply(pl_module, target)  # type: ignore[union-attr]
+        self._point(trainer, pl_module, self._meter.example_input, epoch + 1)
+
+    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Final table, hparams, report files and the PNG plot."""
+        if not trainer.is_global_zero or self.report is None:
+            return
+        report, last = self.report, self.history[-1]
+        for writer in tensorboard_writers(trainer.loggers):
+            writer.add_text("sparsity/layers", report.to_markdown(), global_step=last["step"])
+        hparams = hparams_of(getattr(self.pruning, "schedule", None), "pruning/schedule")
+        if hparams:
+            final = {
+                "sparsity/final_flops_ratio": float(last["flops_ratio"]),
+                "sparsity/final_param_sparsity": float(last["param_sparsity"]),
+            }
+            for logger in trainer.loggers:
+                logger.log_hyperparams(hparams, metrics=final)
+        directory = self.directory
+        if self.write_files and directory is not None:
+            report.to_json(directory / "sparsity_report.json")
+            (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
+            plot_history(self.history, directory / "sparsity_curves.png")
+            rank_zero_info(
+                f"lightning_sparsity: sparse/dense FLOPs {last['flops_ratio']:.3f}, parameter"
+                f" sparsity {last['param_sparsity']:.3f}; history, report and plot in {directory}"
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history and the pruner's state (masks included)."""
+        state: dict[str, Any] = {"history": [dict(row) for row in self.history]}
+        if self.pruning is not None:
+            state["pruning"] = self.pruning.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history; masks are re-applied at fit start."""
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+        if self.pruning is not None and "pruning" in state_dict:
+            self.pruning.load_state_dict(state_dict["pruning"])
+            self._pending_masks = state_dict["pruning"].get("masks")
+
+    def on_save_checkpoint(
+        self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]
+    ) -> None:
+        """Store plain weights (zeros in place) so a fresh, unpruned model loads them.
+
+        The masks travel in this callback's state.
+        """
+        if self.pruning is None:
+            return
+        state = checkpoint.get("state_dict", {})
+        for name in self.pruning.masks(pl_module):
+            if name + "_orig" in state and name + "_mask" in state:
+                state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
+
+    def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:
+        """Keep the plot of what finished; the history files are already on disk."""
+        directory = self.directory
+        if trainer.is_global_zero and self.write_files and directory and len(self.history) > 1:
+            try:
+                plot_history(self.history, directory / "sparsity_curves.png")
+            except Exception as err:  # never hide the original exception
+                rank_zero_warn(f"lightning_sparsity: could not write the plot: {err}")
+
+
+class SparsityCallback(SparsityCallbackLogic, pl.Callback):
+    """Recount nonzero parameters and sparse FLOPs every epoch, prune, log, keep the history.
+
+    A ``pytorch_lightning.Callback``; for ``lightning.pytorch.Trainer`` use
+    ``lightning_sparsity.lightning.SparsityCallback`` (same arguments).
+    See :class:`SparsityCallbackLogic` for the arguments.
+    """

@@ -1,0 +1,192 @@
+"""SparsityCallback in real fits: TensorBoard and CSV read back, checkpoints resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelPruning
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+import lightning_sparsity as ls
+from lightning_sparsity.demo import DigitsCNN, DigitsDataModule
+
+KEY = "sparsity/flops_sparse_per_example"
+
+
+class Recorder(pl.Callback):
+    """Counts the model independently (ls.measure) right after SparsityCallback's epoch end."""
+
+    def __init__(self) -> None:
+        self.reports: list[ls.SparsityReport] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reports.append(ls.measure(pl_module, pl_module.example_input_array))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reports.append(ls.measure(pl_module, pl_module.example_input_array))
+
+
+def trainer(tmp_path: Path, callbacks: list, logger: Any, epochs: int = 3, **kw: Any) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **{"enable_checkpointing": False, **kw},
+    )
+
+
+def model_pruning() -> ModelPruning:
+    return ModelPruning("l1_unstructured", amount=0.3, use_global_unstructured=True, verbose=0)
+
+
+def scalars(log_dir: str | Path) -> EventAccumulator:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_tensorboard_curves_equal_measure_at_each_epoch(tmp_path: Path) -> None:
+    recorder = Recorder()
+    callback = ls.SparsityCallback(table_every_n_epochs=2)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit = trainer(tmp_path, [model_pruning(), callback, recorder], logger)
+    fit.fit(DigitsCNN(), DigitsDataModule())
+
+    acc = scalars(logger.log_dir)
+    events = acc.Scalars(KEY)
+    assert [e.step for e in events] == [0, 1, 2, 3]  # the dense start, then one per epoch
+    expected = [r.total.flops_sparse for r in recorder.reports]
+    assert [e.value for e in events] == pytest.approx(expected, rel=1e-7)  # float32 storage
+    assert expected[3] < expected[2] < expected[1] < expected[0]  # ModelPruning really pruned
+    dense = [e.value for e in acc.Scalars("sparsity/flops_dense_per_example")]
+    assert dense == [recorder.reports[0].total.flops] * 4
+    nonzero = [e.value for e in acc.Scalars("sparsity/params_nonzero")]
+    assert nonzero == [r.total.params_nonzero for r in recorder.reports]
+    layer = acc.Scalars("sparsity_layers/conv1/density")
+    assert [e.value for e in layer] == pytest.approx(
+        [r.layer("conv1").density for r in recorder.reports]
+    )
+
+    # custom-scalars layout: dense and sparse FLOPs share one chart
+    config = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    parsed = layout_pb2.Layout.FromString(config)
+    charts = {c.title: list(c.multiline.tag) for cat in parsed.category for c in cat.chart}
+    assert charts["FLOPs: dense vs sparse vs budget"] == [
+        "sparsity/flops_dense_per_example",
+        KEY,
+    ]
+    # the per-layer table as text at epochs 0 and 2, and at fit end (step 3)
+    texts = acc.Tensors("sparsity/layers/text_summary")
+    assert [t.step for t in texts] == [0, 2, 3]
+    last = texts[-1].tensor_proto.string_val[0].decode()
+    assert "| conv1 | Conv2d |" in last
+    assert f"{recorder.reports[-1].total.params_nonzero:,}" in last
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_csv_logger_gets_the_same_values_and_files_are_written(tmp_path: Path) -> None:
+    recorder = Recorder()
+    callback = ls.SparsityCallback(per_layer=False)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer(tmp_path, [model_pruning(), callback, recorder], logger).fit(
+        DigitsCNN(), DigitsDataModule()
+    )
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(KEY)]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r[KEY]) for r in rows] == [r.total.flops_sparse for r in recorder.reports]
+    assert not any(key.startswith("sparsity_layers/") for key in rows[0])
+
+    directory = Path(logger.log_dir)
+    history = json.loads((directory / "sparsity_history.json").read_text())
+    assert [row["flops_sparse"] for row in history] == [
+        r.total.flops_sparse for r in recorder.reports
+    ]
+    with open(directory / "sparsity_history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+    report = json.loads((directory / "sparsity_report.json").read_text())
+    assert report["total"]["flops_sparse"] == recorder.reports[-1].total.flops_sparse
+    assert (directory / "sparsity_report.md").read_text().startswith("| layer |")
+    png = (directory / "sparsity_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class NoExampleCNN(DigitsCNN):
+    def __init__(self) -> None:
+        super().__init__()
+        self.example_input_array = None
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_input_taken_from_the_first_batch(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(write_files=False)
+    trainer(tmp_path, [callback], logger=False, epochs=1).fit(NoExampleCNN(), DigitsDataModule())
+    dense = ls.measure(DigitsCNN(), torch.zeros(1, 1, 8, 8)).total.flops
+    assert [row["flops"] for row in callback.history] == [dense, dense]
+    assert callback.report is not None
+    assert callback.report.batch_size == 1
+
+
+class DictBatches(DigitsDataModule):
+    def train_dataloader(self) -> Any:
+        return [{"image": x, "label": y} for x, y in super().train_dataloader()]
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_unusable_batch_says_what_to_do(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(write_files=False)
+    with pytest.raises(TypeError, match="set `example_input_array`.*input_from_batch"):
+        trainer(tmp_path, [callback], logger=False, epochs=1).fit(NoExampleCNN(), DictBatches())
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_resume_continues_the_curves_without_gaps_or_duplicates(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = ls.SparsityCallback()
+    trainer(
+        tmp_path, [model_pruning(), first, checkpoint], logger, epochs=2, enable_checkpointing=True
+    ).fit(DigitsCNN(), DigitsDataModule())
+    assert [row["epoch"] for row in first.history] == [0, 1, 2]
+
+    second = ls.SparsityCallback()
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer(
+        tmp_path, [model_pruning(), second, ModelCheckpoint(dirpath=tmp_path / "ckpt")], logger,
+        epochs=4, enable_checkpointing=True,
+    ).fit(DigitsCNN(), DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert [row["epoch"] for row in second.history] == [0, 1, 2, 3, 4]
+    assert second.history[:3] == first.history
+    steps = [e.step for e in scalars(logger.log_dir).Scalars(KEY)]
+    assert steps == [0, 1, 2, 3, 4]
+    history = json.loads((Path(logger.log_dir) / "sparsity_history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"step": "batch"}, ValueError, r"`step` must be one of \('epoch', 'global_step'\)"),
+        ({"table_every_n_epochs": -1}, ValueError, "`table_every_n_epochs` must be an int >= 0"),
+        ({"pruning": "cubic"}, TypeError, "`pruning` must be a MagnitudePruner.*got str"),
+        ({"input_from_batch": 3}, TypeError, "`input_from_batch` must be callable, got int"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ls.SparsityCallback(**kwargs)
