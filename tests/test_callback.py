@@ -150,7 +150,7 @@ class DictBatches(DigitsDataModule):
 @pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def test_unusable_batch_says_what_to_do(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(write_files=False)
-    with pytest.raises(TypeError, match="set `example_input_array`.*input_from_batch"):
+    with pytest.raises(TypeError, match=r"set `example_input_array`.*input_from_batch"):
         trainer(tmp_path, [callback], logger=False, epochs=1).fit(NoExampleCNN(), DictBatches())
 
 
@@ -166,10 +166,9 @@ def test_resume_continues_the_curves_without_gaps_or_duplicates(tmp_path: Path) 
 
     second = ls.SparsityCallback()
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer(
-        tmp_path, [model_pruning(), second, ModelCheckpoint(dirpath=tmp_path / "ckpt")], logger,
-        epochs=4, enable_checkpointing=True,
-    ).fit(DigitsCNN(), DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    callbacks = [model_pruning(), second, ModelCheckpoint(dirpath=tmp_path / "ckpt")]
+    resumed = trainer(tmp_path, callbacks, logger, epochs=4, enable_checkpointing=True)
+    resumed.fit(DigitsCNN(), DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [row["epoch"] for row in second.history] == [0, 1, 2, 3, 4]
     assert second.history[:3] == first.history
     steps = [e.step for e in scalars(logger.log_dir).Scalars(KEY)]
