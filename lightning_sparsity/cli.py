@@ -61,8 +61,13 @@ def load_target(target: str, checkpoint: str | None = None) -> nn.Module:
         if not Path(checkpoint).is_file():
             raise CliError(f"checkpoint {checkpoint!r} does not exist")
         model = obj.load_from_checkpoint(checkpoint, map_location="cpu")
+    elif callable(obj) and not isinstance(obj, nn.Module):
+        try:
+            model = obj()
+        except Exception as err:
+            raise CliError(f"calling {target} failed: {type(err).__name__}: {err}") from err
     else:
-        model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+        model = obj
     if not isinstance(model, nn.Module):
         raise CliError(f"{target!r} gave a {type(model).__name__}, not a torch.nn.Module")
     return model
