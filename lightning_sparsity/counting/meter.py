@@ -232,8 +232,8 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
         for slot_index, row in enumerate(current.row_of_slot):
             nonzero[row] += nnz_slot[slot_index]
     params = [0] * n_rows
-    for slot, row in zip(slots, current.row_of_slot, strict=True):
-        params[row] += slot.numel()
+    for numel, row in zip(current.numels, current.row_of_slot, strict=True):
+        params[row] += numel
     effective: list[Any] | None = None
     if current.effective is not None:
         found = [e for e in current.effective if e is not None]

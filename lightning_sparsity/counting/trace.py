@@ -70,6 +70,7 @@ class Trace:
     """What one forward pass costs, independent of the weights' current values."""
 
     slots: list[Slot]
+    numels: list[int]
     rows: list[str]
     row_types: list[str]
     row_of_slot: list[int]
@@ -295,6 +296,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         )
     return Trace(
         slots=slots,
+        numels=[slot.numel() for slot in slots],
         rows=[name for name, _ in modules],
         row_types=[type(m).__name__ for _, m in modules],
         row_of_slot=[row_of_module[id(s.module)] for s in slots],

@@ -1,0 +1,226 @@
+"""Global magnitude pruning of a ResNet-50 to 80%: MagnitudePruner vs torch.nn.utils.prune.
+
+The peer is ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)``, the path
+Lightning's ``ModelPruning(use_global_unstructured=True)`` takes. Both prune the same
+conv + linear weights of a fresh copy of the model per repeat; the reported time is the median.
+
+Memory: torch's CPU allocations are invisible to tracemalloc, so on CPU the script reads the
+process's resident set from /proc (VmRSS before and after, VmHWM for the peak, reset through
+/proc/self/clear_refs); the peak minus the RSS after the call is the transient (temporaries).
+On CUDA it reads torch.cuda.max_memory_allocated the same way.
+
+    python benchmarks/bench_pruning.py [--repeats 5] [--device cpu|cuda] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_sparsity.pruning import MagnitudePruner, threshold_for_count
+
+SPARSITY = 0.8
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * self.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * self.expansion),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """The standard ResNet-50 (He et al. 2016; torchvision's layout): 25,557,032 parameters."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, inplanes = [], 64
+        for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            stage = []
+            for i in range(blocks):
+                stage.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
+                inplanes = planes * Bottleneck.expansion
+            layers.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def prune_ours(model: nn.Module) -> None:
+    MagnitudePruner().apply(model, SPARSITY)
+
+
+def prune_torch(model: nn.Module) -> None:
+    params = [
+        (m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=SPARSITY)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[nn.Module], None], base: nn.Module, repeats: int) -> list[float]:
+    device = next(base.parameters()).device
+    times = []
+    for _ in range(repeats):
+        model = copy.deepcopy(base)
+        sync(device)
+        start = time.perf_counter()
+        fn(model)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        del model
+    return times
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory(fn: Callable[[nn.Module], None], base: nn.Module) -> tuple[float, float]:
+    """(peak above the start, retained after) in MiB, for one call on a fresh copy."""
+    device = next(base.parameters()).device
+    model = copy.deepcopy(base)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn(model)
+        sync(device)
+        peak, after = torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+        return (peak - before) / 2**20, (after - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn(model)
+    peak, after = _status_kib("VmHWM"), _status_kib("VmRSS")
+    return (peak - before) / 1024, (after - before) / 1024
+
+
+def zeros(model: nn.Module) -> int:
+    return sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("weight_mask"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    base = ResNet50().to(device)
+    weights = [m.weight for m in base.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    n_weights = sum(w.numel() for w in weights)
+    print(
+        f"ResNet-50: {sum(p.numel() for p in base.parameters()):,} parameters,"
+        f" {n_weights:,} conv+linear weights in {len(weights)} tensors; device {device},"
+        f" torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
+
+    ours, peer = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+        ours += timed(prune_ours, base, 1)
+        peer += timed(prune_torch, base, 1)
+    t_ours, t_peer = statistics.median(ours), statistics.median(peer)
+    print(f"\nglobal magnitude pruning to {SPARSITY:.0%}, median of {args.repeats}:")
+    print(f"  MagnitudePruner.apply           {t_ours * 1e3:9.1f} ms")
+    print(f"  prune.global_unstructured (L1)  {t_peer * 1e3:9.1f} ms")
+    print(f"  speed-up                        {t_peer / t_ours:9.1f} x")
+
+    m_ours, m_peer = copy.deepcopy(base), copy.deepcopy(base)
+    prune_ours(m_ours)
+    prune_torch(m_peer)
+    same = all(
+        torch.equal(a, b)
+        for (na, a), (nb, b) in zip(
+            m_ours.named_buffers(), m_peer.named_buffers(), strict=True
+        )
+        if na.endswith("weight_mask")
+    )
+    print(f"\nweights pruned: ours {zeros(m_ours):,}, torch {zeros(m_peer):,},"
+          f" round(0.8 * N) = {round(SPARSITY * n_weights):,}; masks identical: {same}")
+    del m_ours, m_peer
+
+    # the threshold alone: radix select vs torch.kthvalue on a concatenation
+    k = round(SPARSITY * n_weights)
+    sel, kth = [], []
+    for _ in range(args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        cut = threshold_for_count(weights, k)
+        sync(device)
+        sel.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        value = torch.kthvalue(torch.cat([w.detach().reshape(-1) for w in weights]).abs(), k)
+        sync(device)
+        kth.append(time.perf_counter() - start)
+    assert cut.threshold == float(value.values)
+    print(
+        f"threshold only: radix select {statistics.median(sel) * 1e3:.1f} ms,"
+        f" torch.kthvalue(cat(|w|)) {statistics.median(kth) * 1e3:.1f} ms (same value)"
+    )
+
+    what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process RSS (/proc)"
+    print(f"\nmemory, {what}, one call each (MiB):")
+    weights_mib = n_weights * weights[0].element_size() / 2**20
+    for name, fn in (("ours", prune_ours), ("torch", prune_torch)):
+        peak, kept = memory(fn, base)
+        print(
+            f"  {name:6s} peak +{peak:7.1f}  retained +{kept:7.1f} (masks + masked weights)"
+            f"  transient {peak - kept:7.1f}   [all weights: {weights_mib:.1f}]"
+        )
+    largest = max(w.numel() for w in weights)
+    print(
+        f"  ours allocates per-tensor temporaries only; the largest tensor has {largest:,}"
+        f" entries ({largest * 4 / 2**20:.1f} MiB in float32)"
+    )
+
+
+if __name__ == "__main__":
+    main()
