@@ -4,6 +4,7 @@ Convention used everywhere in this package: 1 MAC (multiply-accumulate) = 2 FLOP
 ``torch.utils.flop_counter`` and Lightning's ``measure_flops``.
 """
 
+from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.callback import SparsityCallback
 from lightning_sparsity.counting import (
     CostModel,
@@ -17,6 +18,8 @@ from lightning_sparsity.counting import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetDecision",
+    "FlopBudget",
     "CostModel",
     "LayerStats",
     "MeasureError",
