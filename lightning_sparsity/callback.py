@@ -18,11 +18,22 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from lightning_sparsity.counting import SparsityMeter, SparsityReport
+from lightning_sparsity.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
 from lightning_sparsity.loggers.tensorboard import hparams_of, layout, tensorboard_writers
 
-__all__ = ["SparsityCallback", "SparsityCallbackLogic", "default_input_from_batch"]
+__all__ = [
+    "BudgetExceededError",
+    "SparsityCallback",
+    "SparsityCallbackLogic",
+    "default_input_from_batch",
+]
+
+
+class BudgetExceededError(RuntimeError):
+    """The FLOP budget's deadline passed over budget and ``on_deadline="raise"``."""
+
 
 Step = Literal["epoch", "global_step"]
 _STEPS = ("epoch", "global_step")
@@ -60,6 +71,9 @@ class SparsityCallbackLogic:
         pruning: a :class:`~lightning_sparsity.MagnitudePruner` whose schedule is applied at
             train epoch ends; ``None`` to only measure (e.g. beside Lightning's
             ``ModelPruning`` or a torch.ao.pruning sparsifier).
+        budget: a :class:`~lightning_sparsity.FlopBudget`: evaluated at each epoch end; it
+            can freeze the masks, stop training, or (``action="adjust"``) steer ``pruning``
+            along a FLOP schedule. FLOP targets are per example, like the logged counts.
         example_input: the model input to count with; default
             ``pl_module.example_input_array``, else the first example of the first training
             batch.
@@ -74,14 +88,16 @@ class SparsityCallbackLogic:
             in the trainer's log directory; at fit end write the report and a PNG.
 
     Raises:
-        TypeError: if ``pruning`` lacks the pruner interface or ``input_from_batch`` is
-            not callable.
-        ValueError: for a bad ``step`` or ``table_every_n_epochs``.
+        TypeError: if ``pruning`` lacks the pruner interface, ``budget`` is not a
+            ``FlopBudget`` or ``input_from_batch`` is not callable.
+        ValueError: for a bad ``step`` or ``table_every_n_epochs``, or an ``adjust`` budget
+            without a pruner to steer.
     """
 
     def __init__(
         self,
         pruning: Any | None = None,
+        budget: FlopBudget | None = None,
         *,
         example_input: Any | None = None,
         input_from_batch: Callable[[Any], Any] | None = None,
@@ -97,6 +113,13 @@ class SparsityCallbackLogic:
         ):
             type_errors.append(
                 f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
+            )
+        if budget is not None and not isinstance(budget, FlopBudget):
+            type_errors.append(f"`budget` must be a FlopBudget (or None), got {budget!r}")
+        elif budget is not None and budget.action == "adjust" and pruning is None:
+            value_errors.append(
+                "a FlopBudget with action='adjust' steers this callback's pruner; pass"
+                " `pruning=MagnitudePruner(...)` too"
             )
         if input_from_batch is not None and not callable(input_from_batch):
             type_errors.append(
@@ -116,6 +139,7 @@ class SparsityCallbackLogic:
             message = "; ".join(type_errors + value_errors)
             raise TypeError(message) if type_errors else ValueError(message)
         self.pruning = pruning
+        self.budget = budget
         self.example_input = example_input
         self.input_from_batch = input_from_batch or default_input_from_batch
         self.per_layer = per_layer
@@ -125,7 +149,12 @@ class SparsityCallbackLogic:
         self.history: list[dict[str, Any]] = []
         self.report: SparsityReport | None = None
         self._meter: SparsityMeter | None = None
-        self._pending_masks: dict[str, Tensor] | None = None
+        self.frozen = False
+        self.stopping_reason: str | None = None
+        self.stopping_message: str | None = None
+        self._restore_masks = False
+        self._good_masks: dict[str, Tensor] | None = None
+        self._warned_deadline = False
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()
         self._dir: Path | None = None
@@ -150,8 +179,35 @@ class SparsityCallbackLogic:
         return meter.measure()
 
     def _target(self, epoch: int) -> float | None:
+        if self.budget is not None and self.budget.action == "adjust":
+            return None  # the budget steers in FLOP space
         schedule = getattr(self.pruning, "schedule", None)
         return None if schedule is None else float(schedule(epoch))
+
+    def _budget_value(self, pl_module: nn.Module, report: SparsityReport) -> float:
+        assert self.budget is not None
+        assert self._meter is not None
+        if self.budget.count == "params":
+            return float(report.total.params_nonzero or 0)
+        if self.budget.count == "effective":
+            example = self._meter.example_input
+            return float(measure(pl_module, example, activations=True).total.flops_effective or 0)
+        return float(report.total.flops_sparse or 0)
+
+    def _budget_floor(self, pl_module: nn.Module, report: SparsityReport) -> float:
+        """The lowest value pruning can reach: pruned weights all zero, the others dense."""
+        assert self.budget is not None
+        assert self._meter is not None
+        count, cost = self.budget.count, self._meter.cost_model()
+        if count == "effective":
+            return 0.0
+        if self.pruning is None:  # another pruner may zero any weight
+            return 0.0 if count == "params" else float(cost.fixed_flops)
+        pruned = {f"{fqn}.{n}" if fqn else n for fqn, _, n in self.pruning.targets(pl_module)}
+        if count == "params":
+            return float(report.total.params - sum(cost.numel[n] for n in pruned))
+        kept = sum(c * cost.numel[n] for n, c in cost.flops_per_nonzero.items() if n not in pruned)
+        return float(cost.fixed_flops + kept)
 
     def _point(self, trainer: Any, pl_module: nn.Module, example_input: Any, epoch: int) -> None:
         """Measure, record and log one point: ``epoch`` epochs completed."""
@@ -170,8 +226,46 @@ class SparsityCallbackLogic:
             "param_sparsity": total.sparsity,
             "target_sparsity": self._target(epoch - 1) if epoch > 0 else None,
         }
+        decision = None
+        if self.budget is not None:
+            value = self._budget_value(pl_module, report)
+            if epoch == 0 or self.budget.dense is None:  # the dense start: check once
+                dense = value if self.budget.count != "sparse" else float(total.flops)
+                if self.budget.count == "params":
+                    dense = float(total.params)
+                self.budget.check_reachable(dense, self._budget_floor(pl_module, report))
+            limit = self.budget.resolve(self.budget.dense)  # type: ignore[arg-type]
+            row["budget_count"] = self.budget.count
+            row["budget_value"] = value
+            row["budget_limit"] = limit
+            row["budget_flops"] = limit if self.budget.count != "params" else None
+            row["budget_slack"] = (limit - value) / limit
+            if epoch > 0:
+                decision = self.budget.evaluate(value, epoch - 1)
+                row["budget_scheduled"] = decision.scheduled
+                row["budget_status"] = decision.status
         self.history.append(row)
         self._log(trainer, report, row)
+        if decision is not None:
+            self._act(trainer, decision)
+
+    def _act(self, trainer: Any, decision: BudgetDecision) -> None:
+        """Follow a budget decision the way Lightning's EarlyStopping stops."""
+        assert self.budget is not None
+        if decision.freeze_pruning and not self.frozen:
+            self.frozen = True
+            rank_zero_info(f"lightning_sparsity: {decision.message}; masks frozen")
+        if decision.status == "missed" and not decision.stop_training:
+            if self.budget.on_deadline == "raise":
+                raise BudgetExceededError(decision.message)
+            if not self._warned_deadline:
+                rank_zero_warn(f"lightning_sparsity: {decision.message}")
+                self._warned_deadline = True
+        stop = bool(trainer.strategy.reduce_boolean_decision(decision.stop_training, all=False))
+        if stop:
+            self.stopping_reason, self.stopping_message = decision.reason, decision.message
+            rank_zero_info(f"lightning_sparsity: stopping: {decision.message}")
+        trainer.should_stop = trainer.should_stop or stop
 
     # ------------------------------------------------------------------ logging
 
@@ -188,6 +282,14 @@ class SparsityCallbackLogic:
         }
         if row["target_sparsity"] is not None:
             metrics["sparsity/target_sparsity"] = float(row["target_sparsity"])
+        if "budget_limit" in row:
+            metrics["budget/limit"] = float(row["budget_limit"])
+            metrics["budget/value"] = float(row["budget_value"])
+            metrics["budget/slack"] = float(row["budget_slack"])
+            if row.get("budget_scheduled") is not None:
+                metrics["budget/scheduled"] = float(row["budget_scheduled"])
+            if "budget_status" in row:
+                metrics["budget/within"] = float(row["budget_status"] == "within")
         if self.per_layer:
             for layer in report.layers:
                 name = layer.name or "root"
@@ -208,11 +310,11 @@ class SparsityCallbackLogic:
         per = f"per_{report.per}"
         for writer in tensorboard_writers(trainer.loggers):
             if id(writer) not in self._layout_written:
+                flops = [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"]
+                if self.budget is not None and self.budget.count == "sparse":
+                    flops += ["budget/limit", "budget/scheduled"]
                 writer.add_custom_scalars(
-                    layout(
-                        [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"],
-                        ["sparsity/param_sparsity", "sparsity/target_sparsity"],
-                    )
+                    layout(flops, ["sparsity/param_sparsity", "sparsity/target_sparsity"])
                 )
                 self._layout_written.add(id(writer))
             every = self.table_every_n_epochs
@@ -249,11 +351,14 @@ class SparsityCallbackLogic:
             self._point(trainer, pl_module, example_input, trainer.current_epoch)
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Re-apply restored masks; measure the starting point (the dense model)."""
-        if self._pending_masks is not None and self.pruning is not None:
-            self.pruning.apply_masks(pl_module, self._pending_masks)
-            self._pending_masks = None
+        """Re-apply restored masks; measure the starting point; stop a run already done."""
+        if self._restore_masks and self.pruning is not None:
+            self.pruning.restore(pl_module)
+            self._restore_masks = False
         self._start(trainer, pl_module)
+        if self.stopping_reason is not None:  # resumed after the budget ended the run
+            rank_zero_info(f"lightning_sparsity: already stopped: {self.stopping_message}")
+            trainer.should_stop = True
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int
@@ -263,14 +368,41 @@ class SparsityCallbackLogic:
             self._start(trainer, pl_module, batch)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Prune to the schedule's target, then measure and log."""
+        """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
         if self._meter is None:  # no batch ran and no input was given
             return
-        epoch = trainer.current_epoch
-        target = self._target(epoch)
-        if target is not None and self.pruning.schedule.is_pruning_epoch(epoch):  # type: ignore[union-attr]
-            self.pruning.apply(pl_module, target)  # type: ignore[union-attr]
-        self._point(trainer, pl_module, self._meter.example_input, epoch + 1)
+        self._prune(trainer, pl_module, trainer.current_epoch)
+        self._point(trainer, pl_module, self._meter.example_input, trainer.current_epoch + 1)
+
+    def _prune(self, trainer: Any, pl_module: nn.Module, epoch: int) -> None:
+        pruner, budget = self.pruning, self.budget
+        if pruner is None or self.frozen:
+            return
+        if budget is not None and budget.monitor is not None:
+            metric = trainer.callback_metrics.get(budget.monitor)
+            if metric is None:
+                rank_zero_warn(
+                    f"lightning_sparsity: FlopBudget monitor {budget.monitor!r} is not among"
+                    f" the logged metrics {sorted(trainer.callback_metrics)}; not guarding"
+                )
+            elif not budget.guard_ok(float(metric)):
+                if budget.guard_action == "restore" and self._good_masks is not None:
+                    pruner.apply_masks(pl_module, self._good_masks)
+                return  # paused until the metric recovers
+            else:
+                self._good_masks = pruner.masks(pl_module)
+        assert self._meter is not None
+        if budget is not None and budget.action == "adjust":
+            if epoch >= budget.start_epoch:
+                cost = self._meter.cost_model()
+                pruner.apply_flop_target(
+                    pl_module, budget.scheduled(epoch), cost.flops_per_nonzero, cost.fixed_flops
+                )
+        elif pruner.schedule is not None:
+            costs = (
+                self._meter.cost_model().flops_per_nonzero if pruner.allocation == "flops" else None
+            )
+            pruner.step(pl_module, epoch, flops_per_nonzero=costs)
 
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Final table, hparams, report files and the PNG plot."""
@@ -279,7 +411,7 @@ class SparsityCallbackLogic:
         report, last = self.report, self.history[-1]
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_text("sparsity/layers", report.to_markdown(), global_step=last["step"])
-        hparams = hparams_of(getattr(self.pruning, "schedule", None), "pruning/schedule")
+        hparams = {**hparams_of(self.pruning, "pruning"), **hparams_of(self.budget, "budget")}
         if hparams:
             final = {
                 "sparsity/final_flops_ratio": float(last["flops_ratio"]),
@@ -301,17 +433,29 @@ class SparsityCallbackLogic:
 
     def state_dict(self) -> dict[str, Any]:
         """The history and the pruner's state (masks included)."""
-        state: dict[str, Any] = {"history": [dict(row) for row in self.history]}
+        state: dict[str, Any] = {
+            "history": [dict(row) for row in self.history],
+            "frozen": self.frozen,
+            "stopping_reason": self.stopping_reason,
+            "stopping_message": self.stopping_message,
+        }
         if self.pruning is not None:
             state["pruning"] = self.pruning.state_dict()
+        if self.budget is not None:
+            state["budget"] = self.budget.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the history; masks are re-applied at fit start."""
+        """Restore the history and budget state; masks are re-applied at fit start."""
         self.history = [dict(row) for row in state_dict.get("history", [])]
+        self.frozen = bool(state_dict.get("frozen", False))
+        self.stopping_reason = state_dict.get("stopping_reason")
+        self.stopping_message = state_dict.get("stopping_message")
         if self.pruning is not None and "pruning" in state_dict:
             self.pruning.load_state_dict(state_dict["pruning"])
-            self._pending_masks = state_dict["pruning"].get("masks")
+            self._restore_masks = True
+        if self.budget is not None and "budget" in state_dict:
+            self.budget.load_state_dict(state_dict["budget"])
 
     def on_save_checkpoint(
         self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]

@@ -40,6 +40,7 @@ class CostModel:
         fixed_flops: FLOPs with no weight operand (attention scores): never skipped.
         flops_per_nonzero: parameter name → FLOPs per nonzero entry.
         partial: names of parameters used in parts.
+        numel: parameter name → number of entries, for every parameter.
         per: ``"example"`` or ``"batch"``.
     """
 
@@ -47,6 +48,7 @@ class CostModel:
     fixed_flops: float
     flops_per_nonzero: dict[str, float]
     partial: frozenset[str]
+    numel: dict[str, int]
     per: Per
 
 
@@ -162,6 +164,7 @@ class SparsityMeter:
                 current.slots[i].name: _as_number(c / div) for i, c in per_nonzero.items()
             },
             partial=frozenset(partial),
+            numel={s.name: n for s, n in zip(current.slots, current.numels, strict=True)},
             per=self.per,
         )
 
