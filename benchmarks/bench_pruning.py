@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_sparsity.pruning import MagnitudePruner, threshold_for_count
+from lightning_sparsity.pruning import MagnitudePruner, kth_smallest_abs, threshold_for_count
 
 SPARSITY = 0.8
 
@@ -89,10 +93,20 @@ def prune_ours(model: nn.Module) -> None:
 
 
 def prune_torch(model: nn.Module) -> None:
-    params = [
-        (m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=SPARSITY)
+
+
+def select_only(model: nn.Module) -> None:
+    weights = conv_linear_weights(model)
+    threshold_for_count(weights, round(SPARSITY * sum(w.numel() for w in weights)))
+
+
+def conv_linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+METHODS = {"ours": prune_ours, "torch": prune_torch, "ours-threshold-only": select_only}
 
 
 def sync(device: torch.device) -> None:
@@ -121,10 +135,9 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def memory(fn: Callable[[nn.Module], None], base: nn.Module) -> tuple[float, float]:
-    """(peak above the start, retained after) in MiB, for one call on a fresh copy."""
-    device = next(base.parameters()).device
-    model = copy.deepcopy(base)
+def memory(fn: Callable[[nn.Module], None], model: nn.Module) -> tuple[float, float]:
+    """(peak above the start, retained after) in MiB, for one call."""
+    device = next(model.parameters()).device
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -140,6 +153,25 @@ def memory(fn: Callable[[nn.Module], None], base: nn.Module) -> tuple[float, flo
     return (peak - before) / 1024, (after - before) / 1024
 
 
+def memory_in_child(name: str) -> tuple[float, float]:
+    """Measure on CPU in a fresh process, where malloc hands every large block back to the OS
+    (fixed mmap threshold), so the resident set follows the live allocations."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-of", name],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    peak, kept = json.loads(out.strip().splitlines()[-1])
+    return peak, kept
+
+
+def masks_of(model: nn.Module) -> list[torch.Tensor]:
+    return [b for n, b in model.named_buffers() if n.endswith("weight_mask")]
+
+
 def zeros(model: nn.Module) -> int:
     return sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("weight_mask"))
 
@@ -149,13 +181,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--memory-of", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     base = ResNet50().to(device)
-    weights = [m.weight for m in base.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if args.memory_of:  # child process of memory_in_child
+        print(json.dumps(memory(METHODS[args.memory_of], base)))
+        return
+    weights = conv_linear_weights(base)
     n_weights = sum(w.numel() for w in weights)
     print(
         f"ResNet-50: {sum(p.numel() for p in base.parameters()):,} parameters,"
@@ -176,19 +212,24 @@ def main() -> None:
     m_ours, m_peer = copy.deepcopy(base), copy.deepcopy(base)
     prune_ours(m_ours)
     prune_torch(m_peer)
-    same = all(
-        torch.equal(a, b)
-        for (na, a), (nb, b) in zip(
-            m_ours.named_buffers(), m_peer.named_buffers(), strict=True
-        )
-        if na.endswith("weight_mask")
+    k = round(SPARSITY * n_weights)
+    threshold = float(kth_smallest_abs(weights, k))
+    differ, differ_at_ties = 0, 0
+    for w, a, b in zip(weights, masks_of(m_ours), masks_of(m_peer), strict=True):
+        diff = a != b
+        differ += int(diff.sum())
+        differ_at_ties += int((w.detach().abs()[diff] == threshold).sum())
+    print(
+        f"\nweights pruned: ours {zeros(m_ours):,}, torch {zeros(m_peer):,},"
+        f" round({SPARSITY} * N) = {k:,}"
     )
-    print(f"\nweights pruned: ours {zeros(m_ours):,}, torch {zeros(m_peer):,},"
-          f" round(0.8 * N) = {round(SPARSITY * n_weights):,}; masks identical: {same}")
+    print(
+        f"masks differ in {differ} entries, {differ_at_ties} of them tied at the threshold"
+        f" |w| = {threshold!r} (topk breaks ties arbitrarily, ours by tensor then index)"
+    )
     del m_ours, m_peer
 
     # the threshold alone: radix select vs torch.kthvalue on a concatenation
-    k = round(SPARSITY * n_weights)
     sel, kth = [], []
     for _ in range(args.repeats):
         sync(device)
@@ -206,15 +247,22 @@ def main() -> None:
         f" torch.kthvalue(cat(|w|)) {statistics.median(kth) * 1e3:.1f} ms (same value)"
     )
 
-    what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process RSS (/proc)"
+    what = (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "RSS of a fresh process via /proc (VmHWM, VmRSS)"
+    )
     print(f"\nmemory, {what}, one call each (MiB):")
     weights_mib = n_weights * weights[0].element_size() / 2**20
-    for name, fn in (("ours", prune_ours), ("torch", prune_torch)):
-        peak, kept = memory(fn, base)
+    for name in METHODS:
+        peak, kept = memory_in_child(name) if device.type == "cpu" else memory(METHODS[name], base)
         print(
-            f"  {name:6s} peak +{peak:7.1f}  retained +{kept:7.1f} (masks + masked weights)"
-            f"  transient {peak - kept:7.1f}   [all weights: {weights_mib:.1f}]"
+            f"  {name:20s} peak +{peak:7.1f}  retained +{kept:7.1f}  transient {peak - kept:7.1f}"
         )
+    print(
+        f"  (all conv+linear weights: {weights_mib:.1f} MiB; what pruning retains is the masks"
+        " and the masked weights, 2 x that, plus whatever the method keeps referenced)"
+    )
     largest = max(w.numel() for w in weights)
     print(
         f"  ours allocates per-tensor temporaries only; the largest tensor has {largest:,}"

@@ -4,6 +4,7 @@ Convention used everywhere in this package: 1 MAC (multiply-accumulate) = 2 FLOP
 ``torch.utils.flop_counter`` and Lightning's ``measure_flops``.
 """
 
+from lightning_sparsity import schedules
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.callback import SparsityCallback
 from lightning_sparsity.counting import (
@@ -14,6 +15,8 @@ from lightning_sparsity.counting import (
     SparsityReport,
     measure,
 )
+from lightning_sparsity.oneshot import prune_to_flops
+from lightning_sparsity.pruning import MagnitudePruner
 
 __version__ = "0.1.0"
 
@@ -22,10 +25,13 @@ __all__ = [
     "FlopBudget",
     "CostModel",
     "LayerStats",
+    "MagnitudePruner",
     "MeasureError",
     "SparsityCallback",
     "SparsityMeter",
     "SparsityReport",
     "__version__",
     "measure",
+    "prune_to_flops",
+    "schedules",
 ]

@@ -1,0 +1,67 @@
+"""``prune_to_flops``: prune a model to a FLOP target in one shot, without training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lightning_sparsity.budget import parse_flops
+from lightning_sparsity.counting import SparsityMeter, SparsityReport
+from lightning_sparsity.pruning import MagnitudePruner
+
+__all__ = ["prune_to_flops"]
+
+
+def prune_to_flops(
+    model: nn.Module,
+    example_input: Any,
+    target: float | int | str,
+    *,
+    pruner: MagnitudePruner | None = None,
+    batch_size: int | None = None,
+) -> SparsityReport:
+    """Prune ``model`` so its sparse FLOPs per example land on ``target``.
+
+    One global magnitude threshold, weighted by each weight's FLOP cost (from one trace of
+    the model on ``example_input``): the smallest weights go first until the sparse FLOPs
+    are as close to the target as one weight allows. Masks are
+    ``torch.nn.utils.prune`` reparametrizations (``pruner.make_permanent`` folds them in).
+
+    Args:
+        model: the model, pruned in place.
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        target: sparse FLOPs per example (``1.2e9`` or ``"1.2G"``) or ``"N%"`` of dense.
+        pruner: which weights and how (structured, include/exclude, ...); default: the
+            weights of every conv and linear layer.
+        batch_size: the example input's batch size (default: dim 0 of its first tensor).
+
+    Returns:
+        The report after pruning.
+
+    Raises:
+        ValueError: for a bad target, one above the dense FLOPs, or one below what pruning
+            can reach (the FLOPs of weight-free ops and of weights that are not pruned).
+    """
+    value, fraction = parse_flops(target)
+    pruner = pruner if pruner is not None else MagnitudePruner()
+    meter = SparsityMeter(model, example_input, batch_size=batch_size)
+    cost = meter.cost_model()
+    limit = value * cost.flops if fraction else value
+    if limit > cost.flops:
+        raise ValueError(
+            f"target {target!r} ({limit:,.0f} FLOPs) is above the dense model's"
+            f" {cost.flops:,.0f} FLOPs per example; nothing to prune"
+        )
+    pruned = {f"{fqn}.{n}" if fqn else n for fqn, _, n in pruner.targets(model)}
+    floor = cost.fixed_flops + sum(
+        c * cost.numel[n] for n, c in cost.flops_per_nonzero.items() if n not in pruned
+    )
+    if limit < floor:
+        raise ValueError(
+            f"target {target!r} ({limit:,.0f} FLOPs) is unreachable: with every prunable"
+            f" weight zero the model still costs {floor:,.0f} FLOPs per example"
+            f" ({floor / cost.flops:.2%} of dense)"
+        )
+    pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops)
+    return meter.measure()

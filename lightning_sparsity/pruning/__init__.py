@@ -1,0 +1,44 @@
+"""Magnitude pruning: schedules, the exact global threshold, and the pruner."""
+
+from lightning_sparsity.pruning import schedules, select
+from lightning_sparsity.pruning.pruner import DEFAULT_INCLUDE_TYPES, MagnitudePruner, erk_densities
+from lightning_sparsity.pruning.schedules import (
+    Constant,
+    Cubic,
+    Exponential,
+    FromCallable,
+    Linear,
+    Schedule,
+    Step,
+)
+from lightning_sparsity.pruning.select import (
+    Cut,
+    kth_smallest_abs,
+    masks_for_count,
+    masks_for_cut,
+    masks_for_weighted_target,
+    threshold_for_count,
+    threshold_for_weighted_target,
+)
+
+__all__ = [
+    "DEFAULT_INCLUDE_TYPES",
+    "Constant",
+    "Cubic",
+    "Cut",
+    "Exponential",
+    "FromCallable",
+    "Linear",
+    "MagnitudePruner",
+    "Schedule",
+    "Step",
+    "erk_densities",
+    "kth_smallest_abs",
+    "masks_for_count",
+    "masks_for_cut",
+    "masks_for_weighted_target",
+    "schedules",
+    "select",
+    "threshold_for_count",
+    "threshold_for_weighted_target",
+]

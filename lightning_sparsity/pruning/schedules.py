@@ -1,0 +1,358 @@
+"""Sparsity schedules: the target sparsity at the end of each (0-based) epoch.
+
+Sparsity is the fraction of zeros among the pruned weights, a float in ``[0, 1)``.
+
+Every schedule returns ``0.0`` (no pruning) before its first pruning epoch. Targets never
+decrease: pruning is monotone (see :class:`~lightning_sparsity.pruning.MagnitudePruner`).
+With a ``frequency`` Δt the target only changes at epochs ``start_epoch + k·Δt`` and holds
+its last value in between.
+
+All constructor arguments are plain ints, floats and lists, so LightningCLI / jsonargparse
+can build any schedule from YAML::
+
+    schedule:
+      class_path: lightning_sparsity.schedules.Cubic
+      init_args: {final_sparsity: 0.8, start_epoch: 0, end_epoch: 10}
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Constant", "Cubic", "Exponential", "FromCallable", "Linear", "Schedule", "Step"]
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_sparsity(name: str, value: object, errors: list[str]) -> None:
+    if not _is_real(value) or not 0.0 <= float(value) < 1.0:  # type: ignore[arg-type]
+        errors.append(f"`{name}` must be a float in [0, 1), got {value!r}")
+
+
+def _check_epoch_arg(name: str, value: object, errors: list[str], minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        errors.append(f"`{name}` must be an int >= {minimum}, got {value!r}")
+
+
+def _raise(cls: type, errors: list[str]) -> None:
+    if errors:
+        raise ValueError(f"{cls.__name__}: " + "; ".join(errors))
+
+
+class Schedule(ABC):
+    """Base class: maps a 0-based epoch to the target sparsity at that epoch's end."""
+
+    def __call__(self, epoch: int) -> float:
+        """Return the target sparsity at the end of ``epoch``.
+
+        Args:
+            epoch: 0-based epoch index.
+
+        Returns:
+            The target sparsity, a float in ``[0, 1)``.
+
+        Raises:
+            ValueError: If ``epoch`` is not an int >= 0.
+        """
+        errors: list[str] = []
+        _check_epoch_arg("epoch", epoch, errors)
+        _raise(type(self), errors)
+        return self._target(epoch)
+
+    @abstractmethod
+    def _target(self, epoch: int) -> float:
+        """Return the target for a validated epoch."""
+
+    @abstractmethod
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """Whether the target may change at the end of ``epoch`` (so the pruner should run).
+
+        Args:
+            epoch: 0-based epoch index.
+        """
+
+    @property
+    @abstractmethod
+    def last_epoch(self) -> int | None:
+        """The epoch after which the target never changes (``None``: unknown)."""
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """One-shot pruning: ``0.0`` before ``start_epoch``, ``sparsity`` from it on.
+
+    Args:
+        sparsity: The target, in ``[0, 1)``.
+        start_epoch: The epoch at whose end pruning happens.
+
+    Raises:
+        ValueError: If an argument is out of range (all are reported at once).
+    """
+
+    sparsity: float
+    start_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        _check_sparsity("sparsity", self.sparsity, errors)
+        _check_epoch_arg("start_epoch", self.start_epoch, errors)
+        _raise(type(self), errors)
+
+    def _target(self, epoch: int) -> float:
+        return float(self.sparsity) if epoch >= self.start_epoch else 0.0
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """True only at ``start_epoch``."""
+        return epoch == self.start_epoch
+
+    @property
+    def last_epoch(self) -> int:
+        """``start_epoch``."""
+        return self.start_epoch
+
+
+@dataclass(frozen=True)
+class _Ramp(Schedule):
+    """A ramp from ``initial_sparsity`` at ``start_epoch`` to ``final_sparsity`` at ``end_epoch``.
+
+    The target is ``0.0`` before ``start_epoch`` and ``final_sparsity`` from ``end_epoch`` on.
+    Between them it is updated at ``start_epoch + k * frequency`` only and holds in between;
+    ``end_epoch - start_epoch`` must be a multiple of ``frequency`` so the final value is
+    reached at ``end_epoch``.
+    """
+
+    final_sparsity: float
+    start_epoch: int
+    end_epoch: int
+    initial_sparsity: float = 0.0
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        _check_sparsity("final_sparsity", self.final_sparsity, errors)
+        _check_sparsity("initial_sparsity", self.initial_sparsity, errors)
+        _check_epoch_arg("start_epoch", self.start_epoch, errors)
+        _check_epoch_arg("end_epoch", self.end_epoch, errors)
+        _check_epoch_arg("frequency", self.frequency, errors, minimum=1)
+        if not errors:
+            if self.initial_sparsity > self.final_sparsity:
+                errors.append(
+                    f"`initial_sparsity` must be <= `final_sparsity` ({self.final_sparsity!r}),"
+                    f" got {self.initial_sparsity!r}"
+                )
+            if self.end_epoch <= self.start_epoch:
+                errors.append(
+                    f"`end_epoch` must be > `start_epoch` ({self.start_epoch}),"
+                    f" got {self.end_epoch}"
+                )
+            elif (self.end_epoch - self.start_epoch) % self.frequency:
+                errors.append(
+                    f"`end_epoch - start_epoch` ({self.end_epoch - self.start_epoch}) must be a"
+                    f" multiple of `frequency` ({self.frequency})"
+                )
+        _raise(type(self), errors)
+
+    def _target(self, epoch: int) -> float:
+        if epoch < self.start_epoch:
+            return 0.0
+        if epoch >= self.end_epoch:
+            return float(self.final_sparsity)
+        steps = (epoch - self.start_epoch) // self.frequency
+        progress = steps * self.frequency / (self.end_epoch - self.start_epoch)
+        return self._curve(progress)
+
+    @abstractmethod
+    def _curve(self, progress: float) -> float:
+        """Return the sparsity at ``progress`` in ``[0, 1)`` of the ramp."""
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """True at ``start_epoch + k * frequency`` up to ``end_epoch``."""
+        return (
+            self.start_epoch <= epoch <= self.end_epoch
+            and (epoch - self.start_epoch) % self.frequency == 0
+        )
+
+    @property
+    def last_epoch(self) -> int:
+        """``end_epoch``."""
+        return self.end_epoch
+
+
+@dataclass(frozen=True)
+class Linear(_Ramp):
+    """Linear ramp: ``s_t = s_i + (s_f - s_i) * (t_q - t0) / (t1 - t0)``.
+
+    ``t_q = t0 + floor((t - t0) / Δt) * Δt`` is the last update epoch at or before ``t``.
+    ``0.0`` before ``start_epoch`` (so ``initial_sparsity`` applies from ``start_epoch``),
+    ``final_sparsity`` from ``end_epoch`` on.
+
+    Args:
+        final_sparsity: ``s_f`` in ``[0, 1)``.
+        start_epoch: ``t0``, the first pruning epoch.
+        end_epoch: ``t1 > t0``, the epoch at which ``s_f`` is reached.
+        initial_sparsity: ``s_i`` in ``[0, s_f]``.
+        frequency: ``Δt >= 1``; ``t1 - t0`` must be a multiple of it.
+
+    Raises:
+        ValueError: If an argument is out of range (all are reported at once).
+    """
+
+    def _curve(self, progress: float) -> float:
+        return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * progress
+
+
+@dataclass(frozen=True)
+class Cubic(_Ramp):
+    """Zhu & Gupta (2017) automated gradual pruning (AGP).
+
+    ``s_t = s_f + (s_i - s_f) * (1 - (t_q - t0) / (n·Δt))**3`` for ``t`` in
+    ``[t0, t0 + n·Δt]`` with ``t0 + n·Δt = end_epoch`` and
+    ``t_q = t0 + floor((t - t0) / Δt) * Δt``. Before ``start_epoch`` the target is ``0.0``
+    (no pruning; ``initial_sparsity`` applies from ``start_epoch`` on), after ``end_epoch``
+    it is ``s_f``.
+
+    Args:
+        final_sparsity: ``s_f`` in ``[0, 1)``.
+        start_epoch: ``t0``, the first pruning epoch.
+        end_epoch: ``t0 + n·Δt > t0``, the epoch at which ``s_f`` is reached.
+        initial_sparsity: ``s_i`` in ``[0, s_f]``.
+        frequency: ``Δt >= 1``; ``end_epoch - start_epoch`` must be a multiple of it.
+
+    Raises:
+        ValueError: If an argument is out of range (all are reported at once).
+    """
+
+    def _curve(self, progress: float) -> float:
+        return (
+            self.final_sparsity
+            + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** 3
+        )
+
+
+@dataclass(frozen=True)
+class Exponential(_Ramp):
+    """The density ``d = 1 - s`` decays geometrically from ``d_i`` to ``d_f``.
+
+    ``d_t = d_i * (d_f / d_i) ** ((t_q - t0) / (t1 - t0))``, so ``s_t = 1 - d_t``; every
+    update removes the same fraction of the remaining weights. ``t_q`` as in :class:`Linear`;
+    ``0.0`` before ``start_epoch``, ``final_sparsity`` from ``end_epoch`` on.
+
+    Args:
+        final_sparsity: ``s_f = 1 - d_f`` in ``[0, 1)``.
+        start_epoch: ``t0``, the first pruning epoch.
+        end_epoch: ``t1 > t0``, the epoch at which ``s_f`` is reached.
+        initial_sparsity: ``s_i = 1 - d_i`` in ``[0, s_f]``.
+        frequency: ``Δt >= 1``; ``t1 - t0`` must be a multiple of it.
+
+    Raises:
+        ValueError: If an argument is out of range (all are reported at once).
+    """
+
+    def _curve(self, progress: float) -> float:
+        d_i = 1.0 - self.initial_sparsity
+        d_f = 1.0 - self.final_sparsity
+        return 1.0 - d_i * (d_f / d_i) ** progress
+
+
+@dataclass(frozen=True)
+class Step(Schedule):
+    """Piecewise constant: ``sparsities[i]`` from epoch ``milestones[i]`` on, ``0.0`` before.
+
+    Args:
+        milestones: Strictly increasing epochs (ints >= 0), at least one.
+        sparsities: Non-decreasing targets in ``[0, 1)``, one per milestone.
+
+    Raises:
+        ValueError: If the lists are empty, of different lengths, unordered or out of range
+            (all problems are reported at once).
+    """
+
+    milestones: list[int] = field(default_factory=list)
+    sparsities: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        if not self.milestones:
+            errors.append("`milestones` must hold at least one epoch, got []")
+        if len(self.milestones) != len(self.sparsities):
+            errors.append(
+                f"`milestones` and `sparsities` must have the same length, got"
+                f" {len(self.milestones)} and {len(self.sparsities)}"
+            )
+        for i, epoch in enumerate(self.milestones):
+            _check_epoch_arg(f"milestones[{i}]", epoch, errors)
+        for i, value in enumerate(self.sparsities):
+            _check_sparsity(f"sparsities[{i}]", value, errors)
+        if not errors:
+            for i in range(1, len(self.milestones)):
+                if self.milestones[i] <= self.milestones[i - 1]:
+                    errors.append(
+                        f"`milestones` must be strictly increasing, got {self.milestones}"
+                    )
+                    break
+            for i in range(1, len(self.sparsities)):
+                if self.sparsities[i] < self.sparsities[i - 1]:
+                    errors.append(f"`sparsities` must be non-decreasing, got {self.sparsities}")
+                    break
+        _raise(type(self), errors)
+
+    def _target(self, epoch: int) -> float:
+        target = 0.0
+        for milestone, value in zip(self.milestones, self.sparsities, strict=True):
+            if epoch >= milestone:
+                target = float(value)
+        return target
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """True at the milestones."""
+        return epoch in self.milestones
+
+    @property
+    def last_epoch(self) -> int:
+        """The last milestone."""
+        return self.milestones[-1]
+
+
+@dataclass(frozen=True)
+class FromCallable(Schedule):
+    """A user function ``fn(epoch) -> sparsity``, validated on every call.
+
+    Every epoch is a pruning epoch; from YAML, give ``fn`` as an import path
+    (``mypkg.schedules.my_fn``).
+
+    Args:
+        fn: Maps a 0-based epoch to a target in ``[0, 1)``.
+        last_epoch: The epoch after which ``fn`` no longer changes, if known; pruning is
+            skipped after it.
+
+    Raises:
+        ValueError: If ``fn`` is not callable or ``last_epoch`` is not ``None`` or an int >= 0.
+    """
+
+    fn: Callable[[int], float]
+    last_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        if not callable(self.fn):
+            errors.append(f"`fn` must be callable, got {self.fn!r}")
+        if self.last_epoch is not None:
+            _check_epoch_arg("last_epoch", self.last_epoch, errors)
+        _raise(type(self), errors)
+
+    def _target(self, epoch: int) -> float:
+        value = self.fn(epoch)
+        if not _is_real(value) or not math.isfinite(value) or not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"FromCallable: `fn({epoch})` must return a float in [0, 1), got {value!r}"
+            )
+        return float(value)
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """True every epoch up to ``last_epoch`` (every epoch when it is ``None``)."""
+        return self.last_epoch is None or epoch <= self.last_epoch
