@@ -20,5 +20,5 @@ from lightning_sparsity.callback import SparsityCallbackLogic
 __all__ = ["SparsityCallback"]
 
 
-class SparsityCallback(SparsityCallbackLogic, L.Callback):  # type: ignore[misc]
+class SparsityCallback(SparsityCallbackLogic, L.Callback):
     """:class:`lightning_sparsity.SparsityCallback` for ``lightning.pytorch.Trainer``."""
