@@ -261,6 +261,14 @@ class FlopBudget:
 
     # ------------------------------------------------------------------ decisions
 
+    def pruning_allowed(self, epoch: int) -> bool:
+        """Whether pruning may go on: ``False`` once the limit was met with ``action="stop"``.
+
+        Pass it to Lightning's ``ModelPruning(apply_pruning=budget.pruning_allowed)`` so the
+        budget freezes that callback's masks too.
+        """
+        return not (self.action == "stop" and self.reached_epoch is not None)
+
     def guard_ok(self, metric: float | None) -> bool:
         """Whether the monitored metric allows pruning (True without a guard)."""
         if self.monitor is None or metric is None:

@@ -396,7 +396,11 @@ class SparsityCallbackLogic:
             if epoch >= budget.start_epoch:
                 cost = self._meter.cost_model()
                 pruner.apply_flop_target(
-                    pl_module, budget.scheduled(epoch), cost.flops_per_nonzero, cost.fixed_flops
+                    pl_module,
+                    budget.scheduled(epoch),
+                    cost.flops_per_nonzero,
+                    cost.fixed_flops,
+                    not_above=True,
                 )
         elif pruner.schedule is not None:
             costs = (

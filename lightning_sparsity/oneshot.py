@@ -25,7 +25,8 @@ def prune_to_flops(
 
     One global magnitude threshold, weighted by each weight's FLOP cost (from one trace of
     the model on ``example_input``): the smallest weights go first until the sparse FLOPs
-    are as close to the target as one weight allows. Masks are
+    reach the target, so they land at most one weight's FLOP cost below it (on a
+    ResNet-50 that is under 10⁻⁵ of the total). Masks are
     ``torch.nn.utils.prune`` reparametrizations (``pruner.make_permanent`` folds them in).
 
     Args:
@@ -63,5 +64,5 @@ def prune_to_flops(
             f" weight zero the model still costs {floor:,.0f} FLOPs per example"
             f" ({floor / cost.flops:.2%} of dense)"
         )
-    pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops)
+    pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops, not_above=True)
     return meter.measure()

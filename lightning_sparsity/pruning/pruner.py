@@ -473,6 +473,7 @@ class MagnitudePruner:
         scales: list[float] | None,
         dtypes: list[torch.dtype] | None = None,
         warn: bool = True,
+        reach: bool = False,
     ) -> list[Tensor]:
         sources = _sources(tensors, masks, scales, weights)
         already = sum(s.excluded * s.weight for s in sources)
@@ -483,7 +484,7 @@ class MagnitudePruner:
                 UserWarning,
                 stacklevel=3,
             )
-        (cut,) = _cuts([(sources, float(target))], weighted=True)
+        (cut,) = _cuts([(sources, float(target))], weighted=True, reach=reach)
         return _keep_masks(sources, cut, dtypes)
 
     def apply_flop_target(
@@ -492,6 +493,8 @@ class MagnitudePruner:
         target_flops: float,
         flops_per_nonzero: Mapping[str, float],
         fixed_flops: float = 0.0,
+        *,
+        not_above: bool = False,
     ) -> float:
         """Choose the global magnitude threshold whose sparse FLOPs land closest to a target.
 
@@ -511,6 +514,8 @@ class MagnitudePruner:
             target_flops: The sparse FLOPs wanted.
             flops_per_nonzero: FLOPs per nonzero weight keyed by parameter FQN.
             fixed_flops: FLOPs that no weight here changes (weight-free ops, ...).
+            not_above: land at or below the target (the smallest prefix of weights that
+                reaches it) instead of closest to it: what a budget needs.
 
         Returns:
             The sparse FLOPs after pruning, under the same cost model.
@@ -553,10 +558,12 @@ class MagnitudePruner:
             )
         remove = all_dense - target_flops
         if self.structured:
-            keeps = self._structured_flop_keeps(origs, masks, costs, remove)
+            keeps = self._structured_flop_keeps(origs, masks, costs, remove, not_above)
         else:
             dtypes = [o.dtype for o in origs]
-            keeps = self._weighted_keeps(origs, masks, costs, remove, None, dtypes, warn=False)
+            keeps = self._weighted_keeps(
+                origs, masks, costs, remove, None, dtypes, warn=False, reach=not_above
+            )
         for (_, module, name), keep in zip(targets, keeps, strict=True):
             _set_mask(module, name, keep)
         self._model = weakref.ref(model)
@@ -564,12 +571,19 @@ class MagnitudePruner:
         return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
 
     def _structured_flop_keeps(
-        self, origs: list[Tensor], masks: list[Tensor | None], costs: list[float], remove: float
+        self,
+        origs: list[Tensor],
+        masks: list[Tensor | None],
+        costs: list[float],
+        remove: float,
+        not_above: bool = False,
     ) -> list[Tensor]:
         scores, row_keeps, row_sizes = self._row_scores(origs, masks)
         scales = [1.0 / n ** (1.0 / self.norm) for n in row_sizes]
         weights = [c * n for c, n in zip(costs, row_sizes, strict=True)]
-        row_masks = self._weighted_keeps(scores, row_keeps, weights, remove, scales, warn=False)
+        row_masks = self._weighted_keeps(
+            scores, row_keeps, weights, remove, scales, warn=False, reach=not_above
+        )
         return _expand_rows(origs, masks, row_masks)
 
     @staticmethod

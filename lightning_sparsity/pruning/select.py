@@ -324,11 +324,14 @@ def _read(descents: list[_Descent]) -> list[_Read]:
     return out
 
 
-def _walk_ties(sources: list[_Source], rem: float, tie_counts: list[int]) -> int:
+def _walk_ties(
+    sources: list[_Source], rem: float, tie_counts: list[int], reach: bool = False
+) -> int:
     """Weighted case: how many tied entries, taken in order, land closest to ``rem``.
 
     Tied entries before the crossing go toward the target (weightless ones are free); of the
-    two prefixes around the crossing the closer one wins, the one reaching it on a draw.
+    two prefixes around the crossing the closer one wins, the one reaching it on a draw (or
+    always, with ``reach``).
     """
     taken = 0
     for src, count in zip(sources, tie_counts, strict=True):
@@ -340,7 +343,7 @@ def _walk_ties(sources: list[_Source], rem: float, tie_counts: list[int]) -> int
             continue
         n = max(1, math.ceil(rem / src.weight))
         over, under = n * src.weight - rem, rem - (n - 1) * src.weight
-        return taken + (n if over <= under else n - 1)
+        return taken + (n if reach or over <= under else n - 1)
     return taken  # only reached when rounding left the target just above every tie
 
 
@@ -360,11 +363,14 @@ def _tied_mask(src: _Source, cut: Cut) -> Tensor:
     return tied
 
 
-def _cuts(groups: Sequence[tuple[list[_Source], float]], weighted: bool) -> list[Cut]:
+def _cuts(
+    groups: Sequence[tuple[list[_Source], float]], weighted: bool, reach: bool = False
+) -> list[Cut]:
     """Descend to each group's threshold and settle its ties; one host sync for all groups.
 
     Each group is selected on its own (one group: a global cut; one per layer: per-layer
-    cuts). All sources must share one key dtype.
+    cuts). All sources must share one key dtype. Weighted, the pruned weight lands closest to
+    the target, or with ``reach`` at the smallest prefix that reaches it.
     """
     descents: list[_Descent | None] = []
     for sources, target in groups:
@@ -388,9 +394,9 @@ def _cuts(groups: Sequence[tuple[list[_Source], float]], weighted: bool) -> list
         if not weighted:
             ties = int(rem)
         elif tied == 1:
-            ties = 1 if tied_weight - rem <= rem else 0
+            ties = 1 if reach or tied_weight - rem <= rem else 0
         else:
-            ties = _walk_ties(sources, rem, list(_tie_counts(sources, cut)))
+            ties = _walk_ties(sources, rem, list(_tie_counts(sources, cut)), reach)
         cuts.append(Cut(cut.threshold, ties, tied, key, dtype, per_tensor))
     return cuts
 

@@ -1,0 +1,72 @@
+"""Small real LightningModules and quiet Trainers shared by the fit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Wide(pl.LightningModule):
+    """Layers whose FLOPs per weight differ widely (per example, 2 FLOPs per MAC).
+
+    conv1 3→8 3×3 on 16×16: 216 weights × 2·256 = 110,592 FLOPs (512 per weight)
+    conv2 8→8 3×3 stride 2 → 8×8: 576 weights × 2·64 = 73,728 (128 per weight)
+    fc1 512→64: 32,768 weights × 2 = 65,536 (2 per weight); fc2 64→10: 640 × 2 = 1,280
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(512, 64)
+        self.fc2 = nn.Linear(64, 10)
+        self.example_input_array = torch.zeros(1, 3, 16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.arange(64) % 10)
+        return DataLoader(data, batch_size=32)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.train_dataloader()
+
+
+WIDE_DENSE = 110_592 + 73_728 + 65_536 + 1_280  # 251,136
+
+
+def quiet_trainer(tmp_path: Path, callbacks: list, epochs: int, **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = {
+        "default_root_dir": tmp_path,
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kwargs,
+    }
+    return pl.Trainer(callbacks=callbacks, **options)

@@ -1,0 +1,163 @@
+"""FLOP budgets in real fits: stop, deadline, adjust, one-shot, unreachable, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelPruning
+
+import lightning_sparsity as ls
+from lightning_sparsity.callback import BudgetExceededError
+from lightning_sparsity.demo import DigitsCNN
+from tests.fits import WIDE_DENSE, Wide, quiet_trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
+
+
+def test_measure_agrees_with_the_closed_form_of_the_test_model() -> None:
+    assert ls.measure(Wide(), torch.zeros(1, 3, 16, 16)).total.flops == WIDE_DENSE
+
+
+def test_stop_freezes_masks_at_first_epoch_within_and_stops_after_finetune(
+    tmp_path: Path,
+) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9))
+    budget = ls.FlopBudget("60%", finetune_epochs=2)
+    callback = ls.SparsityCallback(pruner, budget, write_files=False)
+    trainer = quiet_trainer(tmp_path, [callback], epochs=20)
+    trainer.fit(Wide())
+
+    sparse = [row["flops_sparse"] for row in callback.history]
+    limit = 0.6 * WIDE_DENSE
+    first = next(i for i, value in enumerate(sparse) if value <= limit)  # point index = epoch+1
+    assert all(value > limit for value in sparse[:first])
+    assert sparse[first:] == [sparse[first]] * len(sparse[first:])  # frozen from then on
+    assert len(sparse) == first + 3  # two fine-tune epochs after the one that met it
+    assert trainer.current_epoch == first + 2  # epochs run: first..first+2 → stopped
+    assert callback.stopping_reason == "finetune_done"
+    assert budget.reached_epoch == first - 1
+    assert callback.history[-1]["budget_status"] == "within"
+
+
+@pytest.mark.parametrize("on_deadline", ["stop", "raise", "warn"])
+def test_deadline_missed(tmp_path: Path, on_deadline: str) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=10))
+    budget = ls.FlopBudget("10%", by_epoch=1, on_deadline=on_deadline)  # type: ignore[arg-type]
+    callback = ls.SparsityCallback(pruner, budget, write_files=False)
+    trainer = quiet_trainer(tmp_path, [callback], epochs=4)
+    if on_deadline == "raise":
+        with pytest.raises(BudgetExceededError, match=r"FLOP budget missed: .* > 25,114"):
+            trainer.fit(Wide())
+        assert trainer.current_epoch == 1
+    elif on_deadline == "warn":
+        with pytest.warns(UserWarning, match="FLOP budget missed"):
+            trainer.fit(Wide())
+        assert trainer.current_epoch == 4  # went on to max_epochs
+        assert callback.stopping_reason is None
+    else:
+        trainer.fit(Wide())
+        assert trainer.current_epoch == 2  # stopped after epoch 1, the deadline
+        assert callback.stopping_reason == "deadline_missed"
+        assert "deadline: epoch 1" in (callback.stopping_message or "")
+
+
+def test_adjust_follows_the_flop_schedule_and_lands_on_the_budget(tmp_path: Path) -> None:
+    budget = ls.FlopBudget("25%", by_epoch=4, action="adjust")
+    callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False)
+    quiet_trainer(tmp_path, [callback], epochs=6).fit(Wide())
+    rows = callback.history[1:]
+    scheduled = [budget.scheduled(epoch) for epoch in range(6)]
+    # F_t = F_b + (F_0 − F_b)(1 − (t + 1)/5)³ with F_0 = 251,136, F_b = 62,784
+    assert scheduled[0] == pytest.approx(62_784 + 188_352 * 0.8**3)
+    for row, target in zip(rows, scheduled, strict=True):
+        assert row["flops_sparse"] == pytest.approx(target, rel=0.005)
+        assert row["budget_scheduled"] == target
+    assert rows[4]["flops_sparse"] == pytest.approx(0.25 * WIDE_DENSE, rel=0.005)
+    # FLOP space, not weight space: the cheap linear weights alone could never get there
+    report = callback.report
+    assert report is not None
+    assert report.layer("conv1").density < 0.6
+
+
+@pytest.mark.parametrize("target", ["10%", "37.5%", 100_000, "0.1M"])
+def test_prune_to_flops_lands_within_one_weight_below_its_target(target: object) -> None:
+    torch.manual_seed(0)
+    model = Wide()
+    report = ls.prune_to_flops(model, torch.zeros(1, 3, 16, 16), target)  # type: ignore[arg-type]
+    expected = {"10%": 25_113.6, "37.5%": 94_176.0, 100_000: 1e5, "0.1M": 1e5}[target]  # type: ignore[index]
+    # the costliest weight (conv1 on 16x16) is 512 FLOPs
+    assert expected - 512 < report.total.flops_sparse <= expected
+    assert report == ls.measure(model, torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("target", ["5%", "20%", "50%"])
+def test_prune_to_flops_on_the_digits_cnn(target: str) -> None:
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    report = ls.prune_to_flops(model, model.example_input_array, target)
+    wanted = float(target[:-1]) / 100 * report.total.flops
+    # at most one weight below: conv1/conv2 weights cost 2 * 8 * 8 = 128 FLOPs each
+    assert wanted - 128 < report.total.flops_sparse <= wanted
+
+
+@pytest.mark.parametrize("target", ["11%", "20%", "50%"])
+def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
+    # 128 FLOPs (one weight) is under 0.1% of the target from 11% of 1,199,360 FLOPs up
+    model = DigitsCNN()
+    report = ls.prune_to_flops(model, model.example_input_array, target)
+    wanted = float(target[:-1]) / 100 * report.total.flops
+    assert report.total.flops_sparse == pytest.approx(wanted, rel=0.001)
+
+
+def test_prune_to_flops_errors() -> None:
+    with pytest.raises(ValueError, match="above the dense model's 251,136 FLOPs"):
+        ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "1G")
+    pruner = ls.MagnitudePruner(keep_first_dense=True)
+    with pytest.raises(ValueError, match=r"unreachable: .* still costs 110,592 FLOPs"):
+        ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
+
+
+def test_unreachable_budget_fails_at_fit_start(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(keep_first_dense=True, schedule=ls.schedules.Constant(0.5))
+    # conv1 (110,592 FLOPs, 44% of dense) stays dense: 20% cannot be reached
+    callback = ls.SparsityCallback(pruner, ls.FlopBudget("20%", by_epoch=5), write_files=False)
+    trainer = quiet_trainer(tmp_path, [callback], epochs=5)
+    with pytest.raises(ValueError, match=r"unreachable.*lowest reachable target is 44\.04% of"):
+        trainer.fit(Wide())
+    assert trainer.global_step == 0
+
+
+def test_model_pruning_governed_by_the_budget(tmp_path: Path) -> None:
+    budget = ls.FlopBudget("65%")
+    pruning = ModelPruning(
+        "l1_unstructured", amount=0.25, apply_pruning=budget.pruning_allowed, verbose=0
+    )
+    callback = ls.SparsityCallback(budget=budget, write_files=False)
+    quiet_trainer(tmp_path, [pruning, callback], epochs=8).fit(Wide())
+    sparse = [row["flops_sparse"] for row in callback.history]
+    first = next(i for i, value in enumerate(sparse) if value <= 0.65 * WIDE_DENSE)
+    assert first > 1
+    assert sparse[first:] == [sparse[first]] * len(sparse[first:])
+
+
+def test_resume_of_a_run_the_budget_ended_stops_at_once(tmp_path: Path) -> None:
+    def parts() -> tuple[ls.SparsityCallback, ModelCheckpoint]:
+        pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, 0, 4))
+        budget = ls.FlopBudget("60%", finetune_epochs=0)
+        callback = ls.SparsityCallback(pruner, budget, write_files=False)
+        return callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)
+
+    callback, checkpoint = parts()
+    first = quiet_trainer(tmp_path, [callback, checkpoint], 10, enable_checkpointing=True)
+    first.fit(Wide())
+    assert callback.stopping_reason == "finetune_done"
+    history = callback.history
+
+    callback, checkpoint = parts()
+    second = quiet_trainer(tmp_path, [callback, checkpoint], 10, enable_checkpointing=True)
+    second.fit(Wide(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert callback.stopping_reason == "finetune_done"
+    assert second.global_step == first.global_step  # no further training step ran
+    assert callback.history == history

@@ -1,0 +1,105 @@
+"""The pruner inside real fits: schedule, checkpoints, resume, fresh models, the counter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.nn.utils import prune
+
+import lightning_sparsity as ls
+from tests.fits import Wide, quiet_trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
+WEIGHTS = ("conv1", "conv2", "fc1", "fc2")
+
+
+def effective_weights(model: Wide) -> dict[str, torch.Tensor]:
+    return {name: getattr(model, name).weight.detach().clone() for name in WEIGHTS}
+
+
+def pruned_fraction(model: Wide) -> float:
+    weights = effective_weights(model).values()
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_counter_reads_the_pruner_masks() -> None:
+    model = Wide()
+    ls.MagnitudePruner(allocation="uniform").apply(model, 0.5)
+    report = ls.measure(model, model.example_input_array)
+    nnz = {name: int(w.count_nonzero()) for name, w in effective_weights(model).items()}
+    # round(0.5 * numel) pruned per layer: 108, 288, 16384, 320 nonzero
+    assert nnz == {"conv1": 108, "conv2": 288, "fc1": 16_384, "fc2": 320}
+    # FLOPs per nonzero weight: 512, 128, 2, 2
+    assert report.total.flops_sparse == 512 * 108 + 128 * 288 + 2 * 16_384 + 2 * 320
+    for name in WEIGHTS:
+        prune.remove(getattr(model, name), "weight")
+    assert ls.measure(model, model.example_input_array) == report
+
+
+def test_schedule_followed_in_a_fit_and_masks_survive_optimizer_steps(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.8, start_epoch=0, end_epoch=3))
+    callback = ls.SparsityCallback(pruner, write_files=False)
+    model = Wide()
+    quiet_trainer(tmp_path, [callback], epochs=5).fit(model)
+    # cubic: 0.8 + (0 - 0.8)(1 - t/3)^3 = 0, 0.563, 0.763, 0.8, 0.8
+    expected = [0.0, 0.8 - 0.8 * (2 / 3) ** 3, 0.8 - 0.8 * (1 / 3) ** 3, 0.8, 0.8]
+    assert [row["target_sparsity"] for row in callback.history[1:]] == pytest.approx(expected)
+    # after five epochs of SGD with momentum and weight decay the effective zeros hold
+    n = sum(getattr(model, name).weight.numel() for name in WEIGHTS)
+    assert pruned_fraction(model) == round(0.8 * n) / n
+
+
+def test_resume_continues_the_schedule_with_the_same_masks(tmp_path: Path) -> None:
+    def parts() -> tuple[ls.SparsityCallback, ModelCheckpoint]:
+        schedule = ls.schedules.Linear(0.75, start_epoch=0, end_epoch=3)
+        callback = ls.SparsityCallback(ls.MagnitudePruner(schedule=schedule), write_files=False)
+        return callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)
+
+    callback, checkpoint = parts()
+    first_model = Wide()
+    trainer = quiet_trainer(tmp_path, [callback, checkpoint], 2, enable_checkpointing=True)
+    trainer.fit(first_model)
+    masks_before = effective_weights(first_model)
+
+    callback, checkpoint = parts()
+    resumed_model = Wide()  # fresh and unpruned
+    resumed = quiet_trainer(tmp_path, [callback, checkpoint], 4, enable_checkpointing=True)
+    resumed.fit(resumed_model, ckpt_path=str(tmp_path / "last.ckpt"))
+    # every weight pruned before the resume is still zero after it
+    after = effective_weights(resumed_model)
+    for name in WEIGHTS:
+        assert not (after[name][masks_before[name] == 0]).any(), name
+    # Linear: 0.75 * t / 3 at epochs 0..3 = 0, 0.25, 0.5, 0.75 — no epoch re-pruned or skipped
+    targets = [row["target_sparsity"] for row in callback.history[1:]]
+    assert targets == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    n = sum(w.numel() for w in after.values())
+    assert pruned_fraction(resumed_model) == round(0.75 * n) / n
+
+
+def test_pruned_checkpoint_loads_into_a_fresh_model_and_exports_plain_weights(
+    tmp_path: Path,
+) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.6))
+    callback = ls.SparsityCallback(pruner, write_files=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    model = Wide()
+    quiet_trainer(tmp_path, [callback, checkpoint], 1, enable_checkpointing=True).fit(model)
+
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    assert "conv1.weight" in state
+    assert not any(key.endswith(("_orig", "_mask")) for key in state)  # plain weights
+    fresh = Wide.load_from_checkpoint(tmp_path / "last.ckpt")  # the normal Lightning path
+    for name, w in effective_weights(model).items():
+        assert torch.equal(getattr(fresh, name).weight.detach(), w)
+    assert ls.measure(fresh, fresh.example_input_array) == ls.measure(
+        model, model.example_input_array
+    )
+    # the in-memory model is still reparametrized; make_permanent folds the masks in
+    assert hasattr(model.conv1, "weight_orig")
+    pruner.make_permanent(model)
+    assert not hasattr(model.conv1, "weight_orig")
+    assert isinstance(model.conv1.weight, torch.nn.Parameter)
+    assert torch.equal(model.conv1.weight.detach(), fresh.conv1.weight.detach())
