@@ -94,9 +94,11 @@ def demo(args: argparse.Namespace) -> int:
     """The ``demo`` subcommand."""
     from lightning_sparsity.demo.run import run_demo
 
+    budget = None if args.budget.lower() == "none" else args.budget
     run_demo(
         output=Path(args.output),
         epochs=args.epochs,
+        budget=budget,
         final_sparsity=args.final_sparsity,
         limit_batches=args.limit_batches,
     )
@@ -120,7 +122,14 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="prune a small CNN on the embedded digits data")
     d.add_argument("--output", default="sparsity_runs", help="log directory (sparsity_runs)")
     d.add_argument("--epochs", type=int, default=12, help="training epochs (12)")
-    d.add_argument("--final-sparsity", type=float, default=0.8, help="cubic schedule target")
+    d.add_argument(
+        "--budget",
+        default="20%",
+        help="sparse FLOPs per example to reach ('20%%' of dense, '250K'); 'none': a schedule",
+    )
+    d.add_argument(
+        "--final-sparsity", type=float, default=0.8, help="with --budget none: cubic target"
+    )
     d.add_argument(
         "--limit-batches", type=int, default=None, help="batches per epoch (for a quick check)"
     )

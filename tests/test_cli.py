@@ -93,8 +93,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     history = json.loads((run_dir / "sparsity_history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]
     assert history[-1]["flops_sparse"] == report["total"]["flops_sparse"]
-    # the cubic schedule to 0.8 over 2 epochs reaches 0.8 of the pruned weights
-    assert history[-1]["target_sparsity"] == pytest.approx(0.8)
+    # the default budget, 20% of dense, reached at the deadline (epoch 1 of 3) and kept
+    limit = 0.2 * history[0]["flops"]
+    assert history[-1]["budget_limit"] == pytest.approx(limit)
+    assert [row["budget_status"] for row in history[1:]] == ["over", "within", "within"]
+    assert limit * 0.995 < history[-1]["flops_sparse"] <= limit
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert len(acc.Scalars("sparsity/flops_sparse_per_example")) == 4

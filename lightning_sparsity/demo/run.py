@@ -1,7 +1,8 @@
 """``lightning-sparsity demo``: prune a small CNN on the embedded digits data.
 
 Real data that ships inside scikit-learn (no download), a real ``Trainer`` fit with
-:class:`~lightning_sparsity.SparsityCallback`, a cubic (AGP) pruning schedule, TensorBoard
+:class:`~lightning_sparsity.SparsityCallback`, a FLOP budget that steers the pruner along a
+cubic curve in FLOP space (or, without a budget, a cubic sparsity schedule), TensorBoard
 logs, the history files, the final report and a PNG of the curves.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lightning_sparsity.budget import FlopBudget
 from lightning_sparsity.callback import SparsityCallback
 from lightning_sparsity.demo.data import DigitsDataModule
 from lightning_sparsity.demo.model import DigitsCNN
@@ -28,16 +30,19 @@ def run_demo(
     output: Path,
     *,
     epochs: int = 12,
+    budget: str | None = "20%",
     final_sparsity: float = 0.8,
     limit_batches: int | None = None,
     seed: int = 0,
 ) -> SparsityCallback:
-    """Fit the digits CNN while pruning it along a cubic schedule; print where things are.
+    """Fit the digits CNN while pruning it; print the curves and where the files are.
 
     Args:
         output: the TensorBoard root directory (the run goes to ``output/demo/version_N``).
         epochs: training epochs; pruning ramps over the first two thirds.
-        final_sparsity: the schedule's final sparsity of conv and linear weights.
+        budget: sparse FLOPs per example to land on by then (``"20%"`` of dense, ``"250K"``),
+            steering the pruner in FLOP space; ``None`` prunes by a cubic sparsity schedule.
+        final_sparsity: without a budget, the schedule's final sparsity of the weights.
         limit_batches: batches per epoch (``None``: all) for a quick check.
         seed: the seed of everything.
 
@@ -51,10 +56,12 @@ def run_demo(
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
     pl.seed_everything(seed, verbose=False)
     end = max(1, (2 * epochs) // 3)
-    pruner = MagnitudePruner(
-        schedule=Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
-    )
-    callback = SparsityCallback(pruning=pruner, per_layer=True)
+    if budget is None:
+        schedule = Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
+        callback = SparsityCallback(pruning=MagnitudePruner(schedule=schedule))
+    else:
+        flop_budget = FlopBudget(budget, by_epoch=end - 1, action="adjust")
+        callback = SparsityCallback(pruning=MagnitudePruner(), budget=flop_budget)
     logger = TensorBoardLogger(str(output), name="demo")
     limit = limit_batches if limit_batches is not None else 1.0
     trainer = pl.Trainer(
@@ -79,16 +86,27 @@ def run_demo(
     out = sys.stdout
     if report is not None:
         out.write(report.to_markdown() + "\n\n")
-    out.write("epoch  sparse/dense FLOPs  parameter sparsity  target\n")
-    for row in callback.history:
-        target = "" if row["target_sparsity"] is None else f"{row['target_sparsity']:.3f}"
-        out.write(
-            f"{row['epoch']:>5}  {row['flops_ratio']:>18.3f}  {row['param_sparsity']:>18.3f}"
-            f"  {target:>6}\n"
-        )
+    out.write(_curve_table(callback.history))
     acc = trainer.callback_metrics.get("val_acc")
     if acc is not None:
         out.write(f"\nfinal val_acc: {float(acc):.3f}\n")
     out.write(f"TensorBoard logs, history, report and plot: {directory}\n")
     out.write(f"see them with:  tensorboard --logdir {output}\n")
     return callback
+
+
+def _curve_table(history: list[dict]) -> str:
+    """Epoch by epoch: sparse FLOPs against the budget's schedule (or the sparsity target)."""
+    budget = "budget_limit" in history[0]
+    head = "scheduled FLOPs" if budget else "target sparsity"
+    lines = [f"epochs done  sparse FLOPs  {head:>15}  sparse/dense  param sparsity"]
+    for row in history:
+        planned = row.get("budget_scheduled") if budget else row.get("target_sparsity")
+        text = "" if planned is None else (f"{planned:,.0f}" if budget else f"{planned:.3f}")
+        lines.append(
+            f"{row['epoch']:>11}  {row['flops_sparse']:>12,}  {text:>15}"
+            f"  {row['flops_ratio']:>12.3f}  {row['param_sparsity']:>14.3f}"
+        )
+    if budget:
+        lines.append(f"budget: {history[-1]['budget_limit']:,.0f} sparse FLOPs per example")
+    return "\n".join(lines) + "\n"
