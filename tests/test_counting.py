@@ -570,3 +570,15 @@ def test_unknown_ops_are_reported_and_warned_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ls.measure(Fft(), torch.randn(2, 8)).unsupported == {"aten._fft_r2c.default": 1}
+
+
+def test_transformer_encoder_fast_path_is_counted() -> None:
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    encoder.eval()
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert fcm_flops(encoder, x) == 0  # the fused path is invisible to FlopCounterMode
+    # per layer: in-proj 2*5*16*48 + attention 2*2*5*5*16 + out-proj 2*5*16*16
+    #            + feed-forward 2*2*5*16*32 = 7,680 + 1,600 + 2,560 + 10,240 = 22,080
+    assert ls.measure(encoder, x).total.flops == 2 * 22_080
