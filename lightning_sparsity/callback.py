@@ -422,7 +422,10 @@ class SparsityCallbackLogic:
                 "sparsity/final_param_sparsity": float(last["param_sparsity"]),
             }
             for logger in trainer.loggers:
-                logger.log_hyperparams(hparams, metrics=final)
+                if type(logger).__name__ == "TensorBoardLogger":  # the HParams dashboard
+                    logger.log_hyperparams(hparams, metrics=final)
+                else:
+                    logger.log_hyperparams(hparams)
         directory = self.directory
         if self.write_files and directory is not None:
             report.to_json(directory / "sparsity_report.json")

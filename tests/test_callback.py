@@ -189,3 +189,39 @@ def test_resume_continues_the_curves_without_gaps_or_duplicates(tmp_path: Path) 
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         ls.SparsityCallback(**kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.8, start_epoch=0, end_epoch=2))
+    callback = ls.SparsityCallback(pruner, ls.FlopBudget("50%", by_epoch=2), per_layer=False)
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    trainer(tmp_path, [callback], logger, epochs=3).fit(DigitsCNN(), DigitsDataModule())
+
+    acc = scalars(logger.log_dir)
+    content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["pruning/schedule/final_sparsity"].number_value == 0.8
+    assert start.hparams["pruning/schedule/type"].string_value == "Cubic"
+    assert start.hparams["budget/target"].string_value == "50%"
+    assert start.hparams["budget/action"].string_value == "stop"
+    content = acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    metrics = [m.name.tag for m in experiment.metric_infos]
+    assert metrics == ["sparsity/final_flops_ratio", "sparsity/final_param_sparsity"]
+    final = acc.Scalars("sparsity/final_flops_ratio")[-1].value
+    assert final == pytest.approx(callback.history[-1]["flops_ratio"])
+
+    config = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    parsed = layout_pb2.Layout.FromString(config)
+    charts = {c.title: list(c.multiline.tag) for cat in parsed.category for c in cat.chart}
+    assert charts["FLOPs: dense vs sparse vs budget"] == [
+        "sparsity/flops_dense_per_example",
+        KEY,
+        "budget/limit",
+        "budget/scheduled",
+    ]
+    limit = [e.value for e in acc.Scalars("budget/limit")]
+    assert limit == pytest.approx([0.5 * callback.history[0]["flops"]] * 4)

@@ -6,7 +6,8 @@ Works on any logger whose ``experiment`` is a ``SummaryWriter`` (Lightning's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["layout", "tensorboard_writers"]
@@ -43,16 +44,20 @@ def layout(flops_tags: list[str], sparsity_tags: list[str]) -> dict[str, Any]:
 
 
 def hparams_of(obj: Any, prefix: str) -> dict[str, Any]:
-    """Plain scalar attributes of a config object (a schedule, a budget) for HParams."""
+    """The constructor arguments of a config object (pruner, schedule, budget) for HParams.
+
+    Scalars are kept, nested config objects (a pruner's schedule) are flattened with their
+    own prefix, anything else is left out.
+    """
     if obj is None:
         return {}
     values: dict[str, Any] = {f"{prefix}/type": type(obj).__name__}
-    items: Mapping[str, Any] = vars(obj) if hasattr(obj, "__dict__") else {}
-    for key, value in items.items():
-        if key.startswith("_"):
-            continue
+    for key in inspect.signature(type(obj)).parameters:
+        value = getattr(obj, key, None)
         if isinstance(value, (bool, int, float, str)):
             values[f"{prefix}/{key}"] = value
-        elif hasattr(value, "__dict__") and not callable(value):
+        elif hasattr(value, "__dict__") and not (
+            inspect.isroutine(value) or inspect.isclass(value) or inspect.ismodule(value)
+        ):
             values.update(hparams_of(value, f"{prefix}/{key}"))
     return values

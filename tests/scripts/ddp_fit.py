@@ -1,0 +1,55 @@
+"""A real DDP fit (gloo, 2 CPU processes) with a pruner and a FLOP budget.
+
+Run as ``python ddp_fit.py OUT_DIR``; Lightning's ``ddp`` launcher re-runs this script for
+rank 1. Each rank writes ``rank<N>.json`` with what it saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+import lightning_sparsity as ls
+from tests.fits import Wide
+
+
+def main(out: Path) -> None:
+    warnings.filterwarnings("ignore")
+    pl.seed_everything(0, verbose=False)
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9))
+    callback = ls.SparsityCallback(pruner, ls.FlopBudget("60%", finetune_epochs=1))
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=20,
+        logger=CSVLogger(out, name="csv", version=0),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    model = Wide()
+    trainer.fit(model)
+    masks = torch.cat([m.flatten() for m in pruner.masks(model).values()]).to(torch.uint8)
+    result = {
+        "rank": trainer.global_rank,
+        "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "stopping_reason": callback.stopping_reason,
+        "history": callback.history,
+        "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
+    }
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
