@@ -22,6 +22,7 @@ from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
 from lightning_sparsity.loggers.tensorboard import hparams_of, layout, tensorboard_writers
+from lightning_sparsity.pruning import MagnitudePruner
 
 __all__ = [
     "BudgetExceededError",
@@ -96,7 +97,7 @@ class SparsityCallbackLogic:
 
     def __init__(
         self,
-        pruning: Any | None = None,
+        pruning: MagnitudePruner | None = None,
         budget: FlopBudget | None = None,
         *,
         example_input: Any | None = None,

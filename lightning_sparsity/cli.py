@@ -5,6 +5,8 @@
   ``nn.Module``, or a LightningModule class when ``--checkpoint`` is given).
 * ``lightning-sparsity demo`` prunes a small CNN on the embedded digits data with
   :class:`~lightning_sparsity.SparsityCallback` and prints where the logs are.
+* ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
+  ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lightning-sparsity",
         description="Exact sparse FLOPs and nonzero parameters for pruning (2 FLOPs = 1 MAC).",
+        epilog="fit / validate / test / predict --config FILE: LightningCLI (see configs/)",
     )
     sub = top.add_subparsers(dest="command", required=True)
     c = sub.add_parser("count", help="per-layer table of a model's FLOPs and nonzero parameters")
@@ -137,8 +140,33 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_cli(argv: Sequence[str]) -> int:
+    """``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI, configured by YAML.
+
+    Model, data and callbacks are given by ``class_path`` in the config (see ``configs/``).
+    """
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lightning-sparsity``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        return lightning_cli(argv)
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -101,3 +101,23 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert len(acc.Scalars("sparsity/flops_sparse_per_example")) == 4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize(
+    ("config", "limit"), [("digits_budget.yaml", 0.2), ("digits_schedule.yaml", 0.3)]
+)
+def test_fit_from_each_yaml_config(tmp_path: Path, config: str, limit: float) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    args = ["fit", "--config", str(path), "--trainer.max_epochs=2"]
+    args += ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    args += [
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    assert main(args) == 0
+    (run,) = tmp_path.glob("*/version_0")
+    history = json.loads((run / "sparsity_history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert history[-1]["budget_limit"] == pytest.approx(limit * history[0]["flops"])
+    assert history[-1]["flops_sparse"] < history[0]["flops"]  # the configured pruner pruned
