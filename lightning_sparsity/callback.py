@@ -231,10 +231,11 @@ class SparsityCallbackLogic:
         if self.budget is not None:
             value = self._budget_value(pl_module, report)
             if epoch == 0 or self.budget.dense is None:  # the dense start: check once
-                dense = value if self.budget.count != "sparse" else float(total.flops)
-                if self.budget.count == "params":
-                    dense = float(total.params)
-                self.budget.check_reachable(dense, self._budget_floor(pl_module, report))
+                # what "N%" refers to: dense FLOPs, all parameters, the effective FLOPs now
+                dense = {"sparse": total.flops, "params": total.params, "effective": value}
+                self.budget.check_reachable(
+                    float(dense[self.budget.count]), self._budget_floor(pl_module, report)
+                )
             limit = self.budget.resolve(self.budget.dense)  # type: ignore[arg-type]
             row["budget_count"] = self.budget.count
             row["budget_value"] = value

@@ -15,16 +15,16 @@ from torch.utils.data import DataLoader, TensorDataset
 class Wide(pl.LightningModule):
     """Layers whose FLOPs per weight differ widely (per example, 2 FLOPs per MAC).
 
-    conv1 3→8 3×3 on 16×16: 216 weights × 2·256 = 110,592 FLOPs (512 per weight)
-    conv2 8→8 3×3 stride 2 → 8×8: 576 weights × 2·64 = 73,728 (128 per weight)
-    fc1 512→64: 32,768 weights × 2 = 65,536 (2 per weight); fc2 64→10: 640 × 2 = 1,280
+    conv1 3→16 3×3 on 16×16: 432 weights × 2·256 = 221,184 FLOPs (512 per weight)
+    conv2 16→16 3×3 stride 2 → 8×8: 2,304 weights × 2·64 = 294,912 (128 per weight)
+    fc1 1024→64: 65,536 weights × 2 = 131,072 (2 per weight); fc2 64→10: 640 × 2 = 1,280
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.fc1 = nn.Linear(512, 64)
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(1024, 64)
         self.fc2 = nn.Linear(64, 10)
         self.example_input_array = torch.zeros(1, 3, 16, 16)
 
@@ -54,7 +54,7 @@ class Wide(pl.LightningModule):
         return self.train_dataloader()
 
 
-WIDE_DENSE = 110_592 + 73_728 + 65_536 + 1_280  # 251,136
+WIDE_DENSE = 221_184 + 294_912 + 131_072 + 1_280  # 648,448
 
 
 def quiet_trainer(tmp_path: Path, callbacks: list, epochs: int, **kwargs: Any) -> pl.Trainer:

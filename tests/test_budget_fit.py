@@ -23,7 +23,9 @@ def test_measure_agrees_with_the_closed_form_of_the_test_model() -> None:
 def test_stop_freezes_masks_at_first_epoch_within_and_stops_after_finetune(
     tmp_path: Path,
 ) -> None:
-    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9))
+    pruner = ls.MagnitudePruner(
+        schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9), allocation="uniform"
+    )
     budget = ls.FlopBudget("60%", finetune_epochs=2)
     callback = ls.SparsityCallback(pruner, budget, write_files=False)
     trainer = quiet_trainer(tmp_path, [callback], epochs=20)
@@ -48,7 +50,7 @@ def test_deadline_missed(tmp_path: Path, on_deadline: str) -> None:
     callback = ls.SparsityCallback(pruner, budget, write_files=False)
     trainer = quiet_trainer(tmp_path, [callback], epochs=4)
     if on_deadline == "raise":
-        with pytest.raises(BudgetExceededError, match=r"FLOP budget missed: .* > 25,114"):
+        with pytest.raises(BudgetExceededError, match=r"FLOP budget missed: .* > 64,845"):
             trainer.fit(Wide())
         assert trainer.current_epoch == 1
     elif on_deadline == "warn":
@@ -69,16 +71,18 @@ def test_adjust_follows_the_flop_schedule_and_lands_on_the_budget(tmp_path: Path
     quiet_trainer(tmp_path, [callback], epochs=6).fit(Wide())
     rows = callback.history[1:]
     scheduled = [budget.scheduled(epoch) for epoch in range(6)]
-    # F_t = F_b + (F_0 − F_b)(1 − (t + 1)/5)³ with F_0 = 251,136, F_b = 62,784
-    assert scheduled[0] == pytest.approx(62_784 + 188_352 * 0.8**3)
+    # F_t = F_b + (F_0 − F_b)(1 − (t + 1)/5)³ with F_0 = 648,448, F_b = 162,112
+    assert scheduled[0] == pytest.approx(162_112 + 486_336 * 0.8**3)
     for row, target in zip(rows, scheduled, strict=True):
         assert row["flops_sparse"] == pytest.approx(target, rel=0.005)
         assert row["budget_scheduled"] == target
     assert rows[4]["flops_sparse"] == pytest.approx(0.25 * WIDE_DENSE, rel=0.005)
-    # FLOP space, not weight space: the cheap linear weights alone could never get there
+    # removing 648,448 - 162,112 = 486,336 FLOPs needs more than all the linear layers'
+    # 132,352: the convolutions must give at least 353,984
     report = callback.report
     assert report is not None
-    assert report.layer("conv1").density < 0.6
+    convs = [report.layer("conv1"), report.layer("conv2")]
+    assert sum(layer.flops - layer.flops_sparse for layer in convs) >= 353_984
 
 
 @pytest.mark.parametrize("target", ["10%", "37.5%", 100_000, "0.1M"])
@@ -86,7 +90,7 @@ def test_prune_to_flops_lands_within_one_weight_below_its_target(target: object)
     torch.manual_seed(0)
     model = Wide()
     report = ls.prune_to_flops(model, torch.zeros(1, 3, 16, 16), target)  # type: ignore[arg-type]
-    expected = {"10%": 25_113.6, "37.5%": 94_176.0, 100_000: 1e5, "0.1M": 1e5}[target]  # type: ignore[index]
+    expected = {"10%": 64_844.8, "37.5%": 243_168.0, 100_000: 1e5, "0.1M": 1e5}[target]  # type: ignore[index]
     # the costliest weight (conv1 on 16x16) is 512 FLOPs
     assert expected - 512 < report.total.flops_sparse <= expected
     assert report == ls.measure(model, torch.zeros(1, 3, 16, 16))
@@ -112,19 +116,19 @@ def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
 
 
 def test_prune_to_flops_errors() -> None:
-    with pytest.raises(ValueError, match="above the dense model's 251,136 FLOPs"):
+    with pytest.raises(ValueError, match="above the dense model's 648,448 FLOPs"):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "1G")
     pruner = ls.MagnitudePruner(keep_first_dense=True)
-    with pytest.raises(ValueError, match=r"unreachable: .* still costs 110,592 FLOPs"):
+    with pytest.raises(ValueError, match=r"unreachable: .* still costs 221,184 FLOPs"):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
 
 
 def test_unreachable_budget_fails_at_fit_start(tmp_path: Path) -> None:
     pruner = ls.MagnitudePruner(keep_first_dense=True, schedule=ls.schedules.Constant(0.5))
-    # conv1 (110,592 FLOPs, 44% of dense) stays dense: 20% cannot be reached
+    # conv1 (221,184 FLOPs, 34.11% of dense) stays dense: 20% cannot be reached
     callback = ls.SparsityCallback(pruner, ls.FlopBudget("20%", by_epoch=5), write_files=False)
     trainer = quiet_trainer(tmp_path, [callback], epochs=5)
-    with pytest.raises(ValueError, match=r"unreachable.*lowest reachable target is 44\.04% of"):
+    with pytest.raises(ValueError, match=r"unreachable.*lowest reachable target is 34\.11% of"):
         trainer.fit(Wide())
     assert trainer.global_step == 0
 
@@ -144,7 +148,7 @@ def test_model_pruning_governed_by_the_budget(tmp_path: Path) -> None:
 
 def test_resume_of_a_run_the_budget_ended_stops_at_once(tmp_path: Path) -> None:
     def parts() -> tuple[ls.SparsityCallback, ModelCheckpoint]:
-        pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, 0, 4))
+        pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, 0, 4), allocation="uniform")
         budget = ls.FlopBudget("60%", finetune_epochs=0)
         callback = ls.SparsityCallback(pruner, budget, write_files=False)
         return callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)

@@ -30,10 +30,10 @@ def test_counter_reads_the_pruner_masks() -> None:
     ls.MagnitudePruner(allocation="uniform").apply(model, 0.5)
     report = ls.measure(model, model.example_input_array)
     nnz = {name: int(w.count_nonzero()) for name, w in effective_weights(model).items()}
-    # round(0.5 * numel) pruned per layer: 108, 288, 16384, 320 nonzero
-    assert nnz == {"conv1": 108, "conv2": 288, "fc1": 16_384, "fc2": 320}
+    # round(0.5 * numel) pruned per layer: 216, 1152, 32768, 320 nonzero
+    assert nnz == {"conv1": 216, "conv2": 1_152, "fc1": 32_768, "fc2": 320}
     # FLOPs per nonzero weight: 512, 128, 2, 2
-    assert report.total.flops_sparse == 512 * 108 + 128 * 288 + 2 * 16_384 + 2 * 320
+    assert report.total.flops_sparse == 512 * 216 + 128 * 1_152 + 2 * 32_768 + 2 * 320
     for name in WEIGHTS:
         prune.remove(getattr(model, name), "weight")
     assert ls.measure(model, model.example_input_array) == report

@@ -23,7 +23,9 @@ from tests.fits import Wide
 def main(out: Path) -> None:
     warnings.filterwarnings("ignore")
     pl.seed_everything(0, verbose=False)
-    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9))
+    pruner = ls.MagnitudePruner(
+        schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9), allocation="uniform"
+    )
     callback = ls.SparsityCallback(pruner, ls.FlopBudget("60%", finetune_epochs=1))
     trainer = pl.Trainer(
         strategy="ddp",
