@@ -87,6 +87,9 @@ class SparsityCallbackLogic:
             epochs (and at fit end); ``0`` only at fit end.
         write_files: at each point append the history to ``sparsity_history.csv``/``.json``
             in the trainer's log directory; at fit end write the report and a PNG.
+        prune_every_n_steps: prune every N optimizer steps instead of at epoch ends; the
+            schedule's "epochs" then count these pruning steps (Zhu & Gupta's Δt in steps).
+            Measuring and logging stay at epoch ends.
 
     Raises:
         TypeError: if ``pruning`` lacks the pruner interface, ``budget`` is not a
@@ -106,6 +109,7 @@ class SparsityCallbackLogic:
         step: Step = "epoch",
         table_every_n_epochs: int = 1,
         write_files: bool = True,
+        prune_every_n_steps: int | None = None,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors, value_errors = [], []
@@ -136,6 +140,23 @@ class SparsityCallbackLogic:
             value_errors.append(
                 f"`table_every_n_epochs` must be an int >= 0, got {table_every_n_epochs!r}"
             )
+        if prune_every_n_steps is not None and (
+            not isinstance(prune_every_n_steps, int)
+            or isinstance(prune_every_n_steps, bool)
+            or prune_every_n_steps < 1
+        ):
+            value_errors.append(
+                f"`prune_every_n_steps` must be an int >= 1 or None, got {prune_every_n_steps!r}"
+            )
+        elif (
+            prune_every_n_steps is not None
+            and isinstance(budget, FlopBudget)
+            and budget.action == "adjust"
+        ):
+            value_errors.append(
+                "`prune_every_n_steps` goes with a pruning schedule; a FlopBudget with"
+                " action='adjust' steers at epoch ends"
+            )
         if type_errors or value_errors:
             message = "; ".join(type_errors + value_errors)
             raise TypeError(message) if type_errors else ValueError(message)
@@ -147,6 +168,7 @@ class SparsityCallbackLogic:
         self.step = step
         self.table_every_n_epochs = table_every_n_epochs
         self.write_files = write_files
+        self.prune_every_n_steps = prune_every_n_steps
         self.history: list[dict[str, Any]] = []
         self.report: SparsityReport | None = None
         self._meter: SparsityMeter | None = None
@@ -225,7 +247,9 @@ class SparsityCallbackLogic:
             "params": total.params,
             "params_nonzero": total.params_nonzero,
             "param_sparsity": total.sparsity,
-            "target_sparsity": self._target(epoch - 1) if epoch > 0 else None,
+            "target_sparsity": self._target(self._schedule_index(trainer, epoch - 1))
+            if epoch > 0
+            else None,
         }
         decision = None
         if self.budget is not None:
@@ -369,14 +393,30 @@ class SparsityCallbackLogic:
         if self._meter is None:
             self._start(trainer, pl_module, batch)
 
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """With ``prune_every_n_steps``: prune every N optimizer steps."""
+        every = self.prune_every_n_steps
+        step = int(trainer.global_step)
+        if every is not None and self._meter is not None and step > 0 and step % every == 0:
+            self._prune(trainer, pl_module, step // every - 1)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
         if self._meter is None:  # no batch ran and no input was given
             return
-        self._prune(trainer, pl_module, trainer.current_epoch)
+        if self.prune_every_n_steps is None:
+            self._prune(trainer, pl_module, trainer.current_epoch)
         self._point(trainer, pl_module, self._meter.example_input, trainer.current_epoch + 1)
 
+    def _schedule_index(self, trainer: Any, epoch: int) -> int:
+        """The schedule's time index at the end of ``epoch``: the epoch, or pruning steps."""
+        every = self.prune_every_n_steps
+        return epoch if every is None else max(0, int(trainer.global_step) // every - 1)
+
     def _prune(self, trainer: Any, pl_module: nn.Module, epoch: int) -> None:
+        """Prune for the schedule's time index ``epoch`` (an epoch, or a pruning step)."""
         pruner, budget = self.pruning, self.budget
         if pruner is None or self.frozen:
             return

@@ -103,3 +103,32 @@ def test_pruned_checkpoint_loads_into_a_fresh_model_and_exports_plain_weights(
     assert not hasattr(model.conv1, "weight_orig")
     assert isinstance(model.conv1.weight, torch.nn.Parameter)
     assert torch.equal(model.conv1.weight.detach(), fresh.conv1.weight.detach())
+
+
+def test_prune_every_n_steps_counts_schedule_time_in_pruning_steps(tmp_path: Path) -> None:
+    # 2 batches per epoch, a pruning step every 1 optimizer step: 2 schedule steps per epoch
+    schedule = ls.schedules.Linear(0.6, start_epoch=0, end_epoch=3)
+    callback = ls.SparsityCallback(
+        ls.MagnitudePruner(schedule=schedule, allocation="uniform"),
+        prune_every_n_steps=1,
+        write_files=False,
+    )
+    model = Wide()
+    quiet_trainer(tmp_path, [callback], epochs=2).fit(model)
+    # Linear: 0.6 * k / 3 for pruning steps k = 0..3; after epoch 0 (k = 1) 0.2, epoch 1 0.6
+    targets = [row["target_sparsity"] for row in callback.history[1:]]
+    assert targets == pytest.approx([0.2, 0.6])
+    nnz = {name: int(w.count_nonzero()) for name, w in effective_weights(model).items()}
+    numel = {name: getattr(model, name).weight.numel() for name in WEIGHTS}
+    assert nnz == {name: n - round(0.6 * n) for name, n in numel.items()}
+
+
+def test_prune_every_n_steps_is_validated() -> None:
+    with pytest.raises(ValueError, match="`prune_every_n_steps` must be an int >= 1 or None"):
+        ls.SparsityCallback(prune_every_n_steps=0)
+    with pytest.raises(ValueError, match="a FlopBudget with action='adjust' steers at epoch"):
+        ls.SparsityCallback(
+            ls.MagnitudePruner(),
+            ls.FlopBudget("50%", by_epoch=2, action="adjust"),
+            prune_every_n_steps=5,
+        )
