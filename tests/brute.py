@@ -111,6 +111,27 @@ def lstm_products(
     return sparse, effective, torch.stack(outputs)
 
 
+def gru_products(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[int, int, Tensor]:
+    """A single-layer GRU (x [T, B, In]) step by step; as :func:`lstm_products`."""
+    steps, batch = x.shape[0], x.shape[1]
+    h = torch.zeros(batch, w_hh.shape[1])
+    sparse = effective = 0
+    outputs = []
+    for t in range(steps):
+        for inp, w in ((x[t], w_ih), (h, w_hh)):
+            sparse += 2 * inp.shape[0] * int(nz(w).sum())
+            effective += matmul_products(inp, w.t())
+        gi, gh = x[t] @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
+        r = torch.sigmoid(gi[:, : h.shape[1]] + gh[:, : h.shape[1]])
+        z = torch.sigmoid(gi[:, h.shape[1] : 2 * h.shape[1]] + gh[:, h.shape[1] : 2 * h.shape[1]])
+        n = torch.tanh(gi[:, 2 * h.shape[1] :] + r * gh[:, 2 * h.shape[1] :])
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return sparse, effective, torch.stack(outputs)
+
+
 def softmax_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
     scores = q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1])
     if causal:

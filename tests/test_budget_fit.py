@@ -165,3 +165,29 @@ def test_resume_of_a_run_the_budget_ended_stops_at_once(tmp_path: Path) -> None:
     assert callback.stopping_reason == "finetune_done"
     assert second.global_step == first.global_step  # no further training step ran
     assert callback.history == history
+
+
+def test_budget_on_nonzero_parameters(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(
+        schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9), allocation="uniform"
+    )
+    budget = ls.FlopBudget(20_000, count="params", finetune_epochs=0)
+    callback = ls.SparsityCallback(pruner, budget, write_files=False)
+    quiet_trainer(tmp_path, [callback], epochs=20).fit(Wide())
+    nonzero = [row["params_nonzero"] for row in callback.history]
+    assert nonzero[-1] <= 20_000 < nonzero[-2]  # stopped at the first epoch within
+    assert callback.history[-1]["budget_value"] == nonzero[-1]
+    assert callback.stopping_reason == "finetune_done"
+
+
+def test_budget_on_effective_flops_counts_zero_activations(tmp_path: Path) -> None:
+    budget = ls.FlopBudget("60%", count="effective")
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.3), allocation="uniform")
+    callback = ls.SparsityCallback(pruner, budget, write_files=False)
+    model = Wide()
+    quiet_trainer(tmp_path, [callback], epochs=1).fit(model)
+    # the example input is zeros: after conv1 only its bias and ReLU are left, so the value
+    # is what measure(activations=True) says on that input, not the sparse FLOPs
+    effective = ls.measure(model, model.example_input_array, activations=True)
+    assert callback.history[-1]["budget_value"] == effective.total.flops_effective
+    assert effective.total.flops_effective < callback.history[-1]["flops_sparse"]

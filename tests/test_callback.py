@@ -225,3 +225,28 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
     ]
     limit = [e.value for e in acc.Scalars("budget/limit")]
     assert limit == pytest.approx([0.5 * callback.history[0]["flops"]] * 4)
+
+
+class CrashesInEpoch2(DigitsCNN):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_crash_keeps_the_history_of_finished_epochs(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=3))
+    callback = ls.SparsityCallback(pruner)
+    logger = CSVLogger(tmp_path, name="csv")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer(tmp_path, [callback], logger, epochs=4).fit(CrashesInEpoch2(), DigitsDataModule())
+    directory = Path(logger.log_dir)
+    with open(directory / "sparsity_history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # the start and epochs 0 and 1
+    assert [float(r["flops_sparse"]) for r in rows] == [
+        row["flops_sparse"] for row in callback.history
+    ]
+    assert json.loads((directory / "sparsity_history.json").read_text()) == callback.history
+    assert (directory / "sparsity_curves.png").read_bytes()[:4] == b"\x89PNG"

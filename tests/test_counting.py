@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,11 +266,16 @@ def test_gru_matches_flop_counter_mode_and_brute_force() -> None:
     sparsify_(gru.weight_ih_l0, 0.5, seed=1)
     sparsify_(gru.weight_hh_l0, 0.5, seed=2)
     x = relu_input(3, 2, 4)
-    report = ls.measure(gru, x, per="batch")
+    sparse, effective, outputs = brute.gru_products(
+        x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(gru(x)[0], outputs)
+    report = ls.measure(gru, x, activations=True, per="batch")
     # dense: 2 * T*B * (4*15 + 5*15) = 2 * 6 * 135 = 1,620
     assert report.total.flops == 1_620 == fcm_flops(gru, x)
-    nnz = int(gru.weight_ih_l0.count_nonzero()) + int(gru.weight_hh_l0.count_nonzero())
-    assert report.total.flops_sparse == 2 * 6 * nnz
+    assert report.total.flops_sparse == sparse
+    assert report.total.flops_effective == effective
 
 
 # --------------------------------------------------------------------------- parameters
@@ -582,3 +588,29 @@ def test_transformer_encoder_fast_path_is_counted() -> None:
     # per layer: in-proj 2*5*16*48 + attention 2*2*5*5*16 + out-proj 2*5*16*16
     #            + feed-forward 2*2*5*16*32 = 7,680 + 1,600 + 2,560 + 10,240 = 22,080
     assert ls.measure(encoder, x).total.flops == 2 * 22_080
+
+
+def test_report_exports_agree(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    model = small_cnn()
+    sparsify_(model[3].weight, 0.5)
+    report = ls.measure(model, torch.randn(1, 1, 8, 8))
+    text = report.to_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(text.splitlines()))
+    assert [r["name"] for r in rows] == [*(layer.name for layer in report.layers), "total"]
+    assert [int(r["flops_sparse"]) for r in rows] == [
+        *(layer.flops_sparse for layer in report.layers),
+        report.total.flops_sparse,
+    ]
+    assert (tmp_path / "r.csv").read_text() == text
+    data = json.loads(report.to_json(tmp_path / "r.json"))
+    assert data == json.loads((tmp_path / "r.json").read_text()) == report.to_dict()
+    assert data["total"]["params_nonzero"] == report.total.params_nonzero
+    # sums: the total row is the sum of the layer rows
+    assert sum(layer.flops for layer in report.layers) == report.total.flops
+    table = report.to_markdown()
+    assert f"| **total** |  | {report.total.params:,} | {report.total.params_nonzero:,} |" in table
+    with pytest.raises(KeyError, match="no layer named 'nope'; layers are"):
+        report.layer("nope")
