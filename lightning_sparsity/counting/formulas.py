@@ -368,6 +368,7 @@ FREE_OPS: frozenset[str] = frozenset(
         "_adaptive_avg_pool3d",
         "_batch_norm_impl_index",
         "_log_softmax",
+        "_safe_softmax",
         "_native_batch_norm_legit",
         "_native_batch_norm_legit_functional",
         "_native_batch_norm_legit_no_training",
