@@ -614,3 +614,62 @@ def test_report_exports_agree(tmp_path: Path) -> None:
     assert f"| **total** |  | {report.total.params:,} | {report.total.params_nonzero:,} |" in table
     with pytest.raises(KeyError, match="no layer named 'nope'; layers are"):
         report.layer("nope")
+
+
+@pytest.mark.parametrize("how", ["prune", "parametrize"])
+def test_pruned_weight_read_without_its_module_forward(how: str) -> None:
+    """nn.MultiheadAttention reads out_proj.weight but never calls out_proj."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    if how == "prune":
+        prune.l1_unstructured(mha.out_proj, "weight", 0.5)
+    else:
+        mask = (torch.arange(64).reshape(8, 8) % 2).float()
+        parametrize.register_parametrization(mha.out_proj, "weight", Mask(mask))
+    x = torch.randn(2, 4, 8)
+    report = ls.measure(mha, (x, x, x), per="batch")
+    # dense 2*2*4*(3*64) + 2*2*2*4*4*8 + 2*2*4*64 = 5,120; out-proj keeps 32 of 64 weights
+    assert report.total.flops == 5_120
+    assert report.total.flops_sparse == 5_120 - 2 * 2 * 4 * 32
+    assert ls.SparsityMeter(mha, (x, x, x), per="batch").measure() == report
+
+
+class EinsumFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,oi->bo", x, self.lin.weight) + self.lin(x)
+
+
+@pytest.mark.parametrize("how", ["prune", "parametrize"])
+def test_pruned_weight_read_before_its_module_forward(how: str) -> None:
+    model = EinsumFirst()
+    mask = torch.rand(6, 6, generator=torch.Generator().manual_seed(0)) > 0.5
+    if how == "prune":
+        prune.custom_from_mask(model.lin, "weight", mask)
+    else:
+        parametrize.register_parametrization(model.lin, "weight", Mask(mask.float()))
+    report = ls.measure(model, torch.randn(1, 6))
+    # the weight is used twice, each entry once per use: 2 * 2 * nnz
+    assert report.total.flops_sparse == 2 * 2 * int(mask.sum())
+
+
+def test_tied_weight_pruned_at_one_owner_counts_once() -> None:
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(tokens))
+
+    model = LM()
+    prune.l1_unstructured(model.head, "weight", 0.5)
+    report = ls.measure(model, torch.tensor([[1, 2, 3]]))
+    assert report.total.params == 80  # one 10x8 tensor
+    assert report.total.params_nonzero == 40
+    assert report.total.flops_sparse == 2 * 3 * 40

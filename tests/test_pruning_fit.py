@@ -132,3 +132,29 @@ def test_prune_every_n_steps_is_validated() -> None:
             ls.FlopBudget("50%", by_epoch=2, action="adjust"),
             prune_every_n_steps=5,
         )
+
+
+class TinyTransformer(Wide):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.example_input_array = torch.zeros(1, 3, 16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # [B, 16, 8, 8]
+        h = self.encoder(h.flatten(2).transpose(1, 2))  # 64 tokens of 16
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+def test_transformer_fit_with_the_default_pruner(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=1))
+    callback = ls.SparsityCallback(pruner, write_files=False)
+    model = TinyTransformer()
+    with pytest.warns(UserWarning, match=r"not pruning \['encoder.self_attn.out_proj.weight'\]"):
+        quiet_trainer(tmp_path, [callback], epochs=3).fit(model)  # two backward passes and more
+    assert hasattr(model.encoder.linear1, "weight_orig")
+    assert not hasattr(model.encoder.self_attn.out_proj, "weight_orig")
+    assert (
+        callback.history[-1]["flops_sparse"]
+        == ls.measure(model, model.example_input_array).total.flops_sparse
+    )

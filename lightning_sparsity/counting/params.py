@@ -93,17 +93,18 @@ def find_slots(model: nn.Module) -> list[Slot]:
     """
     slots: list[Slot] = []
     seen: set[int] = set()
-    # tensors that only feed a reparametrization are not parameters of their own
+    # tensors that only feed a reparametrization are not parameters of their own, also
+    # where another module holds the same tensor as a plain parameter (a tied weight)
     for module in model.modules():
         if parametrize.is_parametrized(module):
             seen.update(id(p) for p in module.parametrizations.parameters())  # type: ignore[union-attr]
+        seen.update(id(getattr(module, attr + "_orig")) for attr in _pruned_names(module))
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations:
                 slots.append(Slot(prefix + attr, module_name, module, attr, "parametrized"))
         for attr in _pruned_names(module):
-            seen.add(id(getattr(module, attr + "_orig")))
             slots.append(Slot(prefix + attr, module_name, module, attr, "pruned"))
         for attr, param in module._parameters.items():
             if param is None or id(param) in seen:
@@ -111,20 +112,3 @@ def find_slots(model: nn.Module) -> list[Slot]:
             seen.add(id(param))
             slots.append(Slot(prefix + attr, module_name, module, attr, "plain"))
     return slots
-
-
-def count_nonzero(slots: list[Slot]) -> Tensor:
-    """Nonzero entries of every slot's effective value, as one int64 tensor (no host sync).
-
-    Args:
-        slots: the slots, none on the meta device.
-
-    Returns:
-        A 1-D tensor aligned with ``slots`` on the first slot's device (CPU if empty).
-    """
-    if not slots:
-        return torch.zeros(0, dtype=torch.int64)
-    with torch.no_grad(), parametrize.cached():
-        counts = [slot.value().count_nonzero() for slot in slots]
-    device = counts[0].device
-    return torch.stack([c.to(device, non_blocking=True) for c in counts])

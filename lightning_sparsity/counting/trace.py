@@ -276,8 +276,15 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
-        with _eval_mode(model), torch.no_grad(), parametrize.cached(), mode:
-            call_model(model, example_input)
+        with _eval_mode(model), torch.no_grad(), parametrize.cached():
+            # effective weights as any module may read them before (or without) their
+            # owner's forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
+            # parametrization cache makes the forward read these very tensors
+            for i, slot in enumerate(slots):
+                if slot.kind != "plain":
+                    mode.mark(getattr(slot.module, slot.attr), i)
+            with mode:
+                call_model(model, example_input)
     except Exception as err:
         raise MeasureError(
             f"{type(model).__name__} forward failed on the example input"

@@ -251,6 +251,7 @@ class MagnitudePruner:
         self.last_sparsity: float | None = None
         self._model: weakref.ReferenceType[nn.Module] | None = None
         self._loaded_masks: dict[str, Tensor] = {}
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ selection of layers
     def targets(self, model: nn.Module) -> list[Target]:
@@ -261,23 +262,45 @@ class MagnitudePruner:
 
         Returns:
             The chosen parameters: modules that are (subclasses of) an ``include_types``
-            class, pass ``include``/``exclude`` and hold the parameter; a parameter shared by
-            several modules is listed once; ``keep_first_dense``/``keep_last_dense`` applied.
+            class, pass ``include``/``exclude`` and hold the parameter;
+            ``keep_first_dense``/``keep_last_dense`` applied. Left out, with a warning once:
+            a parameter tied to several modules, and the layers inside
+            ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` without calling
+            ``out_proj``), since the mask would not reach every reader.
         """
         name = self.parameter_name
         chosen: list[Target] = []
-        seen: set[int] = set()
+        skipped: list[str] = []
+        owners: dict[int, int] = {}
+        bypassed: set[int] = set()
+        for module in model.modules():
+            for key in {id(p) for p in module.parameters(recurse=False)}:
+                owners[key] = owners.get(key, 0) + 1
+            if isinstance(module, nn.MultiheadAttention):
+                bypassed.update(id(m) for m in module.modules() if m is not module)
         for fqn, module in model.named_modules():
             param = _orig_param(module, name)
-            if (
+            if not (
                 param is not None
-                and id(param) not in seen
                 and any(cls.__name__ in self.include_types for cls in type(module).__mro__)
                 and (not self._include or any(p.search(fqn) for p in self._include))
                 and not any(p.search(fqn) for p in self._exclude)
             ):
-                seen.add(id(param))
-                chosen.append((fqn, module, name))
+                continue
+            if owners.get(id(param), 0) > 1 or id(module) in bypassed:
+                skipped.append(f"{fqn}.{name}" if fqn else name)
+                continue
+            chosen.append((fqn, module, name))
+        new = sorted(set(skipped) - self._warned)
+        if new:
+            self._warned.update(new)
+            warnings.warn(
+                f"not pruning {new}: a weight tied to several modules, or read by"
+                " nn.MultiheadAttention without its module's forward, would keep its unmasked"
+                " value for some readers (torch.nn.utils.prune masks in a forward pre-hook)",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.keep_last_dense and chosen:
             chosen = chosen[:-1]
         if self.keep_first_dense and chosen:
