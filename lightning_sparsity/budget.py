@@ -160,6 +160,17 @@ class FlopBudget:
         count_arg("by_epoch", by_epoch, 0, optional=True)
         count_arg("finetune_epochs", finetune_epochs, 0, optional=True)
         count_arg("start_epoch", start_epoch, 0, optional=False)
+        if action == "adjust" and count != "sparse":
+            errors.append(
+                f"action='adjust' steers the pruner by sparse FLOPs; `count` must be 'sparse',"
+                f" got {count!r}"
+            )
+        if monitor is not None and not isinstance(monitor, str):
+            errors.append(f"`monitor` must be a metric name (str) or None, got {monitor!r}")
+        if min_value is not None and (
+            isinstance(min_value, bool) or not isinstance(min_value, (int, float))
+        ):
+            errors.append(f"`min_value` must be a number or None, got {min_value!r}")
         if action == "adjust" and by_epoch is None:
             errors.append("`by_epoch` is required with action='adjust' (the deadline to land on)")
         if (
@@ -175,7 +186,9 @@ class FlopBudget:
             errors.append("`min_value` / `max_drop` need `monitor` (the metric they guard)")
         if monitor is not None and min_value is None and max_drop is None:
             errors.append(f"`monitor={monitor!r}` needs `min_value` or `max_drop`")
-        if max_drop is not None and not (isinstance(max_drop, (int, float)) and max_drop >= 0):
+        if max_drop is not None and (
+            isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0
+        ):
             errors.append(f"`max_drop` must be a number >= 0, got {max_drop!r}")
         if errors:
             raise ValueError("FlopBudget: " + "; ".join(errors))

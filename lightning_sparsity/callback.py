@@ -130,6 +130,14 @@ class SparsityCallbackLogic:
             type_errors.append(
                 f"`input_from_batch` must be callable, got {type(input_from_batch).__name__}"
             )
+        for name, flag in (("per_layer", per_layer), ("write_files", write_files)):
+            if not isinstance(flag, bool):
+                type_errors.append(f"`{name}` must be a bool, got {flag!r}")
+        if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
+            type_errors.append(
+                "`example_input` must be a Tensor, a tuple/list of positional arguments, a dict"
+                f" of keyword arguments or None, got {type(example_input).__name__}"
+            )
         if step not in _STEPS:
             value_errors.append(f"`step` must be one of {_STEPS}, got {step!r}")
         if (
@@ -182,6 +190,12 @@ class SparsityCallbackLogic:
         self._layout_written: set[int] = set()
         self._dir: Path | None = None
 
+    @property
+    def state_key(self) -> str:
+        """Unique per configuration, so several callbacks can sit in one Trainer."""
+        config = {**hparams_of(self.pruning, "pruning"), **hparams_of(self.budget, "budget")}
+        return f"{type(self).__qualname__}{sorted(config.items())}"
+
     # ------------------------------------------------------------------ measuring
 
     def _input(self, pl_module: nn.Module, batch: Any = None) -> Any | None:
@@ -192,8 +206,16 @@ class SparsityCallbackLogic:
             value = _first_example(self.input_from_batch(batch))
         if value is None:
             return None
-        device = next(pl_module.parameters(), torch.empty(0)).device
-        return tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t, value)
+        param = next(pl_module.parameters(), torch.empty(0))
+        floating = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+
+        def to_model(t: Any) -> Any:  # the model's device, and its dtype under true precision
+            if not isinstance(t, Tensor):
+                return t
+            dtype = floating if t.is_floating_point() and floating is not None else t.dtype
+            return t.to(device=param.device, dtype=dtype)
+
+        return tree_map(to_model, value)
 
     def _measure(self, pl_module: nn.Module, example_input: Any) -> SparsityReport:
         meter = self._meter
@@ -359,12 +381,15 @@ class SparsityCallbackLogic:
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        """Find the log directory (on every rank: it is broadcast).
+        """Find the log directory (on every rank: it is broadcast); none without a logger.
 
-        Before a resume, give the model plain weights, as the checkpoint stores them.
+        Before loading a checkpoint (resume, or ``test(ckpt_path=...)``), give the model
+        plain weights, as the checkpoint stores them; a resumed fit re-applies the masks.
         """
         self._dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if stage == "fit" and trainer.ckpt_path and self.pruning is not None:
+        if not trainer.loggers or getattr(trainer, "fast_dev_run", False):
+            self._dir = None  # Lightning suppresses logging: no files either
+        if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
 
     def _start(self, trainer: Any, pl_module: nn.Module, batch: Any = None) -> None:

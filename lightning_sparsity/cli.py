@@ -94,9 +94,13 @@ def count(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """The ``demo`` subcommand."""
-    from lightning_sparsity.demo.run import run_demo
+    from lightning_sparsity.demo.run import demo_callback, run_demo
 
     budget = None if args.budget.lower() == "none" else args.budget
+    try:  # the options, checked before anything runs
+        demo_callback(epochs=args.epochs, budget=budget, final_sparsity=args.final_sparsity)
+    except ValueError as err:
+        raise CliError(str(err)) from err
     run_demo(
         output=Path(args.output),
         epochs=args.epochs,

@@ -41,10 +41,16 @@ def prune_to_flops(
         The report after pruning.
 
     Raises:
-        ValueError: for a bad target, one above the dense FLOPs, or one below what pruning
-            can reach (the FLOPs of weight-free ops and of weights that are not pruned).
+        TypeError: if ``pruner`` is not a ``MagnitudePruner``.
+        ValueError: for a bad target, one above the dense FLOPs, one below what pruning
+            can reach (the FLOPs of weight-free ops and of weights that are not pruned), or
+            a model on the meta device.
     """
     value, fraction = parse_flops(target)
+    if pruner is not None and not isinstance(pruner, MagnitudePruner):
+        raise TypeError(f"`pruner` must be a MagnitudePruner or None, got {type(pruner).__name__}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("prune_to_flops needs real weights to rank; the model is on meta")
     pruner = pruner if pruner is not None else MagnitudePruner()
     meter = SparsityMeter(model, example_input, batch_size=batch_size)
     cost = meter.cost_model()

@@ -191,3 +191,44 @@ def test_budget_on_effective_flops_counts_zero_activations(tmp_path: Path) -> No
     effective = ls.measure(model, model.example_input_array, activations=True)
     assert callback.history[-1]["budget_value"] == effective.total.flops_effective
     assert effective.total.flops_effective < callback.history[-1]["flops_sparse"]
+
+
+class CrossAttention(torch.nn.Module):
+    """Query length 3, key length 7: the packed QKV weight is used in slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc1 = torch.nn.Linear(16, 64)
+        self.fc2 = torch.nn.Linear(64, 16)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.mha(q, kv, kv)[0])))
+
+
+def test_prune_to_flops_counts_sliced_weights_it_does_not_prune() -> None:
+    torch.manual_seed(0)
+    model = CrossAttention()
+    x = (torch.randn(1, 3, 16), torch.randn(1, 7, 16))
+    with pytest.warns(UserWarning, match="not pruning"):  # the attention's out_proj
+        report = ls.prune_to_flops(model, x, "60%")
+    target = 0.6 * report.total.flops
+    # fc1 and fc2 weights cost 2 * 3 = 6 FLOPs each (3 query tokens)
+    assert target - 6 < report.total.flops_sparse <= target
+
+
+def test_one_shot_and_budget_argument_errors() -> None:
+    with pytest.raises(TypeError, match="`pruner` must be a MagnitudePruner or None, got int"):
+        ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "50%", pruner=3)  # type: ignore[arg-type]
+    with torch.device("meta"):
+        meta = Wide()
+    with pytest.raises(ValueError, match="needs real weights to rank; the model is on meta"):
+        ls.prune_to_flops(meta, torch.zeros(1, 3, 16, 16, device="meta"), "50%")
+    with pytest.raises(
+        ValueError, match=r"action='adjust' .* `count` must be 'sparse', got 'params'"
+    ):
+        ls.FlopBudget("50%", by_epoch=3, action="adjust", count="params")
+    with pytest.raises(ValueError, match="`monitor` must be a metric name"):
+        ls.FlopBudget("50%", monitor=3, min_value=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`min_value` must be a number or None, got '0.9'"):
+        ls.FlopBudget("50%", monitor="val_acc", min_value="0.9")  # type: ignore[arg-type]

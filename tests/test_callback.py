@@ -250,3 +250,55 @@ def test_a_crash_keeps_the_history_of_finished_epochs(tmp_path: Path) -> None:
     ]
     assert json.loads((directory / "sparsity_history.json").read_text()) == callback.history
     assert (directory / "sparsity_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"per_layer": "no"}, "`per_layer` must be a bool, got 'no'"),
+        ({"write_files": None}, "`write_files` must be a bool, got None"),
+        ({"example_input": 3}, "`example_input` must be a Tensor.*got int"),
+    ],
+)
+def test_bad_argument_types(kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        ls.SparsityCallback(**kwargs)
+
+
+def test_validate_with_best_checkpoint_after_a_pruned_fit(tmp_path: Path) -> None:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.5))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss")
+    fit = trainer(
+        tmp_path, [ls.SparsityCallback(pruner), checkpoint], False, 2, enable_checkpointing=True
+    )
+    model = DigitsCNN()
+    fit.fit(model, DigitsDataModule())
+    results = fit.validate(model, DigitsDataModule(), ckpt_path="best", verbose=False)
+    assert results[0]["val_acc"] > 0.1  # ran on the loaded plain-weight checkpoint
+    weights = [getattr(model, n).weight for n in ("conv1", "conv2", "conv3", "fc")]
+    n = sum(w.numel() for w in weights)
+    assert sum(int(w.count_nonzero()) for w in weights) == n - round(0.5 * n)  # still pruned
+
+
+def test_true_double_precision_with_example_input_array(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(write_files=False)
+    fit = trainer(tmp_path, [callback], False, 1, precision="64-true")
+    fit.fit(DigitsCNN(), DigitsDataModule())
+    assert (
+        callback.history[-1]["flops"]
+        == ls.measure(DigitsCNN(), torch.zeros(1, 1, 8, 8)).total.flops
+    )
+
+
+def test_two_callbacks_in_one_trainer_and_no_files_without_a_logger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    measure_only = ls.SparsityCallback()
+    pruning = ls.SparsityCallback(ls.MagnitudePruner(schedule=ls.schedules.Constant(0.5)))
+    assert measure_only.state_key != pruning.state_key
+    trainer(tmp_path, [pruning, measure_only], False, 1).fit(DigitsCNN(), DigitsDataModule())
+    for key in ("flops_sparse", "params_nonzero"):  # the measuring one sees the pruning
+        assert measure_only.history[-1][key] == pruning.history[-1][key]
+    assert pruning.history[-1]["flops_sparse"] < pruning.history[0]["flops_sparse"]
+    assert not list(tmp_path.glob("sparsity_*"))  # logger=False: Lightning logs nothing

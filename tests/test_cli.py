@@ -121,3 +121,20 @@ def test_fit_from_each_yaml_config(tmp_path: Path, config: str, limit: float) ->
     assert [row["epoch"] for row in history] == [0, 1, 2]
     assert history[-1]["budget_limit"] == pytest.approx(limit * history[0]["flops"])
     assert history[-1]["flops_sparse"] < history[0]["flops"]  # the configured pruner pruned
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "150%"], r"percentage must be in \(0, 100\], got '150%'"),
+        (["--epochs", "0"], "`epochs` must be >= 1, got 0"),
+        (["--budget", "none", "--final-sparsity", "1.0"], "`final_sparsity` must be a float"),
+    ],
+)
+def test_demo_option_errors_are_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-sparsity: error: ")
+    assert re.search(message, err), err

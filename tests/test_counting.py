@@ -673,3 +673,25 @@ def test_tied_weight_pruned_at_one_owner_counts_once() -> None:
     assert report.total.params == 80  # one 10x8 tensor
     assert report.total.params_nonzero == 40
     assert report.total.flops_sparse == 2 * 3 * 40
+
+
+def test_empty_batch_and_lazy_modules() -> None:
+    with pytest.raises(ValueError, match=r"empty batch: .* shape \(0, 4\)"):
+        ls.measure(nn.Linear(4, 3), torch.zeros(0, 4))
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    meter = ls.SparsityMeter(lazy, torch.zeros(1, 6))  # the trace initializes the weights
+    # 2 * (6*4 + 4*2) = 64
+    assert meter.measure().total.flops == 64
+    assert meter.measure() == ls.measure(lazy, torch.zeros(1, 6))
+    assert ls.measure(nn.ReLU(), torch.zeros(1, 3)).total.flops_effective is None
+
+
+def test_retrace_sees_an_in_place_stride_change() -> None:
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    meter = ls.SparsityMeter(conv, torch.zeros(1, 1, 8, 8))
+    conv.stride = (2, 2)  # invisible to the meter's structure check
+    meter.retrace()
+    # 2 * (4*4) * (2*1*3*3) = 576
+    assert (
+        meter.measure().total.flops == 576 == ls.measure(conv, torch.zeros(1, 1, 8, 8)).total.flops
+    )

@@ -32,12 +32,14 @@ class CostModel:
 
     ``flops_sparse = fixed_flops + Σ flops_per_nonzero[name] × nnz(name)`` for parameters
     used whole (views, transposes, casts); parameters used only in parts (a packed QKV
-    projection with different query and key lengths) appear in ``partial`` and are
-    not linear in their total count. FLOPs are per example or per batch as ``per`` says.
+    projection with different query and key lengths) appear in ``partial``: they are not
+    linear in their total count, so their FLOPs at their current nonzeros are part of
+    ``fixed_flops``. FLOPs are per example or per batch as ``per`` says.
 
     Attributes:
         flops: dense FLOPs.
-        fixed_flops: FLOPs with no weight operand (attention scores): never skipped.
+        fixed_flops: FLOPs that no per-parameter cost carries: ops with no weight operand
+            (attention scores), never skipped, and the partly used parameters' FLOPs now.
         flops_per_nonzero: parameter name → FLOPs per nonzero entry.
         partial: names of parameters used in parts.
         numel: parameter name → number of entries, for every parameter.
@@ -76,6 +78,11 @@ def _infer_batch_size(example_input: Any, per: str, batch_size: int | None) -> i
     leaves, _ = tree_flatten(example_input)
     for leaf in leaves:
         if isinstance(leaf, Tensor) and leaf.dim() > 0:
+            if leaf.shape[0] < 1:
+                raise ValueError(
+                    "cannot count FLOPs per example on an empty batch: the example input's"
+                    f" first tensor has shape {tuple(leaf.shape)}; give at least one example"
+                )
             return int(leaf.shape[0])
     raise ValueError(
         "cannot infer the batch size for per='example': the example input has no tensor with"
@@ -141,25 +148,43 @@ class SparsityMeter:
             self.traces += 1
         return self._trace
 
+    def retrace(self) -> None:
+        """Trace again at the next count.
+
+        For changes the meter cannot see: a conv's stride set in place, a Python flag or a
+        data-dependent branch that changes which ops the forward runs.
+        """
+        self._trace = None
+
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed)."""
         current = self._ensure_trace(find_slots(self.model))
         return _report(current, self.per, self.batch_size)
 
     def cost_model(self) -> CostModel:
-        """The per-parameter cost of the current trace (for FLOP-targeted pruning)."""
+        """The per-parameter cost of the current trace (for FLOP-targeted pruning).
+
+        Raises:
+            ValueError: on the meta device (partly used weights need their values).
+        """
         current = self._ensure_trace(find_slots(self.model))
         div = self.batch_size
         per_nonzero: dict[int, Fraction] = {}
         partial: set[str] = set()
-        for use in current.uses:
+        fixed = Fraction(sum(current.fixed))
+        if any(u.chain is not None for u in current.uses):
+            if any(slot.is_meta() for slot in current.slots):
+                raise ValueError("cost_model() needs real weights; the model is on meta")
+            _, nnz_use = _nonzeros(current)
+        for i, use in enumerate(current.uses):
             if use.chain is None:
                 per_nonzero[use.slot] = per_nonzero.get(use.slot, Fraction(0)) + use.coef
-            else:
+            else:  # not linear in the parameter's count: counted at its current value
                 partial.add(current.slots[use.slot].name)
+                fixed += use.coef * nnz_use[i]
         return CostModel(
             flops=_as_number(Fraction(sum(current.dense), div)),
-            fixed_flops=_as_number(Fraction(sum(current.fixed), div)),
+            fixed_flops=_as_number(fixed / div),
             flops_per_nonzero={
                 current.slots[i].name: _as_number(c / div) for i, c in per_nonzero.items()
             },
@@ -209,6 +234,19 @@ def _gather(values: list[Tensor]) -> list[Any]:
     return torch.stack([v.to(device, non_blocking=True) for v in values]).tolist()
 
 
+def _nonzeros(current: Trace) -> tuple[list[int], list[int]]:
+    """Nonzeros of every slot and of every use's operand, with one host sync."""
+    slots = current.slots
+    partial = [u for u in current.uses if u.chain is not None]
+    with torch.no_grad(), parametrize.cached():
+        counts: list[Tensor] = [slot.value().count_nonzero() for slot in slots]
+        counts += [replay(slots[u.slot].value(), u.chain).count_nonzero() for u in partial]  # type: ignore[arg-type]
+    values = _gather(counts)
+    nnz_slot, nnz_partial = values[: len(slots)], iter(values[len(slots) :])
+    nnz_use = [nnz_slot[u.slot] if u.chain is None else next(nnz_partial) for u in current.uses]
+    return nnz_slot, nnz_use
+
+
 def _report(current: Trace, per: Per, div: int) -> SparsityReport:
     slots = current.slots
     n_rows = len(current.rows)
@@ -216,20 +254,9 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
     sparse: list[Fraction] | None = None
     nonzero: list[int] | None = None
     if not meta:
-        partial_uses = [u for u in current.uses if u.chain is not None]
-        with torch.no_grad(), parametrize.cached():
-            counts: list[Tensor] = [slot.value().count_nonzero() for slot in slots]
-            counts += [
-                replay(slots[u.slot].value(), u.chain).count_nonzero()  # type: ignore[arg-type]
-                for u in partial_uses
-            ]
-        values = _gather(counts)
-        nnz_slot, nnz_partial = values[: len(slots)], values[len(slots) :]
+        nnz_slot, nnz_use = _nonzeros(current)
         sparse = [Fraction(f) for f in current.fixed]
-        for use in current.uses:
-            if use.chain is None:
-                sparse[use.row] += use.coef * nnz_slot[use.slot]
-        for use, nnz in zip(partial_uses, nnz_partial, strict=True):
+        for use, nnz in zip(current.uses, nnz_use, strict=True):
             sparse[use.row] += use.coef * nnz
         nonzero = [0] * n_rows
         for slot_index, row in enumerate(current.row_of_slot):
@@ -260,6 +287,9 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
                 else _as_number(Fraction(effective[row], div)),
             )
         )
+    known = {"params_nonzero", "flops_sparse"} if not meta else set()
+    if effective is not None:
+        known.add("flops_effective")
     return SparsityReport.from_layers(
-        layers, per=per, batch_size=div, unsupported=current.unsupported
+        layers, per=per, batch_size=div, unsupported=current.unsupported, known=frozenset(known)
     )

@@ -72,6 +72,8 @@ class Slot:
         """What, if changed, invalidates a trace: identity, kind, shape, dtype, device."""
         if self.kind == "plain":
             t: Tensor = getattr(self.module, self.attr)
+            if isinstance(t, nn.parameter.UninitializedParameter):  # lazy: set by a forward
+                return (self.name, self.kind, id(t), "uninitialized")
             return (self.name, self.kind, id(t), tuple(t.shape), t.dtype, t.device)
         return (self.name, self.kind, id(self.module), self.attr)
 

@@ -94,12 +94,18 @@ class SparsityReport:
         per: Per = "example",
         batch_size: int = 1,
         unsupported: dict[str, int] | None = None,
+        known: frozenset[str] = frozenset({"params_nonzero", "flops_sparse"}),
     ) -> SparsityReport:
-        """Build a report, summing ``layers`` into ``total``."""
+        """Build a report, summing ``layers`` into ``total``.
+
+        ``known`` names the optional columns that were measured; the others total ``None``
+        (with no layers, nothing else says whether they were).
+        """
 
         def add(name: str) -> Any:
             values = [getattr(row, name) for row in layers]
-            return None if any(v is None for v in values) else sum(values)
+            missing = name not in known or any(v is None for v in values)
+            return None if missing else sum(values)
 
         total = LayerStats(
             name="total",

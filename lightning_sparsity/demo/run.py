@@ -26,6 +26,24 @@ from lightning_sparsity.pruning.schedules import Cubic
 __all__ = ["run_demo"]
 
 
+def demo_callback(
+    *, epochs: int = 12, budget: str | None = "20%", final_sparsity: float = 0.8
+) -> SparsityCallback:
+    """The demo's callback: a FLOP budget steering the pruner, or a cubic schedule.
+
+    Raises:
+        ValueError: for ``epochs`` < 1, a bad budget or a bad final sparsity.
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be >= 1, got {epochs}")
+    end = max(1, (2 * epochs) // 3)
+    if budget is None:
+        schedule = Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
+        return SparsityCallback(pruning=MagnitudePruner(schedule=schedule))
+    flop_budget = FlopBudget(budget, by_epoch=end - 1, action="adjust")
+    return SparsityCallback(pruning=MagnitudePruner(), budget=flop_budget)
+
+
 def run_demo(
     output: Path,
     *,
@@ -50,18 +68,10 @@ def run_demo(
         The callback (its ``history`` and ``report``).
 
     Raises:
-        ValueError: if ``epochs`` < 1 (the schedule validates ``final_sparsity``).
+        ValueError: see :func:`demo_callback`.
     """
-    if epochs < 1:
-        raise ValueError(f"`epochs` must be >= 1, got {epochs}")
+    callback = demo_callback(epochs=epochs, budget=budget, final_sparsity=final_sparsity)
     pl.seed_everything(seed, verbose=False)
-    end = max(1, (2 * epochs) // 3)
-    if budget is None:
-        schedule = Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
-        callback = SparsityCallback(pruning=MagnitudePruner(schedule=schedule))
-    else:
-        flop_budget = FlopBudget(budget, by_epoch=end - 1, action="adjust")
-        callback = SparsityCallback(pruning=MagnitudePruner(), budget=flop_budget)
     logger = TensorBoardLogger(str(output), name="demo")
     limit = limit_batches if limit_batches is not None else 1.0
     trainer = pl.Trainer(

@@ -18,6 +18,7 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -126,6 +127,24 @@ def _effective(module: nn.Module, name: str) -> Tensor:
     return orig.detach() if mask is None else orig.detach() * mask
 
 
+def _load_plain(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, name: str
+) -> None:
+    """Let a pruned module load a plain checkpoint (``weight`` with its zeros in place).
+
+    Checkpoints written through SparsityCallback hold plain weights; the mask is taken as
+    their nonzeros. A reparametrized state (``weight_orig``/``weight_mask``) loads as usual.
+    """
+    key = prefix + name
+    if _pruning_hook(module, name) is None or key not in state_dict:
+        return
+    if key + "_orig" in state_dict or key + "_mask" in state_dict:
+        return
+    weight = state_dict.pop(key)
+    state_dict[key + "_orig"] = weight
+    state_dict[key + "_mask"] = (weight != 0).to(getattr(module, name + "_mask").dtype)
+
+
 def _set_mask(module: nn.Module, name: str, keep: Tensor) -> None:
     """Install ``keep`` (weight dtype) as the prune mask, reusing an existing reparametrization."""
     if _pruning_hook(module, name) is None:
@@ -136,6 +155,7 @@ def _set_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         hook = prune.Identity()
         hook._tensor_name = name
         module.register_forward_pre_hook(hook)
+        module.register_load_state_dict_pre_hook(functools.partial(_load_plain, name=name))
     module.register_buffer(name + "_mask", keep)
     orig = getattr(module, name + "_orig")
     setattr(module, name, keep.to(dtype=orig.dtype) * orig)  # as the hook computes it
