@@ -36,7 +36,7 @@ class BudgetExceededError(RuntimeError):
     """The FLOP budget's deadline passed over budget and ``on_deadline="raise"``."""
 
 
-Step = Literal["epoch", "global_step"]
+XAxis = Literal["epoch", "global_step"]
 _STEPS = ("epoch", "global_step")
 
 
@@ -106,7 +106,7 @@ class SparsityCallbackLogic:
         example_input: Any | None = None,
         input_from_batch: Callable[[Any], Any] | None = None,
         per_layer: bool = True,
-        step: Step = "epoch",
+        step: XAxis = "epoch",
         table_every_n_epochs: int = 1,
         write_files: bool = True,
         prune_every_n_steps: int | None = None,
@@ -180,7 +180,6 @@ class SparsityCallbackLogic:
         self.history: list[dict[str, Any]] = []
         self.report: SparsityReport | None = None
         self._meter: SparsityMeter | None = None
-        self.frozen = False
         self.stopping_reason: str | None = None
         self.stopping_message: str | None = None
         self._restore_masks = False
@@ -189,6 +188,11 @@ class SparsityCallbackLogic:
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()
         self._dir: Path | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the budget froze the masks (met with ``action="stop"``)."""
+        return self.budget is not None and not self.budget.pruning_allowed(0)
 
     @property
     def state_key(self) -> str:
@@ -295,13 +299,12 @@ class SparsityCallbackLogic:
         self.history.append(row)
         self._log(trainer, report, row)
         if decision is not None:
-            self._act(trainer, decision)
+            self._act(trainer, decision, epoch - 1)
 
-    def _act(self, trainer: Any, decision: BudgetDecision) -> None:
+    def _act(self, trainer: Any, decision: BudgetDecision, epoch: int) -> None:
         """Follow a budget decision the way Lightning's EarlyStopping stops."""
         assert self.budget is not None
-        if decision.freeze_pruning and not self.frozen:
-            self.frozen = True
+        if decision.freeze_pruning and self.budget.reached_epoch == epoch:  # the first time
             rank_zero_info(f"lightning_sparsity: {decision.message}; masks frozen")
         if decision.status == "missed" and not decision.stop_training:
             if self.budget.on_deadline == "raise":
@@ -509,7 +512,6 @@ class SparsityCallbackLogic:
         """The history and the pruner's state (masks included)."""
         state: dict[str, Any] = {
             "history": [dict(row) for row in self.history],
-            "frozen": self.frozen,
             "stopping_reason": self.stopping_reason,
             "stopping_message": self.stopping_message,
         }
@@ -522,7 +524,6 @@ class SparsityCallbackLogic:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the history and budget state; masks are re-applied at fit start."""
         self.history = [dict(row) for row in state_dict.get("history", [])]
-        self.frozen = bool(state_dict.get("frozen", False))
         self.stopping_reason = state_dict.get("stopping_reason")
         self.stopping_message = state_dict.get("stopping_message")
         if self.pruning is not None and "pruning" in state_dict:

@@ -37,7 +37,7 @@ class MeasureError(RuntimeError):
     """The model's forward pass failed on the example input."""
 
 
-class Step(NamedTuple):
+class ChainOp(NamedTuple):
     """One op on the way from a slot's value to a weight operand (replayed when needed)."""
 
     func: torch._ops.OpOverload
@@ -62,7 +62,7 @@ class WeightUse:
     row: int
     slot: int
     coef: Fraction
-    chain: tuple[Step, ...] | None
+    chain: tuple[ChainOp, ...] | None
 
 
 @dataclass
@@ -110,7 +110,7 @@ _WARNED: set[str] = set()
 class _Provenance(NamedTuple):
     tensor: Tensor  # kept alive so its id cannot be reused during the trace
     slot: int
-    chain: tuple[Step, ...]
+    chain: tuple[ChainOp, ...]
     bijective: bool
 
 
@@ -168,7 +168,7 @@ class _CountingMode(TorchDispatchMode):
         for index, tensor in enumerate(outputs):
             if not isinstance(tensor, Tensor):
                 continue
-            step = Step(func, args[1:], kwargs, index if outputs is out else None)
+            step = ChainOp(func, args[1:], kwargs, index if outputs is out else None)
             bijective = src.bijective and func in _BIJECTIVE and tensor.numel() == args[0].numel()
             self.prov[id(tensor)] = _Provenance(tensor, src.slot, (*src.chain, step), bijective)
 
@@ -198,7 +198,7 @@ class _CountingMode(TorchDispatchMode):
             self.effective[row] = total if previous is None else previous + total
 
 
-def replay(value: Tensor, chain: tuple[Step, ...]) -> Tensor:
+def replay(value: Tensor, chain: tuple[ChainOp, ...]) -> Tensor:
     """Rebuild a weight operand from its slot's value."""
     for step in chain:
         out = step.func(value, *step.args, **step.kwargs)
