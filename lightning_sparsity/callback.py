@@ -252,11 +252,10 @@ class SparsityCallbackLogic:
             return 0.0
         if self.pruning is None:  # another pruner may zero any weight
             return 0.0 if count == "params" else float(cost.fixed_flops)
-        pruned = {f"{fqn}.{n}" if fqn else n for fqn, _, n in self.pruning.targets(pl_module)}
+        pruned = self.pruning.target_names(pl_module)
         if count == "params":
             return float(report.total.params - sum(cost.numel[n] for n in pruned))
-        kept = sum(c * cost.numel[n] for n, c in cost.flops_per_nonzero.items() if n not in pruned)
-        return float(cost.fixed_flops + kept)
+        return cost.floor(pruned)
 
     def _point(self, trainer: Any, pl_module: nn.Module, example_input: Any, epoch: int) -> None:
         """Measure, record and log one point: ``epoch`` epochs completed."""

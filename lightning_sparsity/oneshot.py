@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_sparsity.budget import parse_flops
+from lightning_sparsity.budget import FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport
 from lightning_sparsity.pruning import MagnitudePruner
 
@@ -46,7 +46,7 @@ def prune_to_flops(
             can reach (the FLOPs of weight-free ops and of weights that are not pruned), or
             a model on the meta device.
     """
-    value, fraction = parse_flops(target)
+    budget = FlopBudget(target)  # a bad target fails before any work
     if pruner is not None and not isinstance(pruner, MagnitudePruner):
         raise TypeError(f"`pruner` must be a MagnitudePruner or None, got {type(pruner).__name__}")
     if any(p.is_meta for p in model.parameters()):
@@ -54,21 +54,6 @@ def prune_to_flops(
     pruner = pruner if pruner is not None else MagnitudePruner()
     meter = SparsityMeter(model, example_input, batch_size=batch_size)
     cost = meter.cost_model()
-    limit = value * cost.flops if fraction else value
-    if limit > cost.flops:
-        raise ValueError(
-            f"target {target!r} ({limit:,.0f} FLOPs) is above the dense model's"
-            f" {cost.flops:,.0f} FLOPs per example; nothing to prune"
-        )
-    pruned = {f"{fqn}.{n}" if fqn else n for fqn, _, n in pruner.targets(model)}
-    floor = cost.fixed_flops + sum(
-        c * cost.numel[n] for n, c in cost.flops_per_nonzero.items() if n not in pruned
-    )
-    if limit < floor:
-        raise ValueError(
-            f"target {target!r} ({limit:,.0f} FLOPs) is unreachable: with every prunable"
-            f" weight zero the model still costs {floor:,.0f} FLOPs per example"
-            f" ({floor / cost.flops:.2%} of dense)"
-        )
+    limit = budget.check_reachable(cost.flops, cost.floor(pruner.target_names(model)))
     pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops, not_above=True)
     return meter.measure()

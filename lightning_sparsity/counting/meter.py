@@ -53,6 +53,13 @@ class CostModel:
     numel: dict[str, int]
     per: Per
 
+    def floor(self, pruned: set[str]) -> float:
+        """The sparse FLOPs left with every ``pruned`` parameter zero and the others dense."""
+        kept = sum(
+            c * self.numel[name] for name, c in self.flops_per_nonzero.items() if name not in pruned
+        )
+        return float(self.fixed_flops + kept)
+
 
 def _validate(model: Any, example_input: Any, per: str, batch_size: int | None) -> None:
     if not isinstance(model, nn.Module):

@@ -327,6 +327,10 @@ class MagnitudePruner:
             chosen = chosen[1:]
         return chosen
 
+    def target_names(self, model: nn.Module) -> set[str]:
+        """The fully qualified names of the pruned parameters (``"layer1.conv.weight"``)."""
+        return {f"{fqn}.{name}" if fqn else name for fqn, _, name in self.targets(model)}
+
     def _targets_or_raise(self, model: nn.Module) -> list[Target]:
         targets = self.targets(model)
         if not targets:
