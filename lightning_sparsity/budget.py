@@ -213,6 +213,12 @@ class FlopBudget:
 
     # ------------------------------------------------------------------ values
 
+    @property
+    def _unit(self) -> str:
+        return {"sparse": "FLOPs", "effective": "effective FLOPs", "params": "parameters"}[
+            self.count
+        ]
+
     def resolve(self, dense: float) -> float:
         """The limit in absolute units, given the dense model's value.
 
@@ -223,7 +229,7 @@ class FlopBudget:
         if limit > dense:
             raise ValueError(
                 f"FlopBudget: target {self.target!r} ({limit:,.0f}) is above the dense model's"
-                f" {self.count} count ({dense:,.0f}); nothing to prune"
+                f" {self._unit} ({dense:,.0f}); nothing to prune"
             )
         return limit
 
@@ -246,7 +252,7 @@ class FlopBudget:
         if limit < floor:
             raise ValueError(
                 f"FlopBudget: target {self.target!r} ({limit:,.0f}) is unreachable: even with"
-                f" every prunable weight zero the model costs {floor:,.0f} ({self.count});"
+                f" every prunable weight zero the model has {floor:,.0f} {self._unit};"
                 f" the lowest reachable target is {floor / dense:.2%} of dense"
             )
         return limit

@@ -116,12 +116,12 @@ def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
 
 
 def test_prune_to_flops_errors() -> None:
-    with pytest.raises(ValueError, match=r"above the dense model's sparse count \(648,448\)"):
+    with pytest.raises(ValueError, match=r"above the dense model's FLOPs \(648,448\)"):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "1G")
     pruner = ls.MagnitudePruner(keep_first_dense=True)
     with pytest.raises(
         ValueError,
-        match=r"unreachable: .* costs 221,184 .* lowest reachable target is 34\.11% of dense",
+        match=r"unreachable: .* has 221,184 FLOPs; the lowest reachable target is 34\.11% of",
     ):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
 
