@@ -275,6 +275,10 @@ class SparsityCallbackLogic:
             "target_sparsity": self._target(self._schedule_index(trainer, epoch - 1))
             if epoch > 0
             else None,
+            # what the schedule's target counts: the pruner's weights only
+            "pruned_sparsity": None
+            if self.pruning is None
+            else report.sparsity_of(self.pruning.target_names(pl_module)),
         }
         decision = None
         if self.budget is not None:
@@ -332,6 +336,8 @@ class SparsityCallbackLogic:
         }
         if row["target_sparsity"] is not None:
             metrics["sparsity/target_sparsity"] = float(row["target_sparsity"])
+        if row["pruned_sparsity"] is not None:
+            metrics["sparsity/pruned_sparsity"] = float(row["pruned_sparsity"])
         if "budget_limit" in row:
             metrics["budget/limit"] = float(row["budget_limit"])
             metrics["budget/value"] = float(row["budget_value"])
@@ -363,9 +369,8 @@ class SparsityCallbackLogic:
                 flops = [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"]
                 if self.budget is not None and self.budget.count == "sparse":
                     flops += ["budget/limit", "budget/scheduled"]
-                writer.add_custom_scalars(
-                    layout(flops, ["sparsity/param_sparsity", "sparsity/target_sparsity"])
-                )
+                sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
+                writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))
                 self._layout_written.add(id(writer))
             every = self.table_every_n_epochs
             if every and row["epoch"] % every == 0:

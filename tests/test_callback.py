@@ -223,6 +223,11 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
         "budget/limit",
         "budget/scheduled",
     ]
+    assert charts["sparsity: pruned weights vs schedule"] == [
+        "sparsity/pruned_sparsity",
+        "sparsity/target_sparsity",
+        "sparsity/param_sparsity",
+    ]
     limit = [e.value for e in acc.Scalars("budget/limit")]
     assert limit == pytest.approx([0.5 * callback.history[0]["flops"]] * 4)
 

@@ -50,6 +50,9 @@ def test_schedule_followed_in_a_fit_and_masks_survive_optimizer_steps(tmp_path: 
     # after five epochs of SGD with momentum and weight decay the effective zeros hold
     n = sum(getattr(model, name).weight.numel() for name in WEIGHTS)
     assert pruned_fraction(model) == round(0.8 * n) / n
+    # the logged sparsity of the pruned weights is the schedule's, to one weight
+    pruned = [row["pruned_sparsity"] for row in callback.history[1:]]
+    assert pruned == pytest.approx([round(t * n) / n for t in expected])
 
 
 def test_resume_continues_the_schedule_with_the_same_masks(tmp_path: Path) -> None:

@@ -260,6 +260,7 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
     meta = any(slot.is_meta() for slot in slots)
     sparse: list[Fraction] | None = None
     nonzero: list[int] | None = None
+    nnz_slot: list[int] = []
     if not meta:
         nnz_slot, nnz_use = _nonzeros(current)
         sparse = [Fraction(f) for f in current.fixed]
@@ -297,6 +298,15 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
     known = {"params_nonzero", "flops_sparse"} if not meta else set()
     if effective is not None:
         known.add("flops_effective")
+    parameters = {
+        slot.name: (numel, None if meta else nnz_slot[i])
+        for i, (slot, numel) in enumerate(zip(slots, current.numels, strict=True))
+    }
     return SparsityReport.from_layers(
-        layers, per=per, batch_size=div, unsupported=current.unsupported, known=frozenset(known)
+        layers,
+        per=per,
+        batch_size=div,
+        unsupported=current.unsupported,
+        known=frozenset(known),
+        parameters=parameters,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +78,8 @@ class SparsityReport:
         batch_size: the example input's batch size the FLOPs were divided by.
         unsupported: aten ops met in the forward pass with no formula, and how often; their
             cost is not in any FLOP column.
+        parameters: every effective parameter by name → ``(entries, nonzero entries)``
+            (``None`` nonzero on the meta device).
     """
 
     layers: tuple[LayerStats, ...]
@@ -85,6 +87,7 @@ class SparsityReport:
     per: Per = "example"
     batch_size: int = 1
     unsupported: dict[str, int] = field(default_factory=dict)
+    parameters: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @classmethod
     def from_layers(
@@ -95,6 +98,7 @@ class SparsityReport:
         batch_size: int = 1,
         unsupported: dict[str, int] | None = None,
         known: frozenset[str] = frozenset({"params_nonzero", "flops_sparse"}),
+        parameters: dict[str, tuple[int, int | None]] | None = None,
     ) -> SparsityReport:
         """Build a report, summing ``layers`` into ``total``.
 
@@ -116,7 +120,17 @@ class SparsityReport:
             flops_sparse=add("flops_sparse"),
             flops_effective=add("flops_effective"),
         )
-        return cls(tuple(layers), total, per, batch_size, dict(unsupported or {}))
+        return cls(
+            tuple(layers), total, per, batch_size, dict(unsupported or {}), dict(parameters or {})
+        )
+
+    def sparsity_of(self, names: Iterable[str]) -> float | None:
+        """The fraction of zeros among the named parameters (e.g. a pruner's targets)."""
+        sizes = [self.parameters[name] for name in names]
+        total = sum(n for n, _ in sizes)
+        if any(nnz is None for _, nnz in sizes) or not total:
+            return None
+        return 1.0 - sum(nnz or 0 for _, nnz in sizes) / total
 
     def layer(self, name: str) -> LayerStats:
         """The row of module ``name``.
@@ -137,6 +151,7 @@ class SparsityReport:
             "total": asdict(self.total),
             "layers": [asdict(row) for row in self.layers],
             "unsupported": dict(self.unsupported),
+            "parameters": {name: list(v) for name, v in self.parameters.items()},
         }
 
     def to_json(self, path: str | Path | None = None) -> str:

@@ -83,7 +83,10 @@ def plot_history(
     ax_flops.set(xlabel="epochs completed", ylabel=f"FLOPs per {rows[0].get('per', 'example')}")
     ax_flops.set_ylim(bottom=0)
     ax_flops.legend()
-    ax_sparsity.plot(x, [row["param_sparsity"] for row in rows], "o-", label="parameters")
+    ax_sparsity.plot(x, [row["param_sparsity"] for row in rows], "o-", label="all parameters")
+    pruned = [row.get("pruned_sparsity") for row in rows]
+    if any(p is not None for p in pruned):
+        ax_sparsity.plot(x, pruned, "^-", label="pruned weights")
     targets = [row.get("target_sparsity") for row in rows]
     if any(t is not None for t in targets):
         ax_sparsity.plot(x, targets, ":", label="schedule target")

@@ -38,7 +38,7 @@ def layout(flops_tags: list[str], sparsity_tags: list[str]) -> dict[str, Any]:
     return {
         "sparsity": {
             "FLOPs: dense vs sparse vs budget": ["Multiline", flops_tags],
-            "sparsity: parameters vs schedule": ["Multiline", sparsity_tags],
+            "sparsity: pruned weights vs schedule": ["Multiline", sparsity_tags],
         }
     }
 
