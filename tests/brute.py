@@ -84,50 +84,38 @@ def attention_products(q: Tensor, k: Tensor, v: Tensor, p: Tensor) -> int:
     return matmul_products(q, k.transpose(-2, -1)) + matmul_products(p, v)
 
 
-def lstm_products(
-    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+def _lstm_cell(gi: Tensor, gh: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    i, f, g, o = (gi + gh).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _gru_cell(gi: Tensor, gh: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    (ri, zi, ni), (rh, zh, nh) = gi.chunk(3, dim=1), gh.chunk(3, dim=1)
+    r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
+    n = torch.tanh(ni + r * nh)
+    return (1 - z) * n + z * h, c
+
+
+def recurrent_products(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, cell: str
 ) -> tuple[int, int, Tensor]:
-    """A single-layer LSTM (x [T, B, In]) run step by step with explicit products.
+    """A single-layer LSTM or GRU (x [T, B, In]) run step by step with explicit products.
 
     Returns:
         (sparse FLOPs, effective FLOPs, the output sequence) — the output lets the test check
         that this is the same computation the module does.
     """
-    steps, batch = x.shape[0], x.shape[1]
-    hidden = w_hh.shape[1]
-    h = torch.zeros(batch, hidden)
-    c = torch.zeros(batch, hidden)
+    step = {"lstm": _lstm_cell, "gru": _gru_cell}[cell]
+    h = torch.zeros(x.shape[1], w_hh.shape[1])
+    c = torch.zeros_like(h)
     sparse = effective = 0
     outputs = []
-    for t in range(steps):
+    for t in range(x.shape[0]):
         for inp, w in ((x[t], w_ih), (h, w_hh)):
             sparse += 2 * inp.shape[0] * int(nz(w).sum())
             effective += matmul_products(inp, w.t())
-        gates = x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outputs.append(h)
-    return sparse, effective, torch.stack(outputs)
-
-
-def gru_products(
-    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
-) -> tuple[int, int, Tensor]:
-    """A single-layer GRU (x [T, B, In]) step by step; as :func:`lstm_products`."""
-    steps, batch = x.shape[0], x.shape[1]
-    h = torch.zeros(batch, w_hh.shape[1])
-    sparse = effective = 0
-    outputs = []
-    for t in range(steps):
-        for inp, w in ((x[t], w_ih), (h, w_hh)):
-            sparse += 2 * inp.shape[0] * int(nz(w).sum())
-            effective += matmul_products(inp, w.t())
-        gi, gh = x[t] @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
-        r = torch.sigmoid(gi[:, : h.shape[1]] + gh[:, : h.shape[1]])
-        z = torch.sigmoid(gi[:, h.shape[1] : 2 * h.shape[1]] + gh[:, h.shape[1] : 2 * h.shape[1]])
-        n = torch.tanh(gi[:, 2 * h.shape[1] :] + r * gh[:, 2 * h.shape[1] :])
-        h = (1 - z) * n + z * h
+        h, c = step(x[t] @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh, h, c)
         outputs.append(h)
     return sparse, effective, torch.stack(outputs)
 

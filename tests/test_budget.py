@@ -59,7 +59,9 @@ def test_all_errors_at_once() -> None:
 def test_limit_above_dense_and_unreachable() -> None:
     with pytest.raises(ValueError, match=r"target 2000.0 \(2,000\) is above the dense"):
         ls.FlopBudget(2000.0).check_reachable(dense=1000, floor=100)
-    with pytest.raises(ValueError, match=r"unreachable.*has 300 FLOPs.*lowest reachable target is 30"):
+    with pytest.raises(
+        ValueError, match=r"unreachable.*has 300 FLOPs.*lowest reachable target is 30"
+    ):
         ls.FlopBudget("20%").check_reachable(dense=1000, floor=300)
     assert ls.FlopBudget("30%").check_reachable(dense=1000, floor=300) == pytest.approx(300)
 

@@ -245,8 +245,8 @@ def test_lstm_matches_step_by_step_brute_force(batch_first: bool) -> None:
     sparsify_(lstm.weight_ih_l0, 0.5, seed=1)
     sparsify_(lstm.weight_hh_l0, 0.3, seed=2)
     x = relu_input(3, 2, 4)  # [T, B, In]
-    sparse, effective, outputs = brute.lstm_products(
-        x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
+    sparse, effective, outputs = brute.recurrent_products(
+        x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0, "lstm"
     )
     inp = x.transpose(0, 1) if batch_first else x
     with torch.no_grad():
@@ -266,8 +266,8 @@ def test_gru_matches_flop_counter_mode_and_brute_force() -> None:
     sparsify_(gru.weight_ih_l0, 0.5, seed=1)
     sparsify_(gru.weight_hh_l0, 0.5, seed=2)
     x = relu_input(3, 2, 4)
-    sparse, effective, outputs = brute.gru_products(
-        x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+    sparse, effective, outputs = brute.recurrent_products(
+        x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0, "gru"
     )
     with torch.no_grad():
         torch.testing.assert_close(gru(x)[0], outputs)
