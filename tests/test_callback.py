@@ -53,6 +53,13 @@ def model_pruning() -> ModelPruning:
     return ModelPruning("l1_unstructured", amount=0.3, use_global_unstructured=True, verbose=0)
 
 
+def layout_charts(acc: EventAccumulator) -> dict[str, list[str]]:
+    """The custom-scalars layout read back: chart title → its tags."""
+    config = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    parsed = layout_pb2.Layout.FromString(config)
+    return {c.title: list(c.multiline.tag) for cat in parsed.category for c in cat.chart}
+
+
 def scalars(log_dir: str | Path) -> EventAccumulator:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
@@ -83,9 +90,7 @@ def test_tensorboard_curves_equal_measure_at_each_epoch(tmp_path: Path) -> None:
     )
 
     # custom-scalars layout: dense and sparse FLOPs share one chart
-    config = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
-    parsed = layout_pb2.Layout.FromString(config)
-    charts = {c.title: list(c.multiline.tag) for cat in parsed.category for c in cat.chart}
+    charts = layout_charts(acc)
     assert charts["FLOPs: dense vs sparse vs budget"] == [
         "sparsity/flops_dense_per_example",
         KEY,
@@ -214,9 +219,7 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
     final = acc.Scalars("sparsity/final_flops_ratio")[-1].value
     assert final == pytest.approx(callback.history[-1]["flops_ratio"])
 
-    config = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
-    parsed = layout_pb2.Layout.FromString(config)
-    charts = {c.title: list(c.multiline.tag) for cat in parsed.category for c in cat.chart}
+    charts = layout_charts(acc)
     assert charts["FLOPs: dense vs sparse vs budget"] == [
         "sparsity/flops_dense_per_example",
         KEY,
