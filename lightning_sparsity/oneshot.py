@@ -25,9 +25,10 @@ def prune_to_flops(
 
     One global magnitude threshold, weighted by each weight's FLOP cost (from one trace of
     the model on ``example_input``): the smallest weights go first until the sparse FLOPs
-    reach the target, so they land at most one weight's FLOP cost below it (on a
-    ResNet-50 that is under 10⁻⁵ of the total). Masks are
-    ``torch.nn.utils.prune`` reparametrizations (``pruner.make_permanent`` folds them in).
+    reach the target; then the largest of those weights whose cost fits in what is left are
+    kept back, so the result lands at or below the target by less than the cheapest
+    weight's FLOP cost. Masks are ``torch.nn.utils.prune`` reparametrizations
+    (``pruner.make_permanent`` folds them in).
 
     Args:
         model: the model, pruned in place.

@@ -86,33 +86,24 @@ def test_adjust_follows_the_flop_schedule_and_lands_on_the_budget(tmp_path: Path
 
 
 @pytest.mark.parametrize("target", ["10%", "37.5%", 100_000, "0.1M"])
-def test_prune_to_flops_lands_within_one_weight_below_its_target(target: object) -> None:
+def test_prune_to_flops_lands_just_below_its_target(target: object) -> None:
     torch.manual_seed(0)
     model = Wide()
     report = ls.prune_to_flops(model, torch.zeros(1, 3, 16, 16), target)  # type: ignore[arg-type]
     expected = {"10%": 64_844.8, "37.5%": 243_168.0, 100_000: 1e5, "0.1M": 1e5}[target]  # type: ignore[index]
-    # the costliest weight (conv1 on 16x16) is 512 FLOPs
-    assert expected - 512 < report.total.flops_sparse <= expected
+    # the cheapest weights (fc1, fc2) cost 2 FLOPs: the gap left is under 2
+    assert expected - 2 < report.total.flops_sparse <= expected
     assert report == ls.measure(model, torch.zeros(1, 3, 16, 16))
 
 
 @pytest.mark.parametrize("target", ["5%", "20%", "50%"])
-def test_prune_to_flops_on_the_digits_cnn(target: str) -> None:
+def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
     torch.manual_seed(0)
     model = DigitsCNN()
     report = ls.prune_to_flops(model, model.example_input_array, target)
     wanted = float(target[:-1]) / 100 * report.total.flops
-    # at most one weight below: conv1/conv2 weights cost 2 * 8 * 8 = 128 FLOPs each
-    assert wanted - 128 < report.total.flops_sparse <= wanted
-
-
-@pytest.mark.parametrize("target", ["11%", "20%", "50%"])
-def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
-    # 128 FLOPs (one weight) is under 0.1% of the target from 11% of 1,199,360 FLOPs up
-    model = DigitsCNN()
-    report = ls.prune_to_flops(model, model.example_input_array, target)
-    wanted = float(target[:-1]) / 100 * report.total.flops
     assert report.total.flops_sparse == pytest.approx(wanted, rel=0.001)
+    assert report.total.flops_sparse <= wanted
 
 
 def test_prune_to_flops_errors() -> None:
@@ -217,7 +208,7 @@ def test_prune_to_flops_counts_sliced_weights_it_does_not_prune() -> None:
         report = ls.prune_to_flops(model, x, "60%")
     target = 0.6 * report.total.flops
     # fc1 and fc2 weights cost 2 * 3 = 6 FLOPs each (3 query tokens)
-    assert target - 6 < report.total.flops_sparse <= target
+    assert target - 6 < report.total.flops_sparse <= target  # under one fc weight's cost
 
 
 def test_one_shot_and_budget_argument_errors() -> None:

@@ -682,14 +682,15 @@ def test_apply_flop_target_lands_within_one_weight_of_brute_force():
     assert abs(achieved - target) <= 36.0 / 2  # within half the costliest weight
 
 
-def test_apply_flop_target_not_above_takes_the_shortest_prefix_reaching_the_target():
+def test_apply_flop_target_not_above_reaches_the_target_then_fills_the_gap():
     model = make_net()
     before = [w.detach().clone() for w in weights(model)]
     costs = {"features.0.weight": 36.0, "features.2.weight": 16.0, "head.0.weight": 1.0}
     dense = 36.0 * 216 + 16.0 * 1152 + 1.0 * 2048  # = 28256
     target = 0.3 * dense
     achieved = MagnitudePruner().apply_flop_target(model, target, costs, not_above=True)
-    # brute force: walk the sorted weights, removing FLOPs until dense - removed <= target
+    # brute force: walk the sorted weights, removing FLOPs until dense - removed <= target,
+    # then walk back from the largest removed weight, keeping those whose cost still fits
     order = brute_order(before)
     per_entry = torch.cat(
         [torch.full((b.numel(),), c) for b, c in zip(before, [36.0, 16.0, 1.0, 0.0], strict=True)]
@@ -699,10 +700,16 @@ def test_apply_flop_target_not_above_takes_the_shortest_prefix_reaching_the_targ
     while dense - removed > target:
         removed += flat_costs[n]
         n += 1
-    expected = brute_masks(before, n, order)
-    assert torch.equal(cat_masks([w != 0 for w in weights(model)]), cat_masks(expected))
-    assert achieved == dense - removed
-    assert target - 36.0 < achieved <= target
+    keep = torch.ones(per_entry.numel(), dtype=torch.bool)
+    keep[order[:n]] = False
+    gap = target - (dense - removed)
+    for j in reversed(range(n)):
+        if 0 < flat_costs[j] <= gap:
+            keep[order[j]] = True
+            gap -= flat_costs[j]
+    assert torch.equal(cat_masks([w != 0 for w in weights(model)]), keep)
+    assert achieved == target - gap
+    assert target - 1.0 < achieved <= target  # within the cheapest weight's cost
 
 
 def test_apply_flop_target_is_monotone_and_warns_when_unreachable():

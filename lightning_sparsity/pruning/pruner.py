@@ -145,6 +145,38 @@ def _load_plain(
     state_dict[key + "_mask"] = (weight != 0).to(getattr(module, name + "_mask").dtype)
 
 
+def _fill_gap(
+    origs: list[Tensor],
+    masks: Sequence[Tensor | None],
+    keeps: list[Tensor],
+    costs: list[float],
+    gap: float,
+) -> None:
+    """Keep back just-pruned weights, largest first, whose cost fits in ``gap`` (in place).
+
+    After the shortest magnitude prefix that reaches a FLOP target, the sparse FLOPs sit up
+    to one (costly) weight below it; restoring the largest of the weights this step pruned
+    whose FLOP cost still fits closes the gap to under the cheapest such cost.
+    """
+    candidates: list[tuple[float, int, int]] = []  # (|w|, tensor index, flat index)
+    for t, (orig, mask, keep, cost) in enumerate(zip(origs, masks, keeps, costs, strict=True)):
+        if not 0 < cost <= gap:
+            continue
+        newly = (keep == 0) & (orig != 0)
+        if mask is not None:
+            newly &= mask != 0
+        scores = torch.where(newly, orig.abs(), torch.full_like(orig, -1.0)).reshape(-1)
+        k = min(int(gap // cost), int(newly.sum()))
+        if k:
+            values, index = torch.topk(scores.float(), k)
+            candidates += [(v, t, i) for v, i in zip(values.tolist(), index.tolist(), strict=True)]
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))  # largest first; ties in a fixed order
+    for _, t, i in candidates:
+        if costs[t] <= gap:
+            keeps[t].view(-1)[i] = 1
+            gap -= costs[t]
+
+
 def _set_mask(module: nn.Module, name: str, keep: Tensor) -> None:
     """Install ``keep`` (weight dtype) as the prune mask, reusing an existing reparametrization."""
     if _pruning_hook(module, name) is None:
@@ -561,8 +593,10 @@ class MagnitudePruner:
             target_flops: The sparse FLOPs wanted.
             flops_per_nonzero: FLOPs per nonzero weight keyed by parameter FQN.
             fixed_flops: FLOPs that no weight here changes (weight-free ops, ...).
-            not_above: land at or below the target (the smallest prefix of weights that
-                reaches it) instead of closest to it: what a budget needs.
+            not_above: land at or below the target instead of closest to it (what a budget
+                needs): the shortest magnitude prefix that reaches it, then the largest of
+                the weights this call pruned whose FLOP cost fits in what is left are kept
+                back, so the result is below the target by less than the cheapest cost.
 
         Returns:
             The sparse FLOPs after pruning, under the same cost model.
@@ -611,6 +645,12 @@ class MagnitudePruner:
             keeps = self._weighted_keeps(
                 origs, masks, costs, remove, None, dtypes, warn=False, reach=not_above
             )
+            if not_above:
+                kept = sum(
+                    c * int(((o != 0) & (k != 0)).sum())
+                    for c, o, k in zip(costs, origs, keeps, strict=True)
+                )
+                _fill_gap(origs, masks, keeps, costs, target_flops - fixed_flops - others - kept)
         for (_, module, name), keep in zip(targets, keeps, strict=True):
             _set_mask(module, name, keep)
         self._model = weakref.ref(model)
