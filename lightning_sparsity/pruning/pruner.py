@@ -596,7 +596,7 @@ class MagnitudePruner:
             not_above: land at or below the target instead of closest to it (what a budget
                 needs): the shortest magnitude prefix that reaches it, then the largest of
                 the weights this call pruned whose FLOP cost fits in what is left are kept
-                back, so the result is below the target by less than the cheapest cost.
+                back: below the target, usually by less than the cheapest pruned cost.
 
         Returns:
             The sparse FLOPs after pruning, under the same cost model.
