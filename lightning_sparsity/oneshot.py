@@ -27,8 +27,8 @@ def prune_to_flops(
     the model on ``example_input``): the smallest weights go first until the sparse FLOPs
     reach the target; then the largest of those weights whose cost fits in what is left are
     kept back: the result lands at or below the target, usually by less than the cheapest
-    pruned weight's FLOP cost and never by more than the costliest's. Masks are ``torch.nn.utils.prune`` reparametrizations
-    (``pruner.make_permanent`` folds them in).
+    pruned weight's FLOP cost and never by more than the costliest's. Masks are
+    ``torch.nn.utils.prune`` reparametrizations (``pruner.make_permanent`` folds them in).
 
     Args:
         model: the model, pruned in place.
