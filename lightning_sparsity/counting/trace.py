@@ -115,12 +115,9 @@ class _Provenance(NamedTuple):
 
 
 class _CountingMode(TorchDispatchMode):
-    def __init__(self, slots: list[Slot], n_rows: int, effective: bool) -> None:
+    def __init__(self, n_rows: int, effective: bool) -> None:
         super().__init__()
         self.prov: dict[int, _Provenance] = {}
-        for i, slot in enumerate(slots):
-            if slot.kind == "plain":
-                self.mark(slot.value(), i)
         self.stack: list[int] = [0]
         self.dense = [0] * n_rows
         self.fixed = [0] * n_rows
@@ -256,7 +253,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
     slots = find_slots(model)
     modules = list(model.named_modules())
     row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
-    mode = _CountingMode(slots, len(modules), effective)
+    mode = _CountingMode(len(modules), effective)
     reparam: dict[int, list[tuple[str, int]]] = {}
     for i, slot in enumerate(slots):
         if slot.kind != "plain":
@@ -277,12 +274,11 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
         with _eval_mode(model), torch.no_grad(), parametrize.cached():
-            # effective weights as any module may read them before (or without) their
-            # owner's forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
+            # every weight as any module may read it, also before (or without) its owner's
+            # forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
             # parametrization cache makes the forward read these very tensors
             for i, slot in enumerate(slots):
-                if slot.kind != "plain":
-                    mode.mark(getattr(slot.module, slot.attr), i)
+                mode.mark(getattr(slot.module, slot.attr), i)
             with mode:
                 call_model(model, example_input)
     except Exception as err:
