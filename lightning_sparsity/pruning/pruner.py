@@ -127,6 +127,11 @@ def _effective(module: nn.Module, name: str) -> Tensor:
     return orig.detach() if mask is None else orig.detach() * mask
 
 
+def _param_name(fqn: str, name: str) -> str:
+    """``"layer1.conv"`` + ``"weight"`` → ``"layer1.conv.weight"`` (the root has no prefix)."""
+    return f"{fqn}.{name}" if fqn else name
+
+
 def _load_plain(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, name: str
 ) -> None:
@@ -340,7 +345,7 @@ class MagnitudePruner:
             ):
                 continue
             if owners.get(id(param), 0) > 1 or id(module) in bypassed:
-                skipped.append(f"{fqn}.{name}" if fqn else name)
+                skipped.append(_param_name(fqn, name))
                 continue
             chosen.append((fqn, module, name))
         new = sorted(set(skipped) - self._warned)
@@ -361,7 +366,7 @@ class MagnitudePruner:
 
     def target_names(self, model: nn.Module) -> set[str]:
         """The fully qualified names of the pruned parameters (``"layer1.conv.weight"``)."""
-        return {f"{fqn}.{name}" if fqn else name for fqn, _, name in self.targets(model)}
+        return {_param_name(fqn, name) for fqn, _, name in self.targets(model)}
 
     def _targets_or_raise(self, model: nn.Module) -> list[Target]:
         targets = self.targets(model)
@@ -479,7 +484,7 @@ class MagnitudePruner:
             return None
         if flops_per_nonzero is None:
             raise ValueError('allocation="flops" needs `flops_per_nonzero`, got None')
-        names = [f"{fqn}.{name}" if fqn else name for fqn, _, name in targets]
+        names = [_param_name(fqn, name) for fqn, _, name in targets]
         bad = {
             n: flops_per_nonzero.get(n)
             for n in names
@@ -623,7 +628,7 @@ class MagnitudePruner:
         if errors:
             raise ValueError("apply_flop_target: " + "; ".join(errors))
         targets = self._targets_or_raise(model)
-        names = [f"{fqn}.{name}" if fqn else name for fqn, _, name in targets]
+        names = [_param_name(fqn, name) for fqn, _, name in targets]
         others = self._other_flops(model, flops_per_nonzero, set(names))
         origs, masks = _split(targets)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
@@ -708,7 +713,7 @@ class MagnitudePruner:
         for fqn, module, name in self.targets(model):
             _, mask = _orig_and_mask(module, name)
             if mask is not None:
-                out[f"{fqn}.{name}" if fqn else name] = mask != 0
+                out[_param_name(fqn, name)] = mask != 0
         return out
 
     def apply_masks(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
