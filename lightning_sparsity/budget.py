@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_sparsity._checks import check_int
+
 __all__ = ["BudgetDecision", "FlopBudget", "parse_flops"]
 
 Action = Literal["stop", "adjust"]
@@ -145,21 +147,14 @@ class FlopBudget:
             if value not in allowed:
                 errors.append(f"`{name}` must be one of {allowed}, got {value!r}")
 
-        def count_arg(name: str, value: object, minimum: int, optional: bool) -> None:
-            if value is None and optional:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                none = " or None" if optional else ""
-                errors.append(f"`{name}` must be an int >= {minimum}{none}, got {value!r}")
-
         choice("action", action, _ACTIONS)
         choice("count", count, _COUNTS)
         choice("on_deadline", on_deadline, _ON_DEADLINE)
         choice("curve", curve, _CURVES)
         choice("guard_action", guard_action, _GUARD_ACTIONS)
-        count_arg("by_epoch", by_epoch, 0, optional=True)
-        count_arg("finetune_epochs", finetune_epochs, 0, optional=True)
-        count_arg("start_epoch", start_epoch, 0, optional=False)
+        check_int("by_epoch", by_epoch, errors, optional=True)
+        check_int("finetune_epochs", finetune_epochs, errors, optional=True)
+        check_int("start_epoch", start_epoch, errors)
         if action == "adjust" and count != "sparse":
             errors.append(
                 f"action='adjust' steers the pruner by sparse FLOPs; `count` must be 'sparse',"

@@ -18,6 +18,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from lightning_sparsity._checks import check_int
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
@@ -140,23 +141,9 @@ class SparsityCallbackLogic:
             )
         if step not in _STEPS:
             value_errors.append(f"`step` must be one of {_STEPS}, got {step!r}")
+        check_int("table_every_n_epochs", table_every_n_epochs, value_errors)
+        check_int("prune_every_n_steps", prune_every_n_steps, value_errors, 1, optional=True)
         if (
-            not isinstance(table_every_n_epochs, int)
-            or isinstance(table_every_n_epochs, bool)
-            or table_every_n_epochs < 0
-        ):
-            value_errors.append(
-                f"`table_every_n_epochs` must be an int >= 0, got {table_every_n_epochs!r}"
-            )
-        if prune_every_n_steps is not None and (
-            not isinstance(prune_every_n_steps, int)
-            or isinstance(prune_every_n_steps, bool)
-            or prune_every_n_steps < 1
-        ):
-            value_errors.append(
-                f"`prune_every_n_steps` must be an int >= 1 or None, got {prune_every_n_steps!r}"
-            )
-        elif (
             prune_every_n_steps is not None
             and isinstance(budget, FlopBudget)
             and budget.action == "adjust"

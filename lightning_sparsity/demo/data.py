@@ -15,6 +15,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_sparsity._checks import check_int
+
 __all__ = ["DIGITS_NUM_CLASSES", "DIGITS_NUM_SAMPLES", "DigitsDataModule"]
 
 #: Number of images in ``load_digits``.
@@ -141,9 +143,8 @@ def _check_args(
     batch_size: object, val_fraction: object, seed: object, num_workers: object
 ) -> list[str]:
     """Return one message per bad ``DigitsDataModule`` argument (empty when all are valid)."""
-    errors = []
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        errors.append(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    errors: list[str] = []
+    check_int("batch_size", batch_size, errors, 1)
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, (int, float))

@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lightning_sparsity._checks import check_int
+
 __all__ = ["Constant", "Cubic", "Exponential", "FromCallable", "Linear", "Schedule", "Step"]
 
 
@@ -32,11 +34,6 @@ def _is_real(value: object) -> bool:
 def _check_sparsity(name: str, value: object, errors: list[str]) -> None:
     if not _is_real(value) or not 0.0 <= float(value) < 1.0:  # type: ignore[arg-type]
         errors.append(f"`{name}` must be a float in [0, 1), got {value!r}")
-
-
-def _check_epoch_arg(name: str, value: object, errors: list[str], minimum: int = 0) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        errors.append(f"`{name}` must be an int >= {minimum}, got {value!r}")
 
 
 def _raise(cls: type, errors: list[str]) -> None:
@@ -60,7 +57,7 @@ class Schedule(ABC):
             ValueError: If ``epoch`` is not an int >= 0.
         """
         errors: list[str] = []
-        _check_epoch_arg("epoch", epoch, errors)
+        check_int("epoch", epoch, errors)
         _raise(type(self), errors)
         return self._target(epoch)
 
@@ -100,7 +97,7 @@ class Constant(Schedule):
     def __post_init__(self) -> None:
         errors: list[str] = []
         _check_sparsity("sparsity", self.sparsity, errors)
-        _check_epoch_arg("start_epoch", self.start_epoch, errors)
+        check_int("start_epoch", self.start_epoch, errors)
         _raise(type(self), errors)
 
     def _target(self, epoch: int) -> float:
@@ -136,9 +133,9 @@ class _Ramp(Schedule):
         errors: list[str] = []
         _check_sparsity("final_sparsity", self.final_sparsity, errors)
         _check_sparsity("initial_sparsity", self.initial_sparsity, errors)
-        _check_epoch_arg("start_epoch", self.start_epoch, errors)
-        _check_epoch_arg("end_epoch", self.end_epoch, errors)
-        _check_epoch_arg("frequency", self.frequency, errors, minimum=1)
+        check_int("start_epoch", self.start_epoch, errors)
+        check_int("end_epoch", self.end_epoch, errors)
+        check_int("frequency", self.frequency, errors, minimum=1)
         if not errors:
             if self.initial_sparsity > self.final_sparsity:
                 errors.append(
@@ -285,7 +282,7 @@ class Step(Schedule):
                 f" {len(self.milestones)} and {len(self.sparsities)}"
             )
         for i, epoch in enumerate(self.milestones):
-            _check_epoch_arg(f"milestones[{i}]", epoch, errors)
+            check_int(f"milestones[{i}]", epoch, errors)
         for i, value in enumerate(self.sparsities):
             _check_sparsity(f"sparsities[{i}]", value, errors)
         if not errors:
@@ -342,7 +339,7 @@ class FromCallable(Schedule):
         if not callable(self.fn):
             errors.append(f"`fn` must be callable, got {self.fn!r}")
         if self.last_epoch is not None:
-            _check_epoch_arg("last_epoch", self.last_epoch, errors)
+            check_int("last_epoch", self.last_epoch, errors)
         _raise(type(self), errors)
 
     def _target(self, epoch: int) -> float:
