@@ -167,8 +167,6 @@ class SparsityCallbackLogic:
         self.history: list[dict[str, Any]] = []
         self.report: SparsityReport | None = None
         self._meter: SparsityMeter | None = None
-        self.stopping_reason: str | None = None
-        self.stopping_message: str | None = None
         self._restore_masks = False
         self._good_masks: dict[str, Tensor] | None = None
         self._warned_deadline = False
@@ -180,6 +178,16 @@ class SparsityCallbackLogic:
     def frozen(self) -> bool:
         """Whether the budget froze the masks (met with ``action="stop"``)."""
         return self.budget is not None and not self.budget.pruning_allowed(0)
+
+    @property
+    def stopping_reason(self) -> str | None:
+        """Why the budget stopped the fit (``"finetune_done"``, ``"deadline_missed"``)."""
+        return None if self.budget is None else self.budget.stopping_reason
+
+    @property
+    def stopping_message(self) -> str | None:
+        """The same for people."""
+        return None if self.budget is None else self.budget.stopping_message
 
     @property
     def state_key(self) -> str:
@@ -304,7 +312,6 @@ class SparsityCallbackLogic:
                 self._warned_deadline = True
         stop = bool(trainer.strategy.reduce_boolean_decision(decision.stop_training, all=False))
         if stop:
-            self.stopping_reason, self.stopping_message = decision.reason, decision.message
             rank_zero_info(f"lightning_sparsity: stopping: {decision.message}")
         trainer.should_stop = trainer.should_stop or stop
 
@@ -503,8 +510,6 @@ class SparsityCallbackLogic:
         """The history and the pruner's state (masks included)."""
         state: dict[str, Any] = {
             "history": [dict(row) for row in self.history],
-            "stopping_reason": self.stopping_reason,
-            "stopping_message": self.stopping_message,
         }
         if self.pruning is not None:
             state["pruning"] = self.pruning.state_dict()
@@ -515,8 +520,6 @@ class SparsityCallbackLogic:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the history and budget state; masks are re-applied at fit start."""
         self.history = [dict(row) for row in state_dict.get("history", [])]
-        self.stopping_reason = state_dict.get("stopping_reason")
-        self.stopping_message = state_dict.get("stopping_message")
         if self.pruning is not None and "pruning" in state_dict:
             self.pruning.load_state_dict(state_dict["pruning"])
             self._restore_masks = True
