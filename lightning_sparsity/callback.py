@@ -22,7 +22,12 @@ from lightning_sparsity._checks import check_int
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
-from lightning_sparsity.loggers.tensorboard import hparams_of, layout, tensorboard_writers
+from lightning_sparsity.loggers.tensorboard import (
+    hparams_of,
+    is_tensorboard,
+    layout,
+    tensorboard_writers,
+)
 from lightning_sparsity.pruning import MagnitudePruner
 
 __all__ = [
@@ -490,7 +495,7 @@ class SparsityCallbackLogic:
                 "sparsity/final_param_sparsity": float(last["param_sparsity"]),
             }
             for logger in trainer.loggers:
-                if type(logger).__name__ == "TensorBoardLogger":  # the HParams dashboard
+                if is_tensorboard(logger):  # metrics for the HParams dashboard
                     logger.log_hyperparams(hparams, metrics=final)
                 else:
                     logger.log_hyperparams(hparams)

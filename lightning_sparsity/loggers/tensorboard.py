@@ -10,14 +10,19 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["layout", "tensorboard_writers"]
+__all__ = ["hparams_of", "is_tensorboard", "layout", "tensorboard_writers"]
+
+
+def is_tensorboard(logger: Any) -> bool:
+    """Whether ``logger`` is Lightning's ``TensorBoardLogger`` (from either package)."""
+    return type(logger).__name__ == "TensorBoardLogger"
 
 
 def tensorboard_writers(loggers: Iterable[Any]) -> list[Any]:
     """The ``SummaryWriter`` of every TensorBoard logger among ``loggers``."""
     writers = []
     for logger in loggers:
-        if type(logger).__name__ != "TensorBoardLogger":
+        if not is_tensorboard(logger):
             continue
         writer = logger.experiment
         if hasattr(writer, "add_custom_scalars"):
