@@ -24,7 +24,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,8 @@ from lightning_sparsity.pruning.select import Cut, _cuts, _keep_masks, _Source, 
 
 __all__ = ["DEFAULT_INCLUDE_TYPES", "MagnitudePruner", "erk_densities"]
 
-ALLOCATIONS = ("global", "uniform", "erk", "flops")
+Allocation = Literal["global", "uniform", "erk", "flops"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 DEFAULT_INCLUDE_TYPES = (
     "Conv1d",
     "Conv2d",
@@ -243,7 +244,7 @@ class MagnitudePruner:
     def __init__(
         self,
         schedule: Schedule | None = None,
-        allocation: str = "global",
+        allocation: Allocation = "global",
         structured: bool = False,
         norm: float = 1.0,
         include_types: Sequence[str] = DEFAULT_INCLUDE_TYPES,
@@ -294,7 +295,7 @@ class MagnitudePruner:
         if errors:
             raise ValueError("MagnitudePruner: " + "; ".join(errors))
         self.schedule = schedule
-        self.allocation = allocation
+        self.allocation: Allocation = allocation
         self.structured = structured
         self.norm = float(norm)
         self.include_types = tuple(include_types)
