@@ -1,12 +1,21 @@
 """lightning_sparsity: exact sparse FLOPs, TensorBoard curves and FLOP budgets for pruning.
 
 Convention used everywhere in this package: 1 MAC (multiply-accumulate) = 2 FLOPs, as in
-``torch.utils.flop_counter`` and Lightning's ``measure_flops``.
+``torch.utils.flop_counter`` and Lightning's ``measure_flops``. Time is counted in completed
+epochs ``t`` (``0`` = before training) in schedules, budgets, logged steps and files.
+
+Counting, pruning, budgets, the guard and the controller import no Lightning package;
+``SparsityCallback`` (loaded on first use) works with ``pytorch_lightning`` or, when only
+that is installed, the unified ``lightning`` package.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity import schedules
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
-from lightning_sparsity.callback import SparsityCallback
+from lightning_sparsity.controller import HistoryPoint, SparsityController
 from lightning_sparsity.counting import (
     CostModel,
     LayerStats,
@@ -15,8 +24,12 @@ from lightning_sparsity.counting import (
     SparsityReport,
     measure,
 )
+from lightning_sparsity.guard import MetricGuard
 from lightning_sparsity.oneshot import prune_to_flops
 from lightning_sparsity.pruning import MagnitudePruner
+
+if TYPE_CHECKING:
+    from lightning_sparsity.callback import SparsityCallback
 
 __version__ = "0.1.0"
 
@@ -24,10 +37,13 @@ __all__ = [
     "BudgetDecision",
     "CostModel",
     "FlopBudget",
+    "HistoryPoint",
     "LayerStats",
     "MagnitudePruner",
     "MeasureError",
+    "MetricGuard",
     "SparsityCallback",
+    "SparsityController",
     "SparsityMeter",
     "SparsityReport",
     "__version__",
@@ -35,3 +51,12 @@ __all__ = [
     "prune_to_flops",
     "schedules",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``SparsityCallback`` imports Lightning, so only when it is asked for."""
+    if name == "SparsityCallback":
+        from lightning_sparsity.callback import SparsityCallback
+
+        return SparsityCallback
+    raise AttributeError(f"module 'lightning_sparsity' has no attribute {name!r}")

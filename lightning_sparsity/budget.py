@@ -1,48 +1,60 @@
 """``FlopBudget``: a FLOP (or nonzero-parameter) limit, a deadline, and what to do.
 
-Pure logic, no Lightning: the callback feeds it one measured value per epoch end and acts
-on the :class:`BudgetDecision` it returns. FLOPs count 2 per MAC.
+Pure logic, no Lightning: the controller feeds it one measured value per point and acts on
+the :class:`BudgetDecision` it returns. FLOPs count 2 per MAC.
+
+Time is counted in completed epochs ``t`` (``0`` = before training), as everywhere in this
+package: ``by_epoch=7`` means the limit must hold after 7 completed epochs, the point the
+files and curves log at step 7.
 
 * ``action="stop"``: once the measured value is within the limit, pruning freezes; training
   goes on for ``finetune_epochs`` more epochs (``None``: until ``max_epochs``) and then
   stops. Past the deadline still over the limit, ``on_deadline`` says what happens.
-* ``action="adjust"``: the FLOPs allowed at each epoch end follow a curve in FLOP space from
-  the dense model at ``start_epoch`` to the limit at ``by_epoch`` (cubic, as Zhu & Gupta's
-  AGP schedule: ``F_t = F_b + (F_0 − F_b)(1 − (t − t0)/(t1 − t0))³``), and the pruner
-  picks the global magnitude threshold whose sparse FLOPs land there.
+* ``action="adjust"``: the FLOPs allowed after ``t`` completed epochs follow a curve in FLOP
+  space from the dense model's ``F_0`` at ``t0 = start_epoch`` to the limit ``F_b`` at
+  ``t1 = by_epoch`` — cubic as Zhu & Gupta's AGP,
+  ``F_t = F_b + (F_0 − F_b)(1 − (t − t0)/(t1 − t0))³`` for ``t0 ≤ t ≤ t1``, or linear — the
+  same ramp (:func:`~lightning_sparsity.pruning.schedules.ramp`) as the sparsity schedules,
+  and the pruner picks the global magnitude threshold whose sparse FLOPs land there.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_sparsity._checks import check_int
+from lightning_sparsity.pruning.schedules import Curve, ramp
 
-__all__ = ["BudgetDecision", "FlopBudget", "parse_flops"]
+if TYPE_CHECKING:
+    from lightning_sparsity.counting import CostModel, SparsityReport
+
+__all__ = ["BudgetDecision", "FlopBudget", "format_count", "parse_flops"]
 
 Action = Literal["stop", "adjust"]
 Count = Literal["sparse", "effective", "params"]
 OnDeadline = Literal["stop", "raise", "warn"]
-Curve = Literal["cubic", "linear"]
-GuardAction = Literal["pause", "restore"]
+Status = Literal["over", "within", "missed"]
 
 _ACTIONS = ("stop", "adjust")
 _COUNTS = ("sparse", "effective", "params")
 _ON_DEADLINE = ("stop", "raise", "warn")
 _CURVES = ("cubic", "linear")
-_GUARD_ACTIONS = ("pause", "restore")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$")
+# settings whose change invalidates the epoch the limit was met
+_LIMIT_SETTINGS = ("target", "count", "action")
 
 
 def parse_flops(value: float | int | str) -> tuple[float, bool]:
     """``1.2e9``, ``"1.2G"``, ``"300M"``, ``"25%"`` → ``(number, is_fraction_of_dense)``.
 
     Raises:
-        ValueError: for anything else, naming the value and the accepted forms.
+        ValueError: for anything else (zero, negative, infinite, NaN, unknown units), naming
+            the value and the accepted forms.
     """
     accepted = "a positive number of FLOPs (1.2e9, '1.2G', '300M') or a percentage ('25%')"
     if isinstance(value, bool):
@@ -64,33 +76,52 @@ def parse_flops(value: float | int | str) -> tuple[float, bool]:
         match = _NUMBER.match(text.upper())
         if match:
             number = float(match.group(1)) * _UNITS[match.group(2)]
-            if number > 0:
+            if 0 < number < math.inf:
                 return number, False
     raise ValueError(f"`target` must be {accepted}, got {value!r}")
 
 
+def format_count(value: float) -> str:
+    """A FLOP or parameter count for messages: exact enough to tell 0.2 from 0.
+
+    ``1234567.8`` → ``"1,234,568"``; ``64844.8`` → ``"64,844.8"``; ``0.2`` → ``"0.2"``.
+    """
+    if abs(value) >= 1e6 or value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 @dataclass(frozen=True)
 class BudgetDecision:
-    """What the budget says at one epoch end.
+    """What the budget says at one point.
 
     Attributes:
+        epoch: completed epochs at the point.
         status: ``"over"``, ``"within"`` or ``"missed"`` (over, deadline passed).
+        value: the measured value.
         limit: the limit in absolute units (FLOPs, or nonzero parameters).
-        scheduled: for ``adjust``, the value allowed at this epoch end; else ``None``.
+        scheduled: for ``adjust``, the value allowed at this point; else ``None``.
         freeze_pruning: stop changing the masks from now on.
-        stop_training: stop the fit after this epoch.
+        stop_training: stop the fit after this point.
         reason: machine-readable stop reason (``"finetune_done"``, ``"deadline_missed"``)
             or ``None``.
-        message: a sentence for people.
+        message: a sentence for people; epochs in it are completed epochs, as in the files.
     """
 
-    status: Literal["over", "within", "missed"]
+    epoch: int
+    status: Status
+    value: float
     limit: float
     scheduled: float | None
     freeze_pruning: bool
     stop_training: bool
     reason: str | None
     message: str
+
+    @property
+    def slack(self) -> float:
+        """``(limit - value) / limit``: the fraction of the limit left (negative: over)."""
+        return (self.limit - self.value) / self.limit
 
 
 class FlopBudget:
@@ -99,23 +130,19 @@ class FlopBudget:
     Args:
         target: absolute FLOPs (``1.2e9`` or ``"1.2G"``) or ``"N%"`` of the dense value.
             With ``count="params"`` the unit is nonzero parameters.
-        by_epoch: the deadline: the (0-based) epoch at whose end the limit must hold.
+        by_epoch: the deadline: the limit must hold after this many completed epochs.
             Required for ``action="adjust"``.
         action: ``"stop"`` (freeze masks once within budget) or ``"adjust"`` (steer the
             pruner along a FLOP schedule that lands on the limit at the deadline).
         count: which number the limit is on: ``"sparse"`` FLOPs (default), ``"effective"``
-            FLOPs (measured on the example input each epoch), or nonzero ``"params"``.
+            FLOPs (measured on the example input at each point), or nonzero ``"params"``.
         finetune_epochs: with ``stop``, epochs to train after the limit is met before the
             fit stops; ``None`` trains to ``max_epochs``.
         on_deadline: past the deadline and still over: ``"stop"`` training, ``"raise"``,
             or ``"warn"`` and go on.
-        start_epoch: with ``adjust``, the first epoch whose end prunes.
+        start_epoch: with ``adjust``, where the FLOP curve starts from the dense value (it
+            first moves at the end of the next epoch).
         curve: with ``adjust``, the shape of the FLOP schedule: ``"cubic"`` or ``"linear"``.
-        monitor: a logged metric (e.g. ``"val_acc"``) guarding the pruning; optional.
-        min_value: the guard: ``monitor`` must stay >= this.
-        max_drop: the guard: ``monitor`` must not fall more than this below its best.
-        guard_action: when the guard trips: ``"pause"`` pruning until it recovers, or
-            ``"restore"`` the last masks that met it.
 
     Raises:
         ValueError: for any bad argument, all listed at once with the values allowed.
@@ -132,10 +159,6 @@ class FlopBudget:
         on_deadline: OnDeadline = "stop",
         start_epoch: int = 0,
         curve: Curve = "cubic",
-        monitor: str | None = None,
-        min_value: float | None = None,
-        max_drop: float | None = None,
-        guard_action: GuardAction = "pause",
     ) -> None:
         errors: list[str] = []
         try:
@@ -151,8 +174,7 @@ class FlopBudget:
         choice("count", count, _COUNTS)
         choice("on_deadline", on_deadline, _ON_DEADLINE)
         choice("curve", curve, _CURVES)
-        choice("guard_action", guard_action, _GUARD_ACTIONS)
-        check_int("by_epoch", by_epoch, errors, optional=True)
+        check_int("by_epoch", by_epoch, errors, 1, optional=True)
         check_int("finetune_epochs", finetune_epochs, errors, optional=True)
         check_int("start_epoch", start_epoch, errors)
         if action == "adjust" and count != "sparse":
@@ -160,31 +182,15 @@ class FlopBudget:
                 f"action='adjust' steers the pruner by sparse FLOPs; `count` must be 'sparse',"
                 f" got {count!r}"
             )
-        if monitor is not None and not isinstance(monitor, str):
-            errors.append(f"`monitor` must be a metric name (str) or None, got {monitor!r}")
-        if min_value is not None and (
-            isinstance(min_value, bool) or not isinstance(min_value, (int, float))
-        ):
-            errors.append(f"`min_value` must be a number or None, got {min_value!r}")
         if action == "adjust" and by_epoch is None:
             errors.append("`by_epoch` is required with action='adjust' (the deadline to land on)")
         if (
             isinstance(by_epoch, int)
             and isinstance(start_epoch, int)
-            and by_epoch is not None
-            and by_epoch < start_epoch
+            and not isinstance(by_epoch, bool)
+            and by_epoch <= start_epoch
         ):
-            errors.append(
-                f"`by_epoch` ({by_epoch}) must not be before `start_epoch` ({start_epoch})"
-            )
-        if monitor is None and (min_value is not None or max_drop is not None):
-            errors.append("`min_value` / `max_drop` need `monitor` (the metric they guard)")
-        if monitor is not None and min_value is None and max_drop is None:
-            errors.append(f"`monitor={monitor!r}` needs `min_value` or `max_drop`")
-        if max_drop is not None and (
-            isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0
-        ):
-            errors.append(f"`max_drop` must be a number >= 0, got {max_drop!r}")
+            errors.append(f"`by_epoch` ({by_epoch}) must be after `start_epoch` ({start_epoch})")
         if errors:
             raise ValueError("FlopBudget: " + "; ".join(errors))
         self.target = target
@@ -195,87 +201,197 @@ class FlopBudget:
         self.on_deadline: OnDeadline = on_deadline
         self.start_epoch = start_epoch
         self.curve: Curve = curve
-        self.monitor = monitor
-        self.min_value = min_value
-        self.max_drop = max_drop
-        self.guard_action: GuardAction = guard_action
         # state (checkpointed)
         self.dense: float | None = None
         self.reached_epoch: int | None = None
-        self.best_metric: float | None = None
-        self.stopping_reason: str | None = None
-        self.stopping_message: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments (compared on resume)."""
+        return {
+            "target": self.target,
+            "by_epoch": self.by_epoch,
+            "action": self.action,
+            "count": self.count,
+            "finetune_epochs": self.finetune_epochs,
+            "on_deadline": self.on_deadline,
+            "start_epoch": self.start_epoch,
+            "curve": self.curve,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ values
 
     @property
-    def _unit(self) -> str:
-        return {"sparse": "FLOPs", "effective": "effective FLOPs", "params": "parameters"}[
-            self.count
-        ]
+    def unit(self) -> str:
+        """What the limit counts: ``"sparse FLOPs"``, ``"effective FLOPs"`` or parameters."""
+        return {
+            "sparse": "sparse FLOPs",
+            "effective": "effective FLOPs",
+            "params": "nonzero parameters",
+        }[self.count]
 
-    def resolve(self, dense: float) -> float:
-        """The limit in absolute units, given the dense model's value.
+    def value(self, report: SparsityReport) -> float:
+        """The measured value in ``report`` (which must hold effective FLOPs for ``effective``).
 
         Raises:
-            ValueError: if the limit is above the dense value.
+            ValueError: if the report lacks the value (meta device, or no activations).
         """
-        limit = self._value * dense if self._fraction else self._value
-        if limit > dense:
+        total = report.total
+        found = {
+            "sparse": total.flops_sparse,
+            "params": total.params_nonzero,
+            "effective": total.flops_effective,
+        }[self.count]
+        if found is None:
             raise ValueError(
-                f"FlopBudget: target {self.target!r} ({limit:,.0f}) is above the dense model's"
-                f" {self._unit} ({dense:,.0f}); nothing to prune"
+                f"FlopBudget(count={self.count!r}) needs the {self.unit} of the model; the"
+                " report has none (meta device, or counted without activations)"
             )
-        return limit
+        return float(found)
 
-    def check_reachable(self, dense: float, floor: float) -> float:
-        """Set the dense value and check the limit against the lowest reachable value.
+    def reference(self, report: SparsityReport) -> float:
+        """What ``"N%"`` refers to: dense FLOPs, all parameters, or the effective FLOPs now."""
+        if self.count == "sparse":
+            return float(report.total.flops)
+        if self.count == "params":
+            return float(report.total.params)
+        return self.value(report)
+
+    def floor(self, report: SparsityReport, cost: CostModel, pruned: set[str] | None) -> float:
+        """The lowest value pruning can reach.
 
         Args:
-            dense: the dense model's value.
-            floor: the value with every prunable weight zero (weight-free FLOPs and
-                parameters that are not pruned).
+            report: the model's report.
+            cost: the cost model of its trace.
+            pruned: the parameters the pruner may zero; ``None`` when another pruner (any
+                weight may become zero).
+        """
+        if self.count == "effective":
+            return 0.0
+        if pruned is None:
+            return 0.0 if self.count == "params" else float(cost.fixed_flops)
+        if self.count == "params":
+            return float(report.total.params - sum(cost.numel[n] for n in pruned))
+        return cost.floor(pruned)
+
+    def _floor_parts(self, cost: CostModel, pruned: set[str] | None) -> list[tuple[str, float]]:
+        """What makes up the FLOP floor, largest first: weight-free ops, unpruned weights."""
+        parts = [("ops without a weight operand", float(cost.fixed_flops))]
+        for name, per in cost.flops_per_nonzero.items():
+            if pruned is not None and name not in pruned:
+                parts.append((f"{name} (not pruned)", float(per * cost.numel[name])))
+        return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
+
+    def start(
+        self, report: SparsityReport, cost: CostModel | None, pruned: set[str] | None
+    ) -> float:
+        """Set the dense reference from the starting point and check the limit can be met.
+
+        Args:
+            report: the model at the start (with effective FLOPs for ``count="effective"``).
+            cost: the cost model of the trace (``None``: no floor check).
+            pruned: see :meth:`floor`.
 
         Returns:
             The limit.
 
         Raises:
-            ValueError: if the limit is above dense or below ``floor``.
+            ValueError: if the limit is above the dense value or below what pruning can
+                reach; the message names what makes up the floor, and suggests ``"N%"``
+                for a bare number that looks like a percentage.
+        """
+        floor = 0.0 if cost is None else self.floor(report, cost, pruned)
+        parts = self._floor_parts(cost, pruned) if cost is not None else []
+        return self.check_reachable(self.reference(report), floor, parts)
+
+    def _percent_hint(self) -> str:
+        if self._fraction or self._value > 100:
+            return ""
+        return f"; did you mean '{self._value * 100 if self._value <= 1 else self._value:g}%'?"
+
+    def check_reachable(
+        self, dense: float, floor: float, parts: Sequence[tuple[str, float]] = ()
+    ) -> float:
+        """Set the dense reference and check the limit against the lowest reachable value.
+
+        Args:
+            dense: the dense model's value.
+            floor: the lowest value pruning can reach (see :meth:`floor`).
+            parts: what makes up the floor, named, for the message.
+
+        Returns:
+            The limit.
+
+        Raises:
+            ValueError: if the limit is above ``dense`` or below ``floor``.
         """
         self.dense = dense
-        limit = self.resolve(dense)
+        limit = self.limit
         if limit < floor:
+            message = (
+                f"FlopBudget: target {self.target!r} ({format_count(limit)} {self.unit}) is"
+                f" unreachable: even with every prunable weight zero the model has"
+                f" {format_count(floor)} {self.unit}; the lowest reachable target is"
+                f" {floor / dense:.2%} of dense"
+            )
+            if parts and self.count == "sparse":
+                listed = "; ".join(f"{n}: {format_count(v)}" for n, v in parts[:6])
+                more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
+                message += (
+                    f" ({listed}{more}); add the unpruned weights to the pruner"
+                    " (include_types / include / keep_first_dense=False) or raise the target"
+                )
+            raise ValueError(message + self._percent_hint())
+        return limit
+
+    @property
+    def limit(self) -> float:
+        """The limit in absolute units (after the dense reference is known).
+
+        Raises:
+            RuntimeError: before :meth:`start` / :meth:`check_reachable`.
+            ValueError: if the limit is above the dense value.
+        """
+        if self.dense is None:
+            raise RuntimeError("FlopBudget: the dense reference is not known yet; call start()")
+        limit = self._value * self.dense if self._fraction else self._value
+        if limit > self.dense:
             raise ValueError(
-                f"FlopBudget: target {self.target!r} ({limit:,.0f}) is unreachable: even with"
-                f" every prunable weight zero the model has {floor:,.0f} {self._unit};"
-                f" the lowest reachable target is {floor / dense:.2%} of dense"
+                f"FlopBudget: target {self.target!r} ({format_count(limit)}) is above the dense"
+                f" model's {self.unit.replace('sparse ', '').replace('nonzero ', '')}"
+                f" ({format_count(self.dense)}); nothing to prune"
             )
         return limit
 
     def scheduled(self, epoch: int) -> float:
-        """With ``adjust``: the value allowed at the end of ``epoch``.
+        """With ``adjust``: the value allowed after ``epoch`` completed epochs.
 
         Raises:
-            RuntimeError: before :meth:`check_reachable` set the dense value.
+            RuntimeError: before the dense reference is known.
         """
-        if self.dense is None:
-            raise RuntimeError("FlopBudget.scheduled() needs check_reachable() first")
-        dense, limit = self.dense, self.resolve(self.dense)
+        limit = self.limit
+        assert self.dense is not None
         assert self.by_epoch is not None
-        if epoch < self.start_epoch:
-            return dense
-        if epoch >= self.by_epoch:
-            return limit
-        # progress 1 at by_epoch; the first pruning step (start_epoch) already moves
-        span = self.by_epoch - self.start_epoch + 1
-        progress = (epoch - self.start_epoch + 1) / span
-        left = 1 - progress
-        shape = left**3 if self.curve == "cubic" else left
-        return limit + (dense - limit) * shape
+        return ramp(epoch, self.start_epoch, self.by_epoch, self.dense, limit, self.curve)
+
+    def deadline_warning(self, max_epochs: int | None) -> str | None:
+        """A sentence when the deadline comes after the fit's last epoch, else ``None``."""
+        if self.by_epoch is None or max_epochs is None or max_epochs < 0:
+            return None
+        if self.by_epoch > max_epochs:
+            lands = " the FLOP curve will not reach the limit;" if self.action == "adjust" else ""
+            return (
+                f"FlopBudget(by_epoch={self.by_epoch}) is after the fit's last epoch"
+                f" (max_epochs={max_epochs}):{lands} set by_epoch <= max_epochs"
+            )
+        return None
 
     # ------------------------------------------------------------------ decisions
 
-    def pruning_allowed(self, epoch: int) -> bool:
+    def pruning_allowed(self, epoch: int = 0) -> bool:
         """Whether pruning may go on: ``False`` once the limit was met with ``action="stop"``.
 
         Pass it to Lightning's ``ModelPruning(apply_pruning=budget.pruning_allowed)`` so the
@@ -283,72 +399,70 @@ class FlopBudget:
         """
         return not (self.action == "stop" and self.reached_epoch is not None)
 
-    def guard_ok(self, metric: float | None) -> bool:
-        """Whether the monitored metric allows pruning (True without a guard)."""
-        if self.monitor is None or metric is None:
-            return True
-        if self.best_metric is None or metric > self.best_metric:
-            self.best_metric = metric
-        if self.min_value is not None and metric < self.min_value:
-            return False
-        return not (self.max_drop is not None and metric < self.best_metric - self.max_drop)
-
     def evaluate(self, value: float, epoch: int) -> BudgetDecision:
-        """Decide after the end of ``epoch`` on the measured ``value``.
+        """Decide after ``epoch`` completed epochs on the measured ``value``.
 
         Raises:
-            RuntimeError: before :meth:`check_reachable` set the dense value.
+            RuntimeError: before the dense reference is known.
         """
-        if self.dense is None:
-            raise RuntimeError("FlopBudget.evaluate() needs check_reachable() first")
-        limit = self.resolve(self.dense)
+        limit = self.limit
         scheduled = self.scheduled(epoch) if self.action == "adjust" else None
-        unit = "nonzero parameters" if self.count == "params" else f"{self.count} FLOPs"
+        numbers = f"{format_count(value)} {{}} {format_count(limit)} {self.unit}"
         if value <= limit:
             if self.reached_epoch is None:
                 self.reached_epoch = epoch
             done = epoch - self.reached_epoch
             stop = self.finetune_epochs is not None and done >= self.finetune_epochs
-            reason = "finetune_done" if stop else None
-            message = (
-                f"within budget since epoch {self.reached_epoch}: {value:,.0f} <= {limit:,.0f}"
-                f" {unit}" + (f"; fine-tuned {done} epochs, stopping" if stop else "")
-            )
+            message = f"within budget since epoch {self.reached_epoch}: " + numbers.format("<=")
             if stop:
-                self.stopping_reason, self.stopping_message = reason, message
+                message += f"; fine-tuned {done} epochs, stopping"
             return BudgetDecision(
-                "within", limit, scheduled, self.action == "stop", stop, reason, message
+                epoch,
+                "within",
+                value,
+                limit,
+                scheduled,
+                self.action == "stop",
+                stop,
+                "finetune_done" if stop else None,
+                message,
             )
         if self.by_epoch is not None and epoch >= self.by_epoch:
             message = (
-                f"FLOP budget missed: {value:,.0f} > {limit:,.0f} {unit} at the end of epoch"
-                f" {epoch} (deadline: epoch {self.by_epoch})"
+                f"FLOP budget missed: {numbers.format('>')} at epoch {epoch}"
+                f" (deadline: epoch {self.by_epoch})"
             )
             stop = self.on_deadline == "stop"
-            if stop:
-                self.stopping_reason, self.stopping_message = "deadline_missed", message
             return BudgetDecision(
-                "missed", limit, scheduled, False, stop, "deadline_missed", message
+                epoch, "missed", value, limit, scheduled, False, stop, "deadline_missed", message
             )
-        message = f"over budget: {value:,.0f} > {limit:,.0f} {unit}"
-        return BudgetDecision("over", limit, scheduled, False, False, None, message)
+        message = "over budget: " + numbers.format(">")
+        return BudgetDecision(epoch, "over", value, limit, scheduled, False, False, None, message)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain values: dense value, the epoch the budget was met, the guard's best."""
+        """Plain values: the dense reference, the epoch the limit was met, the settings."""
         return {
+            "version": 2,
             "dense": self.dense,
             "reached_epoch": self.reached_epoch,
-            "best_metric": self.best_metric,
-            "stopping_reason": self.stopping_reason,
-            "stopping_message": self.stopping_message,
+            "settings": self.settings(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (keys added later default to ``None``)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; also the first version's (0-based epochs).
+
+        The epoch the limit was met is dropped when the target, count or action changed
+        since the state was saved (it is then decided again from the next point).
+        """
         self.dense = state.get("dense")
-        self.reached_epoch = state.get("reached_epoch")
-        self.best_metric = state.get("best_metric")
-        self.stopping_reason = state.get("stopping_reason")
-        self.stopping_message = state.get("stopping_message")
+        reached = state.get("reached_epoch")
+        if "version" not in state and reached is not None:  # v1: 0-based epoch index
+            reached += 1
+        saved = state.get("settings")
+        if saved is not None and any(
+            saved.get(k) != v for k, v in self.settings().items() if k in _LIMIT_SETTINGS
+        ):
+            reached = None
+        self.reached_epoch = reached

@@ -1,32 +1,37 @@
-"""``SparsityCallback``: glue between the meter, the pruner, the loggers and the files.
+"""``SparsityCallback``: Lightning hooks around :class:`~lightning_sparsity.SparsityController`.
 
-At fit start (the dense point) and at each train epoch end it prunes when a pruner is
-given, re-measures through :class:`~lightning_sparsity.SparsityMeter`, logs ``sparsity/``
-scalars through every logger of the trainer, and keeps the history in its checkpoint state.
-FLOPs count 2 per MAC.
+The controller (Lightning-free) prunes, measures, evaluates the budget and records each
+point; this callback calls it from the hooks, makes the ranks agree, logs what it returns
+(every Lightning logger, TensorBoard extras, ``callback_metrics`` for monitoring, the
+history files) and stops the trainer the way ``EarlyStopping`` does. FLOPs count 2 per MAC.
+
+Time: a point is the model after ``t`` completed epochs (``0``: before training), logged at
+step ``t`` (or at the global step with ``step="global_step"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from lightning_sparsity._checks import check_int
-from lightning_sparsity.budget import BudgetDecision, FlopBudget
-from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
+from lightning_sparsity.budget import BudgetDecision, FlopBudget, format_count
+from lightning_sparsity.controller import HistoryPoint, Outcome, SparsityController
+from lightning_sparsity.counting import SparsityReport
+from lightning_sparsity.guard import MetricGuard
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
 from lightning_sparsity.loggers.tensorboard import (
-    hparams_of,
+    drop_events_after,
     is_tensorboard,
     layout,
     tensorboard_writers,
+    write_hparams,
 )
 from lightning_sparsity.pruning import MagnitudePruner
 
@@ -34,16 +39,20 @@ __all__ = [
     "BudgetExceededError",
     "SparsityCallback",
     "SparsityCallbackLogic",
+    "compare_settings",
     "default_input_from_batch",
 ]
+
+XAxis = Literal["epoch", "global_step"]
+_STEPS = ("epoch", "global_step")
+# settings a resumed fit cannot change without mixing two meanings in one history
+_FIXED_SETTINGS = ("step", "prune_every_n_steps", "budget/count")
+# tags this callback writes to TensorBoard
+_OUR_TAGS = ("sparsity/", "sparsity_layers/", "budget/")
 
 
 class BudgetExceededError(RuntimeError):
     """The FLOP budget's deadline passed over budget and ``on_deadline="raise"``."""
-
-
-XAxis = Literal["epoch", "global_step"]
-_STEPS = ("epoch", "global_step")
 
 
 def default_input_from_batch(batch: Any) -> Any:
@@ -68,40 +77,68 @@ def _first_example(value: Any) -> Any:
     return tree_map(lambda t: t[:1] if isinstance(t, Tensor) and t.dim() > 0 else t, value)
 
 
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def compare_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every setting that differs (nested settings flattened)."""
+    old, new = _flatten(saved), _flatten(current)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
 class SparsityCallbackLogic:
     """The callback's behaviour, independent of which Lightning package provides the base.
 
-    Use :class:`lightning_sparsity.SparsityCallback` (``pytorch_lightning``) or
-    ``lightning_sparsity.lightning.SparsityCallback`` (the unified ``lightning`` package).
+    Use :class:`lightning_sparsity.SparsityCallback` (``pytorch_lightning`` if installed,
+    else ``lightning.pytorch``) or ``lightning_sparsity.lightning.SparsityCallback``
+    (always ``lightning.pytorch``).
 
     Args:
         pruning: a :class:`~lightning_sparsity.MagnitudePruner` whose schedule is applied at
-            train epoch ends; ``None`` to only measure (e.g. beside Lightning's
-            ``ModelPruning`` or a torch.ao.pruning sparsifier).
-        budget: a :class:`~lightning_sparsity.FlopBudget`: evaluated at each epoch end; it
-            can freeze the masks, stop training, or (``action="adjust"``) steer ``pruning``
-            along a FLOP schedule. FLOP targets are per example, like the logged counts.
+            epoch ends; ``None`` to only measure (e.g. beside Lightning's ``ModelPruning``
+            or a torch.ao.pruning sparsifier).
+        budget: a :class:`~lightning_sparsity.FlopBudget`: evaluated at each point; it can
+            freeze the masks, stop training, or (``action="adjust"``) steer ``pruning``
+            along a FLOP schedule (the pruner then takes no schedule of its own). FLOP
+            targets are per example, like the logged counts.
+        guard: a :class:`~lightning_sparsity.MetricGuard`: asked before each pruning step;
+            holds pruning back (or restores the last good masks) while a logged metric is
+            worse than allowed.
         example_input: the model input to count with; default
             ``pl_module.example_input_array``, else the first example of the first training
-            batch.
+            batch (kept in the checkpoint).
         input_from_batch: batch → model input, for batches that are not ``(input, ...)``.
         per_layer: also log per-layer density and sparse FLOPs under ``sparsity_layers/``
             (turn off for huge models).
-        step: the x axis of the curves: ``"epoch"`` (epochs completed; 0 is the dense model
-            at fit start) or ``"global_step"``.
+        step: the x axis of the curves: ``"epoch"`` (epochs completed; 0 is the model at
+            fit start) or ``"global_step"``.
         table_every_n_epochs: write the per-layer markdown table to TensorBoard every N
             epochs (and at fit end); ``0`` only at fit end.
         write_files: at each point append the history to ``sparsity_history.csv``/``.json``
             in the trainer's log directory; at fit end write the report and a PNG.
         prune_every_n_steps: prune every N optimizer steps instead of at epoch ends; the
-            schedule's "epochs" then count these pruning steps (Zhu & Gupta's Δt in steps).
+            schedule's time then counts these pruning steps (Zhu & Gupta's Δt in steps).
             Measuring and logging stay at epoch ends.
+        prog_bar: show ``sparsity/flops_ratio`` (and ``budget/slack``) on the progress bar.
+        verbose: one status line per point through Lightning's rank-zero logging.
+        name: tells several SparsityCallbacks in one Trainer apart (their checkpoint state
+            keys); ``None`` for the only one.
 
     Raises:
-        TypeError: if ``pruning`` lacks the pruner interface, ``budget`` is not a
-            ``FlopBudget`` or ``input_from_batch`` is not callable.
-        ValueError: for a bad ``step`` or ``table_every_n_epochs``, or an ``adjust`` budget
-            without a pruner to steer.
+        TypeError: if an argument has the wrong type.
+        ValueError: for a bad ``step``, ``table_every_n_epochs`` or ``prune_every_n_steps``,
+            an ``adjust`` budget without a pruner or with a pruner that has a schedule.
     """
 
     def __init__(
@@ -109,6 +146,7 @@ class SparsityCallbackLogic:
         pruning: MagnitudePruner | None = None,
         budget: FlopBudget | None = None,
         *,
+        guard: MetricGuard | None = None,
         example_input: Any | None = None,
         input_from_batch: Callable[[Any], Any] | None = None,
         per_layer: bool = True,
@@ -116,34 +154,54 @@ class SparsityCallbackLogic:
         table_every_n_epochs: int = 1,
         write_files: bool = True,
         prune_every_n_steps: int | None = None,
+        prog_bar: bool = True,
+        verbose: bool = True,
+        name: str | None = None,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors, value_errors = [], []
-        if pruning is not None and not all(
-            hasattr(pruning, name) for name in ("apply", "schedule", "state_dict")
-        ):
+        if pruning is not None and not isinstance(pruning, MagnitudePruner):
             type_errors.append(
                 f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
             )
         if budget is not None and not isinstance(budget, FlopBudget):
             type_errors.append(f"`budget` must be a FlopBudget (or None), got {budget!r}")
-        elif budget is not None and budget.action == "adjust" and pruning is None:
-            value_errors.append(
-                "a FlopBudget with action='adjust' steers this callback's pruner; pass"
-                " `pruning=MagnitudePruner(...)` too"
-            )
+        if guard is not None and not isinstance(guard, MetricGuard):
+            type_errors.append(f"`guard` must be a MetricGuard (or None), got {guard!r}")
+        if isinstance(budget, FlopBudget) and budget.action == "adjust":
+            if pruning is None:
+                value_errors.append(
+                    "a FlopBudget with action='adjust' steers this callback's pruner; pass"
+                    " `pruning=MagnitudePruner(...)` too"
+                )
+            elif isinstance(pruning, MagnitudePruner) and pruning.schedule is not None:
+                value_errors.append(
+                    "a FlopBudget with action='adjust' sets the pruning targets itself; the"
+                    f" pruner's schedule {pruning.schedule!r} would be ignored: pass a"
+                    " MagnitudePruner without `schedule`, or a budget with action='stop'"
+                )
+        if isinstance(guard, MetricGuard) and pruning is None:
+            value_errors.append("a MetricGuard guards this callback's pruner; pass `pruning` too")
         if input_from_batch is not None and not callable(input_from_batch):
             type_errors.append(
                 f"`input_from_batch` must be callable, got {type(input_from_batch).__name__}"
             )
-        for name, flag in (("per_layer", per_layer), ("write_files", write_files)):
-            if not isinstance(flag, bool):
-                type_errors.append(f"`{name}` must be a bool, got {flag!r}")
+        flags = {
+            "per_layer": per_layer,
+            "write_files": write_files,
+            "prog_bar": prog_bar,
+            "verbose": verbose,
+        }
+        type_errors += [
+            f"`{k}` must be a bool, got {v!r}" for k, v in flags.items() if not isinstance(v, bool)
+        ]
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
             type_errors.append(
                 "`example_input` must be a Tensor, a tuple/list of positional arguments, a dict"
                 f" of keyword arguments or None, got {type(example_input).__name__}"
             )
+        if name is not None and (not isinstance(name, str) or not name):
+            type_errors.append(f"`name` must be a non-empty str or None, got {name!r}")
         if step not in _STEPS:
             value_errors.append(f"`step` must be one of {_STEPS}, got {step!r}")
         check_int("table_every_n_epochs", table_every_n_epochs, value_errors)
@@ -162,6 +220,7 @@ class SparsityCallbackLogic:
             raise TypeError(message) if type_errors else ValueError(message)
         self.pruning = pruning
         self.budget = budget
+        self.guard = guard
         self.example_input = example_input
         self.input_from_batch = input_from_batch or default_input_from_batch
         self.per_layer = per_layer
@@ -169,225 +228,67 @@ class SparsityCallbackLogic:
         self.table_every_n_epochs = table_every_n_epochs
         self.write_files = write_files
         self.prune_every_n_steps = prune_every_n_steps
-        self.history: list[dict[str, Any]] = []
-        self.report: SparsityReport | None = None
-        self._meter: SparsityMeter | None = None
-        self._restore_masks = False
-        self._good_masks: dict[str, Tensor] | None = None
-        self._warned_deadline = False
+        self.prog_bar = prog_bar
+        self.verbose = verbose
+        self.name = name
+        self.controller = SparsityController(
+            pruning, budget, guard, prune_every_n_steps=prune_every_n_steps
+        )
+        self._dir: Path | None = None
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()
-        self._dir: Path | None = None
+        self._restore_masks = False
+        self._stored_input: Any | None = None
+        self._warned_deadline = False
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def history(self) -> list[HistoryPoint]:
+        """The points so far: the model after ``point.epoch`` completed epochs."""
+        return self.controller.history
+
+    @property
+    def report(self) -> SparsityReport | None:
+        """The report of the last point."""
+        return self.controller.report
 
     @property
     def frozen(self) -> bool:
         """Whether the budget froze the masks (met with ``action="stop"``)."""
-        return self.budget is not None and not self.budget.pruning_allowed(0)
+        return self.budget is not None and not self.budget.pruning_allowed()
 
     @property
     def stopping_reason(self) -> str | None:
         """Why the budget stopped the fit (``"finetune_done"``, ``"deadline_missed"``)."""
-        return None if self.budget is None else self.budget.stopping_reason
+        stopped = self.controller.stopped
+        return None if stopped is None else stopped.reason
 
     @property
     def stopping_message(self) -> str | None:
         """The same for people."""
-        return None if self.budget is None else self.budget.stopping_message
+        stopped = self.controller.stopped
+        return None if stopped is None else stopped.message
 
     @property
     def state_key(self) -> str:
-        """Unique per configuration, so several callbacks can sit in one Trainer."""
-        config = {**hparams_of(self.pruning, "pruning"), **hparams_of(self.budget, "budget")}
-        return f"{type(self).__qualname__}{sorted(config.items())}"
-
-    # ------------------------------------------------------------------ measuring
-
-    def _input(self, pl_module: nn.Module, batch: Any = None) -> Any | None:
-        value = self.example_input
-        if value is None:
-            value = getattr(pl_module, "example_input_array", None)
-        if value is None and batch is not None:
-            value = _first_example(self.input_from_batch(batch))
-        if value is None:
-            return None
-        param = next(pl_module.parameters(), torch.empty(0))
-        floating = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
-
-        def to_model(t: Any) -> Any:  # the model's device, and its dtype under true precision
-            if not isinstance(t, Tensor):
-                return t
-            dtype = floating if t.is_floating_point() and floating is not None else t.dtype
-            return t.to(device=param.device, dtype=dtype)
-
-        return tree_map(to_model, value)
-
-    def _measure(self, pl_module: nn.Module, example_input: Any) -> SparsityReport:
-        meter = self._meter
-        if meter is None or meter.model is not pl_module:
-            meter = self._meter = SparsityMeter(pl_module, example_input)
-        return meter.measure()
-
-    def _target(self, epoch: int) -> float | None:
-        if self.budget is not None and self.budget.action == "adjust":
-            return None  # the budget steers in FLOP space
-        schedule = getattr(self.pruning, "schedule", None)
-        return None if schedule is None else float(schedule(epoch))
-
-    def _budget_value(self, pl_module: nn.Module, report: SparsityReport) -> float:
-        assert self.budget is not None
-        assert self._meter is not None
-        if self.budget.count == "params":
-            return float(report.total.params_nonzero or 0)
-        if self.budget.count == "effective":
-            example = self._meter.example_input
-            return float(measure(pl_module, example, activations=True).total.flops_effective or 0)
-        return float(report.total.flops_sparse or 0)
-
-    def _budget_floor(self, pl_module: nn.Module, report: SparsityReport) -> float:
-        """The lowest value pruning can reach: pruned weights all zero, the others dense."""
-        assert self.budget is not None
-        assert self._meter is not None
-        count, cost = self.budget.count, self._meter.cost_model()
-        if count == "effective":
-            return 0.0
-        if self.pruning is None:  # another pruner may zero any weight
-            return 0.0 if count == "params" else float(cost.fixed_flops)
-        pruned = self.pruning.target_names(pl_module)
-        if count == "params":
-            return float(report.total.params - sum(cost.numel[n] for n in pruned))
-        return cost.floor(pruned)
-
-    def _point(self, trainer: Any, pl_module: nn.Module, example_input: Any, epoch: int) -> None:
-        """Measure, record and log one point: ``epoch`` epochs completed."""
-        report = self.report = self._measure(pl_module, example_input)
-        total = report.total
-        step = epoch if self.step == "epoch" else int(trainer.global_step)
-        row: dict[str, Any] = {
-            "step": step,
-            "epoch": epoch,
-            "per": report.per,
-            "flops": total.flops,
-            "flops_sparse": total.flops_sparse,
-            "flops_ratio": total.flops_ratio,
-            "params": total.params,
-            "params_nonzero": total.params_nonzero,
-            "param_sparsity": total.sparsity,
-            "target_sparsity": self._target(self._schedule_index(trainer, epoch - 1))
-            if epoch > 0
-            else None,
-            # what the schedule's target counts: the pruner's weights only
-            "pruned_sparsity": None
-            if self.pruning is None
-            else report.sparsity_of(self.pruning.target_names(pl_module)),
-        }
-        decision = None
-        if self.budget is not None:
-            value = self._budget_value(pl_module, report)
-            if epoch == 0 or self.budget.dense is None:  # the dense start: check once
-                # what "N%" refers to: dense FLOPs, all parameters, the effective FLOPs now
-                dense = {"sparse": total.flops, "params": total.params, "effective": value}
-                self.budget.check_reachable(
-                    float(dense[self.budget.count]), self._budget_floor(pl_module, report)
-                )
-            limit = self.budget.resolve(self.budget.dense)  # type: ignore[arg-type]
-            row["budget_count"] = self.budget.count
-            row["budget_value"] = value
-            row["budget_limit"] = limit
-            row["budget_flops"] = limit if self.budget.count != "params" else None
-            row["budget_slack"] = (limit - value) / limit
-            if epoch > 0:
-                decision = self.budget.evaluate(value, epoch - 1)
-                row["budget_scheduled"] = decision.scheduled
-                row["budget_status"] = decision.status
-        self.history.append(row)
-        self._log(trainer, report, row)
-        if decision is not None:
-            self._act(trainer, decision, epoch - 1)
-
-    def _act(self, trainer: Any, decision: BudgetDecision, epoch: int) -> None:
-        """Follow a budget decision the way Lightning's EarlyStopping stops."""
-        assert self.budget is not None
-        if decision.freeze_pruning and self.budget.reached_epoch == epoch:  # the first time
-            rank_zero_info(f"lightning_sparsity: {decision.message}; masks frozen")
-        if decision.status == "missed" and not decision.stop_training:
-            if self.budget.on_deadline == "raise":
-                raise BudgetExceededError(decision.message)
-            if not self._warned_deadline:
-                rank_zero_warn(f"lightning_sparsity: {decision.message}")
-                self._warned_deadline = True
-        stop = bool(trainer.strategy.reduce_boolean_decision(decision.stop_training, all=False))
-        if stop:
-            rank_zero_info(f"lightning_sparsity: stopping: {decision.message}")
-        trainer.should_stop = trainer.should_stop or stop
-
-    # ------------------------------------------------------------------ logging
-
-    def metrics(self, report: SparsityReport, row: dict[str, Any]) -> dict[str, float]:
-        """The scalars logged for one point (stable keys)."""
-        per = f"per_{report.per}"
-        metrics = {
-            f"sparsity/flops_dense_{per}": float(row["flops"]),
-            f"sparsity/flops_sparse_{per}": float(row["flops_sparse"]),
-            "sparsity/flops_ratio": float(row["flops_ratio"]),
-            "sparsity/params": float(row["params"]),
-            "sparsity/params_nonzero": float(row["params_nonzero"]),
-            "sparsity/param_sparsity": float(row["param_sparsity"]),
-        }
-        if row["target_sparsity"] is not None:
-            metrics["sparsity/target_sparsity"] = float(row["target_sparsity"])
-        if row["pruned_sparsity"] is not None:
-            metrics["sparsity/pruned_sparsity"] = float(row["pruned_sparsity"])
-        if "budget_limit" in row:
-            metrics["budget/limit"] = float(row["budget_limit"])
-            metrics["budget/value"] = float(row["budget_value"])
-            metrics["budget/slack"] = float(row["budget_slack"])
-            if row.get("budget_scheduled") is not None:
-                metrics["budget/scheduled"] = float(row["budget_scheduled"])
-            if "budget_status" in row:
-                metrics["budget/within"] = float(row["budget_status"] == "within")
-        if self.per_layer:
-            for layer in report.layers:
-                name = layer.name or "root"
-                if layer.params:
-                    metrics[f"sparsity_layers/{name}/density"] = float(layer.density or 0.0)
-                if layer.flops:
-                    metrics[f"sparsity_layers/{name}/flops_sparse_{per}"] = float(
-                        layer.flops_sparse or 0
-                    )
-        return metrics
-
-    def _log(self, trainer: Any, report: SparsityReport, row: dict[str, Any]) -> None:
-        metrics = self.metrics(report, row)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=row["step"])
-        if not trainer.is_global_zero:
-            return
-        per = f"per_{report.per}"
-        for writer in tensorboard_writers(trainer.loggers):
-            if id(writer) not in self._layout_written:
-                flops = [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"]
-                if self.budget is not None and self.budget.count == "sparse":
-                    flops += ["budget/limit", "budget/scheduled"]
-                sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
-                writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))
-                self._layout_written.add(id(writer))
-            every = self.table_every_n_epochs
-            if every and row["epoch"] % every == 0:
-                writer.add_text("sparsity/layers", report.to_markdown(), global_step=row["step"])
-        if self.write_files and self.directory is not None:
-            if self._writer is None or self._writer.directory != self.directory:
-                self._writer = HistoryWriter(self.directory)
-            self._writer.write(self.history)
+        """``"SparsityCallback"``, or ``"SparsityCallback[name]"`` with a ``name``."""
+        base = "SparsityCallback"
+        return base if self.name is None else f"{base}[{self.name}]"
 
     @property
     def directory(self) -> Path | None:
         """Where the files go: the trainer's log directory (known from ``setup`` on)."""
         return self._dir
 
-    # ------------------------------------------------------------------ hooks
+    def settings(self) -> dict[str, Any]:
+        """What this callback and its pieces were built with (compared on resume)."""
+        return {"step": self.step, **self.controller.settings()}
+
+    # ------------------------------------------------------------------ setup
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        """Find the log directory (on every rank: it is broadcast); none without a logger.
+        """Start a fit clean; find the log directory; check the other callbacks.
 
         Before loading a checkpoint (resume, or ``test(ckpt_path=...)``), give the model
         plain weights, as the checkpoint stores them; a resumed fit re-applies the masks.
@@ -395,141 +296,91 @@ class SparsityCallbackLogic:
         self._dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.loggers or getattr(trainer, "fast_dev_run", False):
             self._dir = None  # Lightning suppresses logging: no files either
+        if stage == "fit":
+            # a new fit starts clean; a resume then loads the checkpoint's state over it
+            self.controller.reset()
+            self._writer = None
+            self._layout_written = set()
+            self._restore_masks = False
+            self._stored_input = None
+            self._warned_deadline = False
+            twins = [
+                cb
+                for cb in trainer.callbacks
+                if isinstance(cb, SparsityCallbackLogic)
+                and cb is not self
+                and cb.state_key == self.state_key
+            ]
+            if twins:
+                raise ValueError(
+                    f"{len(twins) + 1} SparsityCallbacks share the checkpoint key"
+                    f" {self.state_key!r}; give each a distinct `name=`"
+                )
+            if self.budget is not None:
+                warning = self.budget.deadline_warning(trainer.max_epochs)
+                if warning is not None:
+                    rank_zero_warn(f"lightning_sparsity: {warning}")
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
-
-    def _start(self, trainer: Any, pl_module: nn.Module, batch: Any = None) -> None:
-        example_input = self._input(pl_module, batch)
-        if example_input is None:
-            return
-        if self.history:  # resumed: the curve continues, no second starting point
-            self._meter = SparsityMeter(pl_module, example_input)
-        else:
-            self._point(trainer, pl_module, example_input, trainer.current_epoch)
-
-    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Re-apply restored masks; measure the starting point; stop a run already done."""
-        if self._restore_masks and self.pruning is not None:
-            self.pruning.restore(pl_module)
-            self._restore_masks = False
-        self._start(trainer, pl_module)
-        if self.stopping_reason is not None:  # resumed after the budget ended the run
-            rank_zero_info(f"lightning_sparsity: already stopped: {self.stopping_message}")
-            trainer.should_stop = True
-
-    def on_train_batch_start(
-        self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int
-    ) -> None:
-        """Without an explicit input, the meter starts on the first batch's first example."""
-        if self._meter is None:
-            self._start(trainer, pl_module, batch)
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """With ``prune_every_n_steps``: prune every N optimizer steps."""
-        every = self.prune_every_n_steps
-        step = int(trainer.global_step)
-        if every is not None and self._meter is not None and step > 0 and step % every == 0:
-            self._prune(trainer, pl_module, step // every - 1)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
-        if self._meter is None:  # no batch ran and no input was given
-            return
-        if self.prune_every_n_steps is None:
-            self._prune(trainer, pl_module, trainer.current_epoch)
-        self._point(trainer, pl_module, self._meter.example_input, trainer.current_epoch + 1)
-
-    def _schedule_index(self, trainer: Any, epoch: int) -> int:
-        """The schedule's time index at the end of ``epoch``: the epoch, or pruning steps."""
-        every = self.prune_every_n_steps
-        return epoch if every is None else max(0, int(trainer.global_step) // every - 1)
-
-    def _prune(self, trainer: Any, pl_module: nn.Module, epoch: int) -> None:
-        """Prune for the schedule's time index ``epoch`` (an epoch, or a pruning step)."""
-        pruner, budget = self.pruning, self.budget
-        if pruner is None or self.frozen:
-            return
-        if budget is not None and budget.monitor is not None:
-            metric = trainer.callback_metrics.get(budget.monitor)
-            if metric is None:
-                rank_zero_warn(
-                    f"lightning_sparsity: FlopBudget monitor {budget.monitor!r} is not among"
-                    f" the logged metrics {sorted(trainer.callback_metrics)}; not guarding"
-                )
-            elif not budget.guard_ok(float(metric)):
-                if budget.guard_action == "restore" and self._good_masks is not None:
-                    pruner.apply_masks(pl_module, self._good_masks)
-                return  # paused until the metric recovers
-            else:
-                self._good_masks = pruner.masks(pl_module)
-        assert self._meter is not None
-        if budget is not None and budget.action == "adjust":
-            if epoch >= budget.start_epoch:
-                cost = self._meter.cost_model()
-                pruner.apply_flop_target(
-                    pl_module,
-                    budget.scheduled(epoch),
-                    cost.flops_per_nonzero,
-                    cost.fixed_flops,
-                    not_above=True,
-                )
-        elif pruner.schedule is not None:
-            costs = (
-                self._meter.cost_model().flops_per_nonzero if pruner.allocation == "flops" else None
-            )
-            pruner.step(pl_module, epoch, flops_per_nonzero=costs)
-
-    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Final table, hparams, report files and the PNG plot."""
-        if not trainer.is_global_zero or self.report is None:
-            return
-        report, last = self.report, self.history[-1]
-        for writer in tensorboard_writers(trainer.loggers):
-            writer.add_text("sparsity/layers", report.to_markdown(), global_step=last["step"])
-        hparams = {**hparams_of(self.pruning, "pruning"), **hparams_of(self.budget, "budget")}
-        if hparams:
-            final = {
-                "sparsity/final_flops_ratio": float(last["flops_ratio"]),
-                "sparsity/final_param_sparsity": float(last["param_sparsity"]),
-            }
-            for logger in trainer.loggers:
-                if is_tensorboard(logger):  # metrics for the HParams dashboard
-                    logger.log_hyperparams(hparams, metrics=final)
-                else:
-                    logger.log_hyperparams(hparams)
-        directory = self.directory
-        if self.write_files and directory is not None:
-            report.to_json(directory / "sparsity_report.json")
-            (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
-            plot_history(self.history, directory / "sparsity_curves.png")
-            rank_zero_info(
-                f"lightning_sparsity: sparse/dense FLOPs {last['flops_ratio']:.3f}, parameter"
-                f" sparsity {last['param_sparsity']:.3f}; history, report and plot in {directory}"
-            )
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and the pruner's state (masks included)."""
-        state: dict[str, Any] = {
-            "history": [dict(row) for row in self.history],
-        }
-        if self.pruning is not None:
-            state["pruning"] = self.pruning.state_dict()
-        if self.budget is not None:
-            state["budget"] = self.budget.state_dict()
+        """The controller's state (history, masks, budget, guard), settings, input."""
+        state = self.controller.state_dict()
+        state["settings"] = self.settings()
+        if self._stored_input is not None:
+            state["example_input"] = tree_map(
+                lambda t: t.cpu() if isinstance(t, Tensor) else t, self._stored_input
+            )
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the history and budget state; masks are re-applied at fit start."""
-        self.history = [dict(row) for row in state_dict.get("history", [])]
-        if self.pruning is not None and "pruning" in state_dict:
-            self.pruning.load_state_dict(state_dict["pruning"])
-            self._restore_masks = True
-        if self.budget is not None and "budget" in state_dict:
-            self.budget.load_state_dict(state_dict["budget"])
+        """Restore the state; warn about changed settings, refuse what cannot continue.
+
+        Raises:
+            ValueError: if the x axis, ``prune_every_n_steps`` or the budget's count changed
+                (one history would mix two meanings).
+        """
+        saved = state_dict.get("settings")
+        if saved is not None:
+            changed = compare_settings(saved, self.settings())
+            fixed = [c for c in changed if c.split(":")[0] in _FIXED_SETTINGS]
+            if fixed:
+                raise ValueError(
+                    f"lightning_sparsity: cannot resume this checkpoint's sparsity history with"
+                    f" {'; '.join(fixed)}: the history would mix two meanings; start a new fit"
+                    " (without ckpt_path) or keep these settings"
+                )
+            if changed:
+                rank_zero_warn(
+                    "lightning_sparsity: resuming with changed settings ("
+                    + "; ".join(changed)
+                    + "); the history continues, the budget decides again on the last point"
+                )
+            if _flatten(saved).get("pruning/allocation") is not None and self.pruning is None:
+                rank_zero_warn(
+                    "lightning_sparsity: the checkpoint was pruned by this callback, which now"
+                    " has no pruner: its masks are no longer kept (pruned weights may regrow)"
+                )
+        self.controller.load_state_dict(state_dict)
+        self._stored_input = state_dict.get("example_input")
+        self._restore_masks = self.pruning is not None and "pruning" in state_dict
+
+    def on_load_checkpoint(
+        self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]
+    ) -> None:
+        """Read the state of checkpoints written before the stable key (version 1)."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        legacy = [
+            key
+            for key in states
+            if isinstance(key, str) and key.startswith("SparsityCallback[") and "(" in key
+        ]
+        if len(legacy) == 1 and self.name is None:
+            self.load_state_dict(states[legacy[0]])
 
     def on_save_checkpoint(
         self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]
@@ -545,6 +396,74 @@ class SparsityCallbackLogic:
             if name + "_orig" in state and name + "_mask" in state:
                 state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
 
+    # ------------------------------------------------------------------ hooks
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Re-apply restored masks; write the HParams entry before Lightning writes its own."""
+        if self._restore_masks and self.pruning is not None:
+            self.pruning.restore(pl_module)
+            self._restore_masks = False
+        self._write_hparams(trainer, pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        """The first point, or on resume the points the last checkpoint missed."""
+        self._begin(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int
+    ) -> None:
+        """Without an explicit input, the meter starts on the first batch's first example."""
+        if not self.controller.bound:
+            self._begin(trainer, pl_module, batch)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """With ``prune_every_n_steps``: prune every N optimizer steps."""
+        every = self.prune_every_n_steps
+        if every is None or not self.controller.bound or self.frozen:
+            return
+        steps = int(trainer.global_step) // every
+        self.controller.prune_step(pl_module, steps, self._metrics(trainer), self._agree(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
+        epoch = int(trainer.current_epoch) + 1
+        if not self.controller.bound or (self.controller.last_epoch or 0) >= epoch:
+            return  # no batch ran and no input was given; or this point is recorded
+        outcome = self.controller.epoch_end(
+            pl_module,
+            epoch=epoch,
+            global_step=int(trainer.global_step),
+            step=self._x(trainer, epoch),
+            metrics=self._metrics(trainer),
+            agree=self._agree(trainer),
+        )
+        self._publish(trainer, outcome)
+        self._log_to_module(pl_module, outcome.point)
+        self._act(trainer, outcome.decision)
+
+    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Final table and metrics for the HParams dashboard, report files, PNG."""
+        report = self.report
+        if not trainer.is_global_zero or report is None:
+            return
+        last = self.history[-1]
+        for writer in tensorboard_writers(trainer.loggers):
+            writer.add_text("sparsity/layers", report.to_markdown(), global_step=last.step)
+        final = self._final_metrics(last)
+        for logger in trainer.loggers:
+            logger.log_metrics(final, step=last.step)
+        directory = self.directory
+        if self.write_files and directory is not None:
+            report.to_json(directory / "sparsity_report.json")
+            (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
+            plot_history(self.history, directory / "sparsity_curves.png")
+            rank_zero_info(
+                f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
+                f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
+            )
+
     def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:
         """Keep the plot of what finished; the history files are already on disk."""
         directory = self.directory
@@ -554,11 +473,284 @@ class SparsityCallbackLogic:
             except Exception as err:  # never hide the original exception
                 rank_zero_warn(f"lightning_sparsity: could not write the plot: {err}")
 
+    # ------------------------------------------------------------------ steps of the hooks
+
+    def _x(self, trainer: Any, epoch: int) -> int:
+        return epoch if self.step == "epoch" else int(trainer.global_step)
+
+    @staticmethod
+    def _metrics(trainer: Any) -> dict[str, Any]:
+        return dict(trainer.callback_metrics)
+
+    @staticmethod
+    def _agree(trainer: Any) -> Callable[[bool], bool]:
+        """Every rank must say yes (the guard), so all keep the same masks."""
+        return lambda ok: bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _input(self, pl_module: nn.Module, batch: Any = None) -> Any | None:
+        value = self.example_input
+        if value is None:
+            value = getattr(pl_module, "example_input_array", None)
+        if value is None:
+            value = self._stored_input
+        if value is None and batch is not None:
+            value = self._stored_input = _first_example(self.input_from_batch(batch))
+        if value is None:
+            return None
+        param = next(pl_module.parameters(), torch.empty(0))
+        floating = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+
+        def to_model(t: Any) -> Any:  # the model's device, and its dtype under true precision
+            if not isinstance(t, Tensor):
+                return t
+            dtype = floating if t.is_floating_point() and floating is not None else t.dtype
+            return t.to(device=param.device, dtype=dtype)
+
+        return tree_map(to_model, value)
+
+    def _begin(self, trainer: Any, pl_module: nn.Module, batch: Any = None) -> None:
+        """Bind the meter; record the first point, or catch up after a resume."""
+        example_input = self._input(pl_module, batch)
+        if example_input is None:
+            return  # wait for the first batch
+        controller = self.controller
+        controller.bind(pl_module, example_input)
+        epoch, global_step = int(trainer.current_epoch), int(trainer.global_step)
+        if not self.history:
+            outcome = controller.start(
+                pl_module, epoch=epoch, global_step=global_step, step=self._x(trainer, epoch)
+            )
+            self._publish(trainer, outcome)
+            self._act(trainer, outcome.decision)
+            return
+        self._drop_stale_events(trainer)
+        last = controller.last_epoch or 0
+        # a checkpoint saved on an epoch's last batch is written before that epoch's end
+        # hook, which Lightning does not run again on resume: take the missed points now
+        for missed in range(last + 1, epoch + 1):
+            outcome = controller.epoch_end(
+                pl_module,
+                epoch=missed,
+                global_step=global_step,
+                step=self._x(trainer, missed),
+                metrics=self._metrics(trainer),
+                agree=self._agree(trainer),
+            )
+            self._publish(trainer, outcome)
+            rank_zero_info(f"lightning_sparsity: took the point of epoch {missed} on resume")
+        if self.prune_every_n_steps is not None:
+            controller.prune_step(
+                pl_module,
+                global_step // self.prune_every_n_steps,
+                self._metrics(trainer),
+                self._agree(trainer),
+            )
+        decision = controller.resume()
+        if decision is not None and decision.stop_training:
+            rank_zero_info(f"lightning_sparsity: already stopped: {decision.message}")
+        self._act(trainer, decision)
+
+    def _act(self, trainer: Any, decision: BudgetDecision | None) -> None:
+        """Follow a budget decision the way Lightning's EarlyStopping stops."""
+        if decision is None:
+            return
+        assert self.budget is not None
+        if decision.freeze_pruning and self.budget.reached_epoch == decision.epoch:
+            rank_zero_info(f"lightning_sparsity: {decision.message}; masks frozen")
+        if decision.status == "missed" and not decision.stop_training:
+            if self.budget.on_deadline == "raise":
+                raise BudgetExceededError(decision.message)
+            if not self._warned_deadline:
+                rank_zero_warn(f"lightning_sparsity: {decision.message}")
+                self._warned_deadline = True
+        stop = bool(trainer.strategy.reduce_boolean_decision(decision.stop_training, all=False))
+        if stop:
+            rank_zero_info(f"lightning_sparsity: stopping: {decision.message}")
+        trainer.should_stop = trainer.should_stop or stop
+
+    # ------------------------------------------------------------------ logging
+
+    def metrics(self, point: HistoryPoint, report: SparsityReport) -> dict[str, float]:
+        """The scalars logged for one point (stable keys)."""
+        per = f"per_{point.per}"
+        metrics = {
+            f"sparsity/flops_dense_{per}": float(point.flops),
+            f"sparsity/flops_sparse_{per}": float(point.flops_sparse),
+            "sparsity/flops_ratio": point.flops_ratio,
+            "sparsity/params": float(point.params),
+            "sparsity/params_nonzero": float(point.params_nonzero),
+            "sparsity/param_sparsity": point.param_sparsity,
+        }
+        if point.target_sparsity is not None:
+            metrics["sparsity/target_sparsity"] = point.target_sparsity
+        if point.pruned_sparsity is not None:
+            metrics["sparsity/pruned_sparsity"] = point.pruned_sparsity
+        if point.budget_limit is not None and point.budget_value is not None:
+            metrics["budget/limit"] = float(point.budget_limit)
+            metrics["budget/value"] = float(point.budget_value)
+            metrics["budget/slack"] = float(point.budget_slack or 0.0)
+            metrics["budget/within"] = float(point.budget_status == "within")
+            if point.budget_scheduled is not None:
+                metrics["budget/scheduled"] = float(point.budget_scheduled)
+        if self.per_layer:
+            for layer in report.layers:
+                name = layer.name or "root"
+                if layer.params:
+                    metrics[f"sparsity_layers/{name}/density"] = float(layer.density or 0.0)
+                if layer.flops:
+                    metrics[f"sparsity_layers/{name}/flops_sparse_{per}"] = float(
+                        layer.flops_sparse or 0
+                    )
+        return metrics
+
+    def _publish(self, trainer: Any, outcome: Outcome) -> None:
+        """Log one point to every logger, TensorBoard's extras and the history files."""
+        point, report = outcome.point, outcome.report
+        metrics = self.metrics(point, report)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=point.step)
+        if not trainer.is_global_zero:
+            return
+        per = f"per_{point.per}"
+        for writer in tensorboard_writers(trainer.loggers):
+            if id(writer) not in self._layout_written:
+                flops = [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"]
+                if self.budget is not None and self.budget.count == "sparse":
+                    flops += ["budget/limit", "budget/scheduled"]
+                sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
+                writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))
+                self._layout_written.add(id(writer))
+            every = self.table_every_n_epochs
+            if every and point.epoch % every == 0:
+                writer.add_text("sparsity/layers", report.to_markdown(), global_step=point.step)
+        if self.write_files and self.directory is not None:
+            if self._writer is None or self._writer.directory != self.directory:
+                self._writer = HistoryWriter(self.directory)
+            self._writer.write(self.history)
+        if self.verbose:
+            rank_zero_info(self._status(trainer, point))
+
+    def _status(self, trainer: Any, point: HistoryPoint) -> str:
+        """One line per point: sparse FLOPs, ratio, budget slack, monitored metrics."""
+        parts = [
+            f"lightning_sparsity: epoch {point.epoch}:"
+            f" sparse FLOPs {format_count(point.flops_sparse)} per {point.per}"
+            f" ({point.flops_ratio:.3f} of dense), parameter sparsity {point.param_sparsity:.3f}"
+        ]
+        if point.budget_slack is not None:
+            parts.append(f"budget {point.budget_status}, slack {point.budget_slack:+.1%}")
+        if point.pruning is not None:
+            parts.append(f"pruning {point.pruning}")
+        logged = trainer.callback_metrics
+        for monitor in self._monitors(trainer):
+            if monitor in logged:
+                parts.append(f"{monitor} {float(logged[monitor]):.4g}")
+        return ", ".join(parts)
+
+    def _log_to_module(self, pl_module: Any, point: HistoryPoint) -> None:
+        """The headline numbers into ``trainer.callback_metrics`` (not the loggers again).
+
+        So ``ModelCheckpoint(monitor="sparsity/flops_ratio")``, ``EarlyStopping`` and the
+        progress bar can use them.
+        """
+        values = {
+            "sparsity/flops_ratio": (point.flops_ratio, self.prog_bar),
+            f"sparsity/flops_sparse_per_{point.per}": (float(point.flops_sparse), False),
+            "sparsity/param_sparsity": (point.param_sparsity, False),
+        }
+        if point.budget_slack is not None:
+            values["budget/slack"] = (point.budget_slack, self.prog_bar)
+        for key, (value, bar) in values.items():
+            pl_module.log(
+                key,
+                float(value),
+                on_step=False,
+                on_epoch=True,
+                logger=False,
+                prog_bar=bar,
+                sync_dist=True,  # the same on every rank; avoids Lightning's epoch-end warning
+            )
+
+    def _monitors(self, trainer: Any) -> list[str]:
+        """Metrics other parts of the fit watch: the guard's, checkpoints', early stopping's."""
+        names = [] if self.guard is None else [self.guard.monitor]
+        for cb in trainer.callbacks:
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str) and monitor not in names and cb is not self:
+                names.append(monitor)
+        return names
+
+    def _final_metrics(self, last: HistoryPoint) -> dict[str, float]:
+        final = {
+            "sparsity/final_flops_ratio": last.flops_ratio,
+            "sparsity/final_param_sparsity": last.param_sparsity,
+            f"sparsity/final_flops_sparse_per_{last.per}": float(last.flops_sparse),
+        }
+        if last.budget_slack is not None:
+            final["budget/final_slack"] = last.budget_slack
+        return final
+
+    def _hparams(self) -> dict[str, Any]:
+        """The pruner, schedule, budget and guard settings, flat, for HParams."""
+        pieces = {"pruning": self.pruning, "budget": self.budget, "guard": self.guard}
+        out: dict[str, Any] = {}
+        for prefix, piece in pieces.items():
+            if piece is not None:
+                out[f"{prefix}/type"] = type(piece).__name__
+                out.update(_flatten(piece.settings(), f"{prefix}/"))
+        return out
+
+    def _write_hparams(self, trainer: Any, pl_module: Any) -> None:
+        """One HParams entry per run holding the module's, the data's and our settings.
+
+        TensorBoard shows only the first entry in a run, and Lightning writes the module's
+        right after ``on_fit_start``: so write the merged one first.
+        """
+        ours = self._hparams()
+        if not ours or not trainer.is_global_zero:
+            return
+        theirs: dict[str, Any] = {}
+        if getattr(pl_module, "_log_hyperparams", True):
+            theirs.update(getattr(pl_module, "hparams_initial", {}) or {})
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "_log_hyperparams", True):
+            theirs.update(getattr(datamodule, "hparams_initial", {}) or {})
+        per = "example"
+        tags = list(self._final_metrics(HistoryPoint(0, 0, 0, per, 1, 1, 1, 1)))
+        if self.budget is not None:
+            tags.append("budget/final_slack")
+        tags += [m for m in self._monitors(trainer) if m not in tags]
+        for logger in trainer.loggers:
+            if is_tensorboard(logger):
+                write_hparams(logger.experiment, {**_flatten(theirs), **ours}, tags)
+            else:
+                logger.log_hyperparams(ours)
+
+    def _drop_stale_events(self, trainer: Any) -> None:
+        """Resumed: drop our TensorBoard points a killed run logged after the checkpoint."""
+        if not trainer.is_global_zero or not self.history:
+            return
+        last_step = self.history[-1].step
+        for logger in trainer.loggers:
+            if not is_tensorboard(logger):
+                continue
+            live = getattr(logger, "_experiment", None)
+            skip = []
+            if live is not None:
+                skip.append(Path(live.file_writer.event_writer._file_name))
+            drop_events_after(
+                Path(logger.log_dir), last_step, lambda tag: tag.startswith(_OUR_TAGS), skip=skip
+            )
+
+
+# the Lightning base class: the only Lightning import of this module
+from lightning_sparsity._lightning import pl  # noqa: E402
+
 
 class SparsityCallback(SparsityCallbackLogic, pl.Callback):
     """Recount nonzero parameters and sparse FLOPs every epoch, prune, log, keep the history.
 
-    A ``pytorch_lightning.Callback``; for ``lightning.pytorch.Trainer`` use
-    ``lightning_sparsity.lightning.SparsityCallback`` (same arguments).
-    See :class:`SparsityCallbackLogic` for the arguments.
+    A ``pytorch_lightning.Callback`` (a ``lightning.pytorch.Callback`` when only the
+    ``lightning`` package is installed). See :class:`SparsityCallbackLogic` for the
+    arguments.
     """

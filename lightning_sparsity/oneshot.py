@@ -55,6 +55,6 @@ def prune_to_flops(
     pruner = pruner if pruner is not None else MagnitudePruner()
     meter = SparsityMeter(model, example_input, batch_size=batch_size)
     cost = meter.cost_model()
-    limit = budget.check_reachable(cost.flops, cost.floor(pruner.target_names(model)))
+    limit = budget.start(meter.measure(), cost, pruner.target_names(model))
     pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops, not_above=True)
     return meter.measure()

@@ -31,28 +31,33 @@ def test_stop_freezes_masks_at_first_epoch_within_and_stops_after_finetune(
     trainer = quiet_trainer(tmp_path, [callback], epochs=20)
     trainer.fit(Wide())
 
-    sparse = [row["flops_sparse"] for row in callback.history]
+    sparse = [point.flops_sparse for point in callback.history]
+    assert [point.epoch for point in callback.history] == list(range(len(sparse)))
     limit = 0.6 * WIDE_DENSE
-    first = next(i for i, value in enumerate(sparse) if value <= limit)  # point index = epoch+1
+    first = next(t for t, value in enumerate(sparse) if value <= limit)  # point index = epoch
     assert all(value > limit for value in sparse[:first])
     assert sparse[first:] == [sparse[first]] * len(sparse[first:])  # frozen from then on
     assert len(sparse) == first + 3  # two fine-tune epochs after the one that met it
-    assert trainer.current_epoch == first + 2  # epochs run: first..first+2 → stopped
+    assert trainer.current_epoch == first + 2  # epochs done when stopped
     assert callback.stopping_reason == "finetune_done"
-    assert budget.reached_epoch == first - 1
-    assert callback.history[-1]["budget_status"] == "within"
+    assert budget.reached_epoch == first
+    assert callback.stopping_message == (
+        f"within budget since epoch {first}: {sparse[-1]:,} <= 389,068.8 sparse FLOPs;"
+        " fine-tuned 2 epochs, stopping"
+    )
+    assert callback.history[-1].budget_status == "within"
 
 
 @pytest.mark.parametrize("on_deadline", ["stop", "raise", "warn"])
 def test_deadline_missed(tmp_path: Path, on_deadline: str) -> None:
     pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=10))
-    budget = ls.FlopBudget("10%", by_epoch=1, on_deadline=on_deadline)  # type: ignore[arg-type]
+    budget = ls.FlopBudget("10%", by_epoch=2, on_deadline=on_deadline)  # type: ignore[arg-type]
     callback = ls.SparsityCallback(pruner, budget, write_files=False)
     trainer = quiet_trainer(tmp_path, [callback], epochs=4)
     if on_deadline == "raise":
-        with pytest.raises(BudgetExceededError, match=r"FLOP budget missed: .* > 64,845"):
+        with pytest.raises(BudgetExceededError, match=r"FLOP budget missed: .* > 64,844.8"):
             trainer.fit(Wide())
-        assert trainer.current_epoch == 1
+        assert trainer.current_epoch == 1  # raised at the end of the second epoch
     elif on_deadline == "warn":
         with pytest.warns(UserWarning, match="FLOP budget missed"):
             trainer.fit(Wide())
@@ -60,23 +65,27 @@ def test_deadline_missed(tmp_path: Path, on_deadline: str) -> None:
         assert callback.stopping_reason is None
     else:
         trainer.fit(Wide())
-        assert trainer.current_epoch == 2  # stopped after epoch 1, the deadline
+        assert trainer.current_epoch == 2  # stopped after 2 epochs, the deadline
         assert callback.stopping_reason == "deadline_missed"
-        assert "deadline: epoch 1" in (callback.stopping_message or "")
+        assert "at epoch 2 (deadline: epoch 2)" in (callback.stopping_message or "")
+        assert [p.budget_status for p in callback.history] == ["over", "over", "missed"]
 
 
 def test_adjust_follows_the_flop_schedule_and_lands_on_the_budget(tmp_path: Path) -> None:
-    budget = ls.FlopBudget("25%", by_epoch=4, action="adjust")
+    budget = ls.FlopBudget("25%", by_epoch=5, action="adjust")
     callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False)
     quiet_trainer(tmp_path, [callback], epochs=6).fit(Wide())
-    rows = callback.history[1:]
-    scheduled = [budget.scheduled(epoch) for epoch in range(6)]
-    # F_t = F_b + (F_0 − F_b)(1 − (t + 1)/5)³ with F_0 = 648,448, F_b = 162,112
-    assert scheduled[0] == pytest.approx(162_112 + 486_336 * 0.8**3)
-    for row, target in zip(rows, scheduled, strict=True):
-        assert row["flops_sparse"] == pytest.approx(target, rel=0.005)
-        assert row["budget_scheduled"] == target
-    assert rows[4]["flops_sparse"] == pytest.approx(0.25 * WIDE_DENSE, rel=0.005)
+    points = callback.history
+    # after t completed epochs F_t = F_b + (F_0 − F_b)(1 − t/5)³ with F_0 = 648,448,
+    # F_b = 162,112: the first epoch end already moves the curve
+    scheduled = [162_112 + 486_336 * (1 - min(t, 5) / 5) ** 3 for t in range(7)]
+    assert scheduled[1] == pytest.approx(162_112 + 486_336 * 0.8**3)
+    assert [p.epoch for p in points] == list(range(7))
+    for point, target in zip(points, scheduled, strict=True):
+        assert point.flops_sparse == pytest.approx(target, rel=0.005)
+        assert point.flops_sparse <= target  # at or below the schedule
+        assert point.budget_scheduled == pytest.approx(target, rel=1e-12)
+    assert points[5].flops_sparse == pytest.approx(0.25 * WIDE_DENSE, rel=0.005)
     # removing 648,448 - 162,112 = 486,336 FLOPs needs more than all the linear layers'
     # 132,352: the convolutions must give at least 353,984
     report = callback.report
@@ -112,7 +121,8 @@ def test_prune_to_flops_errors() -> None:
     pruner = ls.MagnitudePruner(keep_first_dense=True)
     with pytest.raises(
         ValueError,
-        match=r"unreachable: .* has 221,184 FLOPs; the lowest reachable target is 34\.11% of",
+        match=r"unreachable: .* has 221,184 sparse FLOPs; the lowest reachable target is 34\.11%"
+        r" of dense \(conv1\.weight \(not pruned\): 221,184\)",
     ):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
 
@@ -134,7 +144,7 @@ def test_model_pruning_governed_by_the_budget(tmp_path: Path) -> None:
     )
     callback = ls.SparsityCallback(budget=budget, write_files=False)
     quiet_trainer(tmp_path, [pruning, callback], epochs=8).fit(Wide())
-    sparse = [row["flops_sparse"] for row in callback.history]
+    sparse = [point.flops_sparse for point in callback.history]
     first = next(i for i, value in enumerate(sparse) if value <= 0.65 * WIDE_DENSE)
     assert first > 1
     assert sparse[first:] == [sparse[first]] * len(sparse[first:])
@@ -168,9 +178,9 @@ def test_budget_on_nonzero_parameters(tmp_path: Path) -> None:
     budget = ls.FlopBudget(20_000, count="params", finetune_epochs=0)
     callback = ls.SparsityCallback(pruner, budget, write_files=False)
     quiet_trainer(tmp_path, [callback], epochs=20).fit(Wide())
-    nonzero = [row["params_nonzero"] for row in callback.history]
+    nonzero = [point.params_nonzero for point in callback.history]
     assert nonzero[-1] <= 20_000 < nonzero[-2]  # stopped at the first epoch within
-    assert callback.history[-1]["budget_value"] == nonzero[-1]
+    assert callback.history[-1].budget_value == nonzero[-1]
     assert callback.stopping_reason == "finetune_done"
 
 
@@ -183,8 +193,8 @@ def test_budget_on_effective_flops_counts_zero_activations(tmp_path: Path) -> No
     # the example input is zeros: after conv1 only its bias and ReLU are left, so the value
     # is what measure(activations=True) says on that input, not the sparse FLOPs
     effective = ls.measure(model, model.example_input_array, activations=True)
-    assert callback.history[-1]["budget_value"] == effective.total.flops_effective
-    assert effective.total.flops_effective < callback.history[-1]["flops_sparse"]
+    assert callback.history[-1].budget_value == effective.total.flops_effective
+    assert effective.total.flops_effective < callback.history[-1].flops_sparse
 
 
 class CrossAttention(torch.nn.Module):
@@ -223,6 +233,4 @@ def test_one_shot_and_budget_argument_errors() -> None:
     ):
         ls.FlopBudget("50%", by_epoch=3, action="adjust", count="params")
     with pytest.raises(ValueError, match="`monitor` must be a metric name"):
-        ls.FlopBudget("50%", monitor=3, min_value=0.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`min_value` must be a number or None, got '0.9'"):
-        ls.FlopBudget("50%", monitor="val_acc", min_value="0.9")  # type: ignore[arg-type]
+        ls.MetricGuard(3, threshold=0.5)  # type: ignore[arg-type]

@@ -142,7 +142,7 @@ def test_input_taken_from_the_first_batch(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(write_files=False)
     trainer(tmp_path, [callback], logger=False, epochs=1).fit(NoExampleCNN(), DigitsDataModule())
     dense = ls.measure(DigitsCNN(), torch.zeros(1, 1, 8, 8)).total.flops
-    assert [row["flops"] for row in callback.history] == [dense, dense]
+    assert [point.flops for point in callback.history] == [dense, dense]
     assert callback.report is not None
     assert callback.report.batch_size == 1
 
@@ -167,14 +167,14 @@ def test_resume_continues_the_curves_without_gaps_or_duplicates(tmp_path: Path) 
     trainer(
         tmp_path, [model_pruning(), first, checkpoint], logger, epochs=2, enable_checkpointing=True
     ).fit(DigitsCNN(), DigitsDataModule())
-    assert [row["epoch"] for row in first.history] == [0, 1, 2]
+    assert [point.epoch for point in first.history] == [0, 1, 2]
 
     second = ls.SparsityCallback()
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     callbacks = [model_pruning(), second, ModelCheckpoint(dirpath=tmp_path / "ckpt")]
     resumed = trainer(tmp_path, callbacks, logger, epochs=4, enable_checkpointing=True)
     resumed.fit(DigitsCNN(), DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert [row["epoch"] for row in second.history] == [0, 1, 2, 3, 4]
+    assert [point.epoch for point in second.history] == [0, 1, 2, 3, 4]
     assert second.history[:3] == first.history
     steps = [e.step for e in scalars(logger.log_dir).Scalars(KEY)]
     assert steps == [0, 1, 2, 3, 4]
@@ -215,9 +215,14 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
     content = acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
     metrics = [m.name.tag for m in experiment.metric_infos]
-    assert metrics == ["sparsity/final_flops_ratio", "sparsity/final_param_sparsity"]
+    assert metrics == [
+        "sparsity/final_flops_ratio",
+        "sparsity/final_param_sparsity",
+        "sparsity/final_flops_sparse_per_example",
+        "budget/final_slack",
+    ]
     final = acc.Scalars("sparsity/final_flops_ratio")[-1].value
-    assert final == pytest.approx(callback.history[-1]["flops_ratio"])
+    assert final == pytest.approx(callback.history[-1].flops_ratio)
 
     charts = layout_charts(acc)
     assert charts["FLOPs: dense vs sparse vs budget"] == [
@@ -232,7 +237,7 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
         "sparsity/param_sparsity",
     ]
     limit = [e.value for e in acc.Scalars("budget/limit")]
-    assert limit == pytest.approx([0.5 * callback.history[0]["flops"]] * 4)
+    assert limit == pytest.approx([0.5 * callback.history[0].flops] * 4)
 
 
 class CrashesInEpoch2(DigitsCNN):
@@ -254,9 +259,11 @@ def test_a_crash_keeps_the_history_of_finished_epochs(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # the start and epochs 0 and 1
     assert [float(r["flops_sparse"]) for r in rows] == [
-        row["flops_sparse"] for row in callback.history
+        point.flops_sparse for point in callback.history
     ]
-    assert json.loads((directory / "sparsity_history.json").read_text()) == callback.history
+    assert json.loads((directory / "sparsity_history.json").read_text()) == [
+        point.to_dict() for point in callback.history
+    ]
     assert (directory / "sparsity_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -293,8 +300,7 @@ def test_true_double_precision_with_example_input_array(tmp_path: Path) -> None:
     fit = trainer(tmp_path, [callback], False, 1, precision="64-true")
     fit.fit(DigitsCNN(), DigitsDataModule())
     assert (
-        callback.history[-1]["flops"]
-        == ls.measure(DigitsCNN(), torch.zeros(1, 1, 8, 8)).total.flops
+        callback.history[-1].flops == ls.measure(DigitsCNN(), torch.zeros(1, 1, 8, 8)).total.flops
     )
 
 
@@ -302,11 +308,12 @@ def test_two_callbacks_in_one_trainer_and_no_files_without_a_logger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    measure_only = ls.SparsityCallback()
-    pruning = ls.SparsityCallback(ls.MagnitudePruner(schedule=ls.schedules.Constant(0.5)))
+    measure_only = ls.SparsityCallback(name="measure")
+    schedule = ls.schedules.Constant(0.5, start_epoch=1)
+    pruning = ls.SparsityCallback(ls.MagnitudePruner(schedule=schedule), name="prune")
     assert measure_only.state_key != pruning.state_key
     trainer(tmp_path, [pruning, measure_only], False, 1).fit(DigitsCNN(), DigitsDataModule())
     for key in ("flops_sparse", "params_nonzero"):  # the measuring one sees the pruning
-        assert measure_only.history[-1][key] == pruning.history[-1][key]
-    assert pruning.history[-1]["flops_sparse"] < pruning.history[0]["flops_sparse"]
+        assert getattr(measure_only.history[-1], key) == getattr(pruning.history[-1], key)
+    assert pruning.history[-1].flops_sparse < pruning.history[0].flops_sparse
     assert not list(tmp_path.glob("sparsity_*"))  # logger=False: Lightning logs nothing

@@ -44,14 +44,16 @@ def test_schedule_followed_in_a_fit_and_masks_survive_optimizer_steps(tmp_path: 
     callback = ls.SparsityCallback(pruner, write_files=False)
     model = Wide()
     quiet_trainer(tmp_path, [callback], epochs=5).fit(model)
-    # cubic: 0.8 + (0 - 0.8)(1 - t/3)^3 = 0, 0.563, 0.763, 0.8, 0.8
-    expected = [0.0, 0.8 - 0.8 * (2 / 3) ** 3, 0.8 - 0.8 * (1 / 3) ** 3, 0.8, 0.8]
-    assert [row["target_sparsity"] for row in callback.history[1:]] == pytest.approx(expected)
+    # after t completed epochs, cubic: 0.8 + (0 - 0.8)(1 - t/3)^3 = 0, 0.563, 0.763, 0.8, ...
+    expected = [0.0, 0.8 - 0.8 * (2 / 3) ** 3, 0.8 - 0.8 * (1 / 3) ** 3, 0.8, 0.8, 0.8]
+    assert [p.target_sparsity for p in callback.history] == pytest.approx(expected)
+    # the first epoch end prunes already (the schedule moves at t0 + 1 = 1)
+    assert [p.pruning for p in callback.history] == [None, *["pruned"] * 3, None, None]
     # after five epochs of SGD with momentum and weight decay the effective zeros hold
     n = sum(getattr(model, name).weight.numel() for name in WEIGHTS)
     assert pruned_fraction(model) == round(0.8 * n) / n
     # the logged sparsity of the pruned weights is the schedule's, to one weight
-    pruned = [row["pruned_sparsity"] for row in callback.history[1:]]
+    pruned = [p.pruned_sparsity for p in callback.history]
     assert pruned == pytest.approx([round(t * n) / n for t in expected])
 
 
@@ -75,9 +77,11 @@ def test_resume_continues_the_schedule_with_the_same_masks(tmp_path: Path) -> No
     after = effective_weights(resumed_model)
     for name in WEIGHTS:
         assert not (after[name][masks_before[name] == 0]).any(), name
-    # Linear: 0.75 * t / 3 at epochs 0..3 = 0, 0.25, 0.5, 0.75 — no epoch re-pruned or skipped
-    targets = [row["target_sparsity"] for row in callback.history[1:]]
-    assert targets == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    # Linear: 0.75 * t / 3 after t = 0..4 epochs: 0, 0.25, 0.5, 0.75, 0.75 — none re-pruned
+    # or skipped across the resume
+    targets = [p.target_sparsity for p in callback.history]
+    assert targets == pytest.approx([0.0, 0.25, 0.5, 0.75, 0.75])
+    assert [p.pruning for p in callback.history] == [None, "pruned", "pruned", "pruned", None]
     n = sum(w.numel() for w in after.values())
     assert pruned_fraction(resumed_model) == round(0.75 * n) / n
 
@@ -85,7 +89,7 @@ def test_resume_continues_the_schedule_with_the_same_masks(tmp_path: Path) -> No
 def test_pruned_checkpoint_loads_into_a_fresh_model_and_exports_plain_weights(
     tmp_path: Path,
 ) -> None:
-    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.6))
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.6, start_epoch=1))
     callback = ls.SparsityCallback(pruner, write_files=False)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     model = Wide()
@@ -118,9 +122,10 @@ def test_prune_every_n_steps_counts_schedule_time_in_pruning_steps(tmp_path: Pat
     )
     model = Wide()
     quiet_trainer(tmp_path, [callback], epochs=2).fit(model)
-    # Linear: 0.6 * k / 3 for pruning steps k = 0..3; after epoch 0 (k = 1) 0.2, epoch 1 0.6
-    targets = [row["target_sparsity"] for row in callback.history[1:]]
-    assert targets == pytest.approx([0.2, 0.6])
+    # Linear: 0.6 * k / 3 after k = 0..3 pruning steps; after the first epoch k = 2: 0.4,
+    # after the second k = 4: 0.6
+    targets = [p.target_sparsity for p in callback.history]
+    assert targets == pytest.approx([0.0, 0.4, 0.6])
     nnz = {name: int(w.count_nonzero()) for name, w in effective_weights(model).items()}
     numel = {name: getattr(model, name).weight.numel() for name in WEIGHTS}
     assert nnz == {name: n - round(0.6 * n) for name, n in numel.items()}
@@ -158,6 +163,6 @@ def test_transformer_fit_with_the_default_pruner(tmp_path: Path) -> None:
     assert hasattr(model.encoder.linear1, "weight_orig")
     assert not hasattr(model.encoder.self_attn.out_proj, "weight_orig")
     assert (
-        callback.history[-1]["flops_sparse"]
+        callback.history[-1].flops_sparse
         == ls.measure(model, model.example_input_array).total.flops_sparse
     )

@@ -204,4 +204,7 @@ def test_exports():
         "Linear",
         "Schedule",
         "Step",
+        "Curve",
+        "ramp",
+        "ramp_progress",
     }

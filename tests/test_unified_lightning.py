@@ -50,10 +50,10 @@ def test_lightning_pytorch_trainer_takes_the_unified_callback(tmp_path: Path) ->
         max_epochs=2, logger=logger, callbacks=[callback], enable_progress_bar=False
     )
     trainer.fit(Tiny())
-    # dense: 2 * (16*32 + 32*4) = 1,280; Linear 0.5 at the end of epoch 1 halves the weights
-    assert [row["flops"] for row in callback.history] == [1_280] * 3
-    assert callback.history[-1]["flops_sparse"] == 640
+    # dense: 2 * (16*32 + 32*4) = 1,280; Linear to 0.5 after 1 epoch halves the weights
+    assert [point.flops for point in callback.history] == [1_280] * 3
+    assert [point.flops_sparse for point in callback.history] == [1_280, 640, 640]
     history = json.loads((Path(logger.log_dir) / "sparsity_history.json").read_text())
-    assert history == callback.history
+    assert history == [point.to_dict() for point in callback.history]
     with pytest.raises(TypeError, match="`pruning` must be a MagnitudePruner"):
         SparsityCallback(pruning="cubic")  # type: ignore[arg-type]

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sparsity._checks import check_int
+from lightning_sparsity._lightning import pl
 
 __all__ = ["DIGITS_NUM_CLASSES", "DIGITS_NUM_SAMPLES", "DigitsDataModule"]
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_sparsity._lightning import pl
 from lightning_sparsity.demo.data import DIGITS_NUM_CLASSES
 
 __all__ = ["DigitsCNN"]

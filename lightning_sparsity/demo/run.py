@@ -13,11 +13,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
-
+from lightning_sparsity._lightning import pl, submodule
 from lightning_sparsity.budget import FlopBudget
 from lightning_sparsity.callback import SparsityCallback
+from lightning_sparsity.controller import HistoryPoint
 from lightning_sparsity.demo.data import DigitsDataModule
 from lightning_sparsity.demo.model import DigitsCNN
 from lightning_sparsity.pruning import MagnitudePruner
@@ -36,11 +35,11 @@ def demo_callback(
     """
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
-    end = max(1, (2 * epochs) // 3)
+    end = max(1, (2 * epochs) // 3)  # both curves land after `end` completed epochs
     if budget is None:
         schedule = Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
         return SparsityCallback(pruning=MagnitudePruner(schedule=schedule))
-    flop_budget = FlopBudget(budget, by_epoch=end - 1, action="adjust")
+    flop_budget = FlopBudget(budget, by_epoch=end, action="adjust")
     return SparsityCallback(pruning=MagnitudePruner(), budget=flop_budget)
 
 
@@ -72,7 +71,7 @@ def run_demo(
     """
     callback = demo_callback(epochs=epochs, budget=budget, final_sparsity=final_sparsity)
     pl.seed_everything(seed, verbose=False)
-    logger = TensorBoardLogger(str(output), name="demo")
+    logger = submodule("loggers").TensorBoardLogger(str(output), name="demo")
     limit = limit_batches if limit_batches is not None else 1.0
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -87,7 +86,7 @@ def run_demo(
         enable_checkpointing=False,
         deterministic=True,
     )
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger(pl.__name__).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(DigitsCNN(), DigitsDataModule())
@@ -105,18 +104,18 @@ def run_demo(
     return callback
 
 
-def _curve_table(history: list[dict]) -> str:
+def _curve_table(history: list[HistoryPoint]) -> str:
     """Epoch by epoch: sparse FLOPs against the budget's schedule (or the sparsity target)."""
-    budget = "budget_limit" in history[0]
+    budget = history[0].budget_limit is not None
     head = "scheduled FLOPs" if budget else "target sparsity"
     lines = [f"epochs done  sparse FLOPs  {head:>15}  sparse/dense  param sparsity"]
-    for row in history:
-        planned = row.get("budget_scheduled") if budget else row.get("target_sparsity")
+    for point in history:
+        planned = point.budget_scheduled if budget else point.target_sparsity
         text = "" if planned is None else (f"{planned:,.0f}" if budget else f"{planned:.3f}")
         lines.append(
-            f"{row['epoch']:>11}  {row['flops_sparse']:>12,}  {text:>15}"
-            f"  {row['flops_ratio']:>12.3f}  {row['param_sparsity']:>14.3f}"
+            f"{point.epoch:>11}  {point.flops_sparse:>12,}  {text:>15}"
+            f"  {point.flops_ratio:>12.3f}  {point.param_sparsity:>14.3f}"
         )
     if budget:
-        lines.append(f"budget: {history[-1]['budget_limit']:,.0f} sparse FLOPs per example")
+        lines.append(f"budget: {history[-1].budget_limit:,.0f} sparse FLOPs per example")
     return "\n".join(lines) + "\n"

@@ -12,13 +12,16 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lightning_sparsity.controller import HistoryPoint
 
 __all__ = ["HistoryWriter", "plot_history"]
 
 
 class HistoryWriter:
-    """Keeps ``history.csv`` / ``history.json`` in ``directory`` equal to the rows given.
+    """Keeps ``history.csv`` / ``history.json`` in ``directory`` equal to the points given.
 
     Args:
         directory: where the files go (created when first written).
@@ -32,14 +35,13 @@ class HistoryWriter:
         self._written = 0
         self._columns: list[str] | None = None
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Bring both files up to ``rows`` (all rows so far, oldest first)."""
-        if not rows:
+    def write(self, points: Sequence[HistoryPoint]) -> None:
+        """Bring both files up to ``points`` (all points so far, oldest first)."""
+        if not points:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        rows = [point.to_dict() for point in points]
         columns = list(rows[0])
-        for row in rows[1:]:
-            columns += [key for key in row if key not in columns]
         fresh = columns != self._columns or not self.csv_path.exists()
         start = 0 if fresh else self._written
         with self.csv_path.open("w" if fresh else "a", newline="") as f:
@@ -50,20 +52,16 @@ class HistoryWriter:
             f.flush()
         self._written, self._columns = len(rows), columns
         tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(list(rows), indent=1) + "\n")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
         os.replace(tmp, self.json_path)
 
 
-def plot_history(
-    rows: Sequence[dict[str, Any]], path: str | Path, *, budget_key: str = "budget_flops"
-) -> Path:
-    """A PNG of FLOPs (dense, sparse, budget if any) and sparsity against the epoch.
+def plot_history(points: Sequence[HistoryPoint], path: str | Path) -> Path:
+    """A PNG of FLOPs (dense, sparse, budget if on FLOPs) and sparsity against the x axis.
 
     Args:
-        rows: history rows with ``epoch``, ``flops``, ``flops_sparse``, ``param_sparsity``
-            and optionally ``target_sparsity`` and ``budget_key``.
+        points: the history.
         path: the PNG to write.
-        budget_key: the row key of the FLOP budget line.
 
     Returns:
         The path written.
@@ -73,27 +71,29 @@ def plot_history(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    x = [row["step"] for row in rows]
+    x = [p.step for p in points]
+    xlabel = "epochs completed" if all(p.step == p.epoch for p in points) else "global step"
     fig, (ax_flops, ax_sparsity) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax_flops.plot(x, [row["flops"] for row in rows], "--", color="grey", label="dense")
-    ax_flops.plot(x, [row["flops_sparse"] for row in rows], "o-", label="sparse")
-    budget = [row.get(budget_key) for row in rows]
+    ax_flops.plot(x, [p.flops for p in points], "--", color="grey", label="dense")
+    ax_flops.plot(x, [p.flops_sparse for p in points], "o-", label="sparse")
+    budget = [p.budget_limit if p.budget_count in ("sparse", "effective") else None for p in points]
     if any(b is not None for b in budget):
         ax_flops.plot(x, budget, ":", color="red", label="budget")
-    ax_flops.set(xlabel="epochs completed", ylabel=f"FLOPs per {rows[0].get('per', 'example')}")
+    scheduled = [p.budget_scheduled for p in points]
+    if any(s is not None for s in scheduled):
+        ax_flops.plot(x, scheduled, "x:", color="darkred", label="budget schedule")
+    ax_flops.set(xlabel=xlabel, ylabel=f"FLOPs per {points[0].per}")
     ax_flops.set_ylim(bottom=0)
     ax_flops.legend()
-    ax_sparsity.plot(x, [row["param_sparsity"] for row in rows], "o-", label="all parameters")
-    pruned = [row.get("pruned_sparsity") for row in rows]
-    if any(p is not None for p in pruned):
+    ax_sparsity.plot(x, [p.param_sparsity for p in points], "o-", label="all parameters")
+    pruned = [p.pruned_sparsity for p in points]
+    if any(v is not None for v in pruned):
         ax_sparsity.plot(x, pruned, "^-", label="pruned weights")
-    targets = [row.get("target_sparsity") for row in rows]
+    targets = [p.target_sparsity for p in points]
     if any(t is not None for t in targets):
         ax_sparsity.plot(x, targets, ":", label="schedule target")
-    ax_sparsity.plot(
-        x, [1 - row["flops_ratio"] for row in rows], "s-", label="FLOPs removed (fraction)"
-    )
-    ax_sparsity.set(xlabel="epochs completed", ylabel="sparsity", ylim=(0, 1))
+    ax_sparsity.plot(x, [1 - p.flops_ratio for p in points], "s-", label="FLOPs removed (fraction)")
+    ax_sparsity.set(xlabel=xlabel, ylabel="sparsity", ylim=(0, 1))
     ax_sparsity.legend()
     fig.suptitle("lightning_sparsity")
     path = Path(path)

@@ -784,6 +784,12 @@ class MagnitudePruner:
             "masks": {k: m.cpu() for k, m in masks.items()},
         }
 
+    def reset(self) -> None:
+        """Forget the last model pruned and any state read by :meth:`load_state_dict`."""
+        self.last_sparsity = None
+        self._model = None
+        self._loaded_masks = {}
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Read a :meth:`state_dict`; call :meth:`restore` to put its masks on a model.
 
@@ -793,20 +799,27 @@ class MagnitudePruner:
         self.last_sparsity = state_dict.get("last_sparsity")
         self._loaded_masks = dict(state_dict.get("masks", {}))
 
+    _SETTINGS = (
+        "schedule",
+        "allocation",
+        "structured",
+        "norm",
+        "include_types",
+        "include",
+        "exclude",
+        "keep_first_dense",
+        "keep_last_dense",
+        "parameter_name",
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments (the schedule as its own settings; compared on resume)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._SETTINGS}
+        out["schedule"] = None if self.schedule is None else self.schedule.settings()
+        for key in ("include_types", "include", "exclude"):
+            out[key] = None if out[key] is None else list(out[key])
+        return out
+
     def __repr__(self) -> str:
-        args = ", ".join(
-            f"{k}={getattr(self, k)!r}"
-            for k in (
-                "schedule",
-                "allocation",
-                "structured",
-                "norm",
-                "include_types",
-                "include",
-                "exclude",
-                "keep_first_dense",
-                "keep_last_dense",
-                "parameter_name",
-            )
-        )
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._SETTINGS)
         return f"{type(self).__name__}({args})"

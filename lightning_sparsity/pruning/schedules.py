@@ -1,11 +1,21 @@
-"""Sparsity schedules: the target sparsity at the end of each (0-based) epoch.
+"""Sparsity schedules: the target sparsity after ``t`` completed epochs.
+
+One time convention for schedules, budgets, logged steps and files: ``t`` counts completed
+epochs (``0`` = before training, the model as the fit starts); a schedule's value at ``t`` is
+the sparsity the model must have after ``t`` completed epochs. With the callback's
+``prune_every_n_steps=N``, ``t`` counts completed pruning steps (every ``N`` optimizer steps)
+instead, as in Zhu & Gupta's AGP with Δt in steps.
 
 Sparsity is the fraction of zeros among the pruned weights, a float in ``[0, 1)``.
 
 Every schedule returns ``0.0`` (no pruning) before its first pruning epoch. Targets never
 decrease: pruning is monotone (see :class:`~lightning_sparsity.pruning.MagnitudePruner`).
-With a ``frequency`` Δt the target only changes at epochs ``start_epoch + k·Δt`` and holds
-its last value in between.
+With a ``frequency`` Δt the target only changes at ``start_epoch + k·Δt`` and holds its last
+value in between. A ramp's value at ``start_epoch`` is ``initial_sparsity`` (``0.0`` by
+default), so with ``start_epoch=0`` the first epoch end is the first change.
+
+The ramps share :func:`ramp_progress` with the FLOP curve of
+:class:`~lightning_sparsity.FlopBudget`, so both move at the same epochs.
 
 All constructor arguments are plain ints, floats and lists, so LightningCLI / jsonargparse
 can build any schedule from YAML::
@@ -20,11 +30,64 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from lightning_sparsity._checks import check_int
 
-__all__ = ["Constant", "Cubic", "Exponential", "FromCallable", "Linear", "Schedule", "Step"]
+__all__ = [
+    "Constant",
+    "Cubic",
+    "Curve",
+    "Exponential",
+    "FromCallable",
+    "Linear",
+    "Schedule",
+    "Step",
+    "ramp",
+    "ramp_progress",
+]
+
+Curve = Literal["cubic", "linear"]
+
+
+def ramp_progress(t: int, start: int, end: int, frequency: int = 1) -> float:
+    """How far a ramp from ``start`` to ``end`` has gone after ``t`` completed epochs.
+
+    ``0`` up to ``start``, ``1`` from ``end`` on; in between ``(t_q - start) / (end - start)``
+    with ``t_q = start + floor((t - start) / frequency) * frequency``, the last update at or
+    before ``t``.
+
+    Args:
+        t: completed epochs (or pruning steps).
+        start: where the ramp starts (progress 0).
+        end: where it ends (progress 1), ``> start``.
+        frequency: the ramp only moves every ``frequency`` epochs.
+    """
+    if t <= start:
+        return 0.0
+    if t >= end:
+        return 1.0
+    return (t - start) // frequency * frequency / (end - start)
+
+
+def ramp(
+    t: int, start: int, end: int, first: float, last: float, curve: Curve, frequency: int = 1
+) -> float:
+    """The value after ``t`` completed epochs of a ramp from ``first`` to ``last``.
+
+    With ``p = ramp_progress(t, start, end, frequency)``:
+
+    * ``"cubic"`` (Zhu & Gupta's AGP): ``last + (first - last) * (1 - p)**3``;
+    * ``"linear"``: ``first + (last - first) * p``.
+    """
+    return _shape(first, last, ramp_progress(t, start, end, frequency), curve)
+
+
+def _shape(first: float, last: float, progress: float, curve: Curve) -> float:
+    if curve == "cubic":
+        return last + (first - last) * (1.0 - progress) ** 3
+    return first + (last - first) * progress
 
 
 def _is_real(value: object) -> bool:
@@ -42,13 +105,13 @@ def _raise(cls: type, errors: list[str]) -> None:
 
 
 class Schedule(ABC):
-    """Base class: maps a 0-based epoch to the target sparsity at that epoch's end."""
+    """Base class: maps ``t`` completed epochs to the target sparsity after them."""
 
     def __call__(self, epoch: int) -> float:
-        """Return the target sparsity at the end of ``epoch``.
+        """Return the target sparsity after ``epoch`` completed epochs.
 
         Args:
-            epoch: 0-based epoch index.
+            epoch: completed epochs ``t`` (``0`` = before training).
 
         Returns:
             The target sparsity, a float in ``[0, 1)``.
@@ -67,16 +130,27 @@ class Schedule(ABC):
 
     @abstractmethod
     def is_pruning_epoch(self, epoch: int) -> bool:
-        """Whether the target may change at the end of ``epoch`` (so the pruner should run).
+        """Whether the target may change at ``epoch`` completed epochs (the pruner runs).
 
         Args:
-            epoch: 0-based epoch index.
+            epoch: completed epochs ``t``.
         """
 
     @property
     @abstractmethod
     def last_epoch(self) -> int | None:
         """The epoch after which the target never changes (``None``: unknown)."""
+
+    def settings(self) -> dict[str, Any]:
+        """``{"type": class name, **constructor arguments}`` (a function by its import path)."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if callable(value):  # FromCallable's fn, by its import path
+                module = getattr(value, "__module__", "?")
+                value = f"{module}.{getattr(value, '__qualname__', repr(value))}"
+            out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,7 +159,8 @@ class Constant(Schedule):
 
     Args:
         sparsity: The target, in ``[0, 1)``.
-        start_epoch: The epoch at whose end pruning happens.
+        start_epoch: The completed epochs after which pruning happens (``0``: before
+            training).
 
     Raises:
         ValueError: If an argument is out of range (all are reported at once).
@@ -159,9 +234,7 @@ class _Ramp(Schedule):
             return 0.0
         if epoch >= self.end_epoch:
             return float(self.final_sparsity)
-        steps = (epoch - self.start_epoch) // self.frequency
-        progress = steps * self.frequency / (self.end_epoch - self.start_epoch)
-        return self._curve(progress)
+        return self._curve(ramp_progress(epoch, self.start_epoch, self.end_epoch, self.frequency))
 
     @abstractmethod
     def _curve(self, progress: float) -> float:
@@ -190,8 +263,9 @@ class Linear(_Ramp):
 
     Args:
         final_sparsity: ``s_f`` in ``[0, 1)``.
-        start_epoch: ``t0``, the first pruning epoch.
-        end_epoch: ``t1 > t0``, the epoch at which ``s_f`` is reached.
+        start_epoch: ``t0``: completed epochs where the ramp starts at ``s_i`` (it first
+            moves at ``t0 + Δt``).
+        end_epoch: ``t1 > t0``: completed epochs by which ``s_f`` is reached.
         initial_sparsity: ``s_i`` in ``[0, s_f]``.
         frequency: ``Δt >= 1``; ``t1 - t0`` must be a multiple of it.
 
@@ -200,7 +274,7 @@ class Linear(_Ramp):
     """
 
     def _curve(self, progress: float) -> float:
-        return self.initial_sparsity + (self.final_sparsity - self.initial_sparsity) * progress
+        return _shape(self.initial_sparsity, self.final_sparsity, progress, "linear")
 
 
 @dataclass(frozen=True)
@@ -215,8 +289,9 @@ class Cubic(_Ramp):
 
     Args:
         final_sparsity: ``s_f`` in ``[0, 1)``.
-        start_epoch: ``t0``, the first pruning epoch.
-        end_epoch: ``t0 + n·Δt > t0``, the epoch at which ``s_f`` is reached.
+        start_epoch: ``t0``: completed epochs where the ramp starts at ``s_i`` (it first
+            moves at ``t0 + Δt``).
+        end_epoch: ``t0 + n·Δt > t0``: completed epochs by which ``s_f`` is reached.
         initial_sparsity: ``s_i`` in ``[0, s_f]``.
         frequency: ``Δt >= 1``; ``end_epoch - start_epoch`` must be a multiple of it.
 
@@ -225,10 +300,7 @@ class Cubic(_Ramp):
     """
 
     def _curve(self, progress: float) -> float:
-        return (
-            self.final_sparsity
-            + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** 3
-        )
+        return _shape(self.initial_sparsity, self.final_sparsity, progress, "cubic")
 
 
 @dataclass(frozen=True)
@@ -241,8 +313,9 @@ class Exponential(_Ramp):
 
     Args:
         final_sparsity: ``s_f = 1 - d_f`` in ``[0, 1)``.
-        start_epoch: ``t0``, the first pruning epoch.
-        end_epoch: ``t1 > t0``, the epoch at which ``s_f`` is reached.
+        start_epoch: ``t0``: completed epochs where the ramp starts at ``s_i`` (it first
+            moves at ``t0 + Δt``).
+        end_epoch: ``t1 > t0``: completed epochs by which ``s_f`` is reached.
         initial_sparsity: ``s_i = 1 - d_i`` in ``[0, s_f]``.
         frequency: ``Δt >= 1``; ``t1 - t0`` must be a multiple of it.
 

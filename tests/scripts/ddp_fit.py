@@ -47,7 +47,7 @@ def main(out: Path) -> None:
         "global_step": trainer.global_step,
         "current_epoch": trainer.current_epoch,
         "stopping_reason": callback.stopping_reason,
-        "history": callback.history,
+        "history": [point.to_dict() for point in callback.history],
         "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))

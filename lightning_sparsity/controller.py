@@ -1,0 +1,507 @@
+"""The Lightning-free core of the callback: one point of the curve at a time.
+
+:class:`SparsityController` owns what happens at a point (``t`` completed epochs): prune
+for the schedule or the budget's FLOP curve (unless the guard holds it back or the budget
+froze the masks), measure through a cached :class:`~lightning_sparsity.SparsityMeter`,
+evaluate the budget, and record a typed :class:`HistoryPoint`. It returns plain data
+(:class:`Outcome`); the Lightning callback only calls it from hooks, agrees across ranks,
+logs, and stops the trainer.
+
+Time: ``epoch`` is always completed epochs (``0`` = before training); ``global_step`` is
+optimizer steps; ``step`` is the x value the point is logged at (one of the two).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sparsity.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
+from lightning_sparsity.guard import GuardCheck, MetricGuard
+from lightning_sparsity.pruning import MagnitudePruner
+
+__all__ = ["HistoryPoint", "Outcome", "SparsityController", "nonfinite_parameters"]
+
+Agree = Callable[[bool], bool]
+
+
+def _same(flag: bool) -> bool:
+    return flag
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One point of the curves: the model after ``epoch`` completed epochs.
+
+    Attributes:
+        epoch: completed epochs (``0``: before training).
+        step: the x value the point is logged at (``epoch`` or ``global_step``).
+        global_step: optimizer steps done (``None`` in histories from version 1).
+        per: ``"example"`` or ``"batch"``: what the FLOPs are counted for.
+        flops: dense FLOPs.
+        flops_sparse: FLOPs skipping multiplications by zero weights.
+        params: parameters (tied ones once).
+        params_nonzero: nonzero parameters.
+        target_sparsity: the schedule's target for the pruner's weights, if it has one.
+        pruned_sparsity: the fraction of zeros among the pruner's weights.
+        pruning: what the pruner did at this point: ``"pruned"``, ``"paused"`` (the guard
+            held it), ``"restored"`` (the guard restored the last good masks), ``"frozen"``
+            (the budget froze the masks) or ``None`` (nothing due).
+        guard_value: the guarded metric when the guard was asked.
+        budget_count: what the budget counts (``"sparse"``, ``"effective"``, ``"params"``).
+        budget_value: the budget's measured value.
+        budget_limit: the budget's limit.
+        budget_scheduled: with ``action="adjust"``, the value allowed at this point.
+        budget_status: ``"over"``, ``"within"`` or ``"missed"``.
+    """
+
+    VERSION: ClassVar[int] = 2
+
+    epoch: int
+    step: int
+    global_step: int | None
+    per: str
+    flops: int | float
+    flops_sparse: int | float
+    params: int
+    params_nonzero: int
+    target_sparsity: float | None = None
+    pruned_sparsity: float | None = None
+    pruning: str | None = None
+    guard_value: float | None = None
+    budget_count: str | None = None
+    budget_value: float | None = None
+    budget_limit: float | None = None
+    budget_scheduled: float | None = None
+    budget_status: str | None = None
+
+    @property
+    def flops_ratio(self) -> float:
+        """``flops_sparse / flops`` (1.0 for a model without FLOPs)."""
+        return self.flops_sparse / self.flops if self.flops else 1.0
+
+    @property
+    def param_sparsity(self) -> float:
+        """The fraction of zero parameters."""
+        return 1.0 - self.params_nonzero / self.params if self.params else 0.0
+
+    @property
+    def budget_slack(self) -> float | None:
+        """``(limit - value) / limit``: the fraction of the budget left (negative: over)."""
+        if self.budget_limit is None or self.budget_value is None:
+            return None
+        return (self.budget_limit - self.budget_value) / self.budget_limit
+
+    _DERIVED: ClassVar[tuple[str, ...]] = ("flops_ratio", "param_sparsity", "budget_slack")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, derived columns included (the row of the history files)."""
+        row = asdict(self)
+        row.update({name: getattr(self, name) for name in self._DERIVED})
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> HistoryPoint:
+        """Read :meth:`to_dict` (derived and unknown keys are ignored; v1 rows load too)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in names}
+        values.setdefault("global_step", None)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one point decided, for the callback to log and act on.
+
+    Attributes:
+        point: the recorded point.
+        report: the full report of the model at the point.
+        decision: the budget's decision, if there is a budget.
+        guard: what the guard said, if it was asked.
+    """
+
+    point: HistoryPoint
+    report: SparsityReport
+    decision: BudgetDecision | None = None
+    guard: GuardCheck | None = None
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the floating parameters holding an inf or NaN (one host sync).
+
+    Raises:
+        Nothing; returns ``[]`` for a model on the meta device.
+    """
+    named = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if p.is_floating_point() and not p.is_meta and p.numel()
+    ]
+    if not named:
+        return []
+    with torch.no_grad():
+        bad = torch.stack([~torch.isfinite(p).all() for _, p in named]).tolist()
+    return [name for (name, _), flag in zip(named, bad, strict=True) if flag]
+
+
+@dataclass
+class _State:
+    """Everything that changes during a fit (reset for a new fit, checkpointed)."""
+
+    history: list[HistoryPoint] = field(default_factory=list)
+    pruning_steps: int = 0  # schedule steps taken with prune_every_n_steps
+    good_masks: dict[str, Tensor] | None = None  # the last masks the guard accepted
+
+
+class SparsityController:
+    """Prune, measure, evaluate the budget and record the history, one point at a time.
+
+    Args:
+        pruning: the pruner (its schedule drives pruning unless an ``adjust`` budget does).
+        budget: the FLOP budget.
+        guard: the metric guard, asked before each pruning step.
+        prune_every_n_steps: the schedule's time counts pruning steps taken by
+            :meth:`prune_step` instead of epochs.
+    """
+
+    def __init__(
+        self,
+        pruning: MagnitudePruner | None = None,
+        budget: FlopBudget | None = None,
+        guard: MetricGuard | None = None,
+        *,
+        prune_every_n_steps: int | None = None,
+    ) -> None:
+        self.pruning = pruning
+        self.budget = budget
+        self.guard = guard
+        self.prune_every_n_steps = prune_every_n_steps
+        self.meter: SparsityMeter | None = None
+        self.report: SparsityReport | None = None
+        self.stopped: BudgetDecision | None = None
+        self._state = _State()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def history(self) -> list[HistoryPoint]:
+        """The points recorded so far, oldest first."""
+        return self._state.history
+
+    @property
+    def last_epoch(self) -> int | None:
+        """Completed epochs at the last point, ``None`` before the first."""
+        return self.history[-1].epoch if self.history else None
+
+    def reset(self) -> None:
+        """Forget the history and every decision: a new fit starts clean."""
+        self._state = _State()
+        self.meter = None
+        self.report = None
+        self.stopped = None
+        if self.budget is not None:
+            self.budget.dense = None
+            self.budget.reached_epoch = None
+        if self.guard is not None:
+            self.guard.best = None
+        if self.pruning is not None:
+            self.pruning.reset()
+
+    def bind(self, model: nn.Module, example_input: Any) -> None:
+        """Count ``model`` on ``example_input`` from now on (traces once)."""
+        if self.meter is None or self.meter.model is not model:
+            self.meter = SparsityMeter(model, example_input)
+
+    @property
+    def bound(self) -> bool:
+        """Whether :meth:`bind` was called."""
+        return self.meter is not None
+
+    def settings(self) -> dict[str, Any]:
+        """What the pieces were built with (compared when a fit resumes)."""
+        return {
+            "pruning": None if self.pruning is None else self.pruning.settings(),
+            "budget": None if self.budget is None else self.budget.settings(),
+            "guard": None if self.guard is None else self.guard.settings(),
+            "prune_every_n_steps": self.prune_every_n_steps,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, pruner (masks), budget and guard state, plain values and CPU tensors."""
+        state: dict[str, Any] = {
+            "version": HistoryPoint.VERSION,
+            "history": [p.to_dict() for p in self.history],
+            "pruning_steps": self._state.pruning_steps,
+            "settings": self.settings(),
+        }
+        if self.pruning is not None:
+            state["pruning"] = self.pruning.state_dict()
+        if self.budget is not None:
+            state["budget"] = self.budget.state_dict()
+        if self.guard is not None:
+            state["guard"] = self.guard.state_dict()
+        if self._state.good_masks is not None:
+            state["good_masks"] = {k: m.cpu() for k, m in self._state.good_masks.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (version 1 states too); masks go on at :meth:`restore`."""
+        self._state = _State(
+            history=[HistoryPoint.from_dict(row) for row in state.get("history", [])],
+            pruning_steps=int(state.get("pruning_steps", 0)),
+            good_masks=state.get("good_masks"),
+        )
+        if self.pruning is not None and "pruning" in state:
+            self.pruning.load_state_dict(state["pruning"])
+        if self.budget is not None and "budget" in state:
+            self.budget.load_state_dict(state["budget"])
+        if self.guard is not None:
+            guard_state = state.get("guard")
+            if guard_state is None and "budget" in state:  # v1 kept the guard in the budget
+                guard_state = {"best": state["budget"].get("best_metric")}
+            self.guard.load_state_dict(guard_state or {})
+
+    # ------------------------------------------------------------------ points
+
+    def _meter(self) -> SparsityMeter:
+        if self.meter is None:
+            raise RuntimeError("SparsityController: call bind(model, example_input) first")
+        return self.meter
+
+    def start(
+        self,
+        model: nn.Module,
+        *,
+        epoch: int = 0,
+        global_step: int = 0,
+        step: int | None = None,
+    ) -> Outcome:
+        """The first point of a fresh fit: check the weights and the budget, then record.
+
+        A schedule whose target at ``epoch`` is above zero prunes before the point (e.g.
+        ``Constant(0.5, start_epoch=0)`` prunes before training).
+
+        Raises:
+            ValueError: for weights holding inf/NaN (named), or a budget that cannot be
+                met (see :meth:`FlopBudget.start`).
+        """
+        meter = self._meter()
+        bad = nonfinite_parameters(model)
+        if bad:
+            raise ValueError(
+                f"lightning_sparsity: parameters hold inf or NaN before training: {bad};"
+                " sparse FLOPs and magnitude pruning need finite weights"
+            )
+        report = meter.measure()
+        if self.budget is not None:
+            pruned = None if self.pruning is None else self.pruning.target_names(model)
+            self.budget.start(self._budget_report(model, report), meter.cost_model(), pruned)
+        pruning = None
+        schedule = None if self.pruning is None else self.pruning.schedule
+        if (
+            self._steers_by_schedule
+            and schedule is not None
+            and self.prune_every_n_steps is None
+            and schedule.is_pruning_epoch(epoch)
+            and schedule(epoch) > 0
+        ):
+            pruning = self._apply_schedule(model, epoch)
+            report = meter.measure()
+        return self._record(model, report, epoch, global_step, step, pruning, None)
+
+    def epoch_end(
+        self,
+        model: nn.Module,
+        *,
+        epoch: int,
+        global_step: int,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        agree: Agree = _same,
+    ) -> Outcome:
+        """After ``epoch`` completed epochs: prune (if due), measure, evaluate, record.
+
+        Args:
+            model: the model.
+            epoch: completed epochs.
+            global_step: optimizer steps done.
+            step: the x value of the point (default ``epoch``).
+            metrics: the logged metrics (for the guard).
+            agree: reduces a local "guard ok" over all processes (every rank must agree).
+
+        Raises:
+            RuntimeError: before :meth:`bind`.
+            MonitorMissingError: see :class:`~lightning_sparsity.MetricGuard`.
+        """
+        pruning: str | None = None
+        check: GuardCheck | None = None
+        if self.pruning is not None and self.prune_every_n_steps is None:
+            pruning, check = self._prune(model, epoch, metrics or {}, agree)
+        report = self._meter().measure()
+        return self._record(model, report, epoch, global_step, step, pruning, check)
+
+    def prune_step(
+        self,
+        model: nn.Module,
+        steps: int,
+        metrics: Mapping[str, Any] | None = None,
+        agree: Agree = _same,
+    ) -> str | None:
+        """With ``prune_every_n_steps``: ``steps`` pruning steps are done; prune for it.
+
+        Returns:
+            What the pruner did (see :attr:`HistoryPoint.pruning`).
+        """
+        if self.pruning is None or steps <= self._state.pruning_steps:
+            return None
+        self._state.pruning_steps = steps
+        pruning, _ = self._prune(model, steps, metrics or {}, agree)
+        return pruning
+
+    def resume(self) -> BudgetDecision | None:
+        """Decide again on the last point (settings may have changed since it was saved).
+
+        Returns:
+            The budget's decision on the last point, or ``None``.
+        """
+        if self.budget is None or not self.history:
+            return None
+        last = self.history[-1]
+        if self.budget.dense is None:  # the budget is new to this run
+            if self.budget.count == "effective":
+                raise ValueError(
+                    "cannot add a FlopBudget(count='effective') to a resumed run: its reference"
+                    " is the effective FLOPs at the start, which were not measured"
+                )
+            first = self.history[0]
+            dense = first.flops if self.budget.count == "sparse" else first.params
+            self.budget.check_reachable(float(dense), 0.0)
+        if last.budget_value is None or last.budget_count != self.budget.count:
+            return None
+        decision = self.budget.evaluate(last.budget_value, last.epoch)
+        self.stopped = decision if decision.stop_training else None
+        return decision
+
+    # ------------------------------------------------------------------ pruning
+
+    @property
+    def _steers_by_schedule(self) -> bool:
+        return self.budget is None or self.budget.action != "adjust"
+
+    def _apply_schedule(self, model: nn.Module, t: int) -> str | None:
+        assert self.pruning is not None
+        schedule = self.pruning.schedule
+        if schedule is None or not schedule.is_pruning_epoch(t) or schedule(t) <= 0:
+            return None
+        costs = None
+        if self.pruning.allocation == "flops":
+            costs = self._meter().cost_model().flops_per_nonzero
+        self.pruning.apply(model, schedule(t), flops_per_nonzero=costs)
+        return "pruned"
+
+    def _prune(
+        self, model: nn.Module, t: int, metrics: Mapping[str, Any], agree: Agree
+    ) -> tuple[str | None, GuardCheck | None]:
+        """Prune for time ``t`` (epochs, or pruning steps) if due and allowed."""
+        pruner, budget = self.pruning, self.budget
+        assert pruner is not None
+        if budget is not None and not budget.pruning_allowed():
+            return "frozen", None
+        adjust = budget is not None and budget.action == "adjust"
+        if adjust:
+            assert budget is not None
+            due = t > budget.start_epoch
+        else:
+            schedule = pruner.schedule
+            due = schedule is not None and schedule.is_pruning_epoch(t) and schedule(t) > 0
+        if not due:
+            return None, None
+        check = None
+        if self.guard is not None:
+            check = self.guard.check(metrics)
+            if not agree(check.ok):  # every rank must accept, or all hold the masks
+                if self.guard.action == "restore" and self._state.good_masks is not None:
+                    pruner.apply_masks(model, self._state.good_masks)
+                    return "restored", check
+                return "paused", check
+            self._state.good_masks = pruner.masks(model)
+        if adjust:
+            assert budget is not None
+            cost = self._meter().cost_model()
+            pruner.apply_flop_target(
+                model, budget.scheduled(t), cost.flops_per_nonzero, cost.fixed_flops, not_above=True
+            )
+            return "pruned", check
+        return self._apply_schedule(model, t), check
+
+    # ------------------------------------------------------------------ recording
+
+    def _budget_report(self, model: nn.Module, report: SparsityReport) -> SparsityReport:
+        """The report the budget reads: with effective FLOPs when it counts them."""
+        if self.budget is None or self.budget.count != "effective":
+            return report
+        meter = self._meter()
+        return measure(model, meter.example_input, activations=True, batch_size=meter.batch_size)
+
+    def _target(self, epoch: int) -> float | None:
+        schedule = None if self.pruning is None else self.pruning.schedule
+        if schedule is None or not self._steers_by_schedule:
+            return None
+        t = epoch if self.prune_every_n_steps is None else self._state.pruning_steps
+        return schedule(t)
+
+    def _record(
+        self,
+        model: nn.Module,
+        report: SparsityReport,
+        epoch: int,
+        global_step: int,
+        step: int | None,
+        pruning: str | None,
+        check: GuardCheck | None,
+    ) -> Outcome:
+        total = report.total
+        if total.flops_sparse is None or total.params_nonzero is None:
+            raise ValueError("lightning_sparsity: cannot record a point on the meta device")
+        decision = None
+        budget_fields: dict[str, Any] = {}
+        if self.budget is not None:
+            value = self.budget.value(self._budget_report(model, report))
+            decision = self.budget.evaluate(value, epoch)
+            if decision.stop_training:
+                self.stopped = decision
+            budget_fields = {
+                "budget_count": self.budget.count,
+                "budget_value": value,
+                "budget_limit": decision.limit,
+                "budget_scheduled": decision.scheduled,
+                "budget_status": decision.status,
+            }
+        point = HistoryPoint(
+            epoch=epoch,
+            step=epoch if step is None else step,
+            global_step=global_step,
+            per=report.per,
+            flops=total.flops,
+            flops_sparse=total.flops_sparse,
+            params=total.params,
+            params_nonzero=total.params_nonzero,
+            target_sparsity=self._target(epoch),
+            pruned_sparsity=None
+            if self.pruning is None
+            else report.sparsity_of(self.pruning.target_names(model)),
+            pruning=pruning,
+            guard_value=None if check is None else check.value,
+            **budget_fields,
+        )
+        self.history.append(point)
+        self.report = report
+        if check is not None and check.message and check.ok:  # missing, not strict
+            warnings.warn(f"lightning_sparsity: {check.message}", UserWarning, stacklevel=3)
+        return Outcome(point, report, decision, check)
