@@ -138,3 +138,186 @@ def test_demo_option_errors_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("lightning-sparsity: error: ")
     assert re.search(message, err), err
+
+
+# ---------------------------------------------------------------- count --checkpoint errors
+
+
+class OtherModule(pl.LightningModule):
+    """A LightningModule of another architecture (with hyperparameters DigitsCNN lacks)."""
+
+    def __init__(self, hidden: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.lin = torch.nn.Linear(4, hidden)
+
+
+def save_checkpoint(model: pl.LightningModule, path: Path) -> Path:
+    trainer = pl.Trainer(
+        max_epochs=0, logger=False, enable_progress_bar=False, default_root_dir=path.parent
+    )
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    good = save_checkpoint(DigitsCNN(), root / "good.ckpt").read_bytes()
+    (root / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    (root / "random.ckpt").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy())
+    small = save_checkpoint(DigitsCNN(channels=(8, 8, 8)), root / "small.ckpt")
+    weights = torch.load(small, weights_only=True)
+    del weights["hyper_parameters"]  # weights only: loads as the default DigitsCNN
+    torch.save(weights, root / "small_no_hparams.ckpt")
+    save_checkpoint(OtherModule(), root / "other.ckpt")
+    return {p.stem: p for p in root.glob("*.ckpt")}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("random", r"checkpoint '.*random.ckpt' is not a readable checkpoint"),
+        ("truncated", r"checkpoint '.*truncated.ckpt' is truncated"),
+        (
+            "small_no_hparams",
+            r"checkpoint '.*small_no_hparams.ckpt' does not fit lightning_sparsity.demo:DigitsCNN:"
+            r" conv1.weight has shape \(8, 1, 3, 3\) in the checkpoint, \(16, 1, 3, 3\) in the"
+            r" model \(and 15 more shape mismatches\)$",
+        ),
+        (
+            "other",
+            r"checkpoint '.*other.ckpt' does not fit lightning_sparsity.demo:DigitsCNN:"
+            r" 17 missing keys \(conv1.weight, bn1.weight, bn1.bias, \.\.\. \(14 more\)\);"
+            r" 2 unexpected keys \(lin.weight, lin.bias\)$",
+        ),
+    ],
+)
+def test_count_unusable_checkpoint_is_one_line(
+    checkpoints: dict[str, Path], name: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["count", "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"]
+    assert main([*args, "--checkpoint", str(checkpoints[name])]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line.startswith("lightning-sparsity: error: ")
+    assert re.search(message, line), line
+    assert "weights_only" not in line
+
+
+def test_count_checkpoint_rebuilds_from_its_hyperparameters(
+    checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another DigitsCNN width loads: the checkpoint's hyperparameters build the model."""
+    args = ["count", "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8", "--json"]
+    assert main([*args, "--checkpoint", str(checkpoints["small"])]) == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = ls.measure(DigitsCNN(channels=(8, 8, 8)), torch.zeros(1, 1, 8, 8))
+    assert data["total"]["params"] == expected.total.params
+
+
+# ---------------------------------------------------------------- LightningCLI errors
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.logger=false",
+]
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "allocation: global",
+            "allocation: globl",
+            r"lightning_sparsity.MagnitudePruner > allocation: Expected a typing.Literal"
+            r"\['global', 'uniform', 'erk', 'flops'\]. Got value: globl$",
+        ),
+        (
+            "target: 20%",
+            "target: abc",
+            r"FlopBudget: `target` must be a positive number of FLOPs .* got 'abc'$",
+        ),
+        (
+            "by_epoch: 7",
+            "by_epoch: soon",
+            r"lightning_sparsity.FlopBudget > by_epoch: expected int or None, got 'soon'$",
+        ),
+        (
+            "action: adjust",
+            "action: adjust\n            deadline: 7",
+            r"lightning_sparsity.FlopBudget: Option 'deadline' is not accepted$",
+        ),
+    ],
+)
+def test_fit_config_error_is_one_line(
+    tmp_path: Path, old: str, new: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (CONFIGS / "digits_budget.yaml").read_text()
+    assert old in text
+    config = tmp_path / "bad.yaml"
+    config.write_text(text.replace(old, new))
+    assert main(["fit", "--config", str(config), *FAST]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line.startswith("lightning-sparsity: error: ")
+    assert re.search(message, line), line
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "no/such.yaml"], r"config: File does not exist: '.*no/such.yaml'$"),
+        (["--trainer.max_epochs=x"], r"trainer.max_epochs: expected int or None, got 'x'$"),
+        (["--ckpt_path", "RANDOM"], r"checkpoint '.*random.ckpt' is not a readable checkpoint"),
+    ],
+)
+def test_fit_option_error_is_one_line(
+    checkpoints: dict[str, Path],
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [str(checkpoints["random"]) if a == "RANDOM" else a for a in args]
+    config = ["--config", str(CONFIGS / "digits_budget.yaml")]
+    assert main(["fit", *config, *FAST, *args]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("lightning-sparsity: error: ")
+    assert re.search(message, line), line
+
+
+def test_console_script_config_error_is_exactly_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    text = (CONFIGS / "digits_budget.yaml").read_text()
+    config.write_text(text.replace("allocation: global", "allocation: globl"))
+    done = run("fit", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("lightning-sparsity: error: trainer.callbacks > ")
+    assert done.stderr.count("\n") == 1, done.stderr  # no usage, no tree, no traceback
+
+
+def test_console_script_fit_reads_argv_without_warning(tmp_path: Path) -> None:
+    """Run as the console script, LightningCLI reads sys.argv: no "args parameter" warning."""
+    done = run("fit", "--config", str(CONFIGS / "digits_schedule.yaml"), *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "args parameter is intended" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_fit_resumes_from_ckpt_path(tmp_path: Path) -> None:
+    config = ["--config", str(CONFIGS / "digits_schedule.yaml"), *FAST]
+    config.append(f"--trainer.default_root_dir={tmp_path}")
+    assert main(["fit", *config]) == 0
+    (ckpt,) = tmp_path.glob("checkpoints/*.ckpt")
+    assert main(["fit", *config, "--trainer.max_epochs=2", "--ckpt_path", str(ckpt)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("checkpoints/*.ckpt")) == [
+        "epoch=0-step=2.ckpt",
+        "epoch=1-step=4.ckpt",
+    ]

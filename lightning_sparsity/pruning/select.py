@@ -19,9 +19,13 @@ count them per tensor (unless the last level's digits were few enough to keep) a
 tensor where they run out. On CUDA the histograms use ``index_add_`` (``torch.bincount``
 reads its input's max back to the host) and no boolean indexing.
 
-Order and ties: entries are ordered by ``(|x|, tensor index, flat index)``; among entries
-equal to the threshold the first ones in (tensor index, flat index) order are pruned, so
-results are deterministic and exact.
+Order and ties: entries are ordered by ``(|x|, tensor index, flat index)``, ``|x|`` compared
+exactly as stored (``-0.0`` ties with ``0.0``); among entries equal to the threshold the first
+ones in (tensor index, flat index) order are pruned, so results are deterministic and exact.
+In ``float16``/``bfloat16`` such ties are common (few distinct values), so the masks can
+differ from ``torch.nn.utils.prune.global_unstructured`` (``topk``: ties in an unspecified
+order), but only among entries whose ``|x|`` equals the threshold: the count pruned and every
+entry below or above it agree.
 
 Already pruned entries: pass each tensor's current keep mask (``masks``). Entries whose mask is
 0 are pruned first, whatever their value, and count toward the target. Tensors of several
