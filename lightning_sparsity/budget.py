@@ -193,6 +193,11 @@ class FlopBudget:
             errors.append(f"`by_epoch` ({by_epoch}) must be after `start_epoch` ({start_epoch})")
         if errors:
             raise ValueError("FlopBudget: " + "; ".join(errors))
+        # a bare number (20, "20", 0.2) may be a percentage without its "%"
+        self._bare = not getattr(self, "_fraction", True) and (
+            isinstance(target, (int, float))
+            or re.fullmatch(r"\s*[0-9.eE+-]+\s*", target) is not None
+        )
         self.target = target
         self.by_epoch = by_epoch
         self.action: Action = action
@@ -330,6 +335,13 @@ class FlopBudget:
         """
         self.dense = dense
         limit = self.limit
+        if self._bare and self._value <= 100 and limit < 0.01 * dense:
+            raise ValueError(
+                f"FlopBudget: target {self.target!r} is {format_count(limit)} {self.unit},"
+                f" {100 * limit / dense:.2g}% of the dense model's {format_count(dense)}"
+                f"{self._percent_hint()} (with a unit, e.g. '{self._value:g} FLOPs' or"
+                f" '{self._value:g}K', a number is taken as an absolute count)"
+            )
         if limit < floor:
             message = (
                 f"FlopBudget: target {self.target!r} ({format_count(limit)} {self.unit}) is"

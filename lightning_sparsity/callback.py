@@ -304,18 +304,6 @@ class SparsityCallbackLogic:
             self._restore_masks = False
             self._stored_input = None
             self._warned_deadline = False
-            twins = [
-                cb
-                for cb in trainer.callbacks
-                if isinstance(cb, SparsityCallbackLogic)
-                and cb is not self
-                and cb.state_key == self.state_key
-            ]
-            if twins:
-                raise ValueError(
-                    f"{len(twins) + 1} SparsityCallbacks share the checkpoint key"
-                    f" {self.state_key!r}; give each a distinct `name=`"
-                )
             if self.budget is not None:
                 warning = self.budget.deadline_warning(trainer.max_epochs)
                 if warning is not None:

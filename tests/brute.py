@@ -126,3 +126,36 @@ def softmax_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
         length, s = q.shape[-2], k.shape[-2]
         scores = scores.masked_fill(~torch.ones(length, s, dtype=torch.bool).tril(), -math.inf)
     return torch.softmax(scores, dim=-1)
+
+
+def bilinear_products(
+    x1: Tensor, w: Tensor, x2: Tensor, *, unroll: str = "k"
+) -> tuple[int, int, Tensor]:
+    """``aten._trilinear`` as ``nn.Bilinear`` calls it (no bias), one product at a time.
+
+    x1 [N, I], w [K, I, J], x2 [N, J]; y[n, k] = sum_ij x1[n, i] w[k, i, j] x2[n, j]. ATen
+    unrolls one dim and contracts pairwise: with ``unroll="k"`` (nn.Bilinear's unroll_dim=1)
+    t[n, k, j] = sum_i x1[n, i] w[k, i, j], then y[n, k] = sum_j t[n, k, j] x2[n, j]; with
+    ``unroll="i"`` (unroll_dim=2) t[n, k, i, j] = x1[n, i] w[k, i, j] is not summed over i
+    before it meets x2.
+
+    Returns:
+        (sparse FLOPs: products whose weight entry is nonzero, the second contraction being
+        between activations; effective FLOPs: both operands nonzero; y in float64).
+    """
+    n_, i_ = x1.shape
+    k_, _, j_ = w.shape
+    a, b, c = x1.double().tolist(), w.double().tolist(), x2.double().tolist()
+    y = torch.zeros(n_, k_, dtype=torch.float64)
+    sparse = effective = 0
+    for n, k, j in itertools.product(range(n_), range(k_), range(j_)):
+        terms = []
+        for i in range(i_):
+            sparse += b[k][i][j] != 0
+            effective += a[n][i] != 0 and b[k][i][j] != 0
+            terms.append(a[n][i] * b[k][i][j])
+        for t in terms if unroll == "i" else [sum(terms)]:
+            sparse += 1
+            effective += t != 0 and c[n][j] != 0
+            y[n, k] += t * c[n][j]
+    return 2 * sparse, 2 * effective, y

@@ -73,11 +73,17 @@ def test_limit_above_dense_and_unreachable() -> None:
     ("target", "hint"),
     [("20", "'20%'"), (20, "'20%'"), (0.2, "'20%'"), ("0.5", "'50%'"), ("100", "'100%'")],
 )
-def test_a_bare_number_below_the_floor_suggests_a_percentage(target: object, hint: str) -> None:
-    # "20" is 20 FLOPs, far below what pruning can reach: say so at the start, not the deadline
+def test_a_bare_number_that_looks_like_a_percentage(target: object, hint: str) -> None:
+    # "20" was taken as 20 FLOPs and reported only at the deadline ("294 > 20"): refuse it
+    # when the limit is under 1% of dense, and say how to mean an absolute count
     budget = ls.FlopBudget(target)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=f"unreachable.*did you mean {hint}"):
-        budget.check_reachable(dense=1_000_000, floor=1_000)
+    with pytest.raises(ValueError, match=f"of the dense model's 1,000,000; did you mean {hint}"):
+        budget.check_reachable(dense=1_000_000, floor=0)
+    with_unit = ls.FlopBudget(f"{float(target):g} FLOPs")
+    assert with_unit.check_reachable(dense=1_000_000, floor=0) == float(target)
+    # a bare number of at least 1% of dense is a count
+    count = ls.FlopBudget(target)  # type: ignore[arg-type]
+    assert count.check_reachable(dense=100 * float(target), floor=0) == float(target)
 
 
 def test_small_limits_print_with_their_digits() -> None:

@@ -695,3 +695,166 @@ def test_retrace_sees_an_in_place_stride_change() -> None:
     assert (
         meter.measure().total.flops == 576 == ls.measure(conv, torch.zeros(1, 1, 8, 8)).total.flops
     )
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+def quiet_measure(model: nn.Module, x: object, **kwargs: object) -> ls.SparsityReport:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return ls.measure(model, x, **kwargs)  # type: ignore[arg-type]
+
+
+def test_unbatched_vector_warns_and_batch_size_one_is_exact() -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+    with pytest.warns(UserWarning, match=r"divided by 20, .*shape \(20,\).* 1-D.*batch_size=1"):
+        report = ls.measure(mlp, torch.zeros(20))
+    assert report.batch_size == 20  # as asked for, only warned about
+    # one example: 2 * (20*64 + 64*3) = 2 * 1,472 = 2,944 (bias adds not counted)
+    exact = quiet_measure(mlp, torch.zeros(20), batch_size=1)
+    assert exact.total.flops == 2_944 == fcm_flops(mlp, torch.zeros(20))
+    assert quiet_measure(mlp, torch.zeros(20), per="batch").total.flops == 2_944
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        meter = ls.SparsityMeter(mlp, torch.zeros(20))
+        meter.measure()
+        meter.retrace()
+        meter.measure()
+    assert [str(w.message).count("batch_size=1") for w in record] == [1]  # once per meter
+
+
+def test_time_major_lstm_warns_and_batch_size_gives_the_closed_form() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5)
+    sparsify_(lstm.weight_ih_l0, 0.5, seed=1)
+    sparsify_(lstm.weight_hh_l0, 0.5, seed=2)
+    x = relu_input(10, 4, 3)  # [T=10, B=4, F=3]
+    match = r"LSTM \(aten.mkldnn_rnn_layer\) ran on batch 4, not a multiple of 10.*batch_size=4"
+    with pytest.warns(UserWarning, match=match):
+        assert ls.measure(lstm, x).total.flops == 2 * 4 * (3 * 20 + 5 * 20)  # T/B-fold short
+    sparse, _, outputs = brute.recurrent_products(
+        x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0, "lstm"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(lstm(x)[0], outputs)
+    report = quiet_measure(lstm, x, batch_size=4)
+    # per example: 2 * T * (F*4H + H*4H) = 2 * 10 * (3*20 + 5*20) = 3,200
+    assert report.total.flops == 3_200
+    assert report.total.flops_sparse == sparse / 4
+    # batch first, the same data: dim 0 is the batch, and the LSTM agrees
+    batch_first = nn.LSTM(3, 5, batch_first=True)
+    assert quiet_measure(batch_first, x.transpose(0, 1)).total.flops == 3_200
+
+
+class Detector(nn.Module):
+    """Takes a list of [3, H, W] images, as torchvision's detection models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv(torch.stack(images))
+
+
+class OneImage(Detector):
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.conv(image[None])
+
+
+def test_list_of_images_is_a_batch_of_examples() -> None:
+    model = Detector()
+    img = torch.randn(3, 6, 6)
+    # per image: 2 * (6*6) * (4*3*3*3) = 7,776
+    one = quiet_measure(model, ([img],))
+    assert one.batch_size == 1
+    assert one.total.flops == 7_776
+    two = quiet_measure(model, ([img, img],))
+    assert two.batch_size == 2
+    assert two.total.flops == 7_776
+    assert quiet_measure(model, {"images": [img, img, img]}).batch_size == 3
+    # one unbatched image: dim 0 is its 3 channels, and the convolution says batch 1
+    match = r"Conv2d \(aten.convolution\) ran on batch 1, not a multiple of 3.*batch_size=1"
+    with pytest.warns(UserWarning, match=match):
+        assert ls.measure(OneImage(), img).total.flops == 7_776 / 3
+    assert quiet_measure(OneImage(), img, batch_size=1).total.flops == 7_776
+
+
+class Video(nn.Module):
+    """Folds time into the convolution's batch: [B, T, C, H, W] -> [B*T, C, H, W]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 3, 4, 4))
+        self.pos_conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        frames = clip.flatten(0, 1)
+        # a conv on a parameter (batch 1) says nothing about the input's batch
+        frames = frames + F.conv2d(self.pos, self.pos_conv.weight)
+        return self.conv(frames).unflatten(0, clip.shape[:2])
+
+
+def test_video_folding_time_into_the_batch_does_not_warn() -> None:
+    report = quiet_measure(Video(), torch.randn(2, 5, 3, 4, 4))
+    assert report.batch_size == 2
+    # per clip: 5 frames * 2 * (4*4) * (2*3*3*3) + the positional conv 2 * 16 * 9 / 2 clips
+    assert report.total.flops == 5 * 2 * 16 * 54 + 2 * 16 * 9 / 2
+
+
+class TimeMajorAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, B, E]
+        x = x.transpose(0, 1)
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+def test_fused_attention_batch_is_evidence() -> None:
+    model = TimeMajorAttention().eval()
+    x = torch.randn(5, 2, 8)
+    match = r"MultiheadAttention \(aten._native_multi_head_attention\) ran on batch 2,"
+    with torch.no_grad(), pytest.warns(UserWarning, match=match):
+        ls.measure(model, x)
+    with torch.no_grad():
+        assert quiet_measure(model.mha, (x, x, x)).batch_size == 5  # agrees: [B=5, L=2, E]
+
+
+def test_meter_follows_a_replaced_example_input() -> None:
+    model = small_cnn()
+    meter = ls.SparsityMeter(model, torch.randn(1, 1, 8, 8))
+    per_example = meter.measure().total.flops
+    meter.example_input = torch.randn(4, 1, 8, 8)
+    report = meter.measure()
+    assert report.batch_size == 4
+    assert report.total.flops == per_example
+    assert meter.cost_model().flops == per_example
+
+
+def test_footer_says_what_the_flops_were_divided_by() -> None:
+    mlp = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+    report = quiet_measure(mlp, torch.zeros(20, 20))
+    assert report.to_markdown().endswith(
+        "FLOPs per example: the example input's FLOPs divided by its batch size 20"
+        " (2 FLOPs = 1 MAC)."
+    )
+    assert report.to_dict()["batch_size"] == 20
+    assert '"batch_size": 20' in report.to_json()
+    per_batch = quiet_measure(mlp, torch.zeros(20, 20), per="batch")
+    assert per_batch.batch_size == 20
+    assert per_batch.to_markdown().endswith(
+        "FLOPs per batch of 20 examples: the example input's FLOPs as given (2 FLOPs = 1 MAC)."
+    )
+    # a batch size the evidence doubts is not stated per batch (and not warned about)
+    lstm_batch = quiet_measure(nn.LSTM(3, 5), torch.zeros(10, 4, 3), per="batch")
+    assert lstm_batch.batch_size is None
+    assert lstm_batch.to_dict()["batch_size"] is None
+    assert lstm_batch.to_markdown().endswith(
+        "FLOPs per batch: the example input's FLOPs as given (2 FLOPs = 1 MAC)."
+    )
+    assert quiet_measure(mlp, torch.zeros(20), per="batch", batch_size=1).batch_size == 1

@@ -12,13 +12,16 @@ Each registered aten op has
   registered op uses each weight element equally often, so the scaling is exact), and
 * an *effective* formula: the exact number of multiplications (MACs) whose two operands
   are both nonzero, computed with indicator tensors in float64 with autocast off, one
-  0-dim tensor per :class:`Use` (no host sync); the tracer doubles it into FLOPs.
+  0-dim tensor per :class:`Use` (no host sync); the tracer doubles it into FLOPs, and
+* optionally a *batch* function: the batch size the op ran on, for ops whose batch
+  dimension is known (a convolution's dim 0), a Python int read off a shape. The meter
+  checks the batch size it divides FLOPs by against these.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,26 +50,40 @@ class Use:
 
 DenseFn = Callable[..., list[Use]]
 EffectiveFn = Callable[..., list[Tensor]]
+BatchFn = Callable[..., int]
 
 
 @dataclass(frozen=True)
 class Formula:
-    """The registered cost of one aten op."""
+    """The registered cost of one aten op.
+
+    Attributes:
+        op: the aten overload.
+        dense: its dense formula.
+        effective: its effective formula.
+        batch: the batch size the op ran on (same arguments as ``dense``, no ``result``);
+            ``None`` for ops without a known batch dimension (a matmul's rows may be
+            examples, tokens or pixels).
+    """
 
     op: torch._ops.OpOverload
     dense: DenseFn
     effective: EffectiveFn
+    batch: BatchFn | None = None
 
 
 REGISTRY: dict[torch._ops.OpOverload, Formula] = {}
 
 
-def register(*ops: Any, effective: EffectiveFn) -> Callable[[DenseFn], DenseFn]:
+def register(
+    *ops: Any, effective: EffectiveFn, batch: BatchFn | None = None
+) -> Callable[[DenseFn], DenseFn]:
     """Register ``dense`` (decorated) and ``effective`` formulas for aten overloads.
 
     Args:
         *ops: ``torch.ops.aten`` overloads, e.g. ``aten.mm.default``.
         effective: the effective-FLOP formula, same arguments as the dense one.
+        batch: the batch size the op ran on, for ops with a known batch dimension.
 
     Returns:
         The decorator, which returns the dense function unchanged.
@@ -88,7 +105,7 @@ def register(*ops: Any, effective: EffectiveFn) -> Callable[[DenseFn], DenseFn]:
         for overload in overloads:
             if overload in REGISTRY:
                 raise ValueError(f"{overload} already has a formula ({REGISTRY[overload].dense})")
-            REGISTRY[overload] = Formula(overload, dense, effective)
+            REGISTRY[overload] = Formula(overload, dense, effective, batch)
         return dense
 
     return decorator
@@ -149,6 +166,148 @@ def _addmm_effective(bias: Tensor, a: Tensor, b: Tensor, *_: Any, **__: Any) -> 
 register(aten.addmm.default, aten.baddbmm.default, effective=_addmm_effective)(_addmm_dense)
 
 
+def _mv_dense(a: Tensor, v: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # NB: [M, K] @ [K] is M*K MACs; each matrix entry is used once, each vector entry M times
+    return [Use(2 * a.numel(), weights=(0, 1))]
+
+
+def _dot_dense(a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # NB: [K] . [K] is K MACs (vdot conjugates a first: the same products)
+    return [Use(2 * a.numel(), weights=(1, 0))]
+
+
+register(aten.mv.default, effective=_mm_effective)(_mv_dense)
+register(aten.dot.default, aten.vdot.default, effective=_mm_effective)(_dot_dense)
+
+
+def _addmv_dense(bias: Tensor, a: Tensor, v: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # bias + [M, K] @ [K]: the bias add is not counted
+    (use,) = _mv_dense(a, v)
+    return [Use(use.flops, weights=(1, 2))]
+
+
+def _addbmm_dense(bias: Tensor, a: Tensor, b: Tensor, *_: Any, **__: Any) -> list[Use]:
+    # bias + sum_b [B, M, K] @ [B, K, N] is B*M*N*K MACs (the sum over B is adds only)
+    (use,) = _bmm_dense(a, b)
+    return [Use(use.flops, weights=(2, 1))]
+
+
+register(aten.addmv.default, effective=_addmm_effective)(_addmv_dense)
+register(aten.addbmm.default, effective=_addmm_effective)(_addbmm_dense)
+
+
+# --------------------------------------------------------------------------- bilinear
+#
+# aten._trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim) is what
+# nn.Bilinear / F.bilinear dispatch to: (i1 * i2 * i3).sum(sumdim), each operand first
+# unsqueezed at its `expand` dims. ATen does not multiply the three at once: for each index
+# of unroll_dim it contracts i1 with i2, summing the `sumdim` dims that i3 lacks, then
+# contracts that result with i3 over the other `sumdim` dims (the unroll dim is a batch
+# dim of both contractions). Each contraction is one bmm in which a summed dim only one
+# operand has is summed away first (adds, no products). So with the operands' unsqueezed
+# shapes, a contraction costs  prod_d size_d  MACs over the dims d that are kept, or summed
+# and held by both operands.
+#
+# nn.Bilinear, x1 [N, I], W [K, I, J], x2 [N, J] -> _trilinear(x1, W, x2, [1, 3], [0],
+# [1, 2], [2, 3], 1) on dims (N, K, I, J):
+#   x1 with W over I:   N*K*I*J MACs, every entry of W used N times (scales with nnz(W))
+#   that with x2 over J: N*K*J MACs between two activations (weight-free)
+#   total 2*N*K*I*J + 2*N*K*J FLOPs; the bias add is not counted.
+
+
+def _unsqueezed(shape: Sequence[int], expand: Sequence[int]) -> list[int]:
+    """``shape`` unsqueezed at each dim of ``expand`` in increasing order, as ATen does."""
+    out = list(shape)
+    for dim in sorted(expand):
+        out.insert(dim, 1)
+    return out
+
+
+def _trilinear_sums(
+    expand3: Sequence[int], sumdim: Sequence[int], unroll_dim: int
+) -> tuple[set[int], set[int]]:
+    """The dims summed in the first contraction (i3 lacks them) and in the second."""
+    first = {d for d in sumdim if d in expand3 and d != unroll_dim}
+    second = {d for d in sumdim if d not in expand3 and d != unroll_dim}
+    return first, second
+
+
+def _contraction(
+    left: Sequence[int], right: Sequence[int], sums: set[int]
+) -> tuple[int, bool, bool, list[int]]:
+    """ATen's pairwise contraction on two broadcastable shapes.
+
+    Returns:
+        (MACs, whether ``left`` / ``right`` is summed over a dim before any product, the
+        result's shape with the summed dims kept as 1).
+    """
+    macs, left_summed, right_summed, shape = 1, False, False, []
+    for d, (a, b) in enumerate(zip(left, right, strict=True)):
+        if d not in sums:
+            macs *= max(a, b)
+            shape.append(max(a, b))
+            continue
+        if a != 1 and b != 1:
+            macs *= a
+        left_summed |= a != 1 and b == 1
+        right_summed |= b != 1 and a == 1
+        shape.append(1)
+    return macs, left_summed, right_summed, shape
+
+
+def _trilinear_dense(
+    i1: Tensor, i2: Tensor, i3: Tensor, expand1: Sequence[int], expand2: Sequence[int],
+    expand3: Sequence[int], sumdim: Sequence[int], unroll_dim: int = 1, *_: Any, **__: Any,
+) -> list[Use]:  # fmt: skip
+    a = _unsqueezed(i1.shape, expand1)
+    b = _unsqueezed(i2.shape, expand2)
+    c = _unsqueezed(i3.shape, expand3)
+    first_sums, second_sums = _trilinear_sums(expand3, sumdim, unroll_dim)
+    first, a_summed, b_summed, buf = _contraction(a, b, first_sums)
+    second, _buf_summed, c_summed, _shape = _contraction(buf, c, second_sums)
+    # an operand summed before its products is no weight: its entries are not each used
+    # equally often (nn.Bilinear never does this)
+    return [
+        Use(
+            2 * first,
+            weights=tuple(p for p, summed in ((1, b_summed), (0, a_summed)) if not summed),
+        ),
+        Use(2 * second, weights=() if c_summed else (2,)),
+    ]
+
+
+def _contraction_count(left: Tensor, right: Tensor, sums: set[int]) -> tuple[Tensor, Tensor]:
+    """Products with both operands nonzero in one contraction, and its result (float64)."""
+    for d in sums:  # summed away first, as ATen does: the sums are what gets multiplied
+        if left.shape[d] != 1 and right.shape[d] == 1:
+            left = left.sum(d, keepdim=True)
+        elif right.shape[d] != 1 and left.shape[d] == 1:
+            right = right.sum(d, keepdim=True)
+    dims = list(range(left.dim()))
+    count = torch.einsum(_ind(left), dims, _ind(right), dims, [])  # size-1 dims broadcast
+    kept = [d for d in dims if d not in sums]
+    shape = [1 if d in sums else max(left.shape[d], right.shape[d]) for d in dims]
+    return count, torch.einsum(left, dims, right, dims, kept).reshape(shape)
+
+
+def _trilinear_effective(
+    i1: Tensor, i2: Tensor, i3: Tensor, expand1: Sequence[int], expand2: Sequence[int],
+    expand3: Sequence[int], sumdim: Sequence[int], unroll_dim: int = 1, *_: Any, **__: Any,
+) -> list[Tensor]:  # fmt: skip
+    # NB: the intermediate (x1 W in nn.Bilinear) is recomputed in float64; its zeros are data
+    def full(t: Tensor, expand: Sequence[int]) -> Tensor:
+        return t.double().reshape(_unsqueezed(t.shape, expand))
+
+    first_sums, second_sums = _trilinear_sums(expand3, sumdim, unroll_dim)
+    with _no_autocast(i1):
+        first, buf = _contraction_count(full(i1, expand1), full(i2, expand2), first_sums)
+        second = _contraction_count(buf, full(i3, expand3), second_sums)[0]
+    return [first, second]
+
+
+register(aten._trilinear.default, effective=_trilinear_effective)(_trilinear_dense)
+
+
 # --------------------------------------------------------------------------- convolution
 
 
@@ -178,9 +337,17 @@ def _conv_effective(
     return [y.sum()]
 
 
-register(aten.convolution.default, aten._convolution.default, effective=_conv_effective)(
-    _conv_dense
-)
+def _first_dim(x: Tensor, *_: Any, **__: Any) -> int:
+    return int(x.shape[0])
+
+
+# aten's convolution always takes a batched input [N, C, ...] (an unbatched one is unsqueezed)
+register(
+    aten.convolution.default,
+    aten._convolution.default,
+    effective=_conv_effective,
+    batch=_first_dim,
+)(_conv_dense)
 
 
 # --------------------------------------------------------------------------- attention
@@ -326,7 +493,9 @@ def _mha_effective(
     return [in_proj[0] + in_proj[1] + in_proj[2], attention, out_proj]
 
 
-register(aten._native_multi_head_attention.default, effective=_mha_effective)(_mha_dense)
+register(aten._native_multi_head_attention.default, effective=_mha_effective, batch=_first_dim)(
+    _mha_dense
+)
 
 
 # --------------------------------------------------------------------------- recurrent
@@ -355,26 +524,46 @@ def _rnn_layer_effective(
     return [_matmul_count(x, w_ih.t()), _matmul_count(prev, w_hh.t())]
 
 
-register(aten.mkldnn_rnn_layer.default, effective=_rnn_layer_effective)(_rnn_layer_dense)
+def _second_dim(x: Tensor, *_: Any, **__: Any) -> int:
+    return int(x.shape[1])
+
+
+# time-major whatever the module's batch_first: the batch is dim 1
+register(aten.mkldnn_rnn_layer.default, effective=_rnn_layer_effective, batch=_second_dim)(
+    _rnn_layer_dense
+)
 
 
 # --------------------------------------------------------------------------- not counted
 
-#: Ops that cost nothing in the dense column besides those tagged pointwise and views:
-#: norms, pooling, softmax, reductions, creation, copies, shape and index plumbing.
+#: Ops that cost nothing in the dense column besides those tagged pointwise and views (and
+#: in-place views such as transpose_, squeeze_, as_strided_): norms, pooling, softmax,
+#: reductions, creation, copies, shape and index plumbing, resampling (upsampling, grid
+#: sampling), embedding lookups, activations without the pointwise tag (hardswish, glu,
+#: prelu). An overload's in-place variant (a trailing ``_``) is free with it.
 FREE_OPS: frozenset[str] = frozenset(
     [
         "_adaptive_avg_pool2d",
         "_adaptive_avg_pool3d",
         "_batch_norm_impl_index",
+        "_embedding_bag",
+        "_embedding_bag_forward_only",
         "_log_softmax",
+        "_prelu_kernel",
         "_safe_softmax",
         "_native_batch_norm_legit",
         "_native_batch_norm_legit_functional",
         "_native_batch_norm_legit_no_training",
         "_softmax",
         "_to_copy",
+        "_unique",
+        "_unique2",
         "_unsafe_view",
+        "_upsample_bicubic2d_aa",
+        "_upsample_bilinear2d_aa",
+        "_upsample_nearest_exact1d",
+        "_upsample_nearest_exact2d",
+        "_upsample_nearest_exact3d",
         "_local_scalar_dense",
         "adaptive_avg_pool1d",
         "adaptive_avg_pool2d",
@@ -382,6 +571,7 @@ FREE_OPS: frozenset[str] = frozenset(
         "adaptive_max_pool1d",
         "adaptive_max_pool2d",
         "adaptive_max_pool3d",
+        "affine_grid_generator",
         "alias",
         "amax",
         "amin",
@@ -396,13 +586,22 @@ FREE_OPS: frozenset[str] = frozenset(
         "batch_norm",
         "bernoulli",
         "bernoulli_",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "bucketize",
         "cat",
+        "channel_shuffle",
         "clone",
         "constant_pad_nd",
         "copy",
         "copy_",
+        "cummax",
+        "cummin",
+        "cumprod",
         "cumsum",
         "detach",
+        "diag",
+        "diag_embed",
         "dropout",
         "embedding",
         "empty",
@@ -415,17 +614,31 @@ FREE_OPS: frozenset[str] = frozenset(
         "full",
         "full_like",
         "gather",
+        "glu",
+        "grid_sampler_2d",
+        "grid_sampler_3d",
+        "hardswish",
+        "histc",
+        "huber_loss",
         "index",
         "index_put",
         "index_put_",
         "index_select",
+        "kthvalue",
+        "l1_loss",
         "layer_norm",
         "lift_fresh",
         "lift_fresh_copy",
         "linalg_vector_norm",
+        "linspace",
+        "log_sigmoid_forward",
         "log_softmax",
+        "logcumsumexp",
+        "logspace",
+        "logsumexp",
         "masked_fill",
         "masked_fill_",
+        "masked_select",
         "max",
         "max_pool1d",
         "max_pool2d",
@@ -433,7 +646,12 @@ FREE_OPS: frozenset[str] = frozenset(
         "max_pool3d",
         "max_pool3d_with_indices",
         "mean",
+        "median",
         "min",
+        "mode",
+        "mse_loss",
+        "multinomial",
+        "nanmedian",
         "native_batch_norm",
         "native_dropout",
         "native_group_norm",
@@ -443,14 +661,18 @@ FREE_OPS: frozenset[str] = frozenset(
         "new_full",
         "new_ones",
         "new_zeros",
+        "nll_loss2d_forward",
+        "nll_loss_forward",
         "nonzero",
         "norm",
         "normal_",
         "ones",
         "ones_like",
         "pad",
+        "prod",
         "rand",
         "rand_like",
+        "randint",
         "randn",
         "randn_like",
         "randperm",
@@ -463,12 +685,15 @@ FREE_OPS: frozenset[str] = frozenset(
         "replication_pad2d",
         "replication_pad3d",
         "roll",
+        "rot90",
         "rsub",
         "scalar_tensor",
         "scatter",
         "scatter_add",
         "scatter_add_",
         "scatter_",
+        "searchsorted",
+        "smooth_l1_loss",
         "sort",
         "softmax",
         "split",
@@ -479,14 +704,21 @@ FREE_OPS: frozenset[str] = frozenset(
         "sum",
         "topk",
         "tril",
+        "tril_indices",
         "triu",
+        "triu_indices",
         "uniform_",
         "unsafe_split",
         "unsafe_split_with_sizes",
+        "unique_consecutive",
+        "unique_dim",
+        "upsample_bicubic2d",
         "upsample_bilinear2d",
+        "upsample_linear1d",
         "upsample_nearest1d",
         "upsample_nearest2d",
         "upsample_nearest3d",
+        "upsample_trilinear3d",
         "var",
         "var_mean",
         "zero_",
@@ -517,6 +749,7 @@ def is_free(op: torch._ops.OpOverload) -> bool:
     return (
         op.is_view
         or torch.Tag.pointwise in op.tags
+        or torch.Tag.inplace_view in op.tags  # transpose_, squeeze_, as_strided_: metadata
         or op._opname in FREE_OPS
         or op._opname.rstrip("_") in FREE_OPS
     )

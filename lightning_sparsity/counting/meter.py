@@ -3,10 +3,18 @@
 FLOPs count 2 per MAC. The meter's cached recount is the same arithmetic on the same trace
 as a full re-trace, so the two agree exactly; it re-traces when the input's shapes or the
 model's structure (modules, parameters, pruning/parametrization state) change.
+
+Per example, FLOPs are divided by the number of examples in the example input: the length
+of a list of tensors given as the first argument (torchvision detection's convention),
+else dim 0 of the first tensor. When that is inferred, the trace's evidence (the batch
+sizes that convolutions, LSTM layers and fused attention ran on) is checked against it, and
+a 1-D first tensor (one example without a batch dimension?) is warned about.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,11 +85,27 @@ def _validate(model: Any, example_input: Any, per: str, batch_size: int | None) 
         raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
 
 
-def _infer_batch_size(example_input: Any, per: str, batch_size: int | None) -> int:
-    if per == "batch":
-        return 1
-    if batch_size is not None:
-        return batch_size
+@dataclass(frozen=True)
+class _Examples:
+    """How many examples the example input holds, and where that was read."""
+
+    count: int
+    source: Literal["explicit", "list", "dim0", "unknown"]
+    shape: tuple[int, ...] = ()  # the tensor whose dim 0 it is ("dim0")
+
+
+def _first_argument(example_input: Any) -> Any:
+    if isinstance(example_input, dict):
+        return next(iter(example_input.values()), None)
+    if isinstance(example_input, (tuple, list)):
+        return example_input[0] if example_input else None
+    return example_input
+
+
+def _count_examples(example_input: Any) -> _Examples:
+    first = _first_argument(example_input)
+    if isinstance(first, (tuple, list)) and first and all(isinstance(t, Tensor) for t in first):
+        return _Examples(len(first), "list")  # a list of examples, e.g. [3, H, W] images
     leaves, _ = tree_flatten(example_input)
     for leaf in leaves:
         if isinstance(leaf, Tensor) and leaf.dim() > 0:
@@ -90,11 +114,74 @@ def _infer_batch_size(example_input: Any, per: str, batch_size: int | None) -> i
                     "cannot count FLOPs per example on an empty batch: the example input's"
                     f" first tensor has shape {tuple(leaf.shape)}; give at least one example"
                 )
-            return int(leaf.shape[0])
+            return _Examples(int(leaf.shape[0]), "dim0", tuple(leaf.shape))
     raise ValueError(
         "cannot infer the batch size for per='example': the example input has no tensor with"
         " a batch dimension; pass `batch_size=` or use per='batch'"
     )
+
+
+def _examples(example_input: Any, per: str, batch_size: int | None) -> _Examples:
+    """The number of examples in the input; per batch a best effort, never an error."""
+    if batch_size is not None:
+        return _Examples(batch_size, "explicit")
+    if per == "example":
+        return _count_examples(example_input)
+    try:
+        return _count_examples(example_input)
+    except ValueError:
+        return _Examples(1, "unknown")
+
+
+def _doubt(examples: _Examples, batches: dict[str, frozenset[int]]) -> str | None:
+    """Why an inferred number of examples looks wrong given the trace's evidence, or ``None``.
+
+    Evidence agrees when every batch size an op ran on is a multiple of it (a video model
+    folds time into its convolutions' batch: N = B*T).
+    """
+    if examples.source not in ("list", "dim0"):
+        return None
+    n = examples.count
+    wrong = {label: sorted(b for b in sizes if b % n) for label, sizes in batches.items()}
+    wrong = {label: sizes for label, sizes in sorted(wrong.items()) if sizes}
+    one_d = examples.source == "dim0" and len(examples.shape) == 1 and (wrong or not batches)
+    if not wrong and not one_d:
+        return None
+    if examples.source == "dim0":
+        where = f"dim 0 of its first tensor, shape {examples.shape}"
+    else:
+        where = "the length of the list of examples that is its first argument"
+    reasons = ["that tensor is 1-D (one example without a batch dimension?)"] if one_d else []
+    reasons += [
+        f"{label} ran on batch {', '.join(map(str, sizes))}, not a multiple of {n}"
+        for label, sizes in wrong.items()
+    ]
+    evidence = [b for sizes in batches.values() for b in sizes]
+    guess = (
+        f"batch_size={math.gcd(*evidence)} going by those ops"
+        if evidence
+        else "batch_size=1 for one example"
+    )
+    return (
+        f"lightning_sparsity: FLOPs per example are the example input's FLOPs divided by {n},"
+        f" {where}, but {'; '.join(reasons)}. Pass batch_size=N, the number of examples in"
+        f" the input ({guess}), or per='batch' to count the input as given."
+    )
+
+
+def _settle(
+    per: Per, examples: _Examples, batches: dict[str, frozenset[int]]
+) -> tuple[int, int | None, str | None]:
+    """The divisor of the FLOPs, the batch size the report states, and a warning if any.
+
+    Per batch nothing is divided, and an inferred batch size the evidence doubts is not
+    stated (``None``) rather than warned about.
+    """
+    doubt = _doubt(examples, batches)
+    if per == "example":
+        return examples.count, examples.count, doubt
+    known = examples.source != "unknown" and doubt is None
+    return 1, examples.count if known else None, None
 
 
 def _signature(model: nn.Module, slots: Sequence[Slot], example_input: Any) -> tuple[Any, ...]:
@@ -121,7 +208,14 @@ class SparsityMeter:
         model: the model to count.
         example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
         per: ``"example"`` (FLOPs divided by the input's batch size) or ``"batch"``.
-        batch_size: the batch size to divide by; default: dim 0 of the first input tensor.
+        batch_size: the number of examples in the input; default: the length of a list of
+            tensors given as the first argument, else dim 0 of the first input tensor (then
+            re-inferred when ``example_input`` is replaced).
+
+    Warns:
+        UserWarning: once per meter, if the inferred batch size disagrees with the batch
+            sizes the model's convolutions, LSTM layers or fused attention ran on, or is
+            dim 0 of a 1-D tensor.
 
     Raises:
         TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
@@ -141,18 +235,28 @@ class SparsityMeter:
         self.model = model
         self.example_input = example_input
         self.per: Per = per
-        self.batch_size = _infer_batch_size(example_input, per, batch_size)
+        self._batch_size_arg = batch_size
+        self._divisor = 1
+        self.batch_size: int | None = batch_size
         self.traces = 0
         self._trace: Trace | None = None
         self._signature: tuple[Any, ...] | None = None
+        self._warned = False
         self._ensure_trace(find_slots(model))
 
     def _ensure_trace(self, slots: list[Slot]) -> Trace:
         signature = _signature(self.model, slots, self.example_input)
         if self._trace is None or signature != self._signature:
+            # the example input may have been replaced: its number of examples with it (an
+            # empty batch fails before the trace)
+            examples = _examples(self.example_input, self.per, self._batch_size_arg)
             self._trace = trace(self.model, self.example_input)
             self._signature = signature
             self.traces += 1
+            self._divisor, self.batch_size, doubt = _settle(self.per, examples, self._trace.batches)
+            if doubt is not None and not self._warned:  # once per meter
+                self._warned = True
+                warnings.warn(doubt, UserWarning, stacklevel=3)
         return self._trace
 
     def retrace(self) -> None:
@@ -166,7 +270,7 @@ class SparsityMeter:
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed)."""
         current = self._ensure_trace(find_slots(self.model))
-        return _report(current, self.per, self.batch_size)
+        return _report(current, self.per, self._divisor, self.batch_size)
 
     def cost_model(self) -> CostModel:
         """The per-parameter cost of the current trace (for FLOP-targeted pruning).
@@ -175,7 +279,7 @@ class SparsityMeter:
             ValueError: on the meta device (partly used weights need their values).
         """
         current = self._ensure_trace(find_slots(self.model))
-        div = self.batch_size
+        div = self._divisor
         per_nonzero: dict[int, Fraction] = {}
         partial: set[str] = set()
         fixed = Fraction(sum(current.fixed))
@@ -216,10 +320,16 @@ def measure(
         example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
         activations: also count effective FLOPs (both operands nonzero) on this input.
         per: ``"example"`` (FLOPs divided by the input's batch size) or ``"batch"``.
-        batch_size: the batch size to divide by; default: dim 0 of the first input tensor.
+        batch_size: the number of examples in the input; default: the length of a list of
+            tensors given as the first argument, else dim 0 of the first input tensor.
 
     Returns:
         The report. On the meta device, nonzero counts and sparse FLOPs are ``None``.
+
+    Warns:
+        UserWarning: if the inferred batch size disagrees with the batch sizes the model's
+            convolutions, LSTM layers or fused attention ran on, or is dim 0 of a 1-D
+            tensor; ``batch_size=`` or ``per="batch"`` silences it.
 
     Raises:
         TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
@@ -227,10 +337,14 @@ def measure(
         MeasureError: if the model's forward pass fails on the example input.
     """
     _validate(model, example_input, per, batch_size)
-    div = _infer_batch_size(example_input, per, batch_size)
+    examples = _examples(example_input, per, batch_size)
     if activations and any(slot.is_meta() for slot in find_slots(model)):
         raise ValueError("activations=True needs real values; the model is on the meta device")
-    return _report(trace(model, example_input, effective=activations), per, div)
+    current = trace(model, example_input, effective=activations)
+    div, stated, doubt = _settle(per, examples, current.batches)
+    if doubt is not None:
+        warnings.warn(doubt, UserWarning, stacklevel=2)
+    return _report(current, per, div, stated)
 
 
 def _gather(values: list[Tensor]) -> list[Any]:
@@ -254,7 +368,7 @@ def _nonzeros(current: Trace) -> tuple[list[int], list[int]]:
     return nnz_slot, nnz_use
 
 
-def _report(current: Trace, per: Per, div: int) -> SparsityReport:
+def _report(current: Trace, per: Per, div: int, batch_size: int | None) -> SparsityReport:
     slots = current.slots
     n_rows = len(current.rows)
     meta = any(slot.is_meta() for slot in slots)
@@ -305,7 +419,7 @@ def _report(current: Trace, per: Per, div: int) -> SparsityReport:
     return SparsityReport.from_layers(
         layers,
         per=per,
-        batch_size=div,
+        batch_size=batch_size,
         unsupported=current.unsupported,
         known=frozenset(known),
         parameters=parameters,

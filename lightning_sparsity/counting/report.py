@@ -75,7 +75,11 @@ class SparsityReport:
         layers: one row per module that owns parameters or runs counted ops.
         total: the sums over ``layers``.
         per: ``"example"`` or ``"batch"``: what the FLOPs are counted for.
-        batch_size: the example input's batch size the FLOPs were divided by.
+        batch_size: the number of examples in the example input (``batch_size=``, else the
+            length of a list of tensors given as the first argument, else dim 0 of the first
+            tensor): per example, what the FLOPs were divided by; per batch, only stated, and
+            ``None`` where it could not be told (the input's shapes disagree with the batch
+            sizes its convolutions or recurrent layers ran on, or nothing has a batch dim).
         unsupported: aten ops met in the forward pass with no formula, and how often; their
             cost is not in any FLOP column.
         parameters: every effective parameter by name → ``(entries, nonzero entries)``
@@ -85,7 +89,7 @@ class SparsityReport:
     layers: tuple[LayerStats, ...]
     total: LayerStats
     per: Per = "example"
-    batch_size: int = 1
+    batch_size: int | None = 1
     unsupported: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
@@ -95,7 +99,7 @@ class SparsityReport:
         layers: Sequence[LayerStats],
         *,
         per: Per = "example",
-        batch_size: int = 1,
+        batch_size: int | None = 1,
         unsupported: dict[str, int] | None = None,
         known: frozenset[str] = frozenset({"params_nonzero", "flops_sparse"}),
         parameters: dict[str, tuple[int, int | None]] | None = None,
@@ -173,6 +177,21 @@ class SparsityReport:
             Path(path).write_text(text)
         return text
 
+    def _flops_basis(self) -> str:
+        """One sentence on what the FLOPs count for: per example (divided by what) or batch."""
+        if self.batch_size is None:  # per batch, where the number of examples is unclear
+            return f"FLOPs per {self.per}: the example input's FLOPs as given (2 FLOPs = 1 MAC)."
+        if self.per == "example":
+            return (
+                "FLOPs per example: the example input's FLOPs divided by its batch size"
+                f" {self.batch_size:,} (2 FLOPs = 1 MAC)."
+            )
+        examples = "example" if self.batch_size == 1 else "examples"
+        return (
+            f"FLOPs per batch of {self.batch_size:,} {examples}: the example input's FLOPs as"
+            " given (2 FLOPs = 1 MAC)."
+        )
+
     def to_markdown(self) -> str:
         """A per-layer table with totals, FLOPs in human units."""
         effective = self.total.flops_effective is not None
@@ -195,7 +214,7 @@ class SparsityReport:
                 cells.append(format_flops(row.flops_effective))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append(f"FLOPs per {self.per} (2 FLOPs = 1 MAC).")
+        lines.append(self._flops_basis())
         if self.unsupported:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))
             lines.append(f"Not counted (no formula): {ops}.")

@@ -7,6 +7,10 @@ module's row; a part whose weight operand derives from a slot (through views, co
 casts, followed op by op) becomes a :class:`WeightUse`: FLOPs per nonzero entry of that
 operand. Sparse FLOPs are then ``fixed + Σ coef × nnz`` for any later state of the weights,
 which is what makes the per-epoch recount one sweep of nonzero counts.
+
+Ops whose formula knows their batch dimension (convolution, the CPU LSTM layer, the fused
+multi-head attention) also record the batch size they ran on, the evidence against which
+the meter checks the batch size it divides FLOPs by.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -79,6 +83,9 @@ class Trace:
     uses: list[WeightUse]
     effective: list[Tensor | None] | None
     unsupported: dict[str, int]
+    # batch sizes that ops with a known batch dimension ran on, by module type and op
+    # ("Conv2d (aten.convolution)"); ops on activations only, not on weights
+    batches: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
 # ops whose output holds exactly the entries of their input (so the same nonzero count)
@@ -124,6 +131,7 @@ class _CountingMode(TorchDispatchMode):
         self.uses: list[WeightUse] = []
         self.effective: list[Tensor | None] | None = [None] * n_rows if effective else None
         self.unsupported: Counter[str] = Counter()
+        self.batches: dict[tuple[int, str], set[int]] = {}
         self.kinds: dict[torch._ops.OpOverload, int] = {}
 
     def mark(self, tensor: Tensor, slot: int) -> None:
@@ -173,6 +181,11 @@ class _CountingMode(TorchDispatchMode):
         self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
     ) -> None:
         row = self.stack[-1]
+        if formula.batch is not None and not (
+            args and isinstance(args[0], Tensor) and id(args[0]) in self.prov
+        ):  # a Python int read off a shape; an op run on a weight says nothing of the batch
+            name = f"aten.{formula.op._opname}"
+            self.batches.setdefault((row, name), set()).add(formula.batch(*args, **kwargs))
         uses = formula.dense(*args, **kwargs, result=out)
         for use in uses:
             self.dense[row] += use.flops
@@ -297,15 +310,20 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
             " counted (see SparsityReport.unsupported)",
             stacklevel=3,
         )
+    row_types = [type(m).__name__ for _, m in modules]
+    batches: dict[str, set[int]] = {}
+    for (row, name), sizes in mode.batches.items():
+        batches.setdefault(f"{row_types[row]} ({name})", set()).update(sizes)
     return Trace(
         slots=slots,
         numels=[slot.numel() for slot in slots],
         rows=[name for name, _ in modules],
-        row_types=[type(m).__name__ for _, m in modules],
+        row_types=row_types,
         row_of_slot=[row_of_module[id(s.module)] for s in slots],
         dense=mode.dense,
         fixed=mode.fixed,
         uses=mode.uses,
         effective=mode.effective,
         unsupported=dict(mode.unsupported),
+        batches={label: frozenset(sizes) for label, sizes in batches.items()},
     )

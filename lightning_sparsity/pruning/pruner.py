@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from lightning_sparsity.pruning.schedules import Schedule
 from lightning_sparsity.pruning.select import Cut, _cuts, _keep_masks, _Source, _sources
@@ -48,6 +48,16 @@ DEFAULT_INCLUDE_TYPES = (
 )
 
 Target = tuple[str, nn.Module, str]
+
+_TIED = "tied to several modules, its prune mask (a forward pre-hook) would not reach every reader"
+_BYPASSED = (
+    "read by nn.MultiheadAttention without its module's forward, its prune mask (a forward"
+    " pre-hook) would not reach that reader"
+)
+_COMPUTED = (
+    "computed by a parametrization (weight_norm, spectral_norm): it has no entries of its own"
+    " to zero"
+)
 
 
 def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float]:
@@ -321,14 +331,16 @@ class MagnitudePruner:
         Returns:
             The chosen parameters: modules that are (subclasses of) an ``include_types``
             class, pass ``include``/``exclude`` and hold the parameter;
-            ``keep_first_dense``/``keep_last_dense`` applied. Left out, with a warning once:
-            a parameter tied to several modules, and the layers inside
+            ``keep_first_dense``/``keep_last_dense`` applied. Left out, with a warning once
+            naming why: a parameter tied to several modules, and the layers inside
             ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` without calling
-            ``out_proj``), since the mask would not reach every reader.
+            ``out_proj``), since the mask would not reach every reader; a weight computed
+            by a parametrization (``weight_norm``, ``spectral_norm``), which has no entries
+            of its own to zero.
         """
         name = self.parameter_name
         chosen: list[Target] = []
-        skipped: list[str] = []
+        skipped: dict[str, str] = {}  # parameter -> why it is left out
         owners: dict[int, int] = {}
         bypassed: set[int] = set()
         for module in model.modules():
@@ -337,28 +349,31 @@ class MagnitudePruner:
             if isinstance(module, nn.MultiheadAttention):
                 bypassed.update(id(m) for m in module.modules() if m is not module)
         for fqn, module in model.named_modules():
-            param = _orig_param(module, name)
             if not (
-                param is not None
-                and any(cls.__name__ in self.include_types for cls in type(module).__mro__)
+                any(cls.__name__ in self.include_types for cls in type(module).__mro__)
                 and (not self._include or any(p.search(fqn) for p in self._include))
                 and not any(p.search(fqn) for p in self._exclude)
             ):
                 continue
-            if owners.get(id(param), 0) > 1 or id(module) in bypassed:
-                skipped.append(_param_name(fqn, name))
+            param = _orig_param(module, name)
+            if param is None:
+                if parametrize.is_parametrized(module, name) or hasattr(module, name + "_v"):
+                    skipped[_param_name(fqn, name)] = _COMPUTED
                 continue
-            chosen.append((fqn, module, name))
-        new = sorted(set(skipped) - self._warned)
+            if owners.get(id(param), 0) > 1:
+                skipped[_param_name(fqn, name)] = _TIED
+            elif id(module) in bypassed:
+                skipped[_param_name(fqn, name)] = _BYPASSED
+            else:
+                chosen.append((fqn, module, name))
+        new = {k: why for k, why in skipped.items() if k not in self._warned}
         if new:
             self._warned.update(new)
-            warnings.warn(
-                f"not pruning {new}: a weight tied to several modules, or read by"
-                " nn.MultiheadAttention without its module's forward, would keep its unmasked"
-                " value for some readers (torch.nn.utils.prune masks in a forward pre-hook)",
-                UserWarning,
-                stacklevel=2,
+            reasons = "; ".join(
+                f"{sorted(k for k, w in new.items() if w == why)}: {why}"
+                for why in dict.fromkeys(new.values())
             )
+            warnings.warn(f"not pruning {reasons}", UserWarning, stacklevel=2)
         if self.keep_last_dense and chosen:
             chosen = chosen[:-1]
         if self.keep_first_dense and chosen:
