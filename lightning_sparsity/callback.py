@@ -358,17 +358,17 @@ class SparsityCallbackLogic:
     def on_load_checkpoint(
         self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]
     ) -> None:
-        """Read the state of checkpoints written before the stable key (version 1)."""
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key in states:
+        """Find the state of checkpoints written before the stable key (version 1).
+
+        Their key held every scalar setting; it is renamed to :attr:`state_key`, so Lightning
+        hands the state to :meth:`load_state_dict` (which reads the first version too).
+        """
+        states = checkpoint.get("callbacks")
+        if not states or self.state_key in states or self.name is not None:
             return
-        legacy = [
-            key
-            for key in states
-            if isinstance(key, str) and key.startswith("SparsityCallback[") and "(" in key
-        ]
-        if len(legacy) == 1 and self.name is None:
-            self.load_state_dict(states[legacy[0]])
+        legacy = [k for k in states if isinstance(k, str) and k.startswith("SparsityCallback[(")]
+        if len(legacy) == 1:
+            states[self.state_key] = states.pop(legacy[0])
 
     def on_save_checkpoint(
         self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]

@@ -70,3 +70,35 @@ def quiet_trainer(tmp_path: Path, callbacks: list, epochs: int, **kwargs: Any) -
         **kwargs,
     }
     return pl.Trainer(callbacks=callbacks, **options)
+
+
+class TinyMixin:
+    """fc1 16→32 and fc2 32→4: 2 · (512 + 128) = 1,280 dense FLOPs per example; lr 0.
+
+    Mixed into a ``LightningModule`` of either Lightning package.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+        self.example_input_array = torch.zeros(1, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)  # type: ignore[attr-defined]
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(32, 16, generator=g), torch.arange(32) % 4)
+        return DataLoader(data, batch_size=16)
+
+
+class TinyMLP(TinyMixin, pl.LightningModule):
+    """The model of ``tests/data/v1_tiny_mlp.ckpt`` (see make_v1_checkpoint.py there)."""

@@ -58,6 +58,9 @@ def sparsity_callback() -> ls.SparsityCallback:
 def fit(out: Path, every: int, kill: tuple[str, int, bool] | None = None, resume: bool = False):
     """One fit into ``out``; ``kill = (hook, at, after_sparsity_callback)``.
 
+    A checkpoint every ``every`` optimizer steps, or with ``every=0`` at the end of each
+    epoch's validation.
+
     Returns:
         The trainer, the model and the callback.
     """
@@ -67,7 +70,11 @@ def fit(out: Path, every: int, kill: tuple[str, int, bool] | None = None, resume
     if kill is not None:
         killer = Killer(kill[0], kill[1])
         callbacks = [callback, killer] if kill[2] else [killer, callback]
-    callbacks.append(ModelCheckpoint(out / "ckpt", every_n_train_steps=every, save_last=True))
+    if every:
+        checkpoint = ModelCheckpoint(out / "ckpt", every_n_train_steps=every, save_last=True)
+    else:  # every epoch, at the end of validation: before the epoch's end hooks
+        checkpoint = ModelCheckpoint(out / "ckpt", save_on_train_epoch_end=False, save_last=True)
+    callbacks.append(checkpoint)
     trainer = pl.Trainer(
         default_root_dir=out,
         max_epochs=EPOCHS,

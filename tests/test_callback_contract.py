@@ -19,7 +19,7 @@ from torch import nn
 
 import lightning_sparsity as ls
 from lightning_sparsity.demo import DigitsCNN, DigitsDataModule
-from tests.fits import WIDE_DENSE, Wide, quiet_trainer
+from tests.fits import WIDE_DENSE, TinyMLP, Wide, quiet_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
 WEIGHTS = ("conv1", "conv2", "fc1", "fc2")
@@ -408,3 +408,33 @@ def test_weight_norm_and_spectral_norm_layers(tmp_path: Path) -> None:
     assert last.flops == WIDE_DENSE
     assert last.flops_sparse == ls.measure(model, torch.zeros(1, 3, 16, 16)).total.flops_sparse
     assert int(model.fc1.weight.count_nonzero()) == 65_536 // 2
+
+
+# ------------------------------------------------------------------ older checkpoints
+
+
+# Lightning names the old key before any callback can map it to the new one
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_checkpoint_of_the_first_version_resumes(tmp_path: Path) -> None:
+    # written by the code before the version field (tests/data/make_v1_checkpoint.py):
+    # 2 epochs, Linear(0.75, 0, 3) uniform, then counted in 0-based epoch indices, so
+    # the end of the second epoch pruned to schedule(1) = 0.25; a budget "40%" of 1,280
+    ckpt = Path(__file__).parent / "data" / "v1_tiny_mlp.ckpt"
+    schedule = ls.schedules.Linear(0.75, start_epoch=0, end_epoch=3)
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(pruner, ls.FlopBudget("40%", finetune_epochs=1))
+    model = TinyMLP()
+    trainer = quiet_trainer(tmp_path, [callback], 6, limit_val_batches=0)
+    trainer.fit(model, ckpt_path=str(ckpt))
+    history = callback.history
+    assert [p.epoch for p in history] == [0, 1, 2, 3, 4]
+    # the first version's points as recorded, with the 25% masks re-applied on resume
+    assert [p.flops_sparse for p in history[:3]] == [1_280, 1_280, 960]
+    assert [p.global_step for p in history[:3]] == [None, None, None]
+    # then schedule(3) = 0.75: 2 * (0.25 * 512 + 0.25 * 128) = 320 <= 512, within at
+    # epoch 3; one fine-tune epoch, stop
+    assert [p.target_sparsity for p in history[3:]] == [0.75, 0.75]
+    assert [p.flops_sparse for p in history[3:]] == [320, 320]
+    assert [p.budget_status for p in history] == [None, "over", "over", "within", "within"]
+    assert callback.stopping_reason == "finetune_done"
+    assert callback.budget.reached_epoch == 3

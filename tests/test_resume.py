@@ -37,6 +37,10 @@ CASES = {
     # killed after SparsityCallback logged the point of epoch 3 to TensorBoard and the
     # history files: the checkpoint of step 12 lacks it, so it is taken again on resume
     "epoch end, after": (4, "epoch_end", 2, True),
+    # checkpoints at the end of validation, before the epoch's end hooks; killed after
+    # SparsityCallback logged the point of epoch 3: Lightning runs that epoch's end hook
+    # again on resume, which logged the point a second time to TensorBoard
+    "validation end": (0, "epoch_end", 2, True),
 }
 
 

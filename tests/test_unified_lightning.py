@@ -4,40 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as L
 import pytest
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sparsity as ls
 from lightning_sparsity.lightning import SparsityCallback
+from tests.fits import TinyMixin
 
 
-class Tiny(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 4)
-        self.example_input_array = torch.zeros(1, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(0)
-        return DataLoader(TensorDataset(torch.randn(32, 16, generator=g), torch.arange(32) % 4))
+class Tiny(TinyMixin, L.LightningModule):
+    """The tiny MLP of tests.fits as a ``lightning.pytorch`` module."""
 
 
 @pytest.mark.filterwarnings("ignore:.*does not have many workers")

@@ -11,7 +11,6 @@ resume, :func:`write_hparams` writes the one HParams entry TensorBoard will show
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import numbers
 import os
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "drop_events_after",
-    "hparams_of",
     "is_tensorboard",
     "layout",
     "tensorboard_writers",
@@ -83,26 +81,6 @@ def layout(flops_tags: list[str], sparsity_tags: list[str]) -> dict[str, Any]:
             "sparsity: pruned weights vs schedule": ["Multiline", sparsity_tags],
         }
     }
-
-
-def hparams_of(obj: Any, prefix: str) -> dict[str, Any]:
-    """The constructor arguments of a config object (pruner, schedule, budget) for HParams.
-
-    Scalars are kept, nested config objects (a pruner's schedule) are flattened with their
-    own prefix, anything else is left out.
-    """
-    if obj is None:
-        return {}
-    values: dict[str, Any] = {f"{prefix}/type": type(obj).__name__}
-    for key in inspect.signature(type(obj)).parameters:
-        value = getattr(obj, key, None)
-        if isinstance(value, (bool, int, float, str)):
-            values[f"{prefix}/{key}"] = value
-        elif hasattr(value, "__dict__") and not (
-            inspect.isroutine(value) or inspect.isclass(value) or inspect.ismodule(value)
-        ):
-            values.update(hparams_of(value, f"{prefix}/{key}"))
-    return values
 
 
 # ---------------------------------------------------------------------- resumed runs

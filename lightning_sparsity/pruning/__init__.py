@@ -1,4 +1,9 @@
-"""Magnitude pruning: schedules, the exact global threshold, and the pruner."""
+"""Magnitude pruning: schedules, the exact global threshold, and the pruner.
+
+Modules: ``pruner`` (MagnitudePruner), ``select`` (exact global magnitude cuts), ``masks``
+(how a mask is stored on a module), ``allocation`` (a sparsity spread over layers), ``rows``
+(structured row scores), ``flops`` (pruning to a FLOP target), ``schedules``.
+"""
 
 from lightning_sparsity.pruning import schedules, select
 from lightning_sparsity.pruning.pruner import DEFAULT_INCLUDE_TYPES, MagnitudePruner, erk_densities

@@ -1,15 +1,14 @@
-"""Magnitude pruning to an exact sparsity or a FLOP target, with prune-compatible masks.
+"""Magnitude pruning to an exact sparsity or a FLOP target.
 
 Sparsity is the fraction of zeros among the pruned weights (the :meth:`MagnitudePruner.targets`),
 a float in ``[0, 1)``.
 
-Masks use the :mod:`torch.nn.utils.prune` reparametrization: the parameter ``weight``
-becomes ``weight_orig`` (still trained), the buffer ``weight_mask`` (1 = keep, in the weight's
-dtype) is added, and a forward pre-hook (a :class:`torch.nn.utils.prune.Identity`) sets
-``module.weight = weight_orig * weight_mask`` before every forward. So
-:func:`torch.nn.utils.prune.remove` works, and a masked weight stays zero through optimizer
-steps (``weight_orig`` may move; the effective weight does not). Re-pruning replaces the mask
-buffer in place of stacking pruning containers.
+The pruner chooses the weights, validates its settings and keeps its state; the rest lives
+beside it: how masks are stored on a module in :mod:`.masks` (today the
+:mod:`torch.nn.utils.prune` reparametrization, so :func:`torch.nn.utils.prune.remove` works),
+how a sparsity is spread over layers in :mod:`.allocation`, rows for structured pruning in
+:mod:`.rows`, pruning to a FLOP target in :mod:`.flops`, and the exact global magnitude cut
+in :mod:`.select`.
 
 Pruning is monotone: scores are computed on the effective (masked) weights and already
 pruned entries are always pruned first, so a weight once pruned stays pruned. A target below
@@ -18,25 +17,31 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
-import functools
-import math
 import re
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 
+from lightning_sparsity.pruning import flops, select
+from lightning_sparsity.pruning import masks as storage
+from lightning_sparsity.pruning.allocation import (
+    ALLOCATIONS,
+    Allocation,
+    erk_densities,
+    flop_scales,
+    layer_sparsities,
+)
+from lightning_sparsity.pruning.masks import param_name
+from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
-from lightning_sparsity.pruning.select import Cut, _cuts, _keep_masks, _Source, _sources
+from lightning_sparsity.pruning.select import Cut, Source
 
 __all__ = ["DEFAULT_INCLUDE_TYPES", "MagnitudePruner", "erk_densities"]
 
-Allocation = Literal["global", "uniform", "erk", "flops"]
-ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 DEFAULT_INCLUDE_TYPES = (
     "Conv1d",
     "Conv2d",
@@ -60,153 +65,19 @@ _COMPUTED = (
 )
 
 
-def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float]:
-    """Erdős–Rényi-Kernel layer densities (Evci et al. 2020, RigL), as in RigL's code.
-
-    A layer's density is ``eps * sum(shape) / prod(shape)``, with ``eps`` set so the kept
-    weights add up to ``density * sum(numel)``. Layers whose density would exceed 1 are kept
-    dense (largest raw density first) and ``eps`` is solved again for the rest.
-
-    Args:
-        shapes: The weight shapes, e.g. ``(out, in, kh, kw)`` for a 2-D convolution.
-        density: The overall fraction of weights to keep, in ``(0, 1]``.
-
-    Returns:
-        One density in ``(0, 1]`` per shape.
-
-    Raises:
-        ValueError: If ``density`` is not in ``(0, 1]`` or a shape is empty.
-    """
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"`density` must be in (0, 1], got {density!r}")
-    if any(len(s) == 0 or math.prod(s) == 0 for s in shapes):
-        raise ValueError(f"every shape must be non-empty, got {[tuple(s) for s in shapes]}")
-    numels = [math.prod(s) for s in shapes]
-    raw = [sum(s) / n for s, n in zip(shapes, numels, strict=True)]
-    dense: set[int] = set()
-    while len(dense) < len(shapes):
-        sparse = [i for i in range(len(shapes)) if i not in dense]
-        rhs = sum(density * numels[i] for i in sparse) - sum(
-            (1.0 - density) * numels[i] for i in dense
-        )
-        eps = rhs / sum(raw[i] * numels[i] for i in sparse)
-        top = max(raw[i] for i in sparse)
-        if eps * top <= 1.0:
-            return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
-        dense.update(i for i in sparse if raw[i] == top)
-    return [1.0] * len(shapes)
-
-
-def _pruning_hook(module: nn.Module, name: str) -> prune.BasePruningMethod | None:
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            return hook
-    return None
-
-
-def _orig_and_mask(module: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
-    """The trained tensor and the current keep mask (``None`` when not pruned)."""
-    if name + "_orig" in module._parameters and name + "_mask" in module._buffers:
-        return module._parameters[name + "_orig"], module._buffers[name + "_mask"]  # type: ignore[return-value]
-    return module._parameters[name], None  # type: ignore[return-value]
-
-
-def _orig_param(module: nn.Module, name: str) -> Tensor | None:
-    """The parameter ``name`` of ``module`` (its ``_orig`` when pruned), or ``None``."""
-    return module._parameters.get(name + "_orig", module._parameters.get(name))
-
-
 def _split(targets: list[Target]) -> tuple[list[Tensor], list[Tensor | None]]:
-    pairs = [_orig_and_mask(module, name) for _, module, name in targets]
+    """The trained tensors and the current keep masks of the targets."""
+    pairs = [storage.trained_and_mask(module, name) for _, module, name in targets]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _expand_rows(
-    origs: list[Tensor], masks: list[Tensor | None], row_masks: list[Tensor]
-) -> list[Tensor]:
-    """Entry masks (weight dtype) from row masks, combined with the current masks."""
-    keeps = []
-    for orig, mask, row_mask in zip(origs, masks, row_masks, strict=True):
-        shape = (-1,) + (1,) * (orig.dim() - 1)
-        keep = row_mask.reshape(shape).expand_as(orig).to(orig.dtype)
-        keeps.append(keep if mask is None else keep * mask)
-    return keeps
-
-
-def _effective(module: nn.Module, name: str) -> Tensor:
-    orig, mask = _orig_and_mask(module, name)
-    return orig.detach() if mask is None else orig.detach() * mask
-
-
-def _param_name(fqn: str, name: str) -> str:
-    """``"layer1.conv"`` + ``"weight"`` → ``"layer1.conv.weight"`` (the root has no prefix)."""
-    return f"{fqn}.{name}" if fqn else name
-
-
-def _load_plain(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, name: str
-) -> None:
-    """Let a pruned module load a plain checkpoint (``weight`` with its zeros in place).
-
-    Checkpoints written through SparsityCallback hold plain weights; the mask is taken as
-    their nonzeros. A reparametrized state (``weight_orig``/``weight_mask``) loads as usual.
-    """
-    key = prefix + name
-    if _pruning_hook(module, name) is None or key not in state_dict:
-        return
-    if key + "_orig" in state_dict or key + "_mask" in state_dict:
-        return
-    weight = state_dict.pop(key)
-    state_dict[key + "_orig"] = weight
-    state_dict[key + "_mask"] = (weight != 0).to(getattr(module, name + "_mask").dtype)
-
-
-def _fill_gap(
-    origs: list[Tensor],
-    masks: Sequence[Tensor | None],
-    keeps: list[Tensor],
-    costs: list[float],
-    gap: float,
-) -> None:
-    """Keep back just-pruned weights, largest first, whose cost fits in ``gap`` (in place).
-
-    After the shortest magnitude prefix that reaches a FLOP target, the sparse FLOPs sit up
-    to one (costly) weight below it; restoring the largest of the weights this step pruned
-    whose FLOP cost still fits closes the gap to under the cheapest such cost.
-    """
-    candidates: list[tuple[float, int, int]] = []  # (|w|, tensor index, flat index)
-    for t, (orig, mask, keep, cost) in enumerate(zip(origs, masks, keeps, costs, strict=True)):
-        if not 0 < cost <= gap:
-            continue
-        newly = (keep == 0) & (orig != 0)
-        if mask is not None:
-            newly &= mask != 0
-        scores = torch.where(newly, orig.abs(), torch.full_like(orig, -1.0)).reshape(-1)
-        k = min(int(gap // cost), int(newly.sum()))
-        if k:
-            values, index = torch.topk(scores.float(), k)
-            candidates += [(v, t, i) for v, i in zip(values.tolist(), index.tolist(), strict=True)]
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))  # largest first; ties in a fixed order
-    for _, t, i in candidates:
-        if costs[t] <= gap:
-            keeps[t].view(-1)[i] = 1
-            gap -= costs[t]
-
-
-def _set_mask(module: nn.Module, name: str, keep: Tensor) -> None:
-    """Install ``keep`` (weight dtype) as the prune mask, reusing an existing reparametrization."""
-    if _pruning_hook(module, name) is None:
-        # what prune.BasePruningMethod.apply does, without its ones_like mask and extra product
-        orig = module._parameters[name]
-        module.register_parameter(name + "_orig", orig)
-        del module._parameters[name]
-        hook = prune.Identity()
-        hook._tensor_name = name
-        module.register_forward_pre_hook(hook)
-        module.register_load_state_dict_pre_hook(functools.partial(_load_plain, name=name))
-    module.register_buffer(name + "_mask", keep)
-    orig = getattr(module, name + "_orig")
-    setattr(module, name, keep.to(dtype=orig.dtype) * orig)  # as the hook computes it
+def _per_layer_groups(
+    sources: list[Source], per_layer: list[float]
+) -> list[tuple[list[Source], int]]:
+    """One selection group per layer, pruning ``round(s_l * numel_l)`` entries of layer ``l``."""
+    return [
+        ([src], round(s * src.tensor.numel())) for src, s in zip(sources, per_layer, strict=True)
+    ]
 
 
 class MagnitudePruner:
@@ -355,15 +226,15 @@ class MagnitudePruner:
                 and not any(p.search(fqn) for p in self._exclude)
             ):
                 continue
-            param = _orig_param(module, name)
+            param = storage.trained(module, name)
             if param is None:
                 if parametrize.is_parametrized(module, name) or hasattr(module, name + "_v"):
-                    skipped[_param_name(fqn, name)] = _COMPUTED
+                    skipped[param_name(fqn, name)] = _COMPUTED
                 continue
             if owners.get(id(param), 0) > 1:
-                skipped[_param_name(fqn, name)] = _TIED
+                skipped[param_name(fqn, name)] = _TIED
             elif id(module) in bypassed:
-                skipped[_param_name(fqn, name)] = _BYPASSED
+                skipped[param_name(fqn, name)] = _BYPASSED
             else:
                 chosen.append((fqn, module, name))
         new = {k: why for k, why in skipped.items() if k not in self._warned}
@@ -382,7 +253,7 @@ class MagnitudePruner:
 
     def target_names(self, model: nn.Module) -> set[str]:
         """The fully qualified names of the pruned parameters (``"layer1.conv.weight"``)."""
-        return {_param_name(fqn, name) for fqn, _, name in self.targets(model)}
+        return {param_name(fqn, name) for fqn, _, name in self.targets(model)}
 
     def _targets_or_raise(self, model: nn.Module) -> list[Target]:
         targets = self.targets(model)
@@ -450,33 +321,33 @@ class MagnitudePruner:
             raise ValueError(f"`sparsity` must be a float in [0, 1), got {sparsity!r}")
         targets = self._targets_or_raise(model)
         scales = self._flop_scales(targets, flops_per_nonzero)
-        origs, masks = _split(targets)
-        per_layer: list[float] | None = None
-        if self.allocation == "uniform":
-            per_layer = [float(sparsity)] * len(targets)
-        elif self.allocation == "erk":
-            densities = erk_densities([tuple(o.shape) for o in origs], 1.0 - sparsity)
-            per_layer = [1.0 - d for d in densities]
+        tensors, current = _split(targets)
+        per_layer = layer_sparsities(self.allocation, sparsity, [tuple(t.shape) for t in tensors])
         if self.structured:
-            keeps = self._structured_keeps(origs, masks, sparsity, scales, per_layer)
+            keeps = self._structured_keeps(tensors, current, sparsity, scales, per_layer)
         else:
-            sources = _sources(origs, masks, scales, None)
+            sources = select.make_sources(tensors, current, scales, None)
             if per_layer is not None:
-                groups = [
-                    ([src], round(s * src.tensor.numel()))
-                    for src, s in zip(sources, per_layer, strict=True)
-                ]
+                groups = _per_layer_groups(sources, per_layer)
             else:
-                groups = [(sources, round(sparsity * sum(o.numel() for o in origs)))]
+                groups = [(sources, round(sparsity * sum(t.numel() for t in tensors)))]
             keeps = []
             for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
-                keeps += _keep_masks(group, cut, [src.tensor.dtype for src in group])
-        for (_, module, name), keep in zip(targets, keeps, strict=True):
-            _set_mask(module, name, keep)
+                keeps += select.keep_masks(
+                    group, cut, [storage.mask_dtype(s.tensor) for s in group]
+                )
+        self._install(model, [(m, n) for _, m, n in targets], keeps)
         self.last_sparsity = float(sparsity)
+
+    def _install(
+        self, model: nn.Module, params: list[tuple[nn.Module, str]], keeps: list[Tensor]
+    ) -> None:
+        """Set the masks of ``(module, name)`` pairs; remember the model for :meth:`state_dict`."""
+        for (module, name), keep in zip(params, keeps, strict=True):
+            storage.set_mask(module, name, keep)
         self._model = weakref.ref(model)
 
-    def _count_cuts(self, groups: list[tuple[list[_Source], int]]) -> list[Cut]:
+    def _count_cuts(self, groups: list[tuple[list[Source], int]]) -> list[Cut]:
         """Exact-count cuts; a target below what is already pruned prunes nothing more."""
         clamped = 0
         fixed = []
@@ -491,101 +362,56 @@ class MagnitudePruner:
                 UserWarning,
                 stacklevel=3,
             )
-        return _cuts(fixed, weighted=False)
+        return select.cuts(fixed, weighted=False)
 
     def _flop_scales(
         self, targets: list[Target], flops_per_nonzero: Mapping[str, float] | None
     ) -> list[float] | None:
         if self.allocation != "flops":
             return None
-        if flops_per_nonzero is None:
-            raise ValueError('allocation="flops" needs `flops_per_nonzero`, got None')
-        names = [_param_name(fqn, name) for fqn, _, name in targets]
-        bad = {
-            n: flops_per_nonzero.get(n)
-            for n in names
-            if not (
-                isinstance(flops_per_nonzero.get(n), (int, float))
-                and math.isfinite(flops_per_nonzero[n])
-                and flops_per_nonzero[n] > 0
-            )
-        }
-        if bad:
-            raise ValueError(
-                'allocation="flops" needs a finite cost > 0 in `flops_per_nonzero` for every'
-                f" pruned parameter, got {bad}"
-            )
-        costs = [float(flops_per_nonzero[n]) for n in names]
-        numels = [_orig_and_mask(m, n)[0].numel() for _, m, n in targets]
-        mean = sum(c * k for c, k in zip(costs, numels, strict=True)) / sum(numels)
-        return [mean / c for c in costs]
+        names = [param_name(fqn, name) for fqn, _, name in targets]
+        numels = [storage.trained_and_mask(m, n)[0].numel() for _, m, n in targets]
+        return flop_scales(names, numels, flops_per_nonzero)
 
     def _structured_keeps(
         self,
-        origs: list[Tensor],
-        masks: list[Tensor | None],
+        tensors: list[Tensor],
+        current: list[Tensor | None],
         sparsity: float,
         scales: list[float] | None,
         per_layer: list[float] | None,
     ) -> list[Tensor]:
         """Row (dim 0) masks from the effective weights' row norms."""
-        scores, row_keeps, row_sizes = self._row_scores(origs, masks)
+        scores, row_keeps, row_sizes = row_scores(tensors, current, self.norm)
         if per_layer is not None:
-            sources = _sources(scores, row_keeps, None, None)
-            groups = [
-                ([src], round(s * src.tensor.numel()))
-                for src, s in zip(sources, per_layer, strict=True)
-            ]
+            groups = _per_layer_groups(
+                select.make_sources(scores, row_keeps, None, None), per_layer
+            )
             cuts = self._count_cuts(groups)
-            row_masks = [_keep_masks(g, c)[0] for (g, _), c in zip(groups, cuts, strict=True)]
+            row_masks = [select.keep_masks(g, c)[0] for (g, _), c in zip(groups, cuts, strict=True)]
         else:
-            row_scales = [1.0 / n ** (1.0 / self.norm) for n in row_sizes]
+            factors = row_scales(row_sizes, self.norm)
             if scales is not None:
-                row_scales = [a * b for a, b in zip(row_scales, scales, strict=True)]
-            target = round(sparsity * sum(o.numel() for o in origs))
+                factors = [a * b for a, b in zip(factors, scales, strict=True)]
+            target = round(sparsity * sum(t.numel() for t in tensors))
             weights = [float(n) for n in row_sizes]
-            row_masks = self._weighted_keeps(scores, row_keeps, weights, target, row_scales)
-        return _expand_rows(origs, masks, row_masks)
+            sources = select.make_sources(scores, row_keeps, factors, weights)
+            row_masks = select.keep_masks(sources, self._weighted_cut(sources, target))
+        return expand_rows(tensors, current, row_masks)
 
-    def _row_scores(
-        self, origs: list[Tensor], masks: list[Tensor | None]
-    ) -> tuple[list[Tensor], list[Tensor | None], list[int]]:
-        """Per layer: the ``norm``-norms of the effective rows, the live rows, the row size."""
-        scores: list[Tensor] = []
-        row_keeps: list[Tensor | None] = []
-        for orig, mask in zip(origs, masks, strict=True):
-            rows = orig.shape[0] if orig.dim() else 1
-            eff = orig.detach() if mask is None else orig.detach() * mask
-            scores.append(torch.linalg.vector_norm(eff.reshape(rows, -1), ord=self.norm, dim=1))
-            row_keeps.append(None if mask is None else (mask.reshape(rows, -1) != 0).any(1))
-        return (
-            scores,
-            row_keeps,
-            [o.numel() // s.numel() for o, s in zip(origs, scores, strict=True)],
-        )
-
-    def _weighted_keeps(
-        self,
-        tensors: list[Tensor],
-        masks: Sequence[Tensor | None],
-        weights: list[float],
-        target: float,
-        scales: list[float] | None,
-        dtypes: list[torch.dtype] | None = None,
-        warn: bool = True,
-        reach: bool = False,
-    ) -> list[Tensor]:
-        sources = _sources(tensors, masks, scales, weights)
+    @staticmethod
+    def _weighted_cut(sources: list[Source], target: float) -> Cut:
+        """Weighted cut; a target below what is already pruned prunes nothing more."""
         already = sum(s.excluded * s.weight for s in sources)
-        if warn and target < already:
+        if target < already:
             warnings.warn(
                 f"the target ({target:g}) asks for less than is already pruned ({already:g});"
                 " pruning is monotone, so the masks are kept",
                 UserWarning,
                 stacklevel=3,
             )
-        (cut,) = _cuts([(sources, float(target))], weighted=True, reach=reach)
-        return _keep_masks(sources, cut, dtypes)
+        (cut,) = select.cuts([(sources, float(target))], weighted=True)
+        return cut
 
     def apply_flop_target(
         self,
@@ -627,93 +453,26 @@ class MagnitudePruner:
                 ``flops_per_nonzero`` names no parameter of ``model``, or no parameter is
                 chosen.
         """
-        errors = [
-            f"`{arg}` must be a finite number >= 0, got {value!r}"
-            for arg, value in (("target_flops", target_flops), ("fixed_flops", fixed_flops))
-            if isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not (math.isfinite(value) and value >= 0)
-        ]
-        errors += [
-            f"`flops_per_nonzero[{k!r}]` must be a finite number >= 0, got {v!r}"
-            for k, v in flops_per_nonzero.items()
-            if isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not (math.isfinite(v) and v >= 0)
-        ]
-        if errors:
-            raise ValueError("apply_flop_target: " + "; ".join(errors))
+        flops.check_flop_arguments(target_flops, fixed_flops, flops_per_nonzero)
         targets = self._targets_or_raise(model)
-        names = [_param_name(fqn, name) for fqn, _, name in targets]
-        others = self._other_flops(model, flops_per_nonzero, set(names))
-        origs, masks = _split(targets)
+        names = [param_name(fqn, name) for fqn, _, name in targets]
+        others = flops.other_flops(model, flops_per_nonzero, set(names))
+        tensors, current = _split(targets)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
-        all_dense = (
-            fixed_flops + others + sum(c * o.numel() for c, o in zip(costs, origs, strict=True))
+        keeps = flops.flop_target_keeps(
+            tensors,
+            current,
+            costs,
+            target_flops,
+            fixed_flops,
+            others,
+            norm=self.norm if self.structured else None,
+            not_above=not_above,
         )
-        if target_flops < fixed_flops + others:
-            warnings.warn(
-                f"target_flops={target_flops:g} is below what pruning these weights can reach"
-                f" ({fixed_flops + others:g}); pruning every weight that costs FLOPs",
-                UserWarning,
-                stacklevel=2,
-            )
-        remove = all_dense - target_flops
-        if self.structured:
-            keeps = self._structured_flop_keeps(origs, masks, costs, remove, not_above)
-        else:
-            dtypes = [o.dtype for o in origs]
-            keeps = self._weighted_keeps(
-                origs, masks, costs, remove, None, dtypes, warn=False, reach=not_above
-            )
-            if not_above:
-                kept = sum(
-                    c * int(((o != 0) & (k != 0)).sum())
-                    for c, o, k in zip(costs, origs, keeps, strict=True)
-                )
-                _fill_gap(origs, masks, keeps, costs, target_flops - fixed_flops - others - kept)
-        for (_, module, name), keep in zip(targets, keeps, strict=True):
-            _set_mask(module, name, keep)
-        self._model = weakref.ref(model)
-        nnz = torch.stack([_effective(m, n).count_nonzero() for _, m, n in targets]).tolist()
+        params = [(m, n) for _, m, n in targets]
+        self._install(model, params, keeps)
+        nnz = storage.nonzero_counts(params)
         return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
-
-    def _structured_flop_keeps(
-        self,
-        origs: list[Tensor],
-        masks: list[Tensor | None],
-        costs: list[float],
-        remove: float,
-        not_above: bool = False,
-    ) -> list[Tensor]:
-        scores, row_keeps, row_sizes = self._row_scores(origs, masks)
-        scales = [1.0 / n ** (1.0 / self.norm) for n in row_sizes]
-        weights = [c * n for c, n in zip(costs, row_sizes, strict=True)]
-        row_masks = self._weighted_keeps(
-            scores, row_keeps, weights, remove, scales, warn=False, reach=not_above
-        )
-        return _expand_rows(origs, masks, row_masks)
-
-    @staticmethod
-    def _other_flops(
-        model: nn.Module, flops_per_nonzero: Mapping[str, float], pruned: set[str]
-    ) -> float:
-        others = [k for k in flops_per_nonzero if k not in pruned]
-        if not others:
-            return 0.0
-        modules = dict(model.named_modules())
-        tensors, unknown = [], []
-        for key in others:
-            fqn, _, name = key.rpartition(".")
-            module = modules.get(fqn)
-            if module is None or _orig_param(module, name) is None:
-                unknown.append(key)
-            else:
-                tensors.append(_effective(module, name).count_nonzero())
-        if unknown:
-            raise ValueError(f"`flops_per_nonzero` names no parameter of the model: {unknown}")
-        nnz = torch.stack(tensors).tolist()
-        return sum(flops_per_nonzero[k] * z for k, z in zip(others, nnz, strict=True))
 
     # ------------------------------------------------------------------ masks and state
     def masks(self, model: nn.Module) -> dict[str, Tensor]:
@@ -727,9 +486,9 @@ class MagnitudePruner:
         """
         out = {}
         for fqn, module, name in self.targets(model):
-            _, mask = _orig_and_mask(module, name)
+            _, mask = storage.trained_and_mask(module, name)
             if mask is not None:
-                out[_param_name(fqn, name)] = mask != 0
+                out[param_name(fqn, name)] = mask != 0
         return out
 
     def apply_masks(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
@@ -743,26 +502,25 @@ class MagnitudePruner:
             ValueError: If a key names no parameter of ``model`` or a mask's shape differs
                 from its parameter's (all problems are reported at once).
         """
-        modules = dict(model.named_modules())
-        errors, resolved = [], []
+        found = storage.locate(model, masks)
+        errors, params, keeps = [], [], []
         for key, mask in masks.items():
-            fqn, _, name = key.rpartition(".")
-            module = modules.get(fqn)
-            if module is None or _orig_param(module, name) is None:
+            where = found[key]
+            if where is None:
                 errors.append(f"{key!r} names no parameter of the model")
                 continue
-            orig, _ = _orig_and_mask(module, name)
-            if tuple(mask.shape) != tuple(orig.shape):
+            tensor, _ = storage.trained_and_mask(*where)
+            if tuple(mask.shape) != tuple(tensor.shape):
                 errors.append(
-                    f"mask {key!r} has shape {tuple(mask.shape)}, the parameter {tuple(orig.shape)}"
+                    f"mask {key!r} has shape {tuple(mask.shape)}, the parameter"
+                    f" {tuple(tensor.shape)}"
                 )
                 continue
-            resolved.append((module, name, (mask != 0).to(device=orig.device, dtype=orig.dtype)))
+            params.append(where)
+            keeps.append((mask != 0).to(device=tensor.device, dtype=storage.mask_dtype(tensor)))
         if errors:
             raise ValueError("apply_masks: " + "; ".join(errors))
-        for module, name, keep in resolved:
-            _set_mask(module, name, keep)
-        self._model = weakref.ref(model)
+        self._install(model, params, keeps)
 
     def restore(self, model: nn.Module) -> None:
         """Install the masks read by :meth:`load_state_dict` (then forget them).
@@ -783,8 +541,7 @@ class MagnitudePruner:
             model: The model.
         """
         for _, module, name in self.targets(model):
-            if _pruning_hook(module, name) is not None:
-                prune.remove(module, name)
+            storage.remove(module, name)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values plus the boolean masks (on CPU) of the last model pruned.
