@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from lightning_sparsity._checks import check_int
+from lightning_sparsity._checks import check_choice, check_int
+from lightning_sparsity._settings import Settings
 from lightning_sparsity.pruning.schedules import Curve, ramp
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class BudgetDecision:
         return (self.limit - self.value) / self.limit
 
 
-class FlopBudget:
+class FlopBudget(Settings):
     """A FLOP (or nonzero-parameter) limit with an optional deadline and an action.
 
     Args:
@@ -148,6 +149,17 @@ class FlopBudget:
         ValueError: for any bad argument, all listed at once with the values allowed.
     """
 
+    _SETTINGS = (
+        "target",
+        "by_epoch",
+        "action",
+        "count",
+        "finetune_epochs",
+        "on_deadline",
+        "start_epoch",
+        "curve",
+    )
+
     def __init__(
         self,
         target: float | int | str,
@@ -166,14 +178,10 @@ class FlopBudget:
         except ValueError as err:
             errors.append(str(err))
 
-        def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                errors.append(f"`{name}` must be one of {allowed}, got {value!r}")
-
-        choice("action", action, _ACTIONS)
-        choice("count", count, _COUNTS)
-        choice("on_deadline", on_deadline, _ON_DEADLINE)
-        choice("curve", curve, _CURVES)
+        check_choice("action", action, _ACTIONS, errors)
+        check_choice("count", count, _COUNTS, errors)
+        check_choice("on_deadline", on_deadline, _ON_DEADLINE, errors)
+        check_choice("curve", curve, _CURVES, errors)
         check_int("by_epoch", by_epoch, errors, 1, optional=True)
         check_int("finetune_epochs", finetune_epochs, errors, optional=True)
         check_int("start_epoch", start_epoch, errors)
@@ -209,23 +217,6 @@ class FlopBudget:
         # state (checkpointed)
         self.dense: float | None = None
         self.reached_epoch: int | None = None
-
-    def settings(self) -> dict[str, Any]:
-        """The constructor arguments (compared on resume)."""
-        return {
-            "target": self.target,
-            "by_epoch": self.by_epoch,
-            "action": self.action,
-            "count": self.count,
-            "finetune_epochs": self.finetune_epochs,
-            "on_deadline": self.on_deadline,
-            "start_epoch": self.start_epoch,
-            "curve": self.curve,
-        }
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ values
 

@@ -20,7 +20,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from lightning_sparsity._checks import check_int
+from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity.budget import BudgetDecision, FlopBudget, format_count
 from lightning_sparsity.controller import HistoryPoint, Outcome, SparsityController
 from lightning_sparsity.counting import SparsityReport
@@ -159,7 +159,8 @@ class SparsityCallbackLogic:
         name: str | None = None,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
-        type_errors, value_errors = [], []
+        type_errors: list[str] = []
+        value_errors: list[str] = []
         if pruning is not None and not isinstance(pruning, MagnitudePruner):
             type_errors.append(
                 f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
@@ -192,9 +193,7 @@ class SparsityCallbackLogic:
             "prog_bar": prog_bar,
             "verbose": verbose,
         }
-        type_errors += [
-            f"`{k}` must be a bool, got {v!r}" for k, v in flags.items() if not isinstance(v, bool)
-        ]
+        check_bools(flags, type_errors)
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
             type_errors.append(
                 "`example_input` must be a Tensor, a tuple/list of positional arguments, a dict"
@@ -202,8 +201,7 @@ class SparsityCallbackLogic:
             )
         if name is not None and (not isinstance(name, str) or not name):
             type_errors.append(f"`name` must be a non-empty str or None, got {name!r}")
-        if step not in _STEPS:
-            value_errors.append(f"`step` must be one of {_STEPS}, got {step!r}")
+        check_choice("step", step, _STEPS, value_errors)
         check_int("table_every_n_epochs", table_every_n_epochs, value_errors)
         check_int("prune_every_n_steps", prune_every_n_steps, value_errors, 1, optional=True)
         if (

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_sparsity._checks import check_bools, check_choice
+from lightning_sparsity._settings import Settings
+
 __all__ = ["GuardCheck", "MetricGuard", "MonitorMissingError"]
 
 Mode = Literal["min", "max"]
@@ -54,7 +57,7 @@ def _number(name: str, value: object, errors: list[str], *, minimum: float | Non
         errors.append(f"`{name}` must be {rule} or None, got {value!r}")
 
 
-class MetricGuard:
+class MetricGuard(Settings):
     """Pause pruning (or restore the last good masks) while a logged metric is too bad.
 
     Example:
@@ -79,6 +82,8 @@ class MetricGuard:
         ValueError: for any bad argument (all listed at once).
     """
 
+    _SETTINGS = ("monitor", "mode", "threshold", "max_drop", "action", "strict")
+
     def __init__(
         self,
         monitor: str,
@@ -92,12 +97,9 @@ class MetricGuard:
         errors: list[str] = []
         if not isinstance(monitor, str) or not monitor:
             errors.append(f"`monitor` must be a metric name (str), got {monitor!r}")
-        if mode not in _MODES:
-            errors.append(f"`mode` must be one of {_MODES}, got {mode!r}")
-        if action not in _ACTIONS:
-            errors.append(f"`action` must be one of {_ACTIONS}, got {action!r}")
-        if not isinstance(strict, bool):
-            errors.append(f"`strict` must be a bool, got {strict!r}")
+        check_choice("mode", mode, _MODES, errors)
+        check_choice("action", action, _ACTIONS, errors)
+        check_bools({"strict": strict}, errors)
         _number("threshold", threshold, errors)
         _number("max_drop", max_drop, errors, minimum=0.0)
         if threshold is None and max_drop is None:
@@ -111,21 +113,6 @@ class MetricGuard:
         self.action: GuardAction = action
         self.strict = strict
         self.best: float | None = None  # state (checkpointed)
-
-    def settings(self) -> dict[str, Any]:
-        """The constructor arguments (compared on resume)."""
-        return {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "threshold": self.threshold,
-            "max_drop": self.max_drop,
-            "action": self.action,
-            "strict": self.strict,
-        }
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({args})"
 
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b

@@ -159,3 +159,17 @@ def bilinear_products(
             effective += t != 0 and c[n][j] != 0
             y[n, k] += t * c[n][j]
     return 2 * sparse, 2 * effective, y
+
+
+def sparsify_(t: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Zero a random ``fraction`` of ``t`` in place (values, not a mask)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        t.mul_((torch.rand(t.shape, generator=g) >= fraction).to(t.dtype))
+    return t
+
+
+def relu_input(*shape: int, seed: int = 1) -> Tensor:
+    """A seeded input with about half its entries zero (as after a ReLU)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).relu()

@@ -15,19 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
 from tests import brute
-
-
-def sparsify_(t: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Zero a random ``fraction`` of ``t`` in place (values, not a mask)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        t.mul_((torch.rand(t.shape, generator=g) >= fraction).to(t.dtype))
-    return t
-
-
-def relu_input(*shape: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).relu()  # about half the activations are 0
+from tests.brute import relu_input, sparsify_
 
 
 def fcm_flops(model: nn.Module, x: torch.Tensor | tuple) -> int:

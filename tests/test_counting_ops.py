@@ -15,21 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import lightning_sparsity as ls
 from lightning_sparsity.counting.formulas import REGISTRY, is_free
 from tests import brute
+from tests.brute import relu_input, sparsify_
+from tests.test_counting import SDPA
 
 aten = torch.ops.aten
-
-
-def sparsify_(t: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Zero a random ``fraction`` of ``t`` in place (values, not a mask)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        t.mul_((torch.rand(t.shape, generator=g) >= fraction).to(t.dtype))
-    return t
-
-
-def relu_input(*shape: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).relu()  # about half the activations are 0
 
 
 def fcm_flops(fn: Callable[[], object]) -> int:
@@ -435,15 +424,6 @@ class EagerAttention(nn.Module):
             keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
             scores = scores.masked_fill(~keep, float("-inf"))
         return scores.softmax(-1) @ v
-
-
-class SDPA(nn.Module):
-    def __init__(self, causal: bool) -> None:
-        super().__init__()
-        self.causal = causal
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
 
 
 def test_causal_attention_counts_the_full_square() -> None:

@@ -26,6 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from lightning_sparsity._checks import check_bools, check_choice
+from lightning_sparsity._settings import Settings
 from lightning_sparsity.pruning import flops, select
 from lightning_sparsity.pruning import masks as storage
 from lightning_sparsity.pruning.allocation import (
@@ -80,7 +82,7 @@ def _per_layer_groups(
     ]
 
 
-class MagnitudePruner:
+class MagnitudePruner(Settings):
     """Prunes the smallest-magnitude weights of chosen layers to a target sparsity or FLOPs.
 
     Knows nothing of Lightning: call :meth:`apply` (or :meth:`step` with a schedule) yourself,
@@ -138,16 +140,13 @@ class MagnitudePruner:
         errors: list[str] = []
         if schedule is not None and not isinstance(schedule, Schedule):
             errors.append(f"`schedule` must be a Schedule or None, got {schedule!r}")
-        if allocation not in ALLOCATIONS:
-            errors.append(f"`allocation` must be one of {ALLOCATIONS}, got {allocation!r}")
+        check_choice("allocation", allocation, ALLOCATIONS, errors)
         flags = {
             "structured": structured,
             "keep_first_dense": keep_first_dense,
             "keep_last_dense": keep_last_dense,
         }
-        errors += [
-            f"`{k}` must be a bool, got {v!r}" for k, v in flags.items() if not isinstance(v, bool)
-        ]
+        check_bools(flags, errors)
         if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
             errors.append(f"`norm` must be a number > 0 (inf allowed), got {norm!r}")
         if (
@@ -586,12 +585,8 @@ class MagnitudePruner:
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments (the schedule as its own settings; compared on resume)."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in self._SETTINGS}
+        out = super().settings()
         out["schedule"] = None if self.schedule is None else self.schedule.settings()
         for key in ("include_types", "include", "exclude"):
             out[key] = None if out[key] is None else list(out[key])
         return out
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._SETTINGS)
-        return f"{type(self).__name__}({args})"
