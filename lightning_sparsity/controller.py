@@ -157,6 +157,7 @@ class _State:
     history: list[HistoryPoint] = field(default_factory=list)
     pruning_steps: int = 0  # schedule steps taken with prune_every_n_steps
     good_masks: dict[str, Tensor] | None = None  # the last masks the guard accepted
+    warned_missing: bool = False  # the guard's metric was missing (warned once per fit)
 
 
 class SparsityController:
@@ -502,6 +503,7 @@ class SparsityController:
         )
         self.history.append(point)
         self.report = report
-        if check is not None and check.message and check.ok:  # missing, not strict
+        if check is not None and check.message and check.ok and not self._state.warned_missing:
+            self._state.warned_missing = True  # the metric is missing, the guard not strict
             warnings.warn(f"lightning_sparsity: {check.message}", UserWarning, stacklevel=3)
         return Outcome(point, report, decision, check)
