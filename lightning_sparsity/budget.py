@@ -46,6 +46,7 @@ _ON_DEADLINE = ("stop", "raise", "warn")
 _CURVES = ("cubic", "linear")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$")
+_UNPRUNED = " (not pruned)"
 # settings whose change invalidates the epoch the limit was met
 _LIMIT_SETTINGS = ("target", "count", "action")
 
@@ -278,7 +279,7 @@ class FlopBudget(Settings):
         parts = [("ops without a weight operand", float(cost.fixed_flops))]
         for name, per in cost.flops_per_nonzero.items():
             if pruned is not None and name not in pruned:
-                parts.append((f"{name} (not pruned)", float(per * cost.numel[name])))
+                parts.append((name + _UNPRUNED, float(per * cost.numel[name])))
         return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
 
     def start(
@@ -343,9 +344,15 @@ class FlopBudget(Settings):
             if parts and self.count == "sparse":
                 listed = "; ".join(f"{n}: {format_count(v)}" for n, v in parts[:6])
                 more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
-                message += (
-                    f" ({listed}{more}); add the unpruned weights to the pruner"
-                    " (include_types / include / keep_first_dense=False) or raise the target"
+                unpruned = [n.removesuffix(_UNPRUNED) for n, _ in parts if n.endswith(_UNPRUNED)]
+                named = ", ".join(repr(re.escape(n)) for n in unpruned[:6])
+                named += ", ..." if len(unpruned) > 6 else ""
+                message += f" ({listed}{more}); " + (
+                    f"prune those weights too, e.g. MagnitudePruner(parameters=[{named}])"
+                    " (regexes over parameter names) or include_types / include /"
+                    " keep_first_dense=False, or raise the target"
+                    if unpruned
+                    else "raise the target"
                 )
             raise ValueError(message + self._percent_hint())
         return limit

@@ -34,6 +34,7 @@ from lightning_sparsity.loggers.tensorboard import (
     write_hparams,
 )
 from lightning_sparsity.pruning import MagnitudePruner
+from lightning_sparsity.pruning.masks import plain_state
 
 __all__ = [
     "BudgetExceededError",
@@ -238,6 +239,7 @@ class SparsityCallbackLogic:
         self._restore_masks = False
         self._stored_input: Any | None = None
         self._warned_deadline = False
+        self._handles: list[Any] = []
 
     # ------------------------------------------------------------------ read-only views
 
@@ -373,14 +375,12 @@ class SparsityCallbackLogic:
     ) -> None:
         """Store plain weights (zeros in place) so a fresh, unpruned model loads them.
 
-        The masks travel in this callback's state.
+        ``"inplace"`` masks keep the weights plain already; ``"prune"`` pairs
+        (``weight_orig``, ``weight_mask``) are folded. The masks travel in this callback's
+        state.
         """
-        if self.pruning is None:
-            return
-        state = checkpoint.get("state_dict", {})
-        for name in self.pruning.masks(pl_module):
-            if name + "_orig" in state and name + "_mask" in state:
-                state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
+        if self.pruning is not None and self.pruning.mask_storage == "prune":
+            plain_state(checkpoint.get("state_dict", {}), self.pruning.target_names(pl_module))
 
     # ------------------------------------------------------------------ hooks
 
@@ -392,8 +392,16 @@ class SparsityCallbackLogic:
         self._write_hparams(trainer, pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """The first point, or on resume the points the last checkpoint missed."""
+        """Keep masks through optimizer steps; the first point, or the points a resume missed."""
+        if self.pruning is not None:
+            self._handles = [h for opt in trainer.optimizers for h in self.pruning.attach(opt)]
         self._begin(trainer, pl_module)
+
+    def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        """Detach from the optimizers (also after an exception)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lightning_sparsity._shards import local, reduce_counts
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.guard import GuardCheck, MetricGuard
@@ -145,9 +146,10 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     ]
     if not named:
         return []
-    with torch.no_grad():
-        bad = torch.stack([~torch.isfinite(p).all() for _, p in named]).tolist()
-    return [name for (name, _), flag in zip(named, bad, strict=True) if flag]
+    with torch.no_grad():  # per shard, summed over the ranks of a sharded model
+        counts = torch.stack([(~torch.isfinite(local(p))).sum() for _, p in named])
+        bad = reduce_counts(counts, [p for _, p in named]).tolist()
+    return [name for (name, _), count in zip(named, bad, strict=True) if count]
 
 
 @dataclass
@@ -156,7 +158,7 @@ class _State:
 
     history: list[HistoryPoint] = field(default_factory=list)
     pruning_steps: int = 0  # schedule steps taken with prune_every_n_steps
-    good_masks: dict[str, Tensor] | None = None  # the last masks the guard accepted
+    good: dict[str, dict[str, Tensor]] | None = None  # the guard's last accepted snapshot
     warned_missing: bool = False  # the guard's metric was missing (warned once per fit)
 
 
@@ -247,8 +249,11 @@ class SparsityController:
             state["budget"] = self.budget.state_dict()
         if self.guard is not None:
             state["guard"] = self.guard.state_dict()
-        if self._state.good_masks is not None:
-            state["good_masks"] = {k: m.cpu() for k, m in self._state.good_masks.items()}
+        if self._state.good is not None:
+            state["good"] = {
+                part: {k: t.cpu() for k, t in tensors.items()}
+                for part, tensors in self._state.good.items()
+            }
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -256,7 +261,8 @@ class SparsityController:
         self._state = _State(
             history=[HistoryPoint.from_dict(row) for row in state.get("history", [])],
             pruning_steps=int(state.get("pruning_steps", 0)),
-            good_masks=state.get("good_masks"),
+            good=state.get("good")
+            or ({"masks": state["good_masks"]} if state.get("good_masks") else None),
         )
         if self.pruning is not None and "pruning" in state:
             self.pruning.load_state_dict(state["pruning"])
@@ -427,11 +433,12 @@ class SparsityController:
         if self.guard is not None:
             check = self.guard.check(metrics)
             if not agree(check.ok):  # every rank must accept, or all hold the masks
-                if self.guard.action == "restore" and self._state.good_masks is not None:
-                    pruner.apply_masks(model, self._state.good_masks)
+                if self.guard.action == "restore" and self._state.good is not None:
+                    pruner.revert(model, self._state.good)
                     return "restored", check
                 return "paused", check
-            self._state.good_masks = pruner.masks(model)
+            if self.guard.action == "restore":
+                self._state.good = pruner.snapshot(model)
         if adjust:
             assert budget is not None
             cost = self._meter().cost_model()

@@ -12,6 +12,7 @@ from lightning_sparsity.pruning import (
     MagnitudePruner,
     erk_densities,
     kth_smallest_abs,
+    masks,
     masks_for_count,
     masks_for_cut,
     masks_for_weighted_target,
@@ -329,20 +330,29 @@ def test_targets_default_types_in_registration_order():
     ]
 
 
-def test_targets_include_subclasses_and_leave_tied_weights_out():
+def test_targets_include_subclasses_and_tied_weights_once():
     class MyLinear(nn.Linear):
         pass
 
     model = nn.Sequential(nn.Linear(4, 4), MyLinear(4, 4), nn.Linear(4, 4))
-    model[2].weight = model[0].weight  # tied: a mask on one owner would not reach the other
+    model[2].weight = model[0].weight  # tied
+    # inplace masks write the zeros into the shared tensor: every reader sees them, so the
+    # weight is pruned once, under its first owner
     pruner = MagnitudePruner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [f for f, _, _ in pruner.targets(model)] == ["0", "1"]
+    pruner.apply(model, 0.5)
+    assert zeros(model[2].weight) == zeros(model[0].weight) > 0
+    # a prune mask (forward pre-hook) on one owner would not reach the other: left out
+    reparametrized = MagnitudePruner(mask_storage="prune")
     with pytest.warns(
         UserWarning, match=r"not pruning \['0.weight', '2.weight'\]: tied to several modules"
     ):
-        assert [f for f, _, _ in pruner.targets(model)] == ["1"]
+        assert [f for f, _, _ in reparametrized.targets(model)] == ["1"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per pruner
-        assert [f for f, _, _ in pruner.targets(model)] == ["1"]
+        assert [f for f, _, _ in reparametrized.targets(model)] == ["1"]
 
 
 def test_non_contiguous_tensors_use_logical_flat_order():
@@ -353,16 +363,19 @@ def test_non_contiguous_tensors_use_logical_flat_order():
     assert torch.equal(cat_masks(masks), cat_masks(brute_masks(tensors, 17, brute_order(tensors))))
 
 
+@pytest.mark.parametrize(
+    ("storage", "mask"), [("inplace", "weight_keep"), ("prune", "weight_mask")]
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_pruner_keeps_the_weight_dtype(dtype):
+def test_pruner_keeps_the_weight_dtype(dtype, storage, mask):
     model = make_net().to(dtype)
     before = [w.detach().clone() for w in weights(model)]
-    MagnitudePruner().apply(model, 0.65)
+    MagnitudePruner(mask_storage=storage).apply(model, 0.65)
+    assert {w.dtype for w in weights(model)} == {dtype}
+    # inplace: 1-byte bool masks; prune: masks in the weight's dtype, as torch's
     assert {
-        m.weight_mask.dtype
-        for m in dict(model.named_modules()).values()
-        if hasattr(m, "weight_mask")
-    } == {dtype}
+        getattr(m, mask).dtype for m in dict(model.named_modules()).values() if hasattr(m, mask)
+    } == {torch.bool if storage == "inplace" else dtype}
     k = round(0.65 * 3736)
     expected = brute_masks(before, k, brute_order(before))
     assert torch.equal(cat_masks([w != 0 for w in weights(model)]), cat_masks(expected))
@@ -429,9 +442,9 @@ def effective_zeros_mask(model):
     return [w.detach() == 0 for w in weights(model)]
 
 
-def test_masks_survive_real_optimizer_steps():
+def test_prune_masks_survive_real_optimizer_steps():
     model = make_net()
-    pruner = MagnitudePruner()
+    pruner = MagnitudePruner(mask_storage="prune")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
     for _ in range(2):  # momentum builds up before pruning
@@ -460,6 +473,48 @@ def test_masks_survive_real_optimizer_steps():
     assert sum(zeros(w) for w in weights(model)) == round(0.5 * 3736)
 
 
+def sgd_steps(model, optimizer, n):
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(n):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def moved_zeros(pruned, model):
+    """How many pruned entries are no longer zero."""
+    return sum(int((w.detach()[p] != 0).sum()) for p, w in zip(pruned, weights(model), strict=True))
+
+
+@pytest.mark.parametrize("attach", [True, False])
+def test_inplace_masks_through_optimizer_steps(attach):
+    torch.manual_seed(0)
+    model = make_net()
+    pruner = MagnitudePruner()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    sgd_steps(model, optimizer, 2)  # momentum builds up before pruning
+    pruner.apply(model, 0.5)
+    pruned = effective_zeros_mask(model)
+    if attach:
+        handles = pruner.attach(optimizer)
+    sgd_steps(model, optimizer, 3)
+    moved = sum(
+        int((w.detach()[p] != 0).sum()) for p, w in zip(pruned, weights(model), strict=True)
+    )
+    if not attach:  # momentum moves the zeros: the hooks are what keeps them
+        assert moved > 0
+        return
+    assert moved == 0
+    assert sum(zeros(w) for w in weights(model)) == round(0.5 * 3736)
+    # the gradients of pruned entries were zeroed before each step
+    for p, w in zip(pruned, weights(model), strict=True):
+        assert (w.grad[p] == 0).all()
+    for handle in handles:
+        handle.remove()
+    sgd_steps(model, optimizer, 1)
+    assert moved_zeros(pruned, model) > 0  # detached
+
+
 def test_prune_remove_after_our_pruning_keeps_zeros_in_place():
     model = make_net()
     pruner = MagnitudePruner()
@@ -475,16 +530,19 @@ def test_prune_remove_after_our_pruning_keeps_zeros_in_place():
     assert not any(n.endswith(("_orig", "_mask")) for n in model.state_dict())
 
 
-def test_reprune_higher_is_monotone_and_does_not_stack_hooks():
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
+def test_reprune_higher_is_monotone_and_does_not_stack_hooks(storage):
     model = make_net()
-    pruner = MagnitudePruner()
+    pruner = MagnitudePruner(mask_storage=storage)
     pruner.apply(model, 0.5)
     first = effective_zeros_mask(model)
-    # the hidden originals of pruned entries grow large: they must stay pruned anyway
+    effective = [w.detach().clone() for w in weights(model)]
+    # the trained values of pruned entries grow large (the hidden originals, or the zeros
+    # moved by an optimizer without enforce): they must stay pruned anyway
     with torch.no_grad():
         for module in (model.features[0], model.head[0]):
-            module.weight_orig[module.weight_mask == 0] = 100.0
-    effective = [w.detach().clone() for w in weights(model)]
+            trained, mask = masks.trained_and_mask(module, "weight")
+            trained[mask == 0] = 100.0
     pruner.apply(model, 0.7)
     second = effective_zeros_mask(model)
     assert all((b | ~a).all() for a, b in zip(first, second, strict=True))  # a pruned -> b pruned
@@ -499,7 +557,8 @@ def test_reprune_higher_is_monotone_and_does_not_stack_hooks():
         ]
         for name, m in model.named_modules()
     }
-    assert {n: h for n, h in hooks.items() if h} == {n: [prune.Identity] for n in LAYERS}
+    expected = {n: [prune.Identity] for n in LAYERS} if storage == "prune" else {}
+    assert {n: h for n, h in hooks.items() if h} == expected
 
 
 def test_lower_target_warns_and_keeps_masks():
@@ -512,11 +571,12 @@ def test_lower_target_warns_and_keeps_masks():
     assert all(torch.equal(a, b) for a, b in zip(before, effective_zeros_mask(model), strict=True))
 
 
-def test_torch_pruned_parameter_is_repruned_in_place():
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
+def test_torch_pruned_parameter_is_repruned(storage):
     model = make_net()
     prune.l1_unstructured(model.head[0], "weight", amount=0.9)
     already = model.head[0].weight_mask == 0
-    MagnitudePruner().apply(model, 0.5)
+    MagnitudePruner(mask_storage=storage).apply(model, 0.5)
     assert (model.head[0].weight.detach()[already] == 0).all()
     assert sum(zeros(w) for w in weights(model)) == round(0.5 * 3736)
     hooks = [
@@ -524,19 +584,20 @@ def test_torch_pruned_parameter_is_repruned_in_place():
         for h in model.head[0]._forward_pre_hooks.values()
         if isinstance(h, prune.BasePruningMethod)
     ]
-    assert len(hooks) == 1
+    # prune: torch's mask replaced in place, not stacked; inplace: folded into the weight
+    assert len(hooks) == (1 if storage == "prune" else 0)
 
 
 def test_state_dict_round_trip_through_a_file(tmp_path):
     model = make_net()
     fresh = copy.deepcopy(model)
-    pruner = MagnitudePruner(allocation="uniform")
+    pruner = MagnitudePruner(allocation="uniform", mask_storage="prune")
     pruner.apply(model, 0.4)
     torch.save(pruner.state_dict(), tmp_path / "pruner.pt")
-    other = MagnitudePruner(allocation="uniform")
+    other = MagnitudePruner(allocation="uniform", mask_storage="prune")
     other.load_state_dict(torch.load(tmp_path / "pruner.pt"))
     assert other.last_sparsity == 0.4
-    other.restore(fresh)
+    other.restore(fresh)  # prune states carry the masks
     for a, b in zip(weights(model), weights(fresh), strict=True):
         assert torch.equal(a, b)
     assert other.state_dict()["masks"].keys() == pruner.state_dict()["masks"].keys()
@@ -544,7 +605,39 @@ def test_state_dict_round_trip_through_a_file(tmp_path):
     older = MagnitudePruner()
     older.load_state_dict({})
     assert older.last_sparsity is None
-    assert older.state_dict() == {"last_sparsity": None, "masks": {}}
+    assert older.state_dict() == {"last_sparsity": None}
+
+
+def test_inplace_state_names_the_masked_weights_whose_zeros_are_their_masks(tmp_path):
+    model = make_net()
+    pruner = MagnitudePruner(allocation="uniform")
+    pruner.apply(model, 0.4)
+    state = pruner.state_dict()
+    assert state == {
+        "last_sparsity": 0.4,
+        "mask_storage": "inplace",
+        "masked": [f"{n}.weight" for n in LAYERS],
+    }
+    # a checkpoint holds the weights with their zeros; the masks come back from them
+    torch.save({"model": model.state_dict(), "pruner": state}, tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt")
+    fresh = make_net()
+    fresh.load_state_dict(saved["model"])
+    other = MagnitudePruner(allocation="uniform")
+    other.load_state_dict(saved["pruner"])
+    other.restore(fresh)
+    assert {k: v.tolist() for k, v in other.masks(fresh).items()} == {
+        k: v.tolist() for k, v in pruner.masks(model).items()
+    }
+    # and a prune state restores into inplace masks (storage is the pruner's choice)
+    reparametrized = MagnitudePruner(allocation="uniform", mask_storage="prune")
+    reparametrized.apply(model2 := make_net(), 0.4)
+    inplace = MagnitudePruner(allocation="uniform")
+    inplace.load_state_dict(reparametrized.state_dict())
+    target = make_net()
+    inplace.restore(target)
+    assert [zeros(w) for w in weights(target)] == [zeros(w) for w in weights(model2)]
+    assert not prune.is_pruned(target)
 
 
 def test_step_follows_the_schedule():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,18 +26,20 @@ def pruned_fraction(model: Wide) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
-def test_counter_reads_the_pruner_masks() -> None:
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
+def test_counter_reads_the_pruner_masks(storage: str) -> None:
     model = Wide()
-    ls.MagnitudePruner(allocation="uniform").apply(model, 0.5)
+    ls.MagnitudePruner(allocation="uniform", mask_storage=storage).apply(model, 0.5)  # type: ignore[arg-type]
     report = ls.measure(model, model.example_input_array)
     nnz = {name: int(w.count_nonzero()) for name, w in effective_weights(model).items()}
     # round(0.5 * numel) pruned per layer: 216, 1152, 32768, 320 nonzero
     assert nnz == {"conv1": 216, "conv2": 1_152, "fc1": 32_768, "fc2": 320}
     # FLOPs per nonzero weight: 512, 128, 2, 2
     assert report.total.flops_sparse == 512 * 216 + 128 * 1_152 + 2 * 32_768 + 2 * 320
-    for name in WEIGHTS:
-        prune.remove(getattr(model, name), "weight")
-    assert ls.measure(model, model.example_input_array) == report
+    if storage == "prune":
+        for name in WEIGHTS:
+            prune.remove(getattr(model, name), "weight")
+        assert ls.measure(model, model.example_input_array) == report
 
 
 def test_schedule_followed_in_a_fit_and_masks_survive_optimizer_steps(tmp_path: Path) -> None:
@@ -86,10 +89,12 @@ def test_resume_continues_the_schedule_with_the_same_masks(tmp_path: Path) -> No
     assert pruned_fraction(resumed_model) == round(0.75 * n) / n
 
 
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
 def test_pruned_checkpoint_loads_into_a_fresh_model_and_exports_plain_weights(
-    tmp_path: Path,
+    tmp_path: Path, storage: str
 ) -> None:
-    pruner = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.6, start_epoch=1))
+    schedule = ls.schedules.Constant(0.6, start_epoch=1)
+    pruner = ls.MagnitudePruner(schedule=schedule, mask_storage=storage)  # type: ignore[arg-type]
     callback = ls.SparsityCallback(pruner, write_files=False)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     model = Wide()
@@ -104,10 +109,12 @@ def test_pruned_checkpoint_loads_into_a_fresh_model_and_exports_plain_weights(
     assert ls.measure(fresh, fresh.example_input_array) == ls.measure(
         model, model.example_input_array
     )
-    # the in-memory model is still reparametrized; make_permanent folds the masks in
-    assert hasattr(model.conv1, "weight_orig")
+    # in memory: the bool mask beside the zeroed weight, or the reparametrization;
+    # make_permanent drops them, the zeros stay
+    mask = "weight_keep" if storage == "inplace" else "weight_orig"
+    assert hasattr(model.conv1, mask)
     pruner.make_permanent(model)
-    assert not hasattr(model.conv1, "weight_orig")
+    assert not hasattr(model.conv1, mask)
     assert isinstance(model.conv1.weight, torch.nn.Parameter)
     assert torch.equal(model.conv1.weight.detach(), fresh.conv1.weight.detach())
 
@@ -154,14 +161,27 @@ class TinyTransformer(Wide):
         return self.fc2(torch.relu(self.fc1(h.flatten(1))))
 
 
-def test_transformer_fit_with_the_default_pruner(tmp_path: Path) -> None:
-    pruner = ls.MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=1))
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
+def test_transformer_fit_with_the_default_pruner(tmp_path: Path, storage: str) -> None:
+    schedule = ls.schedules.Linear(0.5, start_epoch=0, end_epoch=1)
+    pruner = ls.MagnitudePruner(schedule=schedule, mask_storage=storage)  # type: ignore[arg-type]
     callback = ls.SparsityCallback(pruner, write_files=False)
     model = TinyTransformer()
-    with pytest.warns(UserWarning, match=r"not pruning \['encoder.self_attn.out_proj.weight'\]"):
-        quiet_trainer(tmp_path, [callback], epochs=3).fit(model)  # two backward passes and more
-    assert hasattr(model.encoder.linear1, "weight_orig")
-    assert not hasattr(model.encoder.self_attn.out_proj, "weight_orig")
+    out_proj = model.encoder.self_attn.out_proj
+    if storage == "prune":  # MHA reads out_proj.weight without calling out_proj
+        with pytest.warns(UserWarning, match=r"not pruning \['encoder.self_attn.out_proj.we"):
+            quiet_trainer(tmp_path, [callback], epochs=3).fit(model)  # several backward passes
+        assert hasattr(model.encoder.linear1, "weight_orig")
+        assert not hasattr(out_proj, "weight_orig")
+    else:  # the zeros are in the weight: every reader sees them
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="not pruning")
+            quiet_trainer(tmp_path, [callback], epochs=3).fit(model)
+        assert int(out_proj.weight.count_nonzero()) < out_proj.weight.numel()
+        # the global cut at 0.5, held through two more epochs of training
+        targets = [getattr(m, n) for _, m, n in pruner.targets(model)]
+        total = sum(t.numel() for t in targets)
+        assert sum(int((t == 0).sum()) for t in targets) == round(0.5 * total)
     assert (
         callback.history[-1].flops_sparse
         == ls.measure(model, model.example_input_array).total.flops_sparse

@@ -31,7 +31,7 @@ from torch import Tensor
 
 aten = torch.ops.aten
 
-__all__ = ["FREE_OPS", "REGISTRY", "Formula", "Use", "is_free", "register"]
+__all__ = ["FREE_NAMESPACES", "FREE_OPS", "REGISTRY", "Formula", "Use", "is_free", "register"]
 
 
 @dataclass(frozen=True)
@@ -744,10 +744,18 @@ FREE_OPS: frozenset[str] = frozenset(
 )
 
 
+#: Namespaces of ops that move data between processes or mark profiler ranges: FSDP2's
+#: all-gathers around a sharded module's forward, c10d collectives, record_function.
+FREE_NAMESPACES: frozenset[str] = frozenset(
+    ["fsdp", "c10d", "_c10d_functional", "c10d_functional", "_dtensor", "profiler"]
+)
+
+
 def is_free(op: torch._ops.OpOverload) -> bool:
     """Whether ``op`` truly costs nothing in the dense column (not an unknown op)."""
     return (
-        op.is_view
+        op.namespace in FREE_NAMESPACES
+        or op.is_view
         or torch.Tag.pointwise in op.tags
         or torch.Tag.inplace_view in op.tags  # transpose_, squeeze_, as_strided_: metadata
         or op._opname in FREE_OPS

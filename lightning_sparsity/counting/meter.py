@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
+from lightning_sparsity._shards import is_sharded, local, reduce_counts
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.report import LayerStats, SparsityReport
 from lightning_sparsity.counting.trace import Trace, replay, trace
@@ -355,13 +356,25 @@ def _gather(values: list[Tensor]) -> list[Any]:
     return torch.stack([v.to(device, non_blocking=True) for v in values]).tolist()
 
 
+def whole(t: Tensor) -> Tensor:
+    """A sharded tensor gathered whole (only for the rare sliced use of a sharded weight)."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
 def _nonzeros(current: Trace) -> tuple[list[int], list[int]]:
     """Nonzeros of every slot and of every use's operand, with one host sync."""
     slots = current.slots
     partial = [u for u in current.uses if u.chain is not None]
     with torch.no_grad(), parametrize.cached():
-        counts: list[Tensor] = [slot.value().count_nonzero() for slot in slots]
-        counts += [replay(slots[u.slot].value(), u.chain).count_nonzero() for u in partial]  # type: ignore[arg-type]
+        tensors = [slot.value() for slot in slots]
+        counts: list[Tensor] = [local(t).count_nonzero() for t in tensors]
+        # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
+        parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
+        counts += [p.count_nonzero() for p in parts]
+    if any(is_sharded(t) for t in tensors):  # per-shard counts summed: one all-reduce
+        device = counts[0].device
+        stacked = torch.stack([c.to(device) for c in counts])
+        counts = list(reduce_counts(stacked, [*tensors, *parts]).unbind())
     values = _gather(counts)
     nnz_slot, nnz_partial = values[: len(slots)], iter(values[len(slots) :])
     nnz_use = [nnz_slot[u.slot] if u.chain is None else next(nnz_partial) for u in current.uses]

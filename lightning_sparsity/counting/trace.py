@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -115,7 +116,9 @@ _WARNED: set[str] = set()
 
 
 class _Provenance(NamedTuple):
-    tensor: Tensor  # kept alive so its id cannot be reused during the trace
+    # weak: an unsharded weight FSDP2 frees after its unit's forward is not kept alive; a
+    # dead tensor's id may be reused, so a lookup checks the reference is the operand itself
+    ref: weakref.ReferenceType[Tensor]
     slot: int
     chain: tuple[ChainOp, ...]
     bijective: bool
@@ -135,7 +138,14 @@ class _CountingMode(TorchDispatchMode):
         self.kinds: dict[torch._ops.OpOverload, int] = {}
 
     def mark(self, tensor: Tensor, slot: int) -> None:
-        self.prov[id(tensor)] = _Provenance(tensor, slot, (), True)
+        self.prov[id(tensor)] = _Provenance(weakref.ref(tensor), slot, (), True)
+
+    def source(self, value: Any) -> _Provenance | None:
+        """Where ``value`` comes from, if it is (a view of) a weight."""
+        if not isinstance(value, Tensor):
+            return None
+        found = self.prov.get(id(value))
+        return found if found is not None and found.ref() is value else None
 
     def _kind(self, func: torch._ops.OpOverload) -> int:
         if func in REGISTRY:
@@ -159,30 +169,36 @@ class _CountingMode(TorchDispatchMode):
         if kind == _COUNT:
             self._count(REGISTRY[func], args, kwargs, out)
         elif kind == _CARRY_KIND:
-            if args and isinstance(args[0], Tensor) and id(args[0]) in self.prov:
-                self._carry(func, args, kwargs, out)
+            src = self.source(args[0]) if args else None
+            if src is not None:
+                self._carry(src, func, args, kwargs, out)
         elif kind == _UNKNOWN:
             self.unsupported[str(func)] += 1
         return out
 
     def _carry(
-        self, func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+        self,
+        src: _Provenance,
+        func: torch._ops.OpOverload,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: Any,
     ) -> None:
-        src = self.prov[id(args[0])]
         outputs = out if isinstance(out, (tuple, list)) else (out,)
         for index, tensor in enumerate(outputs):
             if not isinstance(tensor, Tensor):
                 continue
             step = ChainOp(func, args[1:], kwargs, index if outputs is out else None)
             bijective = src.bijective and func in _BIJECTIVE and tensor.numel() == args[0].numel()
-            self.prov[id(tensor)] = _Provenance(tensor, src.slot, (*src.chain, step), bijective)
+            chain = (*src.chain, step)
+            self.prov[id(tensor)] = _Provenance(weakref.ref(tensor), src.slot, chain, bijective)
 
     def _count(
         self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
     ) -> None:
         row = self.stack[-1]
         if formula.batch is not None and not (
-            args and isinstance(args[0], Tensor) and id(args[0]) in self.prov
+            args and self.source(args[0]) is not None
         ):  # a Python int read off a shape; an op run on a weight says nothing of the batch
             name = f"aten.{formula.op._opname}"
             self.batches.setdefault((row, name), set()).add(formula.batch(*args, **kwargs))
@@ -192,8 +208,9 @@ class _CountingMode(TorchDispatchMode):
             found = None
             for pos in use.weights:
                 operand = args[pos]
-                if isinstance(operand, Tensor) and id(operand) in self.prov:
-                    found = self.prov[id(operand)], operand
+                src = self.source(operand)
+                if src is not None:
+                    found = src, operand
                     break
             if found is None:
                 self.fixed[row] += use.flops
@@ -247,6 +264,34 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+Reader = tuple[nn.Module, str, int]  # (module, attribute, slot index)
+
+
+def _readers(model: nn.Module, slots: Sequence[Slot]) -> dict[int, list[Reader]]:
+    """Per module: ``(module, attribute, slot)`` of every weight held in its subtree.
+
+    A tied weight is held by several modules under several attributes; each is listed.
+    Call it where the forward will run (under ``parametrize.cached()``): the weights are
+    matched to slots by identity.
+    """
+    slot_of = {id(getattr(s.module, s.attr)): i for i, s in enumerate(slots)}
+    attrs: dict[int, set[str]] = {}
+    for s in slots:
+        attrs.setdefault(id(s.module), set()).add(s.attr)
+    held: dict[int, list[Reader]] = {}
+    for module in model.modules():
+        for attr in {*module._parameters, *attrs.get(id(module), ())}:
+            i = slot_of.get(id(getattr(module, attr, None)))
+            if i is not None:
+                held.setdefault(id(module), []).append((module, attr, i))
+    out: dict[int, list[Reader]] = {}
+    for module in model.modules():
+        below = [entry for m in module.modules() for entry in held.get(id(m), ())]
+        if below:
+            out[id(module)] = below
+    return out
+
+
 def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> Trace:
     """Run one forward pass of ``model`` on ``example_input`` and record its costs.
 
@@ -267,16 +312,14 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
     modules = list(model.named_modules())
     row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
     mode = _CountingMode(len(modules), effective)
-    reparam: dict[int, list[tuple[str, int]]] = {}
-    for i, slot in enumerate(slots):
-        if slot.kind != "plain":
-            reparam.setdefault(id(slot.module), []).append((slot.attr, i))
+    readers: dict[int, list[Reader]] = {}
 
     def pre_hook(module: nn.Module, _: Any) -> None:
         mode.stack.append(row_of_module[id(module)])
-        # runs after prune's own pre-hook: the effective weight the forward will read
-        for attr, i in reparam.get(id(module), ()):
-            mode.mark(getattr(module, attr), i)
+        # the weights of this module and those below it as its forward will read them: after
+        # prune's own pre-hook (the effective weight), after FSDP2's (the unsharded weight)
+        for owner, attr, i in readers.get(id(module), ()):
+            mode.mark(getattr(owner, attr), i)
 
     def post_hook(module: nn.Module, _: Any, __: Any) -> None:
         mode.stack.pop()
@@ -292,6 +335,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
             # parametrization cache makes the forward read these very tensors
             for i, slot in enumerate(slots):
                 mode.mark(getattr(slot.module, slot.attr), i)
+            readers.update(_readers(model, slots))
             with mode:
                 call_model(model, example_input)
     except Exception as err:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -37,7 +38,7 @@ from lightning_sparsity.pruning.allocation import (
     flop_scales,
     layer_sparsities,
 )
-from lightning_sparsity.pruning.masks import param_name
+from lightning_sparsity.pruning.masks import STORAGES, Storage, param_name
 from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
 from lightning_sparsity.pruning.select import Cut, Source
@@ -55,11 +56,15 @@ DEFAULT_INCLUDE_TYPES = (
 )
 
 Target = tuple[str, nn.Module, str]
+ParameterFilter = Callable[[str, Tensor], bool]
 
-_TIED = "tied to several modules, its prune mask (a forward pre-hook) would not reach every reader"
+_TIED = (
+    "tied to several modules: with mask_storage='prune' the mask (a forward pre-hook) would not"
+    " reach every reader (the default 'inplace' masks reach them all)"
+)
 _BYPASSED = (
-    "read by nn.MultiheadAttention without its module's forward, its prune mask (a forward"
-    " pre-hook) would not reach that reader"
+    "read by nn.MultiheadAttention without its module's forward: with mask_storage='prune' the"
+    " mask (a forward pre-hook) would not reach that reader (the default 'inplace' masks do)"
 )
 _COMPUTED = (
     "computed by a parametrization (weight_norm, spectral_norm): it has no entries of its own"
@@ -83,7 +88,7 @@ def _per_layer_groups(
 
 
 class MagnitudePruner(Settings):
-    """Prunes the smallest-magnitude weights of chosen layers to a target sparsity or FLOPs.
+    r"""Prunes the smallest-magnitude weights of chosen layers to a target sparsity or FLOPs.
 
     Knows nothing of Lightning: call :meth:`apply` (or :meth:`step` with a schedule) yourself,
     or let ``SparsityCallback`` do it.
@@ -119,6 +124,17 @@ class MagnitudePruner(Settings):
         keep_first_dense: Leave the first chosen layer (registration order) dense.
         keep_last_dense: Leave the last chosen layer dense.
         parameter_name: The parameter of each module to prune.
+        parameters: Name any parameters instead of ``include_types``/``parameter_name``:
+            regexes matched in full against parameter FQNs (``"encoder.layers.0.self_attn.
+            in_proj_weight"``, ``r".*lstm\.weight_(ih|hh)_l\d+"``), or a function
+            ``(fqn, parameter) -> bool`` (like Lightning's ``parameters_to_prune`` /
+            ``filter_parameters_to_prune``). ``include``/``exclude`` still filter by module.
+        mask_storage: ``"inplace"`` (default): a bool mask per pruned weight and the zeros
+            written into the weight itself, reaching every reader (fused attention, RNN
+            kernels, tied weights); keep them through training with :meth:`attach` (the
+            callback does). ``"prune"``: ``torch.nn.utils.prune``'s reparametrization
+            (``weight_orig`` × ``weight_mask``), for code that expects it. See
+            :mod:`lightning_sparsity.pruning.masks` for what each costs.
 
     Raises:
         ValueError: If any argument is invalid; all problems are reported at once.
@@ -136,6 +152,8 @@ class MagnitudePruner(Settings):
         keep_first_dense: bool = False,
         keep_last_dense: bool = False,
         parameter_name: str = "weight",
+        parameters: list[str] | ParameterFilter | None = None,
+        mask_storage: Storage = "inplace",
     ) -> None:
         errors: list[str] = []
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -172,6 +190,20 @@ class MagnitudePruner(Settings):
                     errors.append(f"`{arg}` holds an invalid regex {pattern!r}: {err}")
         if not isinstance(parameter_name, str) or not parameter_name.isidentifier():
             errors.append(f"`parameter_name` must be an identifier, got {parameter_name!r}")
+        named: list[re.Pattern[str]] = []
+        if parameters is not None and not callable(parameters):
+            if isinstance(parameters, str) or not all(isinstance(p, str) for p in parameters):
+                errors.append(
+                    "`parameters` must be a list of regexes over parameter names, a function"
+                    f" (name, parameter) -> bool, or None; got {parameters!r}"
+                )
+            else:
+                for pattern in parameters:
+                    try:
+                        named.append(re.compile(pattern))
+                    except re.error as err:
+                        errors.append(f"`parameters` holds an invalid regex {pattern!r}: {err}")
+        check_choice("mask_storage", mask_storage, STORAGES, errors)
         if errors:
             raise ValueError("MagnitudePruner: " + "; ".join(errors))
         self.schedule = schedule
@@ -184,14 +216,43 @@ class MagnitudePruner(Settings):
         self.keep_first_dense = keep_first_dense
         self.keep_last_dense = keep_last_dense
         self.parameter_name = parameter_name
+        self.parameters = parameters
+        self.mask_storage: Storage = mask_storage
         self._include = patterns["include"]
         self._exclude = patterns["exclude"]
+        self._named = named
         self.last_sparsity: float | None = None
         self._model: weakref.ReferenceType[nn.Module] | None = None
-        self._loaded_masks: dict[str, Tensor] = {}
+        self._masked: list[tuple[nn.Module, str]] = []
+        self._loaded: dict[str, Any] = {}
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ selection of layers
+    def _candidates(self, model: nn.Module) -> Iterator[Target]:
+        """``(module FQN, module, name)`` of every parameter the settings name."""
+        for fqn, module in model.named_modules():
+            if self._include and not any(p.search(fqn) for p in self._include):
+                continue
+            if any(p.search(fqn) for p in self._exclude):
+                continue
+            if self.parameters is None:
+                if any(cls.__name__ in self.include_types for cls in type(module).__mro__):
+                    yield fqn, module, self.parameter_name
+                continue
+            for key in list(module._parameters):
+                base = key.removesuffix("_orig")  # "prune" storage renames the parameter
+                name = base if storage.storage_of(module, base) == "prune" else key
+                tensor = storage.trained(module, name)
+                if tensor is None:
+                    continue
+                full = param_name(fqn, name)
+                if callable(self.parameters):
+                    chosen = bool(self.parameters(full, tensor))
+                else:
+                    chosen = any(p.fullmatch(full) for p in self._named)
+                if chosen:
+                    yield fqn, module, name
+
     def targets(self, model: nn.Module) -> list[Target]:
         """The pruned parameters as ``(module FQN, module, parameter name)``, in registration order.
 
@@ -199,16 +260,17 @@ class MagnitudePruner(Settings):
             model: The model.
 
         Returns:
-            The chosen parameters: modules that are (subclasses of) an ``include_types``
-            class, pass ``include``/``exclude`` and hold the parameter;
-            ``keep_first_dense``/``keep_last_dense`` applied. Left out, with a warning once
-            naming why: a parameter tied to several modules, and the layers inside
-            ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` without calling
-            ``out_proj``), since the mask would not reach every reader; a weight computed
-            by a parametrization (``weight_norm``, ``spectral_norm``), which has no entries
-            of its own to zero.
+            The chosen parameters: those ``parameters`` names, or else the
+            ``parameter_name`` of modules that are (subclasses of) an ``include_types``
+            class; modules filtered by ``include``/``exclude``;
+            ``keep_first_dense``/``keep_last_dense`` applied. A parameter shared by several
+            modules is chosen once, under its first owner. Left out, with a warning once
+            naming why: a weight computed by a parametrization (``weight_norm``,
+            ``spectral_norm``), which has no entries of its own to zero; with
+            ``mask_storage="prune"`` also a weight tied to several modules and the layers
+            inside ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` without calling
+            ``out_proj``), since that mask would not reach every reader.
         """
-        name = self.parameter_name
         chosen: list[Target] = []
         skipped: dict[str, str] = {}  # parameter -> why it is left out
         owners: dict[int, int] = {}
@@ -218,23 +280,20 @@ class MagnitudePruner(Settings):
                 owners[key] = owners.get(key, 0) + 1
             if isinstance(module, nn.MultiheadAttention):
                 bypassed.update(id(m) for m in module.modules() if m is not module)
-        for fqn, module in model.named_modules():
-            if not (
-                any(cls.__name__ in self.include_types for cls in type(module).__mro__)
-                and (not self._include or any(p.search(fqn) for p in self._include))
-                and not any(p.search(fqn) for p in self._exclude)
-            ):
-                continue
+        seen: set[int] = set()
+        reparametrize = self.mask_storage == "prune"
+        for fqn, module, name in self._candidates(model):
             param = storage.trained(module, name)
             if param is None:
                 if parametrize.is_parametrized(module, name) or hasattr(module, name + "_v"):
                     skipped[param_name(fqn, name)] = _COMPUTED
                 continue
-            if owners.get(id(param), 0) > 1:
+            if reparametrize and owners.get(id(param), 0) > 1:
                 skipped[param_name(fqn, name)] = _TIED
-            elif id(module) in bypassed:
+            elif reparametrize and id(module) in bypassed:
                 skipped[param_name(fqn, name)] = _BYPASSED
-            else:
+            elif id(param) not in seen:  # a shared parameter once, under its first owner
+                seen.add(id(param))
                 chosen.append((fqn, module, name))
         new = {k: why for k, why in skipped.items() if k not in self._warned}
         if new:
@@ -257,10 +316,14 @@ class MagnitudePruner(Settings):
     def _targets_or_raise(self, model: nn.Module) -> list[Target]:
         targets = self.targets(model)
         if not targets:
+            named = (
+                f"parameters={self.parameters!r}"
+                if self.parameters is not None
+                else f"include_types={self.include_types} with a {self.parameter_name!r} parameter"
+            )
             raise ValueError(
-                f"no parameter to prune: no module matches include_types={self.include_types},"
-                f" include={self.include}, exclude={self.exclude} with a"
-                f" {self.parameter_name!r} parameter (after keep_first_dense/keep_last_dense)"
+                f"no parameter to prune: nothing matches {named}, include={self.include},"
+                f" exclude={self.exclude} (after keep_first_dense/keep_last_dense)"
             )
         return targets
 
@@ -276,7 +339,7 @@ class MagnitudePruner(Settings):
 
         Args:
             model: The model.
-            epoch: The 0-based epoch that just ended.
+            epoch: Completed epochs ``t`` (or pruning steps): the schedule's time.
             flops_per_nonzero: Needed for ``allocation="flops"`` (see :meth:`apply`).
 
         Returns:
@@ -343,8 +406,9 @@ class MagnitudePruner(Settings):
     ) -> None:
         """Set the masks of ``(module, name)`` pairs; remember the model for :meth:`state_dict`."""
         for (module, name), keep in zip(params, keeps, strict=True):
-            storage.set_mask(module, name, keep)
+            storage.set_mask(module, name, keep, self.mask_storage)
         self._model = weakref.ref(model)
+        self._masked = [(m, n) for _, m, n in self.targets(model) if storage.is_masked(m, n)]
 
     def _count_cuts(self, groups: list[tuple[list[Source], int]]) -> list[Cut]:
         """Exact-count cuts; a target below what is already pruned prunes nothing more."""
@@ -521,8 +585,45 @@ class MagnitudePruner(Settings):
             raise ValueError("apply_masks: " + "; ".join(errors))
         self._install(model, params, keeps)
 
+    def snapshot(self, model: nn.Module) -> dict[str, dict[str, Tensor]]:
+        """The current masks, to :meth:`revert` to later (the metric guard's ``"restore"``).
+
+        With ``"inplace"`` storage pruning zeroes the weights themselves, so the snapshot
+        also copies the pruned weights' values (as large as those weights): reverting brings
+        the entries pruned since back with the values they had. With ``"prune"`` the
+        hidden ``weight_orig`` keeps them.
+
+        Returns:
+            ``{"masks": {fqn: bool}, "values": {fqn: tensor}}`` (``values`` empty for
+            ``"prune"``).
+        """
+        values = {}
+        if self.mask_storage == "inplace":
+            values = {
+                param_name(f, n): storage.effective(m, n).clone() for f, m, n in self.targets(model)
+            }
+        return {"masks": self.masks(model), "values": values}
+
+    def revert(self, model: nn.Module, snapshot: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Go back to a :meth:`snapshot`: its masks, and the values of entries pruned since."""
+        self.apply_masks(model, snapshot["masks"])
+        found = storage.locate(model, snapshot.get("values", {}))
+        with torch.no_grad():
+            for name, values in snapshot.get("values", {}).items():
+                where = found[name]
+                if where is None:
+                    continue
+                weight, keep = storage.trained_and_mask(*where)
+                revive = weight == 0
+                if keep is not None:
+                    revive &= keep != 0
+                weight.copy_(torch.where(revive, values.to(weight.device), weight))
+
     def restore(self, model: nn.Module) -> None:
         """Install the masks read by :meth:`load_state_dict` (then forget them).
+
+        ``"prune"`` states carry the masks; ``"inplace"`` states name the masked weights,
+        whose masks are their nonzeros (the checkpoint holds the zeros in place).
 
         Args:
             model: The model the state was saved from (same architecture).
@@ -530,45 +631,95 @@ class MagnitudePruner(Settings):
         Raises:
             ValueError: See :meth:`apply_masks`.
         """
-        self.apply_masks(model, self._loaded_masks)
-        self._loaded_masks = {}
+        loaded, self._loaded = self._loaded, {}
+        if "masks" in loaded:
+            self.apply_masks(model, loaded["masks"])
+            return
+        names = list(loaded.get("masked", ()))
+        found = storage.locate(model, names)
+        missing = [n for n in names if found[n] is None]
+        if missing:
+            raise ValueError(f"restore: {missing} name no parameter of the model")
+        masks = {n: storage.trained_and_mask(*found[n])[0] != 0 for n in names}  # type: ignore[misc]
+        self.apply_masks(model, masks)
 
     def make_permanent(self, model: nn.Module) -> None:
-        """Fold the masks into the weights (``torch.nn.utils.prune.remove``): plain zeros remain.
+        """Drop the masks; the zeros stay in the weights (``prune.remove`` for ``"prune"``).
 
         Args:
             model: The model.
         """
         for _, module, name in self.targets(model):
             storage.remove(module, name)
+        self._masked = []
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain values plus the boolean masks (on CPU) of the last model pruned.
+    # ------------------------------------------------------------------ through training
+    def enforce(self) -> None:
+        """Write the zeros of ``"inplace"`` masks into the weights again (after a step).
+
+        An optimizer step may move pruned entries (momentum, Adam's moments): call this after
+        each ``optimizer.step()``, or let :meth:`attach` do it. No host sync.
+        """
+        storage.enforce(self._masked)
+
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned entries (before a step); no host sync."""
+        storage.mask_grads(self._masked)
+
+    def attach(self, optimizer: Any) -> list[Any]:
+        """Keep ``"inplace"`` masks through ``optimizer``'s steps (no Lightning needed).
+
+        Registers a step pre-hook (:meth:`mask_grads`) and post-hook (:meth:`enforce`); they
+        follow whatever this pruner masks later.
 
         Returns:
-            ``{"last_sparsity": float | None, "masks": {fqn: bool tensor}}``.
+            The hook handles; ``handle.remove()`` detaches them.
+        """
+        return [
+            optimizer.register_step_pre_hook(lambda *_: self.mask_grads()),
+            optimizer.register_step_post_hook(lambda *_: self.enforce()),
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values, and the masks: their names for ``"inplace"``, themselves for ``"prune"``.
+
+        With ``"inplace"`` a mask is the nonzeros of its weight, which the checkpoint keeps;
+        with ``"prune"`` the boolean masks are copied to the CPU.
+
+        Returns:
+            ``{"last_sparsity": ..., "mask_storage": ..., "masks": {fqn: bool tensor}}`` or
+            ``{..., "masked": [fqn, ...]}``.
         """
         model = self._model() if self._model is not None else None
-        masks = self.masks(model) if model is not None else dict(self._loaded_masks)
-        return {
+        if model is None:
+            return {"last_sparsity": self.last_sparsity, **self._loaded}
+        state: dict[str, Any] = {
             "last_sparsity": self.last_sparsity,
-            "masks": {k: m.cpu() for k, m in masks.items()},
+            "mask_storage": self.mask_storage,
         }
+        if self.mask_storage == "prune":
+            state["masks"] = {k: m.cpu() for k, m in self.masks(model).items()}
+        else:
+            state["masked"] = [
+                param_name(f, n) for f, m, n in self.targets(model) if storage.is_masked(m, n)
+            ]
+        return state
 
     def reset(self) -> None:
         """Forget the last model pruned and any state read by :meth:`load_state_dict`."""
         self.last_sparsity = None
         self._model = None
-        self._loaded_masks = {}
+        self._masked = []
+        self._loaded = {}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Read a :meth:`state_dict`; call :meth:`restore` to put its masks on a model.
 
         Args:
-            state_dict: As returned by :meth:`state_dict`.
+            state_dict: As returned by :meth:`state_dict` (of either storage).
         """
         self.last_sparsity = state_dict.get("last_sparsity")
-        self._loaded_masks = dict(state_dict.get("masks", {}))
+        self._loaded = {k: v for k, v in state_dict.items() if k in ("masks", "masked")}
 
     _SETTINGS = (
         "schedule",
@@ -581,6 +732,8 @@ class MagnitudePruner(Settings):
         "keep_first_dense",
         "keep_last_dense",
         "parameter_name",
+        "parameters",
+        "mask_storage",
     )
 
     def settings(self) -> dict[str, Any]:
@@ -589,4 +742,9 @@ class MagnitudePruner(Settings):
         out["schedule"] = None if self.schedule is None else self.schedule.settings()
         for key in ("include_types", "include", "exclude"):
             out[key] = None if out[key] is None else list(out[key])
+        if callable(self.parameters):  # a function, by its import path
+            fn = self.parameters
+            out["parameters"] = f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
+        elif self.parameters is not None:
+            out["parameters"] = list(self.parameters)
         return out
