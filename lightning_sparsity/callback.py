@@ -40,6 +40,7 @@ __all__ = [
     "BudgetExceededError",
     "SparsityCallback",
     "SparsityCallbackLogic",
+    "check_strategy",
     "compare_settings",
     "default_input_from_batch",
 ]
@@ -50,6 +51,33 @@ _STEPS = ("epoch", "global_step")
 _FIXED_SETTINGS = ("step", "prune_every_n_steps", "budget/count")
 # tags this callback writes to TensorBoard
 _OUR_TAGS = ("sparsity/", "sparsity_layers/", "budget/")
+
+
+#: strategies whose parameters are flattened across ranks (not per-weight shards)
+_FLATTENING = {
+    "FSDPStrategy": "FSDP1 flattens each unit's weights into one sharded buffer",
+    "DeepSpeedStrategy": "DeepSpeed ZeRO flattens weights into partitioned buffers",
+}
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse strategies whose weights cannot be read per weight and per shard.
+
+    Supported: one device, DDP (``ddp``, ``ddp_spawn``, ...), and FSDP2 through Lightning's
+    ``ModelParallelStrategy`` with ``fully_shard`` (``DTensor`` weights, ``Shard(0)``).
+
+    Raises:
+        ValueError: For ``FSDPStrategy`` (FSDP1) and ``DeepSpeedStrategy``, naming what is
+            supported.
+    """
+    why = _FLATTENING.get(type(strategy).__name__)
+    if why is not None:
+        raise ValueError(
+            f"lightning_sparsity does not support {type(strategy).__name__}: {why}, so"
+            " per-weight nonzero counts and masks cannot be read. Supported: a single device,"
+            " DDP, and FSDP2 (ModelParallelStrategy with torch.distributed.fsdp.fully_shard"
+            " in configure_model)"
+        )
 
 
 class BudgetExceededError(RuntimeError):
@@ -135,6 +163,7 @@ class SparsityCallbackLogic:
         verbose: one status line per point through Lightning's rank-zero logging.
         name: tells several SparsityCallbacks in one Trainer apart (their checkpoint state
             keys); ``None`` for the only one.
+        hparams: more entries for the run's HParams entry (a sweep's budget and seed).
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -158,6 +187,7 @@ class SparsityCallbackLogic:
         prog_bar: bool = True,
         verbose: bool = True,
         name: str | None = None,
+        hparams: dict[str, Any] | None = None,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors: list[str] = []
@@ -202,6 +232,8 @@ class SparsityCallbackLogic:
             )
         if name is not None and (not isinstance(name, str) or not name):
             type_errors.append(f"`name` must be a non-empty str or None, got {name!r}")
+        if hparams is not None and not isinstance(hparams, dict):
+            type_errors.append(f"`hparams` must be a dict or None, got {hparams!r}")
         check_choice("step", step, _STEPS, value_errors)
         check_int("table_every_n_epochs", table_every_n_epochs, value_errors)
         check_int("prune_every_n_steps", prune_every_n_steps, value_errors, 1, optional=True)
@@ -230,6 +262,7 @@ class SparsityCallbackLogic:
         self.prog_bar = prog_bar
         self.verbose = verbose
         self.name = name
+        self.hparams = dict(hparams or {})
         self.controller = SparsityController(
             pruning, budget, guard, prune_every_n_steps=prune_every_n_steps
         )
@@ -293,6 +326,7 @@ class SparsityCallbackLogic:
         Before loading a checkpoint (resume, or ``test(ckpt_path=...)``), give the model
         plain weights, as the checkpoint stores them; a resumed fit re-applies the masks.
         """
+        check_strategy(trainer.strategy)
         self._dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.loggers or getattr(trainer, "fast_dev_run", False):
             self._dir = None  # Lightning suppresses logging: no files either
@@ -687,7 +721,7 @@ class SparsityCallbackLogic:
     def _hparams(self) -> dict[str, Any]:
         """The pruner, schedule, budget and guard settings, flat, for HParams."""
         pieces = {"pruning": self.pruning, "budget": self.budget, "guard": self.guard}
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self.hparams)
         for prefix, piece in pieces.items():
             if piece is not None:
                 out[f"{prefix}/type"] = type(piece).__name__

@@ -7,6 +7,8 @@
   :class:`~lightning_sparsity.SparsityCallback` and prints where the logs are.
 * ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
+* ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
+  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweep`).
 
 User errors (a bad option or config value, an unreadable or unfitting checkpoint) are one line
 ``lightning-sparsity: error: ...`` on stderr and exit status 2. Errors raised while training
@@ -243,6 +245,47 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list: {err}"
+            ) from err
+
+    return parse
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start."""
+    from lightning_sparsity.sweep import SweepError, sweep
+
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if not o.startswith("--")]
+    if bad:
+        raise CliError(f"unrecognized arguments {bad}: LightningCLI overrides start with --")
+    try:
+        results = sweep(
+            args.config,
+            args.budgets,
+            sparsities=args.sparsities,
+            seeds=args.seeds,
+            monitor=args.monitor,
+            mode=args.mode,
+            baseline=not args.no_baseline,
+            output=args.output,
+            overrides=overrides,
+            backend=args.backend,
+            address=args.address,
+            retry_failed=args.retry_failed,
+            echo=lambda line: print(line, flush=True),
+        )
+    except SweepError as err:
+        raise CliError(str(err)) from err
+    return 1 if any(r["status"] != "done" for r in results) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     top = argparse.ArgumentParser(
@@ -273,6 +316,25 @@ def parser() -> argparse.ArgumentParser:
         "--limit-batches", type=int, default=None, help="batches per epoch (for a quick check)"
     )
     d.set_defaults(func=demo)
+    w = sub.add_parser(
+        "sweep",
+        help="one fit per budget and seed of a config, then the accuracy-FLOPs frontier",
+        epilog="other --options (e.g. --trainer.max_epochs=3) go to every run's LightningCLI",
+    )
+    w.add_argument("--config", required=True, help="a LightningCLI YAML with a SparsityCallback")
+    w.add_argument("--budgets", type=_list(str), default=[], help="e.g. 50%%,25%%,10%%")
+    w.add_argument(
+        "--sparsities", type=_list(float), default=[], help="instead: final sparsities, 0.5,0.8"
+    )
+    w.add_argument("--seeds", type=_list(int), default=[0], help="e.g. 0,1,2 (0)")
+    w.add_argument("--monitor", help="the metric the frontier reports, e.g. val_acc")
+    w.add_argument("--mode", choices=("max", "min"), default="max", help="better is higher/lower")
+    w.add_argument("--no-baseline", action="store_true", help="skip the dense runs")
+    w.add_argument("--output", default="sparsity_sweeps", help="directory (sparsity_sweeps)")
+    w.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")
+    w.add_argument("--address", help="with --backend ray: the cluster (ray.init(address=...))")
+    w.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    w.set_defaults(func=run_sweep)
     return top
 
 
@@ -440,7 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
             return lightning_cli(None if argv is None else args)
-        parsed = parser().parse_args(args)
+        if args and args[0] == "sweep":  # the rest are LightningCLI overrides
+            parsed, rest = parser().parse_known_args(args)
+            parsed.overrides = rest
+        else:
+            parsed = parser().parse_args(args)
         return int(parsed.func(parsed))
     except CliError as err:
         print(f"lightning-sparsity: error: {err}", file=sys.stderr)

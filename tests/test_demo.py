@@ -147,6 +147,16 @@ def test_train_loader_shuffles_by_seed_and_val_loader_does_not() -> None:
     assert torch.equal(first, order(b, "train"))  # same seed, same order
     assert torch.equal(first, order(a, "train"))  # each new loader restarts from the seed
     assert torch.equal(order(a, "val"), val_images)  # not shuffled
+    # each epoch its own order, drawn from (seed, epoch) alone: a resumed fit sees the
+    # batches an uninterrupted one sees
+    loader = a.train_dataloader()
+    loader.sampler.set_epoch(3)
+    third = torch.cat([images for images, _ in loader])
+    assert not torch.equal(third, first)
+    fresh = b.train_dataloader()
+    fresh.sampler.set_epoch(3)
+    assert torch.equal(torch.cat([images for images, _ in fresh]), third)
+    assert sorted(third.flatten().tolist()) == sorted(first.flatten().tolist())
 
 
 # ---------------------------------------------------------------- data: validation

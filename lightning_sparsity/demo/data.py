@@ -7,17 +7,18 @@ classes, raw pixel values 0..16), so the demo, the configs and the tests run wit
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from lightning_sparsity._checks import check_int
 from lightning_sparsity._lightning import pl
 
-__all__ = ["DIGITS_NUM_CLASSES", "DIGITS_NUM_SAMPLES", "DigitsDataModule"]
+__all__ = ["DIGITS_NUM_CLASSES", "DIGITS_NUM_SAMPLES", "DigitsDataModule", "EpochShuffle"]
 
 #: Number of images in ``load_digits``.
 DIGITS_NUM_SAMPLES = 1797
@@ -102,17 +103,18 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_dataset = TensorDataset(images[val], targets[val])
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        """Shuffled training batches; the order is fixed by ``seed``.
+        """Shuffled training batches; each epoch's order is fixed by ``seed`` and the epoch.
 
         Returns:
-            A loader whose shuffling restarts from ``seed`` each time it is built.
+            A loader whose sampler draws epoch ``e``'s order from ``(seed, e)`` (Lightning
+            calls its ``set_epoch``, as for ``DistributedSampler``), so a fit resumed from a
+            checkpoint sees the same batches as one that was never interrupted.
         """
-        generator = torch.Generator().manual_seed(self.seed)
+        dataset = self._dataset("train")
         return DataLoader(
-            self._dataset("train"),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            sampler=EpochShuffle(len(dataset), self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -137,6 +139,31 @@ class DigitsDataModule(pl.LightningDataModule):
         dataset = self.train_dataset if split == "train" else self.val_dataset
         assert dataset is not None  # set by setup above
         return dataset
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``range(n)`` per epoch, drawn from ``(seed, epoch)`` alone.
+
+    Args:
+        n: How many examples.
+        seed: The seed, in [0, 2**32).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` next (Lightning calls this at each epoch start)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        # one 32-bit seed mixed from both (torch's CPU generator keeps 32 bits of a seed)
+        mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(mixed)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def _check_args(

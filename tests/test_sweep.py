@@ -1,0 +1,260 @@
+"""Budget sweeps end to end: runs, frontier files, TensorBoard, kill and restart, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from lightning_sparsity.cli import main
+from lightning_sparsity.sweep import SweepError, frontier_rows, plan, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers",
+    "ignore:.*is smaller than the logging interval",
+)
+
+# the digits demo, small: the budget lands after 2 epochs, 6 batches per epoch
+CONFIG = """
+seed_everything: 0
+trainer:
+  max_epochs: 2
+  accelerator: cpu
+  deterministic: true
+  limit_train_batches: 6
+  limit_val_batches: 2
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning_sparsity.SparsityCallback
+      init_args:
+        per_layer: false
+        verbose: false
+        pruning:
+          class_path: lightning_sparsity.MagnitudePruner
+          init_args:
+            keep_first_dense: true
+        budget:
+          class_path: lightning_sparsity.FlopBudget
+          init_args:
+            target: 20%
+            by_epoch: 2
+            action: adjust
+model:
+  class_path: lightning_sparsity.demo.DigitsCNN
+data:
+  class_path: lightning_sparsity.demo.DigitsDataModule
+"""
+
+
+def config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_plan() -> None:
+    runs = plan(["50%", "25%"], [0, 1])
+    assert [r.name for r in runs] == [
+        "baseline_seed0",
+        "budget50%_seed0",
+        "budget50%_seed1",
+        "budget25%_seed0",
+        "budget25%_seed1",
+    ]
+    assert [r.name for r in plan(sparsities=[0.5], seeds=[3], baseline=False)] == [
+        "sparsity0.5_seed3"
+    ]
+
+
+def test_frontier_rows_mean_std_delta_and_pareto() -> None:
+    def run(label: str, metric: float, flops: float) -> dict:
+        return {"label": label, "status": "done", "metric": metric, "flops_sparse": flops,
+                "flops_ratio": flops / 100, "params_nonzero": flops}  # fmt: skip
+
+    results = [
+        run("dense", 0.9, 100),
+        run("50%", 0.92, 50),
+        run("50%", 0.90, 50),
+        run("25%", 0.80, 25),
+        run("25%", 0.84, 25),
+        run("40%", 0.85, 40),  # worse than 50% at more FLOPs than 25%: dominated? no:
+        {"label": "10%", "status": "failed", "error": "boom"},
+    ]
+    rows = {r["label"]: r for r in frontier_rows(results)}
+    assert rows["50%"]["metric_mean"] == pytest.approx(0.91)
+    # sample std of (0.92, 0.90): sqrt(((0.01)^2 * 2) / 1) = 0.014142...
+    assert rows["50%"]["metric_std"] == pytest.approx(0.0141421356)
+    assert rows["50%"]["delta"] == pytest.approx(0.01)
+    assert rows["25%"]["delta"] == pytest.approx(-0.08)
+    # 50% beats dense at fewer FLOPs; 40% is beaten by 50%? no: 50% has more FLOPs, so 40%
+    # (0.85 at 40) is on the front beside 25% (0.82 at 25) and 50% (0.91 at 50)
+    assert {k: r["pareto"] for k, r in rows.items()} == {
+        "dense": False,
+        "50%": True,
+        "25%": True,
+        "40%": True,
+        "10%": False,
+    }
+    assert (rows["10%"]["runs"], rows["10%"]["failed"]) == (0, 1)
+    # lower is better: the loss frontier keeps the lowest loss per FLOPs
+    rows = {r["label"]: r for r in frontier_rows(results, mode="min")}
+    assert rows["25%"]["pareto"]
+    assert not rows["50%"]["pareto"]
+
+
+def test_sweep_of_two_budgets_two_seeds_and_a_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    results = sweep(
+        config(tmp_path), ["50%", "20%"], seeds=[0, 1], monitor="val_acc", output=out,
+        echo=lambda line: None,
+    )  # fmt: skip
+    assert [r["name"] for r in results] == [
+        "baseline_seed0",
+        "budget50%_seed0",
+        "budget50%_seed1",
+        "budget20%_seed0",
+        "budget20%_seed1",
+    ]
+    assert all(r["status"] == "done" for r in results)
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert frontier["runs"] == results
+    for run in results:
+        run_dir = Path(run["log_dir"])
+        # the run's own report
+        report = json.loads((run_dir / "sparsity_report.json").read_text())
+        assert run["flops_sparse"] == report["total"]["flops_sparse"]
+        assert run["params_nonzero"] == report["total"]["params_nonzero"]
+        # its TensorBoard final scalars, read back as TensorBoard does
+        acc = scalars(run_dir)
+        final = acc.Scalars("sparsity/final_flops_sparse_per_example")[-1].value
+        assert final == pytest.approx(run["flops_sparse"], rel=1e-6)  # float32 events
+        assert acc.Scalars("sparsity/final_flops_ratio")[-1].value == pytest.approx(
+            run["flops_ratio"], rel=1e-6
+        )
+        assert acc.Scalars("val_acc")[-1].value == pytest.approx(run["metric"], rel=1e-6)
+        # one HParams entry per run: the sweep's seed and budget, the module's settings
+        content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert hparams["sweep/seed"].number_value == run["seed"]
+        assert hparams["sweep/label"].string_value == run["label"]
+        assert hparams["lr"].number_value == 0.01
+        if run["budget"] is not None:
+            assert hparams["budget/target"].string_value == run["budget"]
+        else:
+            assert "budget/target" not in hparams
+    rows = {r["label"]: r for r in frontier["rows"]}
+    assert list(rows) == ["dense", "50%", "20%"]
+    for label in ("50%", "20%"):
+        metrics = [r["metric"] for r in results if r["label"] == label]
+        assert rows[label]["metric_mean"] == pytest.approx(sum(metrics) / 2)
+        assert rows[label]["delta"] == pytest.approx(
+            rows[label]["metric_mean"] - rows["dense"]["metric_mean"]
+        )
+        # the budget held: at or below its target after the deadline
+        limit = float(label[:-1]) / 100 * rows["dense"]["flops_sparse"]
+        assert rows[label]["flops_sparse"] <= limit
+    csv_lines = (out / "frontier.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("label,budget,sparsity,runs,failed,metric_mean")
+    assert len(csv_lines) == 4
+    assert "| 50% | 2/2 |" in (out / "frontier.md").read_text()
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys) -> None:
+    # keep_first_dense: conv1's 18,432 FLOPs (1.5% of dense) stay, so 1% is unreachable
+    out = tmp_path / "out"
+    code = main(
+        ["sweep", "--config", str(config(tmp_path)), "--budgets", "50%,1%", "--no-baseline",
+         "--output", str(out), "--monitor", "val_acc"]
+    )  # fmt: skip
+    assert code == 1
+    results = json.loads((out / "frontier.json").read_text())["runs"]
+    assert [r["status"] for r in results] == ["done", "failed"]
+    assert "unreachable" in results[1]["error"]
+    assert "Failed: budget1%_seed0: ValueError: FlopBudget" in (out / "frontier.md").read_text()
+    assert "failed: ['budget1%_seed0']" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--budgets", "50%,abc"], r"budget 'abc': `target` must be a positive number"),
+        (["--budgets", ""], r"the sweep needs budgets"),
+        (["--budgets", "50%", "--monitor", "val_accuracy"], r"'val_accuracy' is never logged"),
+        (["--budgets", "50%", "--seeds", "0,0"], r"seeds repeat a value: \[0, 0\]"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_run(
+    tmp_path: Path, capsys, args: list[str], match: str
+) -> None:
+    out = tmp_path / "out"
+    assert main(["sweep", "--config", str(config(tmp_path)), "--output", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-sparsity: error:")
+    assert len(err.splitlines()) == 1
+    assert re.search(match, err)
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+def test_a_config_without_the_callback_is_refused(tmp_path: Path) -> None:
+    text = CONFIG.split("  callbacks:")[0] + "model:" + CONFIG.split("model:")[1]
+    with pytest.raises(SweepError, match=r"one lightning_sparsity\.SparsityCallback"):
+        sweep(config(tmp_path, text), ["50%"], output=tmp_path / "out", echo=lambda s: None)
+
+
+def test_sweep_killed_in_its_second_run_and_restarted_equals_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path)
+    args = ["--budgets", "50%,20%", "--seeds", "0", "--monitor", "val_acc"]
+    whole = tmp_path / "whole"
+    assert main(["sweep", "--config", str(cfg), "--output", str(whole), *args]) == 0
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "lightning_sparsity.cli", "sweep", "--config", str(cfg),
+               "--output", str(out), *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second = out / "runs" / "budget50%_seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    os.kill(proc.pid, signal.SIGKILL)  # during the second run, after its first epoch
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+    assert not (out / "runs" / "budget50%_seed0" / "sweep_run.json").exists()
+
+    assert main(["sweep", "--config", str(cfg), "--output", str(out), *args]) == 0
+    results = json.loads((out / "frontier.json").read_text())["runs"]
+    expected = json.loads((whole / "frontier.json").read_text())["runs"]
+    assert [r["name"] for r in results] == [r["name"] for r in expected]  # each run once
+
+    def numbers(run: dict) -> tuple:
+        return (run["name"], run["status"], run["metric"], run["flops_sparse"],
+                run["params_nonzero"], run["epochs"])  # fmt: skip
+
+    assert [numbers(r) for r in results] == [numbers(r) for r in expected]
+    rows = json.loads((out / "frontier.json").read_text())["rows"]
+    assert rows == json.loads((whole / "frontier.json").read_text())["rows"]
+    history = json.loads((out / "runs" / "budget50%_seed0" / "sparsity_history.json").read_text())
+    assert [p["epoch"] for p in history] == [0, 1, 2]  # resumed: no gap, no duplicate
