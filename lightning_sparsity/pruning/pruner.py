@@ -29,6 +29,14 @@ from torch.nn.utils import parametrize
 
 from lightning_sparsity._checks import check_bools, check_choice
 from lightning_sparsity._settings import Settings
+from lightning_sparsity.patterns import (
+    Pattern,
+    group_losses,
+    group_view,
+    kernel_problem,
+    parse_pattern,
+    pattern_keep,
+)
 from lightning_sparsity.pruning import flops, select
 from lightning_sparsity.pruning import masks as storage
 from lightning_sparsity.pruning.allocation import (
@@ -135,6 +143,13 @@ class MagnitudePruner(Settings):
             callback does). ``"prune"``: ``torch.nn.utils.prune``'s reparametrization
             (``weight_orig`` × ``weight_mask``), for code that expects it. See
             :mod:`lightning_sparsity.pruning.masks` for what each costs.
+        pattern: ``"N:M"`` (``"2:4"``): prune in the semi-structured pattern GPUs run fast,
+            at most N nonzeros in every group of M consecutive weights along the input
+            dimension (:mod:`lightning_sparsity.patterns`). A sparsity ``s`` prunes the
+            fraction ``s / ((M - N) / M)`` of all groups (so at most ``(M - N) / M``): the
+            groups whose ``M - N`` smallest magnitudes sum least (globally, or per layer with
+            ``"uniform"``), keeping their N largest. Layers whose shape cannot carry it (or
+            the 2:4 kernels cannot take) stay dense, named in a warning.
 
     Raises:
         ValueError: If any argument is invalid; all problems are reported at once.
@@ -154,6 +169,7 @@ class MagnitudePruner(Settings):
         parameter_name: str = "weight",
         parameters: list[str] | ParameterFilter | None = None,
         mask_storage: Storage = "inplace",
+        pattern: str | None = None,
     ) -> None:
         errors: list[str] = []
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -183,11 +199,11 @@ class MagnitudePruner(Settings):
             if isinstance(regexes, str) or not all(isinstance(p, str) for p in regexes):
                 errors.append(f"`{arg}` must be a list of regex strings or None, got {regexes!r}")
                 continue
-            for pattern in regexes:
+            for regex in regexes:
                 try:
-                    patterns[arg].append(re.compile(pattern))
+                    patterns[arg].append(re.compile(regex))
                 except re.error as err:
-                    errors.append(f"`{arg}` holds an invalid regex {pattern!r}: {err}")
+                    errors.append(f"`{arg}` holds an invalid regex {regex!r}: {err}")
         if not isinstance(parameter_name, str) or not parameter_name.isidentifier():
             errors.append(f"`parameter_name` must be an identifier, got {parameter_name!r}")
         named: list[re.Pattern[str]] = []
@@ -198,12 +214,25 @@ class MagnitudePruner(Settings):
                     f" (name, parameter) -> bool, or None; got {parameters!r}"
                 )
             else:
-                for pattern in parameters:
+                for regex in parameters:
                     try:
-                        named.append(re.compile(pattern))
+                        named.append(re.compile(regex))
                     except re.error as err:
-                        errors.append(f"`parameters` holds an invalid regex {pattern!r}: {err}")
+                        errors.append(f"`parameters` holds an invalid regex {regex!r}: {err}")
         check_choice("mask_storage", mask_storage, STORAGES, errors)
+        parsed: Pattern | None = None
+        if pattern is not None:
+            try:
+                parsed = parse_pattern(pattern)
+            except ValueError as err:
+                errors.append(str(err))
+            if structured is True:
+                errors.append(f"`pattern={pattern!r}` prunes within rows; not with structured=True")
+            if allocation in ("erk", "flops"):
+                errors.append(
+                    f"`pattern={pattern!r}` takes allocation 'global' or 'uniform', got"
+                    f" {allocation!r}"
+                )
         if errors:
             raise ValueError("MagnitudePruner: " + "; ".join(errors))
         self.schedule = schedule
@@ -218,6 +247,8 @@ class MagnitudePruner(Settings):
         self.parameter_name = parameter_name
         self.parameters = parameters
         self.mask_storage: Storage = mask_storage
+        self.pattern = pattern
+        self._pattern = parsed
         self._include = patterns["include"]
         self._exclude = patterns["exclude"]
         self._named = named
@@ -288,7 +319,10 @@ class MagnitudePruner(Settings):
                 if parametrize.is_parametrized(module, name) or hasattr(module, name + "_v"):
                     skipped[param_name(fqn, name)] = _COMPUTED
                 continue
-            if reparametrize and owners.get(id(param), 0) > 1:
+            problem = None if self._pattern is None else kernel_problem(param, self._pattern)
+            if problem is not None:
+                skipped[param_name(fqn, name)] = f"pattern {self.pattern}: {problem}"
+            elif reparametrize and owners.get(id(param), 0) > 1:
                 skipped[param_name(fqn, name)] = _TIED
             elif reparametrize and id(module) in bypassed:
                 skipped[param_name(fqn, name)] = _BYPASSED
@@ -385,7 +419,9 @@ class MagnitudePruner(Settings):
         scales = self._flop_scales(targets, flops_per_nonzero)
         tensors, current = _split(targets)
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(t.shape) for t in tensors])
-        if self.structured:
+        if self._pattern is not None:
+            keeps = self._pattern_keeps(tensors, current, sparsity)
+        elif self.structured:
             keeps = self._structured_keeps(tensors, current, sparsity, scales, per_layer)
         else:
             sources = select.make_sources(tensors, current, scales, None)
@@ -400,6 +436,42 @@ class MagnitudePruner(Settings):
                 )
         self._install(model, [(m, n) for _, m, n in targets], keeps)
         self.last_sparsity = float(sparsity)
+
+    def _group_sources(
+        self, tensors: list[Tensor], current: list[Tensor | None], weights: list[float] | None
+    ) -> list[Source]:
+        """One score per N:M group (the magnitude pruning it removes), already pruned ones out."""
+        assert self._pattern is not None
+        n, m = self._pattern
+        losses = [group_losses(t, k, self._pattern) for t, k in zip(tensors, current, strict=True)]
+        # a group is pruned when it holds at most N live entries
+        live = [None if k is None else group_view(k != 0, m).sum(1) > n for k in current]
+        return select.make_sources(losses, live, None, weights)
+
+    def _pattern_keeps(
+        self, tensors: list[Tensor], current: list[Tensor | None], sparsity: float
+    ) -> list[Tensor]:
+        """Prune the fraction ``sparsity / ((M - N) / M)`` of the groups to N:M."""
+        assert self._pattern is not None
+        n, m = self._pattern
+        if sparsity > (m - n) / m:
+            raise ValueError(
+                f"with pattern {self.pattern!r} at most {(m - n) / m:g} of the weights can be"
+                f" pruned, got sparsity {sparsity!r}"
+            )
+        fraction = sparsity * m / (m - n)
+        sources = self._group_sources(tensors, current, None)
+        if self.allocation == "uniform":
+            groups = _per_layer_groups(sources, [fraction] * len(sources))
+        else:
+            groups = [(sources, round(fraction * sum(s.tensor.numel() for s in sources)))]
+        prune: list[Tensor] = []
+        for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
+            prune += [~keep for keep in select.keep_masks(group, cut)]
+        return [
+            pattern_keep(t, k, self._pattern, p)
+            for t, k, p in zip(tensors, current, prune, strict=True)
+        ]
 
     def _install(
         self, model: nn.Module, params: list[tuple[nn.Module, str]], keeps: list[Tensor]
@@ -522,6 +594,26 @@ class MagnitudePruner(Settings):
         others = flops.other_flops(model, flops_per_nonzero, set(names))
         tensors, current = _split(targets)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
+        if self._pattern is not None:  # whole groups: each removes M - N weights' FLOPs
+            n, m = self._pattern
+            all_dense = (
+                fixed_flops
+                + others
+                + sum(c * t.numel() for c, t in zip(costs, tensors, strict=True))
+            )
+            sources = self._group_sources(tensors, current, [(m - n) * c for c in costs])
+            (cut,) = select.cuts(
+                [(sources, float(all_dense - target_flops))], weighted=True, reach=not_above
+            )
+            prune = [~keep for keep in select.keep_masks(sources, cut)]
+            keeps = [
+                pattern_keep(t, k, self._pattern, p)
+                for t, k, p in zip(tensors, current, prune, strict=True)
+            ]
+            params = [(m_, n_) for _, m_, n_ in targets]
+            self._install(model, params, keeps)
+            nnz = storage.nonzero_counts(params)
+            return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
         keeps = flops.flop_target_keeps(
             tensors,
             current,
@@ -734,6 +826,7 @@ class MagnitudePruner(Settings):
         "parameter_name",
         "parameters",
         "mask_storage",
+        "pattern",
     )
 
     def settings(self) -> dict[str, Any]:
