@@ -36,12 +36,12 @@ if TYPE_CHECKING:
 __all__ = ["BudgetDecision", "FlopBudget", "format_count", "parse_flops"]
 
 Action = Literal["stop", "adjust"]
-Count = Literal["sparse", "effective", "params"]
+Count = Literal["sparse", "realizable", "effective", "params"]
 OnDeadline = Literal["stop", "raise", "warn"]
 Status = Literal["over", "within", "missed"]
 
 _ACTIONS = ("stop", "adjust")
-_COUNTS = ("sparse", "effective", "params")
+_COUNTS = ("sparse", "realizable", "effective", "params")
 _ON_DEADLINE = ("stop", "raise", "warn")
 _CURVES = ("cubic", "linear")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -136,8 +136,10 @@ class FlopBudget(Settings):
             Required for ``action="adjust"``.
         action: ``"stop"`` (freeze masks once within budget) or ``"adjust"`` (steer the
             pruner along a FLOP schedule that lands on the limit at the deadline).
-        count: which number the limit is on: ``"sparse"`` FLOPs (default), ``"effective"``
-            FLOPs (measured on the example input at each point), or nonzero ``"params"``.
+        count: which number the limit is on: ``"sparse"`` FLOPs (default),
+            ``"realizable"`` FLOPs (what kernels execute for the weights' patterns: 2:4,
+            removed rows and channels), ``"effective"`` FLOPs (measured on the example input
+            at each point), or nonzero ``"params"``.
         finetune_epochs: with ``stop``, epochs to train after the limit is met before the
             fit stops; ``None`` trains to ``max_epochs``.
         on_deadline: past the deadline and still over: ``"stop"`` training, ``"raise"``,
@@ -227,6 +229,7 @@ class FlopBudget(Settings):
         return {
             "sparse": "sparse FLOPs",
             "effective": "effective FLOPs",
+            "realizable": "realizable FLOPs",
             "params": "nonzero parameters",
         }[self.count]
 
@@ -239,6 +242,7 @@ class FlopBudget(Settings):
         total = report.total
         found = {
             "sparse": total.flops_sparse,
+            "realizable": total.flops_realizable,
             "params": total.params_nonzero,
             "effective": total.flops_effective,
         }[self.count]
@@ -251,7 +255,7 @@ class FlopBudget(Settings):
 
     def reference(self, report: SparsityReport) -> float:
         """What ``"N%"`` refers to: dense FLOPs, all parameters, or the effective FLOPs now."""
-        if self.count == "sparse":
+        if self.count in ("sparse", "realizable"):
             return float(report.total.flops)
         if self.count == "params":
             return float(report.total.params)
@@ -341,7 +345,7 @@ class FlopBudget(Settings):
                 f" {format_count(floor)} {self.unit}; the lowest reachable target is"
                 f" {floor / dense:.2%} of dense"
             )
-            if parts and self.count == "sparse":
+            if parts and self.count in ("sparse", "realizable"):
                 listed = "; ".join(f"{n}: {format_count(v)}" for n, v in parts[:6])
                 more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
                 unpruned = [n.removesuffix(_UNPRUNED) for n, _ in parts if n.endswith(_UNPRUNED)]

@@ -605,6 +605,11 @@ class SparsityCallbackLogic:
             f"sparsity/flops_dense_{per}": float(point.flops),
             f"sparsity/flops_sparse_{per}": float(point.flops_sparse),
             "sparsity/flops_ratio": point.flops_ratio,
+            **(
+                {}
+                if point.flops_realizable is None
+                else {f"sparsity/flops_realizable_{per}": float(point.flops_realizable)}
+            ),
             "sparsity/params": float(point.params),
             "sparsity/params_nonzero": float(point.params_nonzero),
             "sparsity/param_sparsity": point.param_sparsity,
@@ -642,8 +647,12 @@ class SparsityCallbackLogic:
         per = f"per_{point.per}"
         for writer in tensorboard_writers(trainer.loggers):
             if id(writer) not in self._layout_written:
-                flops = [f"sparsity/flops_dense_{per}", f"sparsity/flops_sparse_{per}"]
-                if self.budget is not None and self.budget.count == "sparse":
+                flops = [
+                    f"sparsity/flops_dense_{per}",
+                    f"sparsity/flops_sparse_{per}",
+                    f"sparsity/flops_realizable_{per}",
+                ]
+                if self.budget is not None and self.budget.count in ("sparse", "realizable"):
                     flops += ["budget/limit", "budget/scheduled"]
                 sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
                 writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))

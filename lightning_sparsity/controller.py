@@ -47,6 +47,8 @@ class HistoryPoint:
         per: ``"example"`` or ``"batch"``: what the FLOPs are counted for.
         flops: dense FLOPs.
         flops_sparse: FLOPs skipping multiplications by zero weights.
+        flops_realizable: what kernels execute for the weights' patterns (2:4, removed rows
+            and input channels), when counted.
         params: parameters (tied ones once).
         params_nonzero: nonzero parameters.
         target_sparsity: the schedule's target for the pruner's weights, if it has one.
@@ -74,6 +76,7 @@ class HistoryPoint:
     params_nonzero: int
     target_sparsity: float | None = None
     pruned_sparsity: float | None = None
+    flops_realizable: int | float | None = None
     pruning: str | None = None
     guard_value: float | None = None
     budget_count: str | None = None
@@ -219,7 +222,10 @@ class SparsityController:
     def bind(self, model: nn.Module, example_input: Any) -> None:
         """Count ``model`` on ``example_input`` from now on (traces once)."""
         if self.meter is None or self.meter.model is not model:
-            self.meter = SparsityMeter(model, example_input)
+            patterns = ["2:4"]  # what GPUs run; and the pruner's own
+            if self.pruning is not None and self.pruning.pattern is not None:
+                patterns.append(self.pruning.pattern)
+            self.meter = SparsityMeter(model, example_input, realizable=patterns)
 
     @property
     def bound(self) -> bool:
@@ -498,6 +504,7 @@ class SparsityController:
             per=report.per,
             flops=total.flops,
             flops_sparse=total.flops_sparse,
+            flops_realizable=total.flops_realizable,
             params=total.params,
             params_nonzero=total.params_nonzero,
             target_sparsity=self._target(epoch),

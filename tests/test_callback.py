@@ -94,6 +94,7 @@ def test_tensorboard_curves_equal_measure_at_each_epoch(tmp_path: Path) -> None:
     assert charts["FLOPs: dense vs sparse vs budget"] == [
         "sparsity/flops_dense_per_example",
         KEY,
+        "sparsity/flops_realizable_per_example",
     ]
     # the per-layer table as text at epochs 0 and 2, and at fit end (step 3)
     texts = acc.Tensors("sparsity/layers/text_summary")
@@ -228,6 +229,7 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
     assert charts["FLOPs: dense vs sparse vs budget"] == [
         "sparsity/flops_dense_per_example",
         KEY,
+        "sparsity/flops_realizable_per_example",
         "budget/limit",
         "budget/scheduled",
     ]

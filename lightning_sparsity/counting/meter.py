@@ -27,8 +27,10 @@ from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
 from lightning_sparsity.counting.params import Slot, find_slots
+from lightning_sparsity.counting.realizable import DEFAULT_PATTERNS, Form, Probe, probe
 from lightning_sparsity.counting.report import LayerStats, SparsityReport
 from lightning_sparsity.counting.trace import Trace, replay, trace
+from lightning_sparsity.patterns import Pattern, parse_pattern
 
 __all__ = ["CostModel", "SparsityMeter", "measure"]
 
@@ -212,6 +214,8 @@ class SparsityMeter:
         batch_size: the number of examples in the input; default: the length of a list of
             tensors given as the first argument, else dim 0 of the first input tensor (then
             re-inferred when ``example_input`` is replaced).
+        realizable: also count realizable FLOPs at each :meth:`measure` (``True``: 2:4; a
+            list of ``"N:M"``; ``False``: skip them, a few reads of the weights fewer).
 
     Warns:
         UserWarning: once per meter, if the inferred batch size disagrees with the batch
@@ -231,8 +235,10 @@ class SparsityMeter:
         *,
         per: Per = "example",
         batch_size: int | None = None,
+        realizable: bool | Sequence[str] = True,
     ) -> None:
         _validate(model, example_input, per, batch_size)
+        self.patterns = _patterns(realizable)
         self.model = model
         self.example_input = example_input
         self.per: Per = per
@@ -271,7 +277,7 @@ class SparsityMeter:
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed)."""
         current = self._ensure_trace(find_slots(self.model))
-        return _report(current, self.per, self._divisor, self.batch_size)
+        return _report(current, self.per, self._divisor, self.batch_size, self.patterns)
 
     def cost_model(self) -> CostModel:
         """The per-parameter cost of the current trace (for FLOP-targeted pruning).
@@ -287,7 +293,7 @@ class SparsityMeter:
         if any(u.chain is not None for u in current.uses):
             if any(slot.is_meta() for slot in current.slots):
                 raise ValueError("cost_model() needs real weights; the model is on meta")
-            _, nnz_use = _nonzeros(current)
+            nnz_use = _nonzeros(current).nnz_use
         for i, use in enumerate(current.uses):
             if use.chain is None:
                 per_nonzero[use.slot] = per_nonzero.get(use.slot, Fraction(0)) + use.coef
@@ -313,6 +319,7 @@ def measure(
     activations: bool = False,
     per: Per = "example",
     batch_size: int | None = None,
+    realizable: bool | Sequence[str] = True,
 ) -> SparsityReport:
     """Count parameters, nonzero parameters, dense and sparse FLOPs of one forward pass.
 
@@ -323,6 +330,8 @@ def measure(
         per: ``"example"`` (FLOPs divided by the input's batch size) or ``"batch"``.
         batch_size: the number of examples in the input; default: the length of a list of
             tensors given as the first argument, else dim 0 of the first input tensor.
+        realizable: also count realizable FLOPs (:mod:`.realizable`): ``True`` checks the
+            2:4 pattern, a list of ``"N:M"`` others; ``False`` skips them.
 
     Returns:
         The report. On the meta device, nonzero counts and sparse FLOPs are ``None``.
@@ -338,6 +347,7 @@ def measure(
         MeasureError: if the model's forward pass fails on the example input.
     """
     _validate(model, example_input, per, batch_size)
+    patterns = _patterns(realizable)
     examples = _examples(example_input, per, batch_size)
     if activations and any(slot.is_meta() for slot in find_slots(model)):
         raise ValueError("activations=True needs real values; the model is on the meta device")
@@ -345,7 +355,22 @@ def measure(
     div, stated, doubt = _settle(per, examples, current.batches)
     if doubt is not None:
         warnings.warn(doubt, UserWarning, stacklevel=2)
-    return _report(current, per, div, stated)
+    return _report(current, per, div, stated, patterns)
+
+
+def _patterns(realizable: bool | Sequence[str]) -> tuple[Pattern, ...] | None:
+    """The N:M patterns realizable FLOPs check (``None``: not counted).
+
+    Raises:
+        ValueError: for a pattern that is not ``"N:M"``.
+    """
+    if realizable is True:
+        return DEFAULT_PATTERNS
+    if realizable is False:
+        return None
+    if isinstance(realizable, str):
+        realizable = [realizable]
+    return tuple(dict.fromkeys(parse_pattern(p) for p in realizable))
 
 
 def _gather(values: list[Tensor]) -> list[Any]:
@@ -361,38 +386,86 @@ def whole(t: Tensor) -> Tensor:
     return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
 
 
-def _nonzeros(current: Trace) -> tuple[list[int], list[int]]:
-    """Nonzeros of every slot and of every use's operand, with one host sync."""
+@dataclass
+class _Counts:
+    """What one sweep over the weights read back (one host sync)."""
+
+    nnz_slot: list[int]
+    nnz_use: list[int]
+    numel_use: list[int]  # entries of each use's operand
+    forms: list[Form | None] | None  # per slot, with realizable FLOPs
+
+
+def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Counts:
+    """Nonzeros of every slot and use's operand (and the realizable probes), one host sync."""
     slots = current.slots
     partial = [u for u in current.uses if u.chain is not None]
+    probes: list[Probe | None] = []
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in slots]
         counts: list[Tensor] = [local(t).count_nonzero() for t in tensors]
         # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
         parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
         counts += [p.count_nonzero() for p in parts]
+        holders: list[Tensor] = [*tensors, *parts]
+        if patterns is not None:
+            probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
+            for found in probes:
+                if found is not None:
+                    counts += found.scalars
+                    holders += found.holders
     if any(is_sharded(t) for t in tensors):  # per-shard counts summed: one all-reduce
         device = counts[0].device
         stacked = torch.stack([c.to(device) for c in counts])
-        counts = list(reduce_counts(stacked, [*tensors, *parts]).unbind())
+        counts = list(reduce_counts(stacked, holders).unbind())
     values = _gather(counts)
-    nnz_slot, nnz_partial = values[: len(slots)], iter(values[len(slots) :])
+    nnz_slot = values[: len(slots)]
+    nnz_partial = iter(values[len(slots) : len(slots) + len(parts)])
+    rest = iter(values[len(slots) + len(parts) :])
     nnz_use = [nnz_slot[u.slot] if u.chain is None else next(nnz_partial) for u in current.uses]
-    return nnz_slot, nnz_use
+    part_numels = iter([p.numel() for p in parts])
+    numel_use = [
+        current.numels[u.slot] if u.chain is None else next(part_numels) for u in current.uses
+    ]
+    forms: list[Form | None] | None = None
+    if patterns is not None:
+        forms = []
+        for i, found in enumerate(probes):
+            if found is None:
+                forms.append(None)
+                continue
+            probe_values = [next(rest) for _ in found.scalars]
+            forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
+    return _Counts(nnz_slot, nnz_use, numel_use, forms)
 
 
-def _report(current: Trace, per: Per, div: int, batch_size: int | None) -> SparsityReport:
+def _report(
+    current: Trace,
+    per: Per,
+    div: int,
+    batch_size: int | None,
+    patterns: Sequence[Pattern] | None = None,
+) -> SparsityReport:
     slots = current.slots
     n_rows = len(current.rows)
     meta = any(slot.is_meta() for slot in slots)
     sparse: list[Fraction] | None = None
     nonzero: list[int] | None = None
     nnz_slot: list[int] = []
+    realizable: list[Fraction] | None = None
+    forms: list[Form | None] | None = None
     if not meta:
-        nnz_slot, nnz_use = _nonzeros(current)
+        counted = _nonzeros(current, patterns)
+        nnz_slot, nnz_use, forms = counted.nnz_slot, counted.nnz_use, counted.forms
         sparse = [Fraction(f) for f in current.fixed]
         for use, nnz in zip(current.uses, nnz_use, strict=True):
             sparse[use.row] += use.coef * nnz
+        if forms is not None:  # per use: dense times the weight's form (slices: dense)
+            realizable = [Fraction(f) for f in current.fixed]
+            for use, numel in zip(current.uses, counted.numel_use, strict=True):
+                form = forms[use.slot] if use.chain is None else None
+                factor = Fraction(1) if form is None else form.factor
+                realizable[use.row] += use.coef * numel * factor
         nonzero = [0] * n_rows
         for slot_index, row in enumerate(current.row_of_slot):
             nonzero[row] += nnz_slot[slot_index]
@@ -420,9 +493,12 @@ def _report(current: Trace, per: Per, div: int, batch_size: int | None) -> Spars
                 flops_effective=None
                 if effective is None
                 else _as_number(Fraction(effective[row], div)),
+                flops_realizable=None if realizable is None else _as_number(realizable[row] / div),
             )
         )
     known = {"params_nonzero", "flops_sparse"} if not meta else set()
+    if realizable is not None:
+        known.add("flops_realizable")
     if effective is not None:
         known.add("flops_effective")
     parameters = {
@@ -436,4 +512,9 @@ def _report(current: Trace, per: Per, div: int, batch_size: int | None) -> Spars
         unsupported=current.unsupported,
         known=frozenset(known),
         parameters=parameters,
+        forms={
+            slot.name: form.text
+            for slot, form in zip(slots, forms or [], strict=False)
+            if form is not None
+        },
     )

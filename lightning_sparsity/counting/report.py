@@ -33,6 +33,9 @@ class LayerStats:
             meta device.
         flops_effective: multiplications with both operands nonzero (×2); ``None`` unless
             measured with ``activations=True``.
+        flops_realizable: what real kernels execute for the weights' patterns (2:4 weights at
+            half their FLOPs, removed rows and input channels skipped, unstructured zeros
+            not); ``None`` unless counted (``realizable=``).
     """
 
     name: str
@@ -42,6 +45,7 @@ class LayerStats:
     flops: int | float
     flops_sparse: int | float | None
     flops_effective: int | float | None = None
+    flops_realizable: int | float | None = None
 
     @property
     def density(self) -> float | None:
@@ -55,6 +59,13 @@ class LayerStats:
         """``1 - density``: the fraction of zero parameters."""
         density = self.density
         return None if density is None else 1.0 - density
+
+    @property
+    def realizable_ratio(self) -> float | None:
+        """``flops_realizable / flops`` (1.0 for a module without FLOPs)."""
+        if self.flops_realizable is None:
+            return None
+        return self.flops_realizable / self.flops if self.flops else 1.0
 
     @property
     def flops_ratio(self) -> float | None:
@@ -84,6 +95,9 @@ class SparsityReport:
             cost is not in any FLOP column.
         parameters: every effective parameter by name → ``(entries, nonzero entries)``
             (``None`` nonzero on the meta device).
+        forms: with realizable FLOPs, what each weight of 2+ dims realizes: ``"dense"``,
+            ``"2:4"``, ``"rows 48/64, inputs 16/16"`` (compacted), ``"unstructured"``,
+            ``"zero"``.
     """
 
     layers: tuple[LayerStats, ...]
@@ -92,6 +106,7 @@ class SparsityReport:
     batch_size: int | None = 1
     unsupported: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    forms: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_layers(
@@ -103,6 +118,7 @@ class SparsityReport:
         unsupported: dict[str, int] | None = None,
         known: frozenset[str] = frozenset({"params_nonzero", "flops_sparse"}),
         parameters: dict[str, tuple[int, int | None]] | None = None,
+        forms: dict[str, str] | None = None,
     ) -> SparsityReport:
         """Build a report, summing ``layers`` into ``total``.
 
@@ -123,9 +139,16 @@ class SparsityReport:
             flops=sum(row.flops for row in layers),
             flops_sparse=add("flops_sparse"),
             flops_effective=add("flops_effective"),
+            flops_realizable=add("flops_realizable"),
         )
         return cls(
-            tuple(layers), total, per, batch_size, dict(unsupported or {}), dict(parameters or {})
+            tuple(layers),
+            total,
+            per,
+            batch_size,
+            dict(unsupported or {}),
+            dict(parameters or {}),
+            dict(forms or {}),
         )
 
     def sparsity_of(self, names: Iterable[str]) -> float | None:
@@ -156,6 +179,7 @@ class SparsityReport:
             "layers": [asdict(row) for row in self.layers],
             "unsupported": dict(self.unsupported),
             "parameters": {name: list(v) for name, v in self.parameters.items()},
+            "forms": dict(self.forms),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -195,8 +219,10 @@ class SparsityReport:
     def to_markdown(self) -> str:
         """A per-layer table with totals, FLOPs in human units."""
         effective = self.total.flops_effective is not None
+        realizable = self.total.flops_realizable is not None
         head = ["layer", "type", "params", "nonzero", "density", "FLOPs", "sparse FLOPs"]
-        head += ["sparse/dense", *(["effective FLOPs"] if effective else [])]
+        head += ["sparse/dense", *(["realizable FLOPs"] if realizable else [])]
+        head += ["effective FLOPs"] if effective else []
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in (*self.layers, self.total):
             name = "**total**" if row is self.total else (row.name or "<root>")
@@ -210,11 +236,19 @@ class SparsityReport:
                 format_flops(row.flops_sparse),
                 _fmt_ratio(row.flops_ratio),
             ]
+            if realizable:
+                cells.append(format_flops(row.flops_realizable))
             if effective:
                 cells.append(format_flops(row.flops_effective))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(self._flops_basis())
+        shaped = {n: f for n, f in self.forms.items() if f not in ("dense", "unstructured")}
+        if shaped:
+            lines.append(
+                "Realizable: " + ", ".join(f"{n} {f}" for n, f in shaped.items()) + "; other"
+                " zeros are unstructured (no dense kernel skips them)."
+            )
         if self.unsupported:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))
             lines.append(f"Not counted (no formula): {ops}.")

@@ -1,0 +1,117 @@
+"""Realizable FLOPs: what a real kernel executes for a weight's pattern of zeros.
+
+Sparse FLOPs skip every zero weight; dense kernels skip none. Two patterns do pay off:
+
+* N:M semi-structured (2:4: at most 2 nonzeros in every group of 4 along the input
+  dimension, :mod:`lightning_sparsity.patterns`): a weight that conforms runs at ``N / M`` of
+  its dense FLOPs (cuSPARSELt / CUTLASS on Ampere and later). Considered for the weights of
+  linear and convolution layers, attention's projections and recurrent layers, whose dim 1
+  is the input.
+* structure: dim-0 slices (output rows / channels) and dim-1 slices (input features /
+  channels) that are entirely zero can be removed, leaving a smaller dense layer: its
+  FLOPs scale by ``(live rows / rows) · (live inputs / inputs)``. Any weight of 2+ dims.
+
+Per weight the cheaper of the two counts; unstructured zeros realize nothing. Uses of a weight
+in slices (a packed projection with different query and key lengths) and ops without a
+weight count dense. The probes are device scalars read back with the nonzero counts, in the
+same host sync; sharded (``DTensor``) weights are probed on their shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_sparsity._shards import is_sharded, local, shard_group
+from lightning_sparsity.patterns import Pattern, group_view
+
+__all__ = ["DEFAULT_PATTERNS", "Form", "Probe", "probe"]
+
+DEFAULT_PATTERNS: tuple[Pattern, ...] = ((2, 4),)
+_ONCE = torch.empty(0)  # a holder for values every rank computes whole (not summed)
+
+# weights whose dim 1 is the input (the layout of to_sparse_semi_structured)
+_INPUT_DIM_ONE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)
+
+
+@dataclass(frozen=True)
+class Form:
+    """What a weight realizes.
+
+    Attributes:
+        factor: realizable over dense FLOPs for the weight's uses (1: nothing skipped).
+        text: ``"dense"``, ``"2:4"`` (conforms), ``"rows 48/64, inputs 16/16"``
+            (compacted), ``"unstructured"`` (zeros no kernel can skip) or ``"zero"``.
+    """
+
+    factor: Fraction
+    text: str
+
+
+@dataclass
+class Probe:
+    """Device scalars of one weight, decoded into a :class:`Form` after the host sync."""
+
+    scalars: list[Tensor]  # live rows, live inputs, then violations per pattern
+    holders: list[Tensor]  # what each scalar was counted over (sharded: summed over ranks)
+    rows: int
+    inputs: int
+    patterns: tuple[Pattern, ...]
+
+    def form(self, values: Sequence[int], nnz: int, numel: int) -> Form:
+        """The weight's form from its probes' values and its nonzero count."""
+        if nnz == numel:
+            return Form(Fraction(1), "dense")
+        if nnz == 0:
+            return Form(Fraction(0), "zero")
+        live_rows, live_inputs, *violations = values
+        best = Form(Fraction(1), "unstructured")
+        compact = Fraction(live_rows, self.rows) * Fraction(live_inputs, self.inputs)
+        if compact < best.factor:
+            best = Form(
+                compact, f"rows {live_rows}/{self.rows}, inputs {live_inputs}/{self.inputs}"
+            )
+        for (n, m), bad in zip(self.patterns, violations, strict=True):
+            if bad == 0 and Fraction(n, m) < best.factor:
+                best = Form(Fraction(n, m), f"{n}:{m}")
+        return best
+
+
+def probe(
+    module: nn.Module, weight: Tensor, patterns: Sequence[Pattern] = DEFAULT_PATTERNS
+) -> Probe | None:
+    """The probes of one weight (no host sync), or ``None`` for a weight of under 2 dims.
+
+    Sharded weights: rows and pattern violations are counted on the shard (summed over ranks
+    later); the inputs' liveness is OR-ed over ranks here, with one all-reduce.
+    """
+    if weight.dim() < 2 or weight.numel() == 0:
+        return None
+    part = local(weight).detach()
+    nonzero = part != 0
+    by_row = nonzero.reshape(part.shape[0], part.shape[1], -1)  # a view: no copy
+    live_rows = by_row.any(2).any(1).sum()
+    live_inputs_vec = by_row.any(2).any(0)
+    holders: list[Tensor] = [weight]
+    if is_sharded(weight):
+        flags = live_inputs_vec.to(torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=shard_group([weight]))
+        live_inputs_vec = flags.bool()
+    scalars = [live_rows, live_inputs_vec.sum()]
+    holders.append(_ONCE if is_sharded(weight) else weight)  # OR-ed already: once
+    usable = tuple(p for p in patterns if isinstance(module, _INPUT_DIM_ONE))
+    length = part[0].numel() if part.shape[0] else 0
+    for n, m in usable:
+        if length % m:  # cannot carry the pattern: one violation, counted once
+            scalars.append(torch.ones((), dtype=torch.int64, device=part.device))
+            holders.append(_ONCE)
+        else:  # groups holding more than N nonzeros, summed over the shards
+            per_group = group_view(nonzero, m).sum(1, dtype=torch.uint8)  # 1 byte per group
+            scalars.append((per_group > n).sum())
+            holders.append(weight)
+    return Probe(scalars, holders, weight.shape[0], weight.shape[1], usable)
