@@ -346,7 +346,8 @@ def frontier_rows(results: Sequence[dict[str, Any]], mode: Mode = "max") -> list
                 "budget": group[0].get("budget"),
                 "sparsity": group[0].get("sparsity"),
                 "runs": len(done),
-                "failed": len(group) - len(done),
+                "failed": sum(r["status"] == "failed" for r in group),
+                "pending": sum(r["status"] == "missing" for r in group),
                 "metric_mean": metric_mean,
                 "metric_std": metric_std,
                 "flops_sparse": statistics.fmean(flops) if flops else None,
@@ -402,13 +403,17 @@ def frontier_markdown(
         )
         delta = "—" if r["delta"] is None else f"{r['delta']:+.4f}"
         lines.append(
-            f"| {r['label']} | {r['runs']}/{r['runs'] + r['failed']} | {metric} | {delta} |"
+            f"| {r['label']} | {r['runs']}/{r['runs'] + r['failed'] + r['pending']} | {metric} |"
+            f" {delta} |"
             f" {_fmt(r['flops_sparse'])} | {_fmt(r['flops_ratio'])} |"
             f" {_fmt(r['params_nonzero'])} | {'yes' if r['pareto'] else ''} |"
         )
     for r in failed:
         lines.append("")
-        lines.append(f"Failed: {r['name']}: {r.get('error', '?')}")
+        if r["status"] == "missing":
+            lines.append(f"Not run yet: {r['name']}")
+        else:
+            lines.append(f"Failed: {r['name']}: {r.get('error', '?')}")
     return "\n".join(lines) + "\n"
 
 

@@ -172,7 +172,7 @@ def test_sweep_of_two_budgets_two_seeds_and_a_baseline(tmp_path: Path) -> None:
         limit = float(label[:-1]) / 100 * rows["dense"]["flops_sparse"]
         assert rows[label]["flops_sparse"] <= limit
     csv_lines = (out / "frontier.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("label,budget,sparsity,runs,failed,metric_mean")
+    assert csv_lines[0].startswith("label,budget,sparsity,runs,failed,pending,metric_mean")
     assert len(csv_lines) == 4
     assert "| 50% | 2/2 |" in (out / "frontier.md").read_text()
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
