@@ -27,6 +27,7 @@ from lightning_sparsity.counting import (
 from lightning_sparsity.guard import MetricGuard
 from lightning_sparsity.oneshot import prune_to_flops
 from lightning_sparsity.pruning import MagnitudePruner
+from lightning_sparsity.speed import SpeedReport, speed
 
 if TYPE_CHECKING:
     from lightning_sparsity.callback import SparsityCallback
@@ -46,10 +47,12 @@ __all__ = [
     "SparsityController",
     "SparsityMeter",
     "SparsityReport",
+    "SpeedReport",
     "__version__",
     "measure",
     "prune_to_flops",
     "schedules",
+    "speed",
 ]
 
 

@@ -35,6 +35,8 @@ from lightning_sparsity.loggers.tensorboard import (
 )
 from lightning_sparsity.pruning import MagnitudePruner
 from lightning_sparsity.pruning.masks import plain_state
+from lightning_sparsity.speed import SpeedReport, format_speed
+from lightning_sparsity.speed import speed as time_speed
 
 __all__ = [
     "BudgetExceededError",
@@ -164,6 +166,9 @@ class SparsityCallbackLogic:
         name: tells several SparsityCallbacks in one Trainer apart (their checkpoint state
             keys); ``None`` for the only one.
         hparams: more entries for the run's HParams entry (a sweep's budget and seed).
+        speed: at fit end, time the forward with dense vs sparse kernels
+            (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
+            ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -188,6 +193,7 @@ class SparsityCallbackLogic:
         verbose: bool = True,
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
+        speed: bool = False,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors: list[str] = []
@@ -223,6 +229,7 @@ class SparsityCallbackLogic:
             "write_files": write_files,
             "prog_bar": prog_bar,
             "verbose": verbose,
+            "speed": speed,
         }
         check_bools(flags, type_errors)
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
@@ -263,6 +270,7 @@ class SparsityCallbackLogic:
         self.verbose = verbose
         self.name = name
         self.hparams = dict(hparams or {})
+        self.speed = speed
         self.controller = SparsityController(
             pruning, budget, guard, prune_every_n_steps=prune_every_n_steps
         )
@@ -480,6 +488,9 @@ class SparsityCallbackLogic:
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_text("sparsity/layers", report.to_markdown(), global_step=last.step)
         final = self._final_metrics(last)
+        timing = self._speed(trainer, pl_module)
+        if timing is not None:
+            final["sparsity/speedup_measured"] = timing.speedup
         for logger in trainer.loggers:
             logger.log_metrics(final, step=last.step)
         directory = self.directory
@@ -491,6 +502,26 @@ class SparsityCallbackLogic:
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
                 f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
             )
+
+    def _speed(self, trainer: Any, pl_module: nn.Module) -> SpeedReport | None:
+        """With ``speed=True``: the forward timed with dense vs sparse kernels (one process)."""
+        if not self.speed:
+            return None
+        if trainer.world_size > 1:  # a forward on rank 0 alone would hang under FSDP
+            rank_zero_warn(
+                "lightning_sparsity: speed=True times a single process; skipped with"
+                f" {trainer.world_size} processes (call lightning_sparsity.speed after the fit)"
+            )
+            return None
+        example_input = self._input(pl_module)
+        if example_input is None:
+            return None
+        timing = time_speed(pl_module, example_input)
+        rank_zero_info(f"lightning_sparsity: {timing.summary}")
+        directory = self.directory
+        if self.write_files and directory is not None:
+            (directory / "sparsity_speed.md").write_text(format_speed(timing) + "\n")
+        return timing
 
     def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:
         """Keep the plot of what finished; the history files are already on disk."""
