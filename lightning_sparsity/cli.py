@@ -9,6 +9,11 @@
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 * ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
   one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweep`).
+* ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
+  written again from the files in LOGDIR (:mod:`lightning_sparsity.report`).
+* ``lightning-sparsity speed TARGET --input-shape 64,4096 [--repeats 20] [--device cuda
+  --dtype float16]``: dense vs sparse-kernel forward times beside the FLOP ratios (CSR on CPU,
+  2:4 on CUDA; :mod:`lightning_sparsity.speed`).
 
 User errors (a bad option or config value, an unreadable or unfitting checkpoint) are one line
 ``lightning-sparsity: error: ...`` on stderr and exit status 2. Errors raised while training
@@ -286,6 +291,28 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] != "done" for r in results) else 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    """The ``report`` subcommand: render again, print where the files are."""
+    from lightning_sparsity.report import ReportError, render
+
+    try:
+        paths = render(args.logdir)
+    except ReportError as err:
+        raise CliError(str(err)) from err
+    for path in paths:
+        print(path)
+    return 0
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    """The ``speed`` subcommand."""
+    from lightning_sparsity.speed import speed_command
+
+    return speed_command(
+        args.target, args.input_shape, args.repeats, device=args.device, dtype=args.dtype
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     top = argparse.ArgumentParser(
@@ -335,6 +362,27 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--address", help="with --backend ray: the cluster (ray.init(address=...))")
     w.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     w.set_defaults(func=run_sweep)
+    r = sub.add_parser(
+        "report",
+        help="write a sweep's frontier, or a run's curves and report, again from its files",
+    )
+    r.add_argument(
+        "logdir", help="a sweep's --output (sweep.json) or a run's log dir (sparsity_history.json)"
+    )
+    r.set_defaults(func=run_report)
+    s = sub.add_parser(
+        "speed", help="time the forward with dense vs sparse kernels (CSR on CPU, 2:4 on CUDA)"
+    )
+    s.add_argument("target", help="package.module:factory")
+    s.add_argument("--input-shape", type=_shape, required=True, help="e.g. 64,4096")
+    s.add_argument("--repeats", type=int, default=20, help="timed runs per median (20)")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    s.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        help="cast the model first (the 2:4 kernels take float16/bfloat16)",
+    )
+    s.set_defaults(func=run_speed)
     return top
 
 
