@@ -28,6 +28,7 @@ from lightning_sparsity.guard import MetricGuard
 from lightning_sparsity.oneshot import prune_to_flops
 from lightning_sparsity.pruning import MagnitudePruner
 from lightning_sparsity.speed import SpeedReport, speed
+from lightning_sparsity.sweeps import sweep
 
 if TYPE_CHECKING:
     from lightning_sparsity.callback import SparsityCallback
@@ -53,6 +54,7 @@ __all__ = [
     "prune_to_flops",
     "schedules",
     "speed",
+    "sweep",
 ]
 
 

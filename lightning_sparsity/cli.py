@@ -8,7 +8,7 @@
 * ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 * ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
-  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweep`).
+  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`).
 * ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
   written again from the files in LOGDIR (:mod:`lightning_sparsity.report`).
 * ``lightning-sparsity speed TARGET --input-shape 64,4096 [--repeats 20] [--device cuda
@@ -264,7 +264,7 @@ def _list(kind: type) -> Any:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start."""
-    from lightning_sparsity.sweep import SweepError, sweep
+    from lightning_sparsity.sweeps import SweepError, sweep
 
     overrides = list(args.overrides)
     bad = [o for o in overrides if not o.startswith("--")]

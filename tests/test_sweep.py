@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lightning_sparsity.cli import main
-from lightning_sparsity.sweep import SweepError, frontier_rows, plan, sweep
+from lightning_sparsity.sweeps import SweepError, frontier_rows, plan, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

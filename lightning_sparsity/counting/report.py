@@ -151,6 +151,23 @@ class SparsityReport:
             dict(forms or {}),
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityReport:
+        """A report from its :meth:`to_dict` (read back from ``to_json``).
+
+        Keys the report does not know are left out; fields the data lacks take defaults.
+        """
+        names = {f.name for f in fields(LayerStats)}
+
+        def row(values: dict[str, Any]) -> LayerStats:
+            return LayerStats(**{k: v for k, v in values.items() if k in names})
+
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["layers"] = tuple(row(r) for r in data["layers"])
+        values["total"] = row(data["total"])
+        values["parameters"] = {k: tuple(v) for k, v in data.get("parameters", {}).items()}
+        return cls(**values)
+
     def sparsity_of(self, names: Iterable[str]) -> float | None:
         """The fraction of zeros among the named parameters (e.g. a pruner's targets)."""
         sizes = [self.parameters[name] for name in names]

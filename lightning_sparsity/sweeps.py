@@ -35,7 +35,18 @@ from typing import Any, Literal
 
 from lightning_sparsity.budget import parse_flops
 
-__all__ = ["RunSpec", "SweepError", "frontier_rows", "plan", "run_one", "sweep"]
+__all__ = [
+    "RunSpec",
+    "SweepError",
+    "collect_results",
+    "format_clock",
+    "frontier_rows",
+    "plan",
+    "run_one",
+    "sweep",
+    "write_frontier",
+    "write_json",
+]
 
 Mode = Literal["max", "min"]
 Backend = Literal["inprocess", "ray"]
@@ -294,11 +305,11 @@ def run_one(
             traceback=traceback.format_exc(limit=8),
         )
     result["wall_s"] = round(time.monotonic() - started, 3)
-    _write_json(run_dir / RESULT, result)
+    write_json(run_dir / RESULT, result)
     return result
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file, then a rename)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
@@ -484,7 +495,7 @@ def write_frontier(
     root = Path(root)
     rows = frontier_rows(results, mode)
     failed = [r for r in results if r["status"] != "done"]
-    _write_json(
+    write_json(
         root / "frontier.json",
         {"monitor": monitor, "mode": mode, "rows": rows, "runs": list(results)},
     )
@@ -561,10 +572,11 @@ def _manifest(root: Path, manifest: dict[str, Any]) -> None:
                 f"{root} holds a sweep with other {', '.join(changed)}"
                 f" ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); pick another --output"
             )
-    _write_json(path, manifest)
+    write_json(path, manifest)
 
 
-def _clock(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
+    """``75.2`` seconds → ``"1:15"``."""
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}:{secs:02d}"
 
@@ -636,28 +648,30 @@ def sweep(
         if done is not None and (done["status"] == "done" or not retry_failed):
             continue
         todo.append(spec)
+    if backend == "ray":  # Ray missing: say so before any work
+        from lightning_sparsity.sweep_ray import run_ray
     if todo:
         _dry_run(config, next((s for s in todo if not s.baseline), todo[0]), monitor, overrides)
     echo(f"sweep: {len(specs)} runs, {len(specs) - len(todo)} already finished; {root}")
     if backend == "ray":
-        from lightning_sparsity.sweep_ray import run_ray
-
         run_ray(config, todo, str(root), monitor, mode, overrides, address, echo)
     else:
         started = time.monotonic()
         for i, spec in enumerate(todo, 1):
             elapsed = time.monotonic() - started
             left = (
-                f", about {_clock(elapsed / (i - 1) * (len(todo) - i + 1))} left" if i > 1 else ""
+                f", about {format_clock(elapsed / (i - 1) * (len(todo) - i + 1))} left"
+                if i > 1
+                else ""
             )
-            echo(f"sweep: run {i}/{len(todo)} {spec.name} (elapsed {_clock(elapsed)}{left})")
+            echo(f"sweep: run {i}/{len(todo)} {spec.name} (elapsed {format_clock(elapsed)}{left})")
             result = run_one(
                 config, spec, str(root), monitor=monitor, mode=mode, overrides=overrides
             )
             if result["status"] != "done":
                 echo(f"sweep: {spec.name} failed: {result['error']}")
-            write_frontier(root, _results(root, specs), monitor, mode)
-    results = _results(root, specs)
+            write_frontier(root, collect_results(root, specs), monitor, mode)
+    results = collect_results(root, specs)
     write_frontier(root, results, monitor, mode)
     failed = [r["name"] for r in results if r["status"] != "done"]
     echo(
@@ -667,7 +681,8 @@ def sweep(
     return results
 
 
-def _results(root: Path, specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+def collect_results(root: Path, specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+    """The recorded result of every run of a plan; runs not finished are ``"missing"``."""
     out = []
     for spec in specs:
         result = load_result(root, spec)
