@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-slow lint bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest -q -m "not slow"
+
+# the long end-to-end runs (more kill points, FSDP schedules, Ray, packaging): .ci/run too
+test-slow: $(BIN)/.installed
+	$(BIN)/pytest -q -m slow
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_counter.py

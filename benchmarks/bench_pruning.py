@@ -1,15 +1,21 @@
-"""Global magnitude pruning of a ResNet-50 to 80%: MagnitudePruner vs torch.nn.utils.prune.
+"""Global magnitude pruning to 80%: MagnitudePruner vs torch.nn.utils.prune, quiet and busy.
 
 The peer is ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)``, the path
 Lightning's ``ModelPruning(use_global_unstructured=True)`` takes. Both prune the same
-conv + linear weights of a fresh copy of the model per repeat; the reported time is the median.
+conv + linear weights of a fresh copy of the model per repeat (ResNet-50, or MobileNetV3-small:
+many small tensors); the runs of the two alternate, and the reported times are medians.
+
+Twice: on a quiet machine, then with ``--busy N`` processes spinning (``while True: pass``,
+started and stopped by this script) that compete for the cores, as DataLoader workers do
+during training. Every ratio is taken between runs in the same process under the same load.
 
 Memory: torch's CPU allocations are invisible to tracemalloc, so on CPU the script reads the
 process's resident set from /proc (VmRSS before and after, VmHWM for the peak, reset through
 /proc/self/clear_refs); the peak minus the RSS after the call is the transient (temporaries).
 On CUDA it reads torch.cuda.max_memory_allocated the same way.
 
-    python benchmarks/bench_pruning.py [--repeats 5] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_pruning.py [--model resnet50|mobilenet_v3_small] [--repeats 5]
+        [--busy 2] [--device cpu|cuda] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,17 +28,26 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from models import RESNET50_PARAMS, resnet50
+from models import MOBILENET_V3_SMALL_PARAMS, RESNET50_PARAMS, mobilenet_v3_small, resnet50
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_sparsity.pruning import MagnitudePruner, kth_smallest_abs, threshold_for_count
+from lightning_sparsity.pruning import MagnitudePruner, kth_smallest_abs, select
 
 SPARSITY = 0.8
+MODELS = {
+    "resnet50": ("ResNet-50", resnet50, RESNET50_PARAMS),
+    "mobilenet_v3_small": ("MobileNetV3-small", mobilenet_v3_small, MOBILENET_V3_SMALL_PARAMS),
+}
+
+
+def conv_linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def prune_ours(model: nn.Module) -> None:
@@ -45,15 +60,15 @@ def prune_torch(model: nn.Module) -> None:
 
 
 def select_only(model: nn.Module) -> None:
+    """What the pruner asks of the selection: the cut and the masks, nothing installed."""
     weights = conv_linear_weights(model)
-    threshold_for_count(weights, round(SPARSITY * sum(w.numel() for w in weights)))
+    sources = select.make_sources(weights, None, None, None)
+    k = round(SPARSITY * sum(w.numel() for w in weights))
+    (cut,) = select.cuts([(sources, float(k))], weighted=False)
+    select.keep_masks(sources, cut)
 
 
-def conv_linear_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-METHODS = {"ours": prune_ours, "torch": prune_torch, "ours-threshold-only": select_only}
+METHODS = {"ours": prune_ours, "torch": prune_torch, "ours-select-and-masks": select_only}
 
 
 def sync(device: torch.device) -> None:
@@ -61,18 +76,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[nn.Module], None], base: nn.Module, repeats: int) -> list[float]:
+def timed(fn: Callable[[nn.Module], None], base: nn.Module) -> float:
     device = next(base.parameters()).device
-    times = []
-    for _ in range(repeats):
-        model = copy.deepcopy(base)
-        sync(device)
-        start = time.perf_counter()
-        fn(model)
-        sync(device)
-        times.append(time.perf_counter() - start)
-        del model
-    return times
+    model = copy.deepcopy(base)
+    sync(device)
+    start = time.perf_counter()
+    fn(model)
+    sync(device)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def busy(n: int) -> Iterator[None]:
+    """``n`` processes spinning on the CPU for the duration (stopped by their handles)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0.0)
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
 
 
 def _status_kib(field: str) -> int:
@@ -100,12 +125,12 @@ def memory(fn: Callable[[nn.Module], None], model: nn.Module) -> tuple[float, fl
     return (peak - before) / 1024, (after - before) / 1024
 
 
-def memory_in_child(name: str) -> tuple[float, float]:
+def memory_in_child(name: str, model: str) -> tuple[float, float]:
     """Measure on CPU in a fresh process, where malloc hands every large block back to the OS
     (fixed mmap threshold), so the resident set follows the live allocations."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-of", name],
+        [sys.executable, __file__, "--model", model, "--memory-of", name],
         env=env,
         check=True,
         capture_output=True,
@@ -115,17 +140,19 @@ def memory_in_child(name: str) -> tuple[float, float]:
     return peak, kept
 
 
-def masks_of(model: nn.Module) -> list[torch.Tensor]:
-    return [b for n, b in model.named_buffers() if n.endswith("weight_mask")]
+def our_masks(model: nn.Module) -> list[torch.Tensor]:
+    return list(MagnitudePruner().masks(model).values())
 
 
-def zeros(model: nn.Module) -> int:
-    return sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("weight_mask"))
+def torch_masks(model: nn.Module) -> list[torch.Tensor]:
+    return [b != 0 for n, b in model.named_buffers() if n.endswith("weight_mask")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet50")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--busy", type=int, default=2, help="spinning processes (0: quiet only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--memory-of", choices=sorted(METHODS), help=argparse.SUPPRESS)
@@ -133,29 +160,38 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    title, build, params = MODELS[args.model]
     torch.manual_seed(0)
-    base = resnet50().to(device)
-    assert sum(p.numel() for p in base.parameters()) == RESNET50_PARAMS
+    base = build().to(device)
+    assert sum(p.numel() for p in base.parameters()) == params
     if args.memory_of:  # child process of memory_in_child
         print(json.dumps(memory(METHODS[args.memory_of], base)))
         return
     weights = conv_linear_weights(base)
     n_weights = sum(w.numel() for w in weights)
     print(
-        f"ResNet-50: {sum(p.numel() for p in base.parameters()):,} parameters,"
-        f" {n_weights:,} conv+linear weights in {len(weights)} tensors; device {device},"
-        f" torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        f"{title}: {params:,} parameters, {n_weights:,} conv+linear weights in"
+        f" {len(weights)} tensors; device {device}, torch {torch.__version__},"
+        f" {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores"
     )
 
-    ours, peer = [], []
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-        ours += timed(prune_ours, base, 1)
-        peer += timed(prune_torch, base, 1)
-    t_ours, t_peer = statistics.median(ours), statistics.median(peer)
-    print(f"\nglobal magnitude pruning to {SPARSITY:.0%}, median of {args.repeats}:")
-    print(f"  MagnitudePruner.apply           {t_ours * 1e3:9.1f} ms")
-    print(f"  prune.global_unstructured (L1)  {t_peer * 1e3:9.1f} ms")
-    print(f"  speed-up                        {t_peer / t_ours:9.1f} x")
+    print(f"\nglobal magnitude pruning to {SPARSITY:.0%}, medians of {args.repeats} (ms):")
+    print(
+        f"  {'load':22s} {'MagnitudePruner.apply':>22s} {'global_unstructured':>20s}"
+        f" {'speed-up':>9s}   {'selection + masks':>18s} {'speed-up':>9s}"
+    )
+    for spinners in [0] + ([args.busy] if args.busy else []):
+        times: dict[str, list[float]] = {name: [] for name in METHODS}
+        with busy(spinners):
+            for _ in range(args.repeats):  # interleaved: drifting load hits all alike
+                for name, fn in METHODS.items():
+                    times[name].append(timed(fn, base))
+        ours, peer, sel = (statistics.median(times[n]) for n in METHODS)
+        load = "quiet" if spinners == 0 else f"{spinners} busy processes"
+        print(
+            f"  {load:22s} {ours * 1e3:22.1f} {peer * 1e3:20.1f} {peer / ours:8.1f}x"
+            f"   {sel * 1e3:18.1f} {peer / sel:8.1f}x"
+        )
 
     m_ours, m_peer = copy.deepcopy(base), copy.deepcopy(base)
     prune_ours(m_ours)
@@ -163,12 +199,14 @@ def main() -> None:
     k = round(SPARSITY * n_weights)
     threshold = float(kth_smallest_abs(weights, k))
     differ, differ_at_ties = 0, 0
-    for w, a, b in zip(weights, masks_of(m_ours), masks_of(m_peer), strict=True):
+    for w, a, b in zip(weights, our_masks(m_ours), torch_masks(m_peer), strict=True):
         diff = a != b
         differ += int(diff.sum())
         differ_at_ties += int((w.detach().abs()[diff] == threshold).sum())
+    pruned_ours = sum(int((~m).sum()) for m in our_masks(m_ours))
+    pruned_torch = sum(int((~m).sum()) for m in torch_masks(m_peer))
     print(
-        f"\nweights pruned: ours {zeros(m_ours):,}, torch {zeros(m_peer):,},"
+        f"\nweights pruned: ours {pruned_ours:,}, torch {pruned_torch:,},"
         f" round({SPARSITY} * N) = {k:,}"
     )
     print(
@@ -177,12 +215,11 @@ def main() -> None:
     )
     del m_ours, m_peer
 
-    # the threshold alone: radix select vs torch.kthvalue on a concatenation
     sel, kth = [], []
     for _ in range(args.repeats):
         sync(device)
         start = time.perf_counter()
-        cut = threshold_for_count(weights, k)
+        cut = select.threshold_for_count(weights, k)
         sync(device)
         sel.append(time.perf_counter() - start)
         start = time.perf_counter()
@@ -191,7 +228,7 @@ def main() -> None:
         kth.append(time.perf_counter() - start)
     assert cut.threshold == float(value.values)
     print(
-        f"threshold only: radix select {statistics.median(sel) * 1e3:.1f} ms,"
+        f"threshold only (quiet): radix select {statistics.median(sel) * 1e3:.1f} ms,"
         f" torch.kthvalue(cat(|w|)) {statistics.median(kth) * 1e3:.1f} ms (same value)"
     )
 
@@ -203,18 +240,22 @@ def main() -> None:
     print(f"\nmemory, {what}, one call each (MiB):")
     weights_mib = n_weights * weights[0].element_size() / 2**20
     for name in METHODS:
-        peak, kept = memory_in_child(name) if device.type == "cpu" else memory(METHODS[name], base)
+        peak, kept = (
+            memory_in_child(name, args.model)
+            if device.type == "cpu"
+            else memory(METHODS[name], base)
+        )
         print(
-            f"  {name:20s} peak +{peak:7.1f}  retained +{kept:7.1f}  transient {peak - kept:7.1f}"
+            f"  {name:22s} peak +{peak:7.1f}  retained +{kept:7.1f}  transient {peak - kept:7.1f}"
         )
     print(
-        f"  (all conv+linear weights: {weights_mib:.1f} MiB; what pruning retains is the masks"
-        " and the masked weights, 2 x that, plus whatever the method keeps referenced)"
+        f"  (all conv+linear weights: {weights_mib:.1f} MiB; ours retains a 1-byte mask per"
+        " weight, torch a mask in the weight's dtype and the masked weights)"
     )
-    largest = max(w.numel() for w in weights)
+    chunk = select.chunk_size(device)
     print(
-        f"  ours allocates per-tensor temporaries only; the largest tensor has {largest:,}"
-        f" entries ({largest * 4 / 2**20:.1f} MiB in float32)"
+        f"  ours reads the weights in chunks of {chunk:,} entries; its temporaries are two"
+        " chunk buffers and one histogram (0.5 MiB)"
     )
 
 

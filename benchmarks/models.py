@@ -4,18 +4,36 @@ The fallback ResNet-50 is the standard torchvision ("v1.5") bottleneck network: 
 stride-2 sits on the 3×3 convolution of each stage's first block, convolutions have no
 bias, ImageNet head with 1000 classes. It has 25,557,032 parameters and costs
 4,089,184,256 MACs at 224×224, torchvision's published ``_ops`` of 4.09 GMACs.
+
+The fallback MobileNetV3-small is torchvision's ``mobilenet_v3_small`` block for block (its
+``_mobilenet_v3_conf`` table, ``_make_divisible`` squeeze widths, hard-sigmoid SE gates,
+BatchNorm eps 1e-3, 1024-wide classifier, module names and initialisation): 2,542,856
+parameters and 56,510,400 MACs at 224×224, torchvision's published ``num_params`` and
+``_ops`` of 0.057 GMACs. Many small tensors: 43 of its 54 conv + linear weights hold fewer
+than 2**15 entries.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["RESNET50_MACS", "RESNET50_PARAMS", "resnet50"]
+__all__ = [
+    "MOBILENET_V3_SMALL_MACS",
+    "MOBILENET_V3_SMALL_PARAMS",
+    "RESNET50_MACS",
+    "RESNET50_PARAMS",
+    "mobilenet_v3_small",
+    "resnet50",
+]
 
 #: torchvision ``ResNet50_Weights.IMAGENET1K_V1.meta["num_params"]``
 RESNET50_PARAMS = 25_557_032
 #: torchvision ``_ops`` = 4.09 GMACs; exactly: convolutions + the fc layer at 224×224
 RESNET50_MACS = 4_089_184_256
+#: torchvision ``MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["num_params"]``
+MOBILENET_V3_SMALL_PARAMS = 2_542_856
+#: torchvision ``_ops`` = 0.057 GMACs; exactly: convolutions + linear layers at 224×224
+MOBILENET_V3_SMALL_MACS = 56_510_400
 
 
 class Bottleneck(nn.Module):
@@ -86,3 +104,129 @@ def resnet50() -> nn.Module:
     except ImportError:
         return ResNet((3, 4, 6, 3))
     return tv_resnet50(weights=None)
+
+
+# ----------------------------------------------------------------------------- MobileNetV3
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's ``_make_divisible``: round to a multiple of 8, never 10% below ``value``."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * value else new
+
+
+def _conv_bn_act(
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    activation: type[nn.Module] | None = None,
+) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation``: conv without bias, BN (eps 1e-3), activation."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01),
+    ]
+    if activation is not None:
+        layers.append(activation(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's ``SqueezeExcitation`` with a hard-sigmoid gate, as MobileNetV3 uses it."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation = nn.ReLU()
+        self.scale_activation = nn.Hardsigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.fc2(self.activation(self.fc1(self.avgpool(x))))
+        return self.scale_activation(scale) * x
+
+
+class InvertedResidual(nn.Module):
+    """1×1 expand (if wider), depthwise k×k (carrying the stride), squeeze-excite, 1×1 project."""
+
+    def __init__(
+        self, c_in: int, kernel: int, expanded: int, c_out: int, se: bool, hs: bool, stride: int
+    ) -> None:
+        super().__init__()
+        act: type[nn.Module] = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if expanded != c_in:
+            layers.append(_conv_bn_act(c_in, expanded, 1, activation=act))
+        layers.append(_conv_bn_act(expanded, expanded, kernel, stride, expanded, act))
+        if se:
+            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4)))
+        layers.append(_conv_bn_act(expanded, c_out, 1))
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block(x)
+        return out + x if self.use_res_connect else out
+
+
+#: torchvision's ``mobilenet_v3_small`` blocks: (in, kernel, expanded, out, SE, hardswish, stride)
+_MOBILENET_V3_SMALL = (
+    (16, 3, 16, 16, True, False, 2),
+    (16, 3, 72, 24, False, False, 2),
+    (24, 3, 88, 24, False, False, 1),
+    (24, 5, 96, 40, True, True, 2),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 120, 48, True, True, 1),
+    (48, 5, 144, 48, True, True, 1),
+    (48, 5, 288, 96, True, True, 2),
+    (96, 5, 576, 96, True, True, 1),
+    (96, 5, 576, 96, True, True, 1),
+)
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3 with torchvision's module names (``features.1.block.0.0``, ``classifier``)."""
+
+    def __init__(
+        self,
+        blocks: tuple[tuple[int, int, int, int, bool, bool, int], ...],
+        last_channel: int,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn_act(3, blocks[0][0], 3, 2, activation=nn.Hardswish)]
+        layers += [InvertedResidual(*b) for b in blocks]
+        last_in = blocks[-1][3]
+        layers.append(_conv_bn_act(last_in, 6 * last_in, 1, activation=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(6 * last_in, last_channel),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=0.2, inplace=True),
+            nn.Linear(last_channel, num_classes),
+        )
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def mobilenet_v3_small() -> nn.Module:
+    """MobileNetV3-small for ImageNet, randomly initialised (torchvision's if importable)."""
+    try:
+        from torchvision.models import mobilenet_v3_small as tv_mobilenet_v3_small
+    except ImportError:
+        return MobileNetV3(_MOBILENET_V3_SMALL, 1024)
+    return tv_mobilenet_v3_small(weights=None)

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LIGHTNING = ("pytorch_lightning", "lightning", "lightning_fabric")
@@ -76,6 +78,7 @@ def test_the_callback_and_demo_with_only_the_unified_lightning_package() -> None
         assert out.split("\n")[:2] == ["True True", "[0.0, 0.5]"]
 
 
+@pytest.mark.slow
 def test_the_callback_and_demo_with_only_pytorch_lightning() -> None:
     out = run(fit("pytorch_lightning", "ls.SparsityCallback"), block=("lightning",))
     assert out.split("\n")[:2] == ["True True", "[0.0, 0.5]"]
@@ -91,6 +94,7 @@ def test_the_callback_and_demo_with_only_pytorch_lightning() -> None:
     assert "needs the unified `lightning` package" in missing
 
 
+@pytest.mark.slow
 def test_the_unified_trainer_runs_the_pytorch_lightning_callback() -> None:
     # both installed: lightning.pytorch.Trainer takes ls.SparsityCallback, a
     # pytorch_lightning.Callback (the model must be a lightning.pytorch module)

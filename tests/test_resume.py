@@ -64,7 +64,13 @@ def killed(out: Path, every: int, hook: str, at: int, after: bool) -> None:
     assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# the two kills that reproduced the defects run by default; the others in the slow suite
+DEFAULT = ("last batch", "validation end")
+
+
+@pytest.mark.parametrize(
+    "case", [c if c in DEFAULT else pytest.param(c, marks=pytest.mark.slow) for c in CASES]
+)
 def test_resume_after_sigkill_equals_an_uninterrupted_run(
     case: str, tmp_path: Path, whole: tuple
 ) -> None:

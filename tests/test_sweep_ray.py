@@ -73,6 +73,7 @@ def test_backend_ray_without_ray_is_one_line_before_any_run(
     assert not list(out.glob("runs/*"))  # no run started
 
 
+@pytest.mark.slow  # Ray starts in seconds: in .ci/run's slow suite
 def test_ray_trials_write_the_frontier_of_the_inprocess_sweep(
     tmp_path: Path, ray_tune: Any, monkeypatch
 ) -> None:
@@ -127,6 +128,7 @@ def test_ray_trials_write_the_frontier_of_the_inprocess_sweep(
     assert "2/2 ended" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_a_trial_whose_worker_dies_is_recorded_and_the_sweep_goes_on(
     tmp_path: Path, ray_tune: Any, monkeypatch
 ) -> None:

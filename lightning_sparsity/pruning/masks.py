@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
+from lightning_sparsity.pruning.select import as_factor, chunk_size
 
 __all__ = [
     "STORAGES",
@@ -217,7 +218,7 @@ def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inp
     if storage == "inplace":
         module.register_buffer(name + _KEEP, keep, persistent=False)
         with torch.no_grad():
-            local(module._parameters[name]).mul_(keep)  # type: ignore[arg-type]
+            _zero_pruned(local(module._parameters[name]), keep)  # type: ignore[arg-type]
         return
     if current is None:
         if is_sharded(module._parameters[name]):
@@ -237,6 +238,23 @@ def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inp
     keep = keep.to(dtype=orig.dtype)
     module.register_buffer(name + "_mask", keep)
     setattr(module, name, keep * orig)  # as the hook computes it
+
+
+def _zero_pruned(weight: Tensor, keep: Tensor) -> None:
+    """``weight *= keep`` in place, in chunks that run on the calling thread on CPU.
+
+    See :func:`~lightning_sparsity.pruning.select.chunk_size`: one multiply of a whole
+    weight is an OpenMP region, which waits a scheduler time slice at its barrier whenever
+    another process holds a core.
+    """
+    factor = as_factor(keep)
+    if not weight.is_contiguous():
+        weight.mul_(factor)
+        return
+    flat, factors = weight.view(-1), factor.reshape(-1)
+    step = chunk_size(weight.device)
+    for a in range(0, flat.numel(), step):
+        flat[a : a + step].mul_(factors[a : a + step])
 
 
 def remove(module: nn.Module, name: str) -> None:

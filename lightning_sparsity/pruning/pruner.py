@@ -21,7 +21,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from lightning_sparsity._checks import check_bools, check_choice
 from lightning_sparsity._settings import Settings
+from lightning_sparsity._shards import shard_group
 from lightning_sparsity.patterns import (
     Pattern,
     group_losses,
@@ -86,13 +87,24 @@ def _split(targets: list[Target]) -> tuple[list[Tensor], list[Tensor | None]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
+    """The targets' parameters as the model holds them, and their process group.
+
+    Sharded, the parameters are ``DTensor`` s (of global shapes) and the group is the one
+    their ``Shard(0)`` chunks are split over; else plain tensors and ``None``.
+    """
+    whole = [cast(Tensor, storage.trained(module, name)) for _, module, name in targets]
+    return whole, shard_group(whole)
+
+
 def _per_layer_groups(
-    sources: list[Source], per_layer: list[float]
+    sources: list[Source], per_layer: list[float], sizes: list[int]
 ) -> list[tuple[list[Source], int]]:
-    """One selection group per layer, pruning ``round(s_l * numel_l)`` entries of layer ``l``."""
-    return [
-        ([src], round(s * src.tensor.numel())) for src, s in zip(sources, per_layer, strict=True)
-    ]
+    """One selection group per layer, pruning ``round(s_l * size_l)`` of layer ``l``.
+
+    ``sizes`` are entries (or rows, or N:M groups) over all ranks.
+    """
+    return [([src], round(s * n)) for src, s, n in zip(sources, per_layer, sizes, strict=True)]
 
 
 class MagnitudePruner(Settings):
@@ -418,17 +430,21 @@ class MagnitudePruner(Settings):
         targets = self._targets_or_raise(model)
         scales = self._flop_scales(targets, flops_per_nonzero)
         tensors, current = _split(targets)
-        per_layer = layer_sparsities(self.allocation, sparsity, [tuple(t.shape) for t in tensors])
+        whole, group = _whole(targets)
+        numels = [w.numel() for w in whole]
+        per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
         if self._pattern is not None:
             keeps = self._pattern_keeps(tensors, current, sparsity)
         elif self.structured:
-            keeps = self._structured_keeps(tensors, current, sparsity, scales, per_layer)
+            keeps = self._structured_keeps(
+                tensors, current, sparsity, scales, per_layer, whole, group
+            )
         else:
-            sources = select.make_sources(tensors, current, scales, None)
+            sources = select.make_sources(tensors, current, scales, None, group=group)
             if per_layer is not None:
-                groups = _per_layer_groups(sources, per_layer)
+                groups = _per_layer_groups(sources, per_layer, numels)
             else:
-                groups = [(sources, round(sparsity * sum(t.numel() for t in tensors)))]
+                groups = [(sources, round(sparsity * sum(numels)))]
             keeps = []
             for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
                 keeps += select.keep_masks(
@@ -462,7 +478,9 @@ class MagnitudePruner(Settings):
         fraction = sparsity * m / (m - n)
         sources = self._group_sources(tensors, current, None)
         if self.allocation == "uniform":
-            groups = _per_layer_groups(sources, [fraction] * len(sources))
+            groups = _per_layer_groups(
+                sources, [fraction] * len(sources), [s.tensor.numel() for s in sources]
+            )
         else:
             groups = [(sources, round(fraction * sum(s.tensor.numel() for s in sources)))]
         prune: list[Tensor] = []
@@ -484,12 +502,8 @@ class MagnitudePruner(Settings):
 
     def _count_cuts(self, groups: list[tuple[list[Source], int]]) -> list[Cut]:
         """Exact-count cuts; a target below what is already pruned prunes nothing more."""
-        clamped = 0
-        fixed = []
-        for sources, count in groups:
-            pruned = sum(s.excluded for s in sources)
-            clamped += count < pruned
-            fixed.append((sources, float(max(count, pruned))))
+        cuts = select.cuts([(sources, float(count)) for sources, count in groups], weighted=False)
+        clamped = sum(count < cut.already for (_, count), cut in zip(groups, cuts, strict=True))
         if clamped:
             warnings.warn(
                 f"the target prunes fewer weights than already pruned in {clamped} group(s);"
@@ -497,7 +511,7 @@ class MagnitudePruner(Settings):
                 UserWarning,
                 stacklevel=3,
             )
-        return select.cuts(fixed, weighted=False)
+        return cuts
 
     def _flop_scales(
         self, targets: list[Target], flops_per_nonzero: Mapping[str, float] | None
@@ -505,7 +519,7 @@ class MagnitudePruner(Settings):
         if self.allocation != "flops":
             return None
         names = [param_name(fqn, name) for fqn, _, name in targets]
-        numels = [storage.trained_and_mask(m, n)[0].numel() for _, m, n in targets]
+        numels = [w.numel() for w in _whole(targets)[0]]  # over all ranks: the same scales
         return flop_scales(names, numels, flops_per_nonzero)
 
     def _structured_keeps(
@@ -515,12 +529,15 @@ class MagnitudePruner(Settings):
         sparsity: float,
         scales: list[float] | None,
         per_layer: list[float] | None,
+        whole: list[Tensor],
+        group: Any,
     ) -> list[Tensor]:
         """Row (dim 0) masks from the effective weights' row norms."""
         scores, row_keeps, row_sizes = row_scores(tensors, current, self.norm)
         if per_layer is not None:
+            rows = [w.shape[0] if w.dim() else 1 for w in whole]
             groups = _per_layer_groups(
-                select.make_sources(scores, row_keeps, None, None), per_layer
+                select.make_sources(scores, row_keeps, None, None, group=group), per_layer, rows
             )
             cuts = self._count_cuts(groups)
             row_masks = [select.keep_masks(g, c)[0] for (g, _), c in zip(groups, cuts, strict=True)]
@@ -528,24 +545,23 @@ class MagnitudePruner(Settings):
             factors = row_scales(row_sizes, self.norm)
             if scales is not None:
                 factors = [a * b for a, b in zip(factors, scales, strict=True)]
-            target = round(sparsity * sum(t.numel() for t in tensors))
+            target = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
-            sources = select.make_sources(scores, row_keeps, factors, weights)
+            sources = select.make_sources(scores, row_keeps, factors, weights, group=group)
             row_masks = select.keep_masks(sources, self._weighted_cut(sources, target))
         return expand_rows(tensors, current, row_masks)
 
     @staticmethod
     def _weighted_cut(sources: list[Source], target: float) -> Cut:
         """Weighted cut; a target below what is already pruned prunes nothing more."""
-        already = sum(s.excluded * s.weight for s in sources)
-        if target < already:
+        (cut,) = select.cuts([(sources, float(target))], weighted=True)
+        if target < cut.already:
             warnings.warn(
-                f"the target ({target:g}) asks for less than is already pruned ({already:g});"
-                " pruning is monotone, so the masks are kept",
+                f"the target ({target:g}) asks for less than is already pruned"
+                f" ({cut.already:g}); pruning is monotone, so the masks are kept",
                 UserWarning,
                 stacklevel=3,
             )
-        (cut,) = select.cuts([(sources, float(target))], weighted=True)
         return cut
 
     def apply_flop_target(
@@ -591,10 +607,11 @@ class MagnitudePruner(Settings):
         flops.check_flop_arguments(target_flops, fixed_flops, flops_per_nonzero)
         targets = self._targets_or_raise(model)
         names = [param_name(fqn, name) for fqn, _, name in targets]
-        others = flops.other_flops(model, flops_per_nonzero, set(names))
         tensors, current = _split(targets)
+        whole, group = _whole(targets)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
         if self._pattern is not None:  # whole groups: each removes M - N weights' FLOPs
+            others = flops.other_flops(model, flops_per_nonzero, set(names), group=group)
             n, m = self._pattern
             all_dense = (
                 fixed_flops
@@ -614,20 +631,20 @@ class MagnitudePruner(Settings):
             self._install(model, params, keeps)
             nnz = storage.nonzero_counts(params)
             return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
-        keeps = flops.flop_target_keeps(
+        result = flops.flop_target(
             tensors,
             current,
             costs,
             target_flops,
             fixed_flops,
-            others,
+            flops.other_flops_tensor(model, flops_per_nonzero, set(names), group=group),
             norm=self.norm if self.structured else None,
             not_above=not_above,
+            numels=[w.numel() for w in whole],
+            group=group,
         )
-        params = [(m, n) for _, m, n in targets]
-        self._install(model, params, keeps)
-        nnz = storage.nonzero_counts(params)
-        return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
+        self._install(model, [(m, n) for _, m, n in targets], result.keeps)
+        return result.flops
 
     # ------------------------------------------------------------------ masks and state
     def masks(self, model: nn.Module) -> dict[str, Tensor]:

@@ -3,18 +3,33 @@
 A row scores by the ``p``-norm of its effective entries. Rows of different layers compare
 by the normalized norm ``||row||_p / row_numel ** (1 / p)`` (:func:`row_scales`). A row mask
 becomes an entry mask with :func:`expand_rows`.
+
+Every op runs on blocks of whole rows of about one selection chunk
+(:func:`~lightning_sparsity.pruning.select.chunk_size`): on CPU, on the calling thread. A
+sharded weight (FSDP2's ``Shard(0)``) holds whole rows, so its local rows score and mask on
+their own; an empty shard has no rows. No host sync.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_sparsity.pruning.masks import mask_dtype
+from lightning_sparsity.pruning.select import as_factor, chunk_size
 
 __all__ = ["expand_rows", "row_scales", "row_scores"]
+
+
+def _rows(t: Tensor) -> tuple[int, int, list[tuple[int, int]]]:
+    """Rows, entries per row, and ``(first, end)`` blocks of rows of about one chunk."""
+    rows = t.shape[0] if t.dim() else 1
+    size = math.prod(t.shape[1:]) if t.dim() else 1
+    step = max(1, chunk_size(t.device) // max(size, 1))
+    return rows, size, [(a, min(a + step, rows)) for a in range(0, rows, step)]
 
 
 def row_scores(
@@ -23,7 +38,7 @@ def row_scores(
     """Per layer: the ``norm``-norms of the effective rows, the live rows, the row size.
 
     Args:
-        trained: The trained weights.
+        trained: The trained weights (this process's part, when sharded).
         masks: Their current keep masks (``None``: not masked).
         norm: The ``p`` of the row norm, > 0 (``inf`` allowed).
 
@@ -33,16 +48,23 @@ def row_scores(
     """
     scores: list[Tensor] = []
     row_keeps: list[Tensor | None] = []
+    sizes: list[int] = []
     for orig, mask in zip(trained, masks, strict=True):
-        rows = orig.shape[0] if orig.dim() else 1
-        eff = orig.detach() if mask is None else orig.detach() * mask
-        scores.append(torch.linalg.vector_norm(eff.reshape(rows, -1), ord=norm, dim=1))
-        row_keeps.append(None if mask is None else (mask.reshape(rows, -1) != 0).any(1))
-    return (
-        scores,
-        row_keeps,
-        [o.numel() // s.numel() for o, s in zip(trained, scores, strict=True)],
-    )
+        rows, size, blocks = _rows(orig)
+        x = orig.detach().reshape(rows, size)
+        m = None if mask is None else mask.reshape(rows, size)
+        score = torch.empty(rows, dtype=orig.dtype, device=orig.device)
+        live = None if m is None else torch.empty(rows, dtype=torch.bool, device=orig.device)
+        for a, b in blocks:
+            block = x[a:b]
+            if m is not None and live is not None:
+                block = block * as_factor(m[a:b])
+                torch.any(m[a:b] if m.dtype == torch.bool else m[a:b] != 0, dim=1, out=live[a:b])
+            torch.linalg.vector_norm(block, ord=norm, dim=1, out=score[a:b])
+        scores.append(score)
+        row_keeps.append(live)
+        sizes.append(size)
+    return scores, row_keeps, sizes
 
 
 def row_scales(row_sizes: Sequence[int], norm: float) -> list[float]:
@@ -65,7 +87,12 @@ def expand_rows(
     """
     keeps = []
     for orig, mask, row_mask in zip(trained, masks, row_masks, strict=True):
-        shape = (-1,) + (1,) * (orig.dim() - 1)
-        keep = row_mask.reshape(shape).expand_as(orig).to(mask_dtype(orig))
-        keeps.append(keep if mask is None else keep * mask)
+        rows, size, blocks = _rows(orig)
+        keep = torch.empty((rows, size), dtype=mask_dtype(orig), device=orig.device)
+        m = None if mask is None else mask.reshape(rows, size)
+        for a, b in blocks:
+            keep[a:b] = row_mask[a:b].unsqueeze(1)
+            if m is not None:
+                keep[a:b].masked_fill_(m[a:b] == 0, 0)
+        keeps.append(keep.view(orig.shape))
     return keeps

@@ -4,20 +4,33 @@ The magnitudes of IEEE floats order like the integers of their bit patterns once
 is cleared. So the k-th smallest ``|x|`` over many tensors is found by a radix select on those
 bits, 16 bits per level, most significant first:
 
-1. level 0: histogram the top 16-bit word of every value (sign bit cleared: 2**15 bins),
-   tensor by tensor, summing the bin counts; the running sum says which bin holds the k-th
-   value;
+1. level 0: histogram the top 16-bit word of every value (sign bit cleared: 2**15 bins); the
+   running sum says which bin holds the k-th value;
 2. level j: histogram the next 16-bit word of the values whose higher words equal the digits
-   chosen so far; descend again.
+   chosen so far (the others go to two overflow bins); descend again.
 
-``float16``/``bfloat16`` need one level, ``float32`` two, ``float64`` four. Each level reads
-every tensor once; all temporaries are per tensor (the largest about one copy of the largest
-tensor), so memory stays far below one copy of all weights. The digits stay on the device, so
-host syncs are per call, not per tensor: one to count already pruned entries (when masks are
-given), one to read the result, and, only where ties at the threshold must be split, one to
-count them per tensor (unless the last level's digits were few enough to keep) and one in the
-tensor where they run out. On CUDA the histograms use ``index_add_`` (``torch.bincount``
-reads its input's max back to the host) and no boolean indexing.
+``float16``/``bfloat16`` need one level, ``float32`` two, ``float64`` four. A level adds every
+tensor, chunk by chunk, into one preallocated histogram (``index_add_``, one row per group):
+a tensor costs no histogram of its own (no allocation, no zeroing, no adding up), and nothing
+reads a count back to the host.
+
+Chunks, threads and memory: every pass reads the tensors in slices of at most
+:func:`chunk_size` entries: ``2**15`` on CPU, the size below which ATen runs an op on the
+calling thread without an OpenMP fork/join (``at::internal::GRAIN_SIZE``). Under load that
+matters more than a second core: a parallel region waits at its barrier for a scheduler time
+slice whenever another process (a DataLoader worker) holds a core, measured at 8 ms per op
+on 2 cores with two busy processes, against 5 us of work. Elsewhere ``2**22``, to bound
+temporaries. Extra memory, whatever the model: two chunk buffers (0.4 MiB on CPU) and the
+histograms, 0.5 MiB per group (1 MiB weighted), at most 16 groups at a time in one process
+(every group at once when sharded: one all-reduce per level).
+
+Host syncs: none until one read of every result at the end of :func:`cuts`, whatever the
+number of tensors or groups. Already pruned entries (:func:`make_sources`) are counted on the
+device; :attr:`Source.excluded` reads them, once for all the sources of a call, if asked.
+Ties split inside a group are ordered without a read: a count cut in one process numbers its
+tied entries while building the masks (a running count on the device); a weighted cut, whose
+walk over the ties needs each tensor's tie count, and a sharded one count them in one more
+pass before that read.
 
 Order and ties: entries are ordered by ``(|x|, tensor index, flat index)``, ``|x|`` compared
 exactly as stored (``-0.0`` ties with ``0.0``); among entries equal to the threshold the first
@@ -32,38 +45,53 @@ Already pruned entries: pass each tensor's current keep mask (``masks``). Entrie
 dtypes are compared in their common promoted dtype (exact: ``float16`` and ``bfloat16`` widen
 to ``float32`` without rounding). Non-finite values are rejected.
 
+Sharded tensors (FSDP2's ``Shard(0)``: each rank holds a contiguous chunk of every tensor,
+chunks in rank order): pass the local chunks and ``group`` to :func:`make_sources`. Each level
+all-reduces the histograms (the already pruned counts ride along at level 0), so every rank
+finds the same threshold without gathering a weight; the global order (tensor, flat index) is
+(tensor, rank, local flat index), so each rank learns how many tied entries the ranks before
+it hold from one ``all_gather`` of the per-tensor tie counts. Collectives per selection: one
+all-reduce per level (two when weighted) and one all-gather, whatever the number of tensors
+or groups. Weighted histograms are summed in ``float64``: identical on every rank, and equal
+to a single process's while partial sums are exact (integers below 2**53, as FLOP costs are).
+
 Why a radix select, not ``torch.cat`` of every weight + ``kthvalue``/``topk`` (what
 :func:`torch.nn.utils.prune.global_unstructured` does):
 
-- memory: no concatenated copy of every weight and no sort of it; temporaries are per
-  tensor. Measured on ResNet-50 pruned to 80%: the threshold alone adds 15 MiB to the peak,
-  ``global_unstructured`` 1,235 MiB;
-- syncs: a constant number of host syncs, whatever the number of layers (the digits stay on
-  the device; on CUDA ``index_add_`` instead of ``bincount``), as above;
+- memory: no concatenated copy of every weight and no sort of it (ResNet-50 pruned to 80%:
+  ``global_unstructured`` adds 1,235 MiB to the peak);
+- time: every value is read a fixed number of times, in ops that never wait at an OpenMP
+  barrier (ResNet-50 to 80% on 2 cores, the cut and its masks: about 27x faster quiet and
+  30x with two busy processes, ``benchmarks/bench_pruning.py``);
+- syncs: a constant number of host syncs, whatever the number of layers;
 - ties: exact and deterministic (the order above), where ``topk`` leaves their order
   unspecified.
 
 Interface: :func:`make_sources` wraps and validates the tensors (:class:`Source`),
 :func:`cuts` finds the cuts of one or several groups in one host sync (a global cut, or one
-per layer), :func:`keep_masks` builds the masks of a cut in any dtype. The functions below
-(:func:`threshold_for_count`, :func:`masks_for_count`, ...) are built on them; the pruner uses
-them directly, to cut every layer in one sync and to build masks in the weights' dtype.
+per layer), :func:`keep_masks` builds the masks of a cut in any dtype, without a sync. The
+functions below (:func:`threshold_for_count`, :func:`masks_for_count`, ...) are built on them;
+the pruner uses them directly, to cut every layer in one sync and to build masks in the
+storage's dtype.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import reduce
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
     "Cut",
     "Source",
+    "as_factor",
+    "chunk_size",
     "cuts",
     "keep_masks",
     "kth_smallest_abs",
@@ -75,11 +103,17 @@ __all__ = [
     "threshold_for_weighted_target",
 ]
 
-_BINS_TOP = 1 << 15  # level 0: the top 16-bit word without its sign bit
-_BINS = 1 << 16
-_LITTLE_ENDIAN = sys.byteorder == "little"
-# devices where torch.bincount and boolean indexing cost no host sync
+_TOP_BINS = 1 << 15  # level 0: the top 16-bit word without its sign bit
+_WORD_BINS = 1 << 16
+# a group's histogram row: [overflow bin shared with the row before][65536 digit bins]; one
+# more overflow bin closes the last row. Off-prefix entries land in the overflow bins.
+_ROW = _WORD_BINS + 1
+# devices whose ops run in chunks of _HOST_CHUNK entries: ATen runs an op of at most
+# at::internal::GRAIN_SIZE elements on the calling thread, with no OpenMP region to join
 _HOST_DEVICES = ("cpu",)
+_HOST_CHUNK = 1 << 15
+_DEVICE_CHUNK = 1 << 22
+_GROUPS_PER_PASS = 16  # one process: histograms of at most this many groups at a time
 _INT_VIEW = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
@@ -102,6 +136,7 @@ class Cut:
     Every live entry with ``|x| < threshold`` is pruned; of the ``tied`` live entries with
     ``|x| == threshold`` the first ``ties`` in (tensor index, flat index) order are pruned.
     Entries already pruned (mask 0) stay pruned. ``key < 0`` means: prune nothing new.
+    Sharded, every count here is over all ranks except the per-tensor ones.
 
     Attributes:
         threshold: The magnitude at the cut (exact; a Python float holds every value of the
@@ -110,7 +145,12 @@ class Cut:
         tied: How many live entries equal ``threshold``.
         key: The bit pattern of ``threshold`` as an integer of the dtype's width.
         dtype: The dtype the comparison is made in.
-        tied_per_tensor: How many live entries equal ``threshold`` in each tensor, when known.
+        tied_per_tensor: How many live entries equal ``threshold`` in each tensor (this
+            process's part of it), when known.
+        tied_before: Per tensor, how many live entries equal to ``threshold`` come before
+            this process's part of it in the order, when known.
+        already: What the masks pruned before this cut, over all ranks: a count, or a
+            weight for a weighted cut (a target at or below it prunes nothing new).
     """
 
     threshold: float
@@ -119,21 +159,39 @@ class Cut:
     key: int
     dtype: torch.dtype
     tied_per_tensor: tuple[int, ...] | None = None
+    tied_before: tuple[int, ...] | None = None
+    already: float = 0.0
 
 
-@dataclass
+class _Kept:
+    """The kept-entry counts of the masked sources of one :func:`make_sources` call.
+
+    They stay on the device; the first :attr:`Source.excluded` reads them all in one sync.
+    """
+
+    def __init__(self, counts: Tensor) -> None:
+        self.counts = counts
+        self.host: list[int] | None = None
+
+    def read(self) -> list[int]:
+        if self.host is None:
+            self.host = [int(c) for c in self.counts.tolist()]
+        return self.host
+
+
+@dataclass(eq=False)
 class Source:
     """One tensor of a selection: its values, current keep mask, score scale and weight.
 
-    Build with :func:`make_sources`, which validates the inputs and fills ``excluded``.
+    Build with :func:`make_sources`, which validates the inputs.
 
     Attributes:
-        tensor: The values; scores are ``|x| * scale``.
+        tensor: The values (this process's part, when sharded); scores are ``|x| * scale``.
         keep: The current keep mask (0 = already pruned), or ``None``.
         scale: The positive score factor.
         weight: What pruning one entry adds toward a weighted target (1 for a count).
         key_dtype: The dtype all tensors of the selection are compared in.
-        excluded: How many entries ``keep`` already prunes.
+        group: The process group the tensors are sharded over, or ``None``.
     """
 
     tensor: Tensor
@@ -141,13 +199,26 @@ class Source:
     scale: float
     weight: float
     key_dtype: torch.dtype
-    excluded: int = 0
+    group: dist.ProcessGroup | None = None
+    _kept: tuple[_Kept, int] | None = field(default=None, repr=False)
+
+    @property
+    def excluded(self) -> int:
+        """How many of this process's entries ``keep`` already prunes.
+
+        Read to the host on first use, in one sync for all sources of the
+        :func:`make_sources` call.
+        """
+        if self._kept is None:
+            return 0
+        kept, i = self._kept
+        return self.tensor.numel() - kept.read()[i]
 
     def scores(self) -> Tensor:
-        """Return the flat scores ``x * keep * scale`` in the key dtype (a view when possible)."""
+        """Return the flat scores ``x * keep * scale`` in the key dtype."""
         x = self.tensor.detach()
         if self.keep is not None:
-            x = x * self.keep
+            x = x * as_factor(self.keep)
         if x.dtype != self.key_dtype:
             x = x.to(self.key_dtype)
         if self.scale != 1.0:
@@ -155,21 +226,106 @@ class Source:
         return x.reshape(-1)
 
 
+def chunk_size(device: torch.device) -> int:
+    """Entries per op for passes over weights on ``device``.
+
+    On CPU ``2**15`` (``at::internal::GRAIN_SIZE``): ATen runs an op of that size on the
+    calling thread, so a pass in such chunks never waits at an OpenMP barrier, which costs a
+    scheduler time slice whenever another process holds a core. Elsewhere ``2**22``, to bound
+    temporaries.
+    """
+    return _HOST_CHUNK if device.type in _HOST_DEVICES else _DEVICE_CHUNK
+
+
+def _on(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Host numbers as a device tensor, copied without waiting for the device."""
+    host = torch.tensor(values, dtype=dtype)
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
+
+
+def _pieces(src: Source, chunk: int) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """``(start, values, keep)`` of consecutive flat slices of at most ``chunk`` entries."""
+    x = src.tensor.detach().reshape(-1)
+    if x.numel() == 0:
+        return iter(())
+    xs = x.split(chunk)
+    keeps = [None] * len(xs) if src.keep is None else src.keep.reshape(-1).split(chunk)
+    return zip(range(0, x.numel(), chunk), xs, keeps, strict=True)
+
+
+class _Scratch:
+    """One chunk-sized buffer, handed out as views of a given length (cached)."""
+
+    def __init__(self, buffer: Tensor) -> None:
+        self.buffer = buffer
+        self.views: dict[int, Tensor] = {buffer.numel(): buffer}
+
+    def __call__(self, n: int) -> Tensor:
+        view = self.views.get(n)
+        if view is None:
+            view = self.views[n] = self.buffer[:n]
+        return view
+
+    def view(self, dtype: torch.dtype) -> _Scratch:
+        return _Scratch(self.buffer.view(dtype))
+
+
+def as_factor(keep: Tensor) -> Tensor:
+    """A keep mask to multiply values by: a bool mask viewed as ``uint8`` (no copy).
+
+    ``values * mask.view(torch.uint8)`` takes ATen's vectorized path, about 3x faster on
+    CPU than ``values * mask`` or ``torch.where(mask, values, 0)`` with a bool mask.
+    """
+    return keep.view(torch.uint8) if keep.dtype == torch.bool else keep
+
+
+def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor) -> Tensor:
+    """``|scores|`` of one slice, in the key dtype, written into ``out`` (its length)."""
+    if keep is not None:
+        x = torch.mul(x, as_factor(keep), out=out)
+    elif x.dtype != src.key_dtype:
+        x = out.copy_(x)
+    if src.scale != 1.0:
+        x = torch.mul(x, src.scale, out=out)
+    return torch.abs(x, out=out)
+
+
+def _count_nonzero(t: Tensor) -> Tensor:
+    """``count_nonzero`` of a tensor, chunk by chunk (0-d int64, on its device)."""
+    flat, chunk = t.reshape(-1), chunk_size(t.device)
+    parts = [flat[a : a + chunk].count_nonzero() for a in range(0, flat.numel(), chunk)]
+    return (
+        torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.int64, device=t.device)
+    )
+
+
+def _zero(t: Tensor) -> None:
+    chunk = chunk_size(t.device)
+    for a in range(0, t.numel(), chunk):
+        t[a : a + chunk].zero_()
+
+
 def make_sources(
     tensors: Sequence[Tensor],
     masks: Sequence[Tensor | None] | None,
     scales: Sequence[float] | None,
     weights: Sequence[float] | None,
+    *,
+    group: dist.ProcessGroup | None = None,
 ) -> list[Source]:
     """Validate the inputs and wrap them as :class:`Source` s for :func:`cuts`.
 
-    Counts the already pruned entries of every masked tensor in one host sync.
+    Counts the already pruned entries of every masked tensor on the device (no host sync).
 
     Args:
         tensors: Floating tensors (float16, bfloat16, float32 or float64), at least one.
+            Sharded: this process's contiguous ``Shard(0)`` chunk of each.
         masks: Optional current keep masks (one per tensor or ``None``; 0 = already pruned).
         scales: Optional finite per-tensor score factors > 0.
         weights: Optional finite per-tensor weights >= 0 (for weighted targets).
+        group: The process group the tensors are sharded over (ranks in chunk order), or
+            ``None`` for whole tensors in one process. Every rank of it must make the same
+            calls with its own chunks.
 
     Returns:
         One source per tensor, all with the tensors' common promoted dtype as key dtype.
@@ -213,173 +369,324 @@ def make_sources(
                 scale=1.0 if scales is None else float(scales[i]),
                 weight=1.0 if weights is None else float(weights[i]),
                 key_dtype=key_dtype,
+                group=group,
             )
         )
     with_masks = [s for s in out if s.keep is not None]
     if with_masks:
-        kept = torch.stack([s.keep.count_nonzero() for s in with_masks if s.keep is not None])
-        for s, n in zip(with_masks, kept.tolist(), strict=True):
-            s.excluded = s.tensor.numel() - int(n)
+        kept = _Kept(
+            torch.stack([_count_nonzero(s.keep) for s in with_masks if s.keep is not None])
+        )
+        for i, s in enumerate(with_masks):
+            s._kept = (kept, i)
     return out
 
 
-def _words(scores: Tensor) -> list[Tensor]:
-    """The 16-bit words of flat scores as column views, most significant first (no copy)."""
-    words = scores.contiguous().view(torch.int16).view(scores.numel(), -1)
-    order = range(words.shape[1] - 1, -1, -1) if _LITTLE_ENDIAN else range(words.shape[1])
-    return [words[:, j] for j in order]
+def _excluded(src: Source) -> Tensor:
+    """How many entries ``keep`` already prunes (0-d int64 on the device, no sync)."""
+    if src._kept is None:
+        return torch.zeros((), dtype=torch.int64, device=src.tensor.device)
+    kept, i = src._kept
+    return src.tensor.numel() - kept.counts[i]
 
 
-def _level_digits(scores: Tensor, level: int, prefix: list[Tensor], bins: int) -> Tensor:
-    """The ``level``-th 16-bit digit of ``|scores|`` for the entries matching the prefix.
+def _level_index(bits: Tensor, level: int, levels: int, base: Tensor | None, out: Tensor) -> Tensor:
+    """Histogram positions of one slice at ``level``, in ``out``.
 
-    Where boolean indexing would sync with the host (CUDA), every entry is kept and the
-    ones off the prefix get the overflow digit ``bins``, which :func:`_histogram` drops.
+    Level 0: the top word (``bits`` are those of ``|x|``: no sign). Level j: ``1 + digit``
+    for the entries whose higher words equal the prefix (``base = prefix * 2**16 - 1``), 0
+    for those below it, ``2**16 + 1`` for those above: the row's two overflow bins.
     """
-    words = _words(scores)
-    top = torch.bitwise_and(words[0], 0x7FFF)  # clears the sign bit: the word of |x|
+    shift = 16 * (levels - 1 - level)
     if level == 0:
-        return top
-    match = top == prefix[0]
-    for j in range(1, level):
-        match &= words[j] == prefix[j]
-    if scores.device.type in _HOST_DEVICES:
-        return torch.bitwise_and(words[level][match].to(torch.int32), 0xFFFF)
-    digits = torch.bitwise_and(words[level].to(torch.int32), 0xFFFF)
-    return digits.masked_fill_(~match, bins)
-
-
-def _histogram(digits: Tensor, bins: int) -> Tensor:
-    """Counts of ``digits`` in ``[0, bins)`` (int64); larger digits are dropped."""
-    if digits.device.type in _HOST_DEVICES:
-        return torch.bincount(digits, minlength=bins)[:bins]
-    # torch.bincount reads its input's max back to the host; index_add_ does not
-    counts = torch.zeros(bins + 1, dtype=torch.int64, device=digits.device)
-    ones = torch.ones((), dtype=torch.int64, device=digits.device).expand(digits.numel())
-    return counts.index_add_(0, digits.to(torch.int32), ones)[:bins]
+        return torch.bitwise_right_shift(bits, shift, out=out) if shift else out.copy_(bits)
+    if shift:
+        bits = torch.bitwise_right_shift(bits, shift, out=out)
+    torch.sub(bits, base, out=out)  # type: ignore[arg-type]
+    return out.clamp_(0, _WORD_BINS + 1)
 
 
 @dataclass
 class _Descent:
-    """Device-side result of the radix descent for one group (no host sync yet)."""
+    """Device-side results of the radix descent for a batch of groups (no host sync yet)."""
 
-    digits: list[Tensor]
+    groups: list[list[Source]]
+    digits: Tensor  # (levels, groups)
     rem: Tensor  # what is left to take inside the tie group: a count, or a weight
     tied: Tensor  # live entries equal to the threshold
     tied_weight: Tensor
     nonfinite: Tensor
     total: Tensor  # live count, or live weight
-    tied_per_tensor: Tensor | None  # from the last level's digits, when they were kept
+    excluded: Tensor  # already pruned count, all ranks
+    excluded_weight: Tensor
+    target: Tensor
+    tie_counts: Tensor | None  # (ranks, sources): live entries equal to the threshold
 
 
-def _descend(sources: list[Source], target: float, weighted: bool) -> _Descent:
-    """Find, on the device, the digits of the threshold where the running total reaches it.
+def _descend(
+    batch: Sequence[tuple[list[Source], float | Tensor]], weighted: bool, per_tensor: bool
+) -> _Descent:
+    """Run the radix descent of several groups at once, on the device.
 
-    The last level's digits are kept per tensor while they add up to at most the largest
-    tensor's size (they usually are a small fraction of it), so the ties at the threshold can
-    be counted per tensor without another pass over the data.
+    Each level adds every chunk of every tensor into its group's row of one histogram, then
+    (all-reduced when sharded) finds every group's digit with one ``searchsorted`` over the
+    running sums. With ``per_tensor``, one more pass counts each tensor's ties.
     """
-    device = sources[0].tensor.device
-    key_dtype = sources[0].key_dtype
+    groups = [sources for sources, _ in batch]
+    sources = [s for g in groups for s in g]
+    group_of = [g for g, members in enumerate(groups) for _ in members]
+    first = sources[0]
+    device, key_dtype, pg = first.tensor.device, first.key_dtype, first.group
     levels = torch.finfo(key_dtype).bits // 16
-    acc_dtype = torch.float64 if weighted else torch.int64
-    rem = torch.tensor(target, dtype=acc_dtype, device=device)
-    at_zero = torch.ones((), dtype=torch.int64, device=device)  # 1 while every digit is 0
+    index_dtype = torch.int64 if levels == 4 else torch.int32
+    chunk = chunk_size(device)
+    n = len(groups)
+    size = n * _ROW + 1
+    acc = torch.float64 if weighted else torch.int64
+
+    # per group: already pruned entries here (count, weight), targets
+    owner = _on(group_of, torch.int64, device)
+    excl = torch.stack([_excluded(s) for s in sources])
+    excl_count = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, owner, excl)
+    weights = [
+        torch.full((), s.weight, dtype=torch.float64, device=device).expand(chunk)
+        for s in (sources if weighted else ())
+    ]
+    excl_weight = excl_count.to(torch.float64)
+    if weighted:
+        per_weight = excl.to(torch.float64) * torch.stack([w[0] for w in weights])
+        excl_weight = torch.zeros(n, dtype=torch.float64, device=device)
+        excl_weight.index_add_(0, owner, per_weight)
+    target = _on([0.0 if isinstance(t, Tensor) else t for _, t in batch], acc, device)
+    for g, (_, t) in enumerate(batch):
+        if isinstance(t, Tensor):
+            target[g].copy_(t)
+
+    counts = torch.empty(size + n, dtype=torch.int64, device=device)
+    hist = torch.empty(size + n, dtype=torch.float64, device=device) if weighted else counts
+    starts = torch.arange(1, size, _ROW, device=device)  # first digit bin of each row
+    ones = _Scratch(torch.ones((), dtype=torch.int64, device=device).expand(chunk))
+    scores = _Scratch(torch.empty(chunk, dtype=key_dtype, device=device))
+    bits = scores.view(_INT_VIEW[key_dtype])
+    index = _Scratch(torch.empty(chunk, dtype=index_dtype, device=device))
+    prefix = torch.zeros(n, dtype=torch.int64, device=device)
+    at_zero = torch.ones(n, dtype=torch.int64, device=device)  # 1 while every digit is 0
     digits: list[Tensor] = []
-    prefix: list[Tensor] = []
-    zero = torch.zeros((), dtype=acc_dtype, device=device)
-    nonfinite = total = tied = tied_weight = zero
-    budget = max(s.tensor.numel() for s in sources)
-    kept: list[Tensor] | None = None
+    zero = torch.zeros(n, dtype=acc, device=device)
+    rem, nonfinite, total, tied, tied_weight = zero, zero, zero, zero, zero
     for level in range(levels):
-        last = level == levels - 1
-        kept = [] if last else None
-        counts = torch.zeros(_BINS_TOP if level == 0 else _BINS, dtype=torch.int64, device=device)
-        hist = torch.zeros_like(counts, dtype=acc_dtype) if weighted else counts
-        for src in sources:
-            level_digits = _level_digits(src.scores(), level, prefix, counts.numel())
-            c = _histogram(level_digits, counts.numel())
-            if src.excluded:
-                # pruned entries are exact zeros: take them out of the zero bin
-                c[0] -= src.excluded * at_zero
-            counts += c
+        _zero(counts)
+        if weighted:
+            _zero(hist)
+        bases = None if level == 0 else (prefix * _WORD_BINS - 1).to(index_dtype)
+        for i, src in enumerate(sources):
+            g = group_of[i]
+            lo, hi = (
+                (g * _ROW + 1, g * _ROW + 1 + _TOP_BINS)
+                if level == 0
+                else (g * _ROW, (g + 1) * _ROW + 1)
+            )
+            row_counts, row_hist = counts[lo:hi], hist[lo:hi]
+            base = None if bases is None else bases[g]
+            weight = _Scratch(weights[i]) if weighted else None
+            for _, x, keep in _pieces(src, chunk):
+                m = x.numel()
+                _abs_scores(src, x, keep, scores(m))
+                at = _level_index(bits(m), level, levels, base, index(m))
+                row_counts.index_add_(0, at, ones(m))
+                if weight is not None:
+                    row_hist.index_add_(0, at, weight(m))
+        # pruned entries are exact zeros: take them out of digit 0 while the prefix is all 0
+        counts.index_add_(0, starts, -(excl_count * at_zero))
+        if weighted:
+            hist.index_add_(0, starts, -(excl_weight * at_zero))
+        if level == 0:  # the already pruned counts ride along with the first all-reduce
+            counts[size:].copy_(excl_count)
             if weighted:
-                hist += c.to(acc_dtype) * src.weight
-            if kept is not None:
-                budget -= level_digits.numel()
-                kept = None if budget < 0 else [*kept, level_digits]
+                hist[size:].copy_(excl_weight)
+        if pg is not None:
+            dist.all_reduce(counts, group=pg)
+            if weighted:
+                dist.all_reduce(hist, group=pg)
         if level == 0:
-            nonfinite = counts[_INF_TOP_WORD[key_dtype] :].sum()
-            total = hist.sum()
+            excl_count = counts[size:].clone()
+            excl_weight = hist[size:].clone() if weighted else excl_count.to(torch.float64)
+            rem = target - (excl_weight if weighted else excl_count)
+        h, c = hist[:size], counts[:size]
+        h[::_ROW].zero_()  # overflow bins: off-prefix entries are out of the running sums
+        cum = h.cumsum(0)
+        ends = starts + ((_TOP_BINS if level == 0 else _WORD_BINS) - 1)
+        before = cum.index_select(0, starts - 1)
+        row_end = cum.index_select(0, ends)
+        if level == 0:
+            total = row_end - before
             if weighted:  # past the total: prune up to the last entry that weighs anything
                 rem = torch.minimum(rem, total)
-        cum = hist.cumsum(0)
-        bins = torch.arange(cum.numel(), device=device)
-        last_nonempty = torch.where(hist > 0, bins, 0).max()
-        digit = torch.searchsorted(cum, rem.reshape(1)).reshape(()).clamp(max=last_nonempty)
-        rem = rem - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], zero)
-        tied, tied_weight = counts[digit], hist[digit]
+            ccum = c.cumsum(0) if weighted else cum
+            inf = starts + (_INF_TOP_WORD[key_dtype] - 1)
+            nonfinite = ccum.index_select(0, ends) - ccum.index_select(0, inf)
+        found = torch.searchsorted(cum, before + rem)
+        last = torch.searchsorted(cum, row_end)  # the row's last bin that weighs anything
+        digit = (torch.minimum(found, last) - starts).clamp_(min=0)
+        where = starts + digit
+        rem = rem - (cum.index_select(0, where - 1) - before)
+        tied, tied_weight = c.index_select(0, where), h.index_select(0, where)
         digits.append(digit)
-        prefix.append(digit.to(torch.int16))
+        prefix = prefix * _WORD_BINS + digit
         at_zero = at_zero * (digit == 0)
-    tied_per_tensor = None
-    if kept is not None:
-        excluded = torch.tensor([s.excluded for s in sources], device=device)
-        tied_per_tensor = torch.stack([(d == digits[-1]).sum() for d in kept])
-        tied_per_tensor = tied_per_tensor - excluded * at_zero
+    tie_counts = None
+    if per_tensor:
+        local = _tie_counts_on_device(sources, prefix.index_select(0, owner), excl, chunk)
+        if pg is None:
+            tie_counts = local.unsqueeze(0)
+        else:
+            parts = [torch.empty_like(local) for _ in range(dist.get_world_size(pg))]
+            dist.all_gather(parts, local, group=pg)
+            tie_counts = torch.stack(parts)
     return _Descent(
-        digits, rem, tied, tied_weight.to(torch.float64), nonfinite, total, tied_per_tensor
+        groups,
+        torch.stack(digits),
+        rem,
+        tied,
+        tied_weight.to(torch.float64),
+        nonfinite,
+        total,
+        excl_count,
+        excl_weight,
+        target,
+        tie_counts,
     )
 
 
-def _none(dtype: torch.dtype) -> Cut:
-    return Cut(threshold=-1.0, ties=0, tied=0, key=-1, dtype=dtype)
+def _tie_counts_on_device(
+    sources: Sequence[Source], keys: Tensor, excl: Tensor, chunk: int
+) -> Tensor:
+    """Per source, the live entries whose ``|x|`` bits equal ``keys`` (int64, no sync)."""
+    device = sources[0].tensor.device
+    key_dtype = sources[0].key_dtype
+    int_dtype = _INT_VIEW[key_dtype]
+    scores = _Scratch(torch.empty(chunk, dtype=key_dtype, device=device))
+    bits = scores.view(int_dtype)
+    diff = _Scratch(torch.empty(chunk, dtype=int_dtype, device=device))
+    nonzero = torch.zeros(len(sources), dtype=torch.int64, device=device)
+    for i, src in enumerate(sources):
+        key, acc = keys[i].to(int_dtype), nonzero[i]
+        for _, x, keep in _pieces(src, chunk):
+            m = x.numel()
+            _abs_scores(src, x, keep, scores(m))
+            acc += torch.sub(bits(m), key, out=diff(m)).count_nonzero()
+    numels = _on([s.tensor.numel() for s in sources], torch.int64, device)
+    # pruned entries are zeros too: not live, so not tied
+    return numels - nonzero - excl * (keys == 0)
+
+
+@dataclass
+class _Result:
+    """One group's descent, read to the host."""
+
+    key: int
+    rem: float
+    tied: int
+    tied_weight: float
+    nonfinite: int
+    total: float
+    excluded: int
+    excluded_weight: float
+    target: float
+    tie_counts: list[list[int]] | None  # (ranks, tensors of the group)
+
+
+def _read(
+    descents: Sequence[_Descent], extra: Sequence[Tensor] = ()
+) -> tuple[list[_Result], list[float]]:
+    """Bring descents (and the ``extra`` tensors, flattened) to the host in one sync."""
+    parts: list[Tensor] = []
+    for d in descents:
+        parts += [d.digits.reshape(-1), d.rem, d.tied, d.tied_weight, d.nonfinite, d.total]
+        parts += [d.excluded, d.excluded_weight, d.target]
+        if d.tie_counts is not None:
+            parts.append(d.tie_counts.reshape(-1))
+    parts += [e.reshape(-1) for e in extra]
+    if not parts:
+        return [], []
+    values = iter(torch.cat([p.to(torch.float64) for p in parts]).tolist())
+    out: list[_Result] = []
+    for d in descents:
+        n, levels = len(d.groups), d.digits.shape[0]
+        digits = [[int(next(values)) for _ in range(n)] for _ in range(levels)]
+        rem, tied, tied_w, nonfinite, total, excl, excl_w, target = (
+            [next(values) for _ in range(n)] for _ in range(8)
+        )
+        counts = None
+        if d.tie_counts is not None:
+            ranks, width = d.tie_counts.shape
+            counts = [[int(next(values)) for _ in range(width)] for _ in range(ranks)]
+        offset = 0
+        for g, members in enumerate(d.groups):
+            key = 0
+            for level in range(levels):
+                key = (key << 16) | digits[level][g]
+            per_tensor = None
+            if counts is not None:
+                per_tensor = [row[offset : offset + len(members)] for row in counts]
+            offset += len(members)
+            out.append(
+                _Result(
+                    key,
+                    rem[g],
+                    int(tied[g]),
+                    tied_w[g],
+                    int(nonfinite[g]),
+                    total[g],
+                    int(excl[g]),
+                    excl_w[g],
+                    target[g],
+                    per_tensor,
+                )
+            )
+    return out, list(values)
+
+
+def _select(
+    groups: Sequence[tuple[list[Source], float | Tensor]],
+    weighted: bool,
+    extra: Sequence[Tensor] = (),
+) -> tuple[list[_Result], list[float]]:
+    """Descend for every group (batched: one histogram per batch), then read all in one sync."""
+    descents: list[_Descent] = []
+    a = 0
+    while a < len(groups):
+        first = groups[a][0][0]
+        most = len(groups) if first.group is not None else _GROUPS_PER_PASS
+        b = a + 1
+        while (
+            b < len(groups)
+            and b - a < most
+            and groups[b][0][0].key_dtype == first.key_dtype
+            and groups[b][0][0].tensor.device == first.tensor.device
+        ):
+            b += 1
+        batch = groups[a:b]
+        # ties per tensor: to walk a weighted tie group, and to order ranks when sharded; a
+        # count cut in one process splits its ties while building masks instead
+        per_tensor = first.group is not None or (weighted and any(len(s) > 1 for s, _ in batch))
+        descents.append(_descend(batch, weighted, per_tensor))
+        a = b
+    return _read(descents, extra)
 
 
 def _key_to_float(key: int, dtype: torch.dtype) -> float:
-    return float(torch.tensor(key, dtype=_INT_VIEW[dtype]).view(dtype).item())
+    """The float whose bit pattern is ``key`` (pure Python: no tensor, no sync)."""
+    if dtype == torch.float16:
+        return float(struct.unpack("<e", struct.pack("<H", key))[0])
+    if dtype == torch.bfloat16:
+        return float(struct.unpack("<f", struct.pack("<I", key << 16))[0])
+    if dtype == torch.float32:
+        return float(struct.unpack("<f", struct.pack("<I", key))[0])
+    return float(struct.unpack("<d", struct.pack("<Q", key))[0])
 
 
-_Read = tuple[int, float, int, float, int, float, "tuple[int, ...] | None"]
-
-
-def _read(descents: list[_Descent]) -> list[_Read]:
-    """Bring descents to the host in one sync.
-
-    Returns:
-        Per descent: (key, rem, tied, tied weight, non-finite count, total, tied per tensor).
-    """
-    if not descents:
-        return []
-    parts: list[Tensor] = []
-    for descent in descents:
-        parts += [d.to(torch.float64).reshape(1) for d in descent.digits]
-        parts += [
-            descent.rem.to(torch.float64).reshape(1),
-            descent.tied.to(torch.float64).reshape(1),
-            descent.tied_weight.reshape(1),
-            descent.nonfinite.to(torch.float64).reshape(1),
-            descent.total.to(torch.float64).reshape(1),
-        ]
-        if descent.tied_per_tensor is not None:
-            parts.append(descent.tied_per_tensor.to(torch.float64))
-    values = iter(torch.cat(parts).tolist())
-    out: list[_Read] = []
-    for descent in descents:
-        key = 0
-        for _ in descent.digits:
-            key = (key << 16) | int(next(values))
-        rem, tied, tied_weight, nonfinite, total = (next(values) for _ in range(5))
-        per_tensor = None
-        if descent.tied_per_tensor is not None:
-            per_tensor = tuple(int(next(values)) for _ in range(descent.tied_per_tensor.numel()))
-        out.append((key, rem, int(tied), tied_weight, int(nonfinite), total, per_tensor))
-    return out
-
-
-def _walk_ties(
-    sources: list[Source], rem: float, tie_counts: list[int], reach: bool = False
-) -> int:
+def _walk_ties(weights: Sequence[float], rem: float, tie_counts: Sequence[int], reach: bool) -> int:
     """Weighted case: how many tied entries, taken in order, land closest to ``rem``.
 
     Tied entries before the crossing go toward the target (weightless ones are free); of the
@@ -387,48 +694,124 @@ def _walk_ties(
     always, with ``reach``).
     """
     taken = 0
-    for src, count in zip(sources, tie_counts, strict=True):
+    for weight, count in zip(weights, tie_counts, strict=True):
         if count == 0:
             continue
-        if count * src.weight < rem:
+        if count * weight < rem:
             taken += count
-            rem -= count * src.weight
+            rem -= count * weight
             continue
-        n = max(1, math.ceil(rem / src.weight))
-        over, under = n * src.weight - rem, rem - (n - 1) * src.weight
+        n = max(1, math.ceil(rem / weight))
+        over, under = n * weight - rem, rem - (n - 1) * weight
         return taken + (n if reach or over <= under else n - 1)
     return taken  # only reached when rounding left the target just above every tie
 
 
-def _tie_counts(sources: list[Source], cut: Cut) -> tuple[int, ...]:
-    """Per tensor: how many live entries equal the threshold (one pass, one host sync)."""
-    if cut.tied_per_tensor is not None:
-        return cut.tied_per_tensor
-    counts = torch.stack([_tied_mask(src, cut).count_nonzero() for src in sources])
-    return tuple(int(c) for c in counts.tolist())
+def _rank(sources: Sequence[Source]) -> int:
+    group = sources[0].group
+    return 0 if group is None else dist.get_rank(group)
 
 
-def _tied_mask(src: Source, cut: Cut) -> Tensor:
-    a = src.scores().abs()
-    tied = a == torch.tensor(cut.threshold, dtype=cut.dtype, device=a.device)
-    if cut.key == 0 and src.keep is not None:  # pruned entries are zeros too: not live
-        tied &= src.keep.reshape(-1) != 0
-    return tied
+def _per_tensor(
+    counts: list[list[int]], rank: int
+) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """Split tie counts per (rank, tensor) into this rank's view.
+
+    Returns:
+        This rank's counts, the ties before its part of each tensor in the order (tensor,
+        rank, flat index), and the totals per tensor.
+    """
+    totals = [sum(column) for column in zip(*counts, strict=True)]
+    before, done = [], 0
+    for t, total in enumerate(totals):
+        before.append(done + sum(counts[r][t] for r in range(rank)))
+        done += total
+    return tuple(counts[rank]), tuple(before), totals
+
+
+def _to_cut(sources: Sequence[Source], r: _Result, weighted: bool, reach: bool) -> Cut:
+    dtype = sources[0].key_dtype
+    already = r.excluded_weight if weighted else float(r.excluded)
+    if r.target - already <= 0:
+        return _none(dtype, already)
+    if r.nonfinite:
+        raise ValueError(f"cannot select among non-finite values: found {r.nonfinite} inf/NaN")
+    if weighted and r.total <= 0:  # nothing left that weighs anything
+        return _none(dtype, already)
+    local = before = None
+    totals: list[int] | None = None
+    if r.tie_counts is not None:
+        local, before, totals = _per_tensor(r.tie_counts, _rank(sources))
+    elif len(sources) == 1:
+        local, before, totals = (r.tied,), (0,), [r.tied]
+    cut = Cut(_key_to_float(r.key, dtype), 0, r.tied, r.key, dtype, local, before, already)
+    if not weighted:
+        ties = int(r.rem)
+    elif r.tied == 1:
+        ties = 1 if reach or r.tied_weight - r.rem <= r.rem else 0
+    else:
+        if totals is None:
+            totals = _tie_counts(sources, cut)[2]
+        ties = _walk_ties([s.weight for s in sources], r.rem, totals, reach)
+    return Cut(cut.threshold, ties, r.tied, r.key, dtype, local, before, already)
+
+
+def _none(dtype: torch.dtype, already: float = 0.0) -> Cut:
+    return Cut(threshold=-1.0, ties=0, tied=0, key=-1, dtype=dtype, already=already)
+
+
+def _tie_counts(
+    sources: Sequence[Source], cut: Cut
+) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """Count the ties of a cut made without them: one pass and one host sync.
+
+    Sharded, one all-gather too. Returns what :func:`_per_tensor` returns.
+    """
+    device = sources[0].tensor.device
+    keys = torch.full((len(sources),), cut.key, dtype=torch.int64, device=device)
+    excl = torch.stack([_excluded(s) for s in sources])
+    local = _tie_counts_on_device(sources, keys, excl, chunk_size(device))
+    group = sources[0].group
+    rows = [local]
+    if group is not None:
+        rows = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(rows, local, group=group)
+    counts = [[int(c) for c in row] for row in torch.stack(rows).tolist()]
+    return _per_tensor(counts, _rank(sources))
+
+
+def _cuts(
+    groups: Sequence[tuple[list[Source], float | Tensor]],
+    weighted: bool,
+    reach: bool = False,
+    extra: Sequence[Tensor] = (),
+) -> tuple[list[Cut], list[float]]:
+    """:func:`cuts` that also reads ``extra`` tensors (flattened) in its one host sync."""
+    results, rest = _select(groups, weighted, extra)
+    out = [
+        _to_cut(sources, r, weighted, reach)
+        for (sources, _), r in zip(groups, results, strict=True)
+    ]
+    return out, rest
 
 
 def cuts(
-    groups: Sequence[tuple[list[Source], float]], weighted: bool, reach: bool = False
+    groups: Sequence[tuple[list[Source], float | Tensor]], weighted: bool, reach: bool = False
 ) -> list[Cut]:
     """Descend to each group's threshold and settle its ties; one host sync for all groups.
 
     Each group is selected on its own (one group: a global cut; one per layer: per-layer
-    cuts). All sources must share one key dtype. Targets count already pruned entries; a
-    target at or below them prunes nothing new. No argument checks beyond the sources'.
+    cuts), all of them in the same passes. All sources of a group must share one key dtype.
+    Targets count already pruned entries; a target at or below them prunes nothing new
+    (:attr:`Cut.already` says how much that was). No argument checks beyond the sources'.
+    Sharded sources (see :func:`make_sources`): targets are over all ranks, and every rank
+    must call with the same groups and targets.
 
     Args:
         groups: ``(sources, target)`` pairs: the sources from one :func:`make_sources` call
             (or several of one dtype), and how many entries (unweighted) or how much weight
-            (weighted) to prune in all.
+            (weighted) to prune in all. A target may be a 0-d tensor on the device (read
+            along with the results).
         weighted: Whether targets are sums of the sources' ``weight`` instead of counts.
             Weighted, the pruned weight lands closest to the target (the reaching prefix on
             a draw).
@@ -440,48 +823,67 @@ def cuts(
     Raises:
         ValueError: If a value is inf/NaN.
     """
-    descents: list[_Descent | None] = []
-    for sources, target in groups:
-        weights = [s.weight if weighted else 1.0 for s in sources]
-        live = target - sum(s.excluded * w for s, w in zip(sources, weights, strict=True))
-        descents.append(_descend(sources, live, weighted) if live > 0 else None)
-    reads = iter(_read([d for d in descents if d is not None]))
-    out = []
-    for (sources, _), descent in zip(groups, descents, strict=True):
-        dtype = sources[0].key_dtype
-        if descent is None:
-            out.append(_none(dtype))
-            continue
-        key, rem, tied, tied_weight, nonfinite, total, per_tensor = next(reads)
-        if nonfinite:
-            raise ValueError(f"cannot select among non-finite values: found {nonfinite} inf/NaN")
-        if weighted and total <= 0:  # nothing left that weighs anything
-            out.append(_none(dtype))
-            continue
-        cut = Cut(_key_to_float(key, dtype), 0, tied, key, dtype, per_tensor)
-        if not weighted:
-            ties = int(rem)
-        elif tied == 1:
-            ties = 1 if reach or tied_weight - rem <= rem else 0
-        else:
-            ties = _walk_ties(sources, rem, list(_tie_counts(sources, cut)), reach)
-        out.append(Cut(cut.threshold, ties, tied, key, dtype, per_tensor))
-    return out
+    return _cuts(groups, weighted, reach)[0]
 
 
-def _cut(sources: list[Source], target: float, weighted: bool) -> Cut:
-    return cuts([(sources, target)], weighted)[0]
+def _fill(t: Tensor, value: float) -> None:
+    chunk = chunk_size(t.device)
+    for a in range(0, t.numel(), chunk):
+        t[a : a + chunk].fill_(value)
+
+
+def _keep_mask(
+    src: Source,
+    cut: Cut,
+    dtype: torch.dtype,
+    take: int,
+    count: int,
+    scratch: _Scratch,
+    carry: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Build one tensor's keep mask.
+
+    ``|x| >= t`` (take 0), ``|x| > t`` (take all ``count`` ties), or ``|x| > t`` but for the
+    ties after the first ``take`` in the order. With ``carry`` (the ties before this tensor
+    in the order, on the device) the ties are split here; the carry comes back updated for
+    the next tensor.
+    """
+    flat = torch.empty(src.tensor.numel(), dtype=dtype, device=src.tensor.device)
+    chunk = scratch.buffer.numel()
+    if cut.key < 0:  # nothing new: the current mask
+        if src.keep is None:
+            _fill(flat, 1)
+        for a, x, keep in _pieces(src, chunk):
+            if keep is not None:
+                torch.ne(keep, 0, out=flat[a : a + x.numel()])
+        return flat.view(src.tensor.shape), carry
+    compare = torch.ge if take == 0 else torch.gt
+    t = cut.threshold
+    outs = flat.split(chunk) if flat.numel() else ()
+    for out, (_, x, keep) in zip(outs, _pieces(src, chunk), strict=True):
+        mags = _abs_scores(src, x, keep, scratch(x.numel()))
+        compare(mags, t, out=out)
+        if carry is not None:  # keep back the ties after the first `take`
+            tied = mags == t
+            if cut.key == 0 and keep is not None:
+                tied &= keep != 0
+            order = tied.cumsum(0) + carry
+            out.masked_fill_(tied & (order > take), 1)
+            carry = order[-1]
+        if cut.key == 0 and keep is not None:  # pruned zeros compare like live zeros
+            out.masked_fill_(keep == 0, 0)
+    return flat.view(src.tensor.shape), carry
 
 
 def keep_masks(
-    sources: list[Source], cut: Cut, dtypes: Sequence[torch.dtype] | None = None
+    sources: Sequence[Source], cut: Cut, dtypes: Sequence[torch.dtype] | None = None
 ) -> list[Tensor]:
     """Build the keep masks (1 = keep) of a cut, in ``dtypes`` (bool by default).
 
     Per tensor, tied entries are all pruned (``|x| > t`` keeps), all kept (``|x| >= t``),
-    or, in the one tensor where the ties run out, split by flat index. A mask in the key
-    dtype doubles as the ``|x|`` temporary, so building masks in the weights' dtype costs no
-    extra copy.
+    or, in the one tensor where the ties run out (on each rank, when sharded), split by flat
+    index. No host sync (one, for a cut made elsewhere without per-tensor tie counts, when
+    its ties must be split); temporaries of one chunk.
 
     Args:
         sources: The sources the cut was computed on.
@@ -492,44 +894,54 @@ def keep_masks(
         One keep mask per source, of its tensor's shape.
     """
     out_dtypes = list(dtypes) if dtypes is not None else [torch.bool] * len(sources)
-    if cut.key < 0:
-        return [
-            torch.ones_like(s.tensor, dtype=d) if s.keep is None else (s.keep != 0).to(d)
-            for s, d in zip(sources, out_dtypes, strict=True)
-        ]
-    if 0 < cut.ties < cut.tied:
-        remaining, takes = cut.ties, []
-        for count in _tie_counts(sources, cut):
-            takes.append((min(count, remaining), count))
-            remaining -= takes[-1][0]
-    else:  # every tied entry pruned (as if take == count), or none (take == 0)
-        takes = [(1, 1) if cut.ties else (0, 1)] * len(sources)
+    if not sources:
+        return []
+    device = sources[0].tensor.device
+    takes = [(1, 1) if cut.ties else (0, 1)] * len(sources)  # every tie pruned, or none
+    carry: Tensor | None = None
+    shared = False
+    if cut.key >= 0 and 0 < cut.ties < cut.tied:
+        local, before = cut.tied_per_tensor, cut.tied_before
+        if local is not None and before is None and sources[0].group is None:
+            before = tuple(sum(local[:i]) for i in range(len(local)))
+        if local is None and sources[0].group is None:
+            # one process: count the ties on the device while building the masks, in order
+            takes, shared = [(cut.ties, cut.tied)] * len(sources), True
+            carry = torch.zeros((), dtype=torch.int64, device=device)
+        else:
+            if local is None or before is None:
+                local, before, _ = _tie_counts(sources, cut)
+            takes = [(min(max(cut.ties - b, 0), c), c) for b, c in zip(before, local, strict=True)]
+    size = min(chunk_size(device), max(s.tensor.numel() for s in sources)) or 1
+    scratch = _Scratch(torch.empty(size, dtype=sources[0].key_dtype, device=device))
     masks = []
     for src, dtype, (take, count) in zip(sources, out_dtypes, takes, strict=True):
-        scores = src.scores()
-        t = torch.tensor(cut.threshold, dtype=cut.dtype, device=scores.device)
-        keep = torch.empty(scores.shape, dtype=dtype, device=scores.device)
-        compare = torch.ge if take == 0 else torch.gt
-        if dtype == cut.dtype:  # the mask buffer doubles as the |x| temporary
-            torch.abs(scores, out=keep)
-            compare(keep, t, out=keep)
-        else:
-            compare(scores.abs(), t, out=keep)
-        if 0 < take < count:
-            keep[_tied_mask(src, cut).nonzero().squeeze(1)[take:]] = 1
-        if cut.key == 0 and src.keep is not None:  # pruned zeros compare like live zeros
-            keep *= (src.keep.reshape(-1) != 0).to(dtype)
-        masks.append(keep.view(src.tensor.shape))
+        if not shared:
+            carry = torch.zeros((), dtype=torch.int64, device=device) if 0 < take < count else None
+        mask, carry = _keep_mask(src, cut, dtype, take, count, scratch, carry)
+        masks.append(mask)
     return masks
 
 
-def _check_count(sources: list[Source], k: int) -> None:
-    total = sum(s.tensor.numel() for s in sources)
-    pruned = sum(s.excluded for s in sources)
-    if isinstance(k, bool) or not isinstance(k, int) or not pruned <= k <= total:
+def _check_count(sources: Sequence[Source], k: object, low: int, entries: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= entries:
+        what = "(already pruned, total entries)" if low != 1 else ""
         raise ValueError(
-            f"`k` must be an int in [{pruned}, {total}] (already pruned, total entries), got {k!r}"
+            f"`k` must be an int in [{low}, {entries}]{' ' + what if what else ''}, got {k!r}"
         )
+
+
+def _count_cut(sources: list[Source], k: int, low: int | None = None) -> Cut:
+    """The cut pruning ``k`` entries in all; ``k`` checked against the counts read with it."""
+    if isinstance(k, bool) or not isinstance(k, int):  # the message needs the counts
+        pruned = sum(s.excluded for s in sources)
+        _check_count(
+            sources, k, pruned if low is None else low, sum(s.tensor.numel() for s in sources)
+        )
+    (result,), _ = _select([(sources, float(k))], weighted=False)
+    entries = int(result.total) + result.excluded  # live + pruned, over all ranks
+    _check_count(sources, k, result.excluded if low is None else low, entries)
+    return _to_cut(sources, result, False, False)
 
 
 def _check_target(target: float) -> None:
@@ -547,6 +959,7 @@ def threshold_for_count(
     *,
     masks: Sequence[Tensor | None] | None = None,
     scales: Sequence[float] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> Cut:
     """Find the cut that prunes exactly ``k`` entries of ``tensors`` in total, smallest first.
 
@@ -556,6 +969,8 @@ def threshold_for_count(
         masks: Optional current keep masks (one per tensor or ``None``); entries with mask 0
             are already pruned and are pruned first.
         scales: Optional positive per-tensor factors; scores are ``|x| * scale``.
+        group: Sharded tensors: the process group (see :func:`make_sources`); ``k`` counts
+            over all ranks.
 
     Returns:
         The :class:`Cut`; build masks from it with :func:`masks_for_cut`.
@@ -566,9 +981,7 @@ def threshold_for_count(
             a value is inf/NaN.
         TypeError: If a tensor is not floating point.
     """
-    sources = make_sources(tensors, masks, scales, None)
-    _check_count(sources, k)
-    return _cut(sources, k, weighted=False)
+    return _count_cut(make_sources(tensors, masks, scales, None, group=group), k)
 
 
 def threshold_for_weighted_target(
@@ -578,6 +991,7 @@ def threshold_for_weighted_target(
     *,
     masks: Sequence[Tensor | None] | None = None,
     scales: Sequence[float] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> Cut:
     """Find the magnitude cut whose pruned weight lands closest to ``target``.
 
@@ -594,6 +1008,7 @@ def threshold_for_weighted_target(
         target: The summed weight to remove.
         masks: Optional current keep masks (mask 0 = already pruned).
         scales: Optional positive per-tensor score factors.
+        group: Sharded tensors: the process group (see :func:`make_sources`).
 
     Returns:
         The :class:`Cut`; build masks from it with :func:`masks_for_cut`.
@@ -604,8 +1019,8 @@ def threshold_for_weighted_target(
         TypeError: If a tensor is not floating point.
     """
     _check_target(target)
-    sources = make_sources(tensors, masks, scales, weights_per_tensor)
-    return _cut(sources, float(target), weighted=True)
+    sources = make_sources(tensors, masks, scales, weights_per_tensor, group=group)
+    return cuts([(sources, float(target))], weighted=True)[0]
 
 
 def masks_for_cut(
@@ -614,6 +1029,7 @@ def masks_for_cut(
     *,
     masks: Sequence[Tensor | None] | None = None,
     scales: Sequence[float] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> list[Tensor]:
     """Build boolean keep masks (True = keep) for a :class:`Cut` of the same inputs.
 
@@ -622,6 +1038,7 @@ def masks_for_cut(
         cut: From :func:`threshold_for_count` or :func:`threshold_for_weighted_target`.
         masks: The same current keep masks as for the cut.
         scales: The same score factors as for the cut.
+        group: The same process group as for the cut.
 
     Returns:
         One boolean mask per tensor, of its shape.
@@ -630,7 +1047,7 @@ def masks_for_cut(
         ValueError: If an input list has the wrong length or a mask the wrong shape.
         TypeError: If a tensor is not floating point.
     """
-    return keep_masks(make_sources(tensors, masks, scales, None), cut)
+    return keep_masks(make_sources(tensors, masks, scales, None, group=group), cut)
 
 
 def masks_for_count(
@@ -639,16 +1056,19 @@ def masks_for_count(
     *,
     masks: Sequence[Tensor | None] | None = None,
     scales: Sequence[float] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> list[Tensor]:
     """Boolean keep masks that prune exactly ``k`` entries in total, smallest ``|x|`` first.
 
-    Ties at the threshold are pruned in (tensor index, flat index) order.
+    Ties at the threshold are pruned in (tensor index, flat index) order. One host sync.
 
     Args:
         tensors: Floating tensors (float16, bfloat16, float32 or float64).
         k: How many entries to prune in total, already pruned ones included.
         masks: Optional current keep masks (mask 0 = already pruned, pruned first).
         scales: Optional positive per-tensor score factors.
+        group: Sharded tensors: the process group (see :func:`make_sources`); ``k`` counts
+            over all ranks, and each rank gets the masks of its chunks.
 
     Returns:
         One boolean mask per tensor (True = keep) with exactly ``k`` False entries in total.
@@ -657,9 +1077,8 @@ def masks_for_count(
         ValueError: See :func:`threshold_for_count`.
         TypeError: If a tensor is not floating point.
     """
-    sources = make_sources(tensors, masks, scales, None)
-    _check_count(sources, k)
-    return keep_masks(sources, _cut(sources, k, weighted=False))
+    sources = make_sources(tensors, masks, scales, None, group=group)
+    return keep_masks(sources, _count_cut(sources, k))
 
 
 def masks_for_weighted_target(
@@ -669,6 +1088,7 @@ def masks_for_weighted_target(
     *,
     masks: Sequence[Tensor | None] | None = None,
     scales: Sequence[float] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> list[Tensor]:
     """Boolean keep masks for :func:`threshold_for_weighted_target`.
 
@@ -678,6 +1098,7 @@ def masks_for_weighted_target(
         target: The summed weight to remove.
         masks: Optional current keep masks (mask 0 = already pruned).
         scales: Optional positive per-tensor score factors.
+        group: Sharded tensors: the process group (see :func:`make_sources`).
 
     Returns:
         One boolean mask per tensor (True = keep).
@@ -687,16 +1108,19 @@ def masks_for_weighted_target(
         TypeError: If a tensor is not floating point.
     """
     _check_target(target)
-    sources = make_sources(tensors, masks, scales, weights_per_tensor)
-    return keep_masks(sources, _cut(sources, float(target), weighted=True))
+    sources = make_sources(tensors, masks, scales, weights_per_tensor, group=group)
+    return keep_masks(sources, cuts([(sources, float(target))], weighted=True)[0])
 
 
-def kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> Tensor:
+def kth_smallest_abs(
+    tensors: Sequence[Tensor], k: int, *, group: dist.ProcessGroup | None = None
+) -> Tensor:
     """The ``k``-th smallest ``|x|`` (1-based) over all entries of ``tensors``.
 
     Args:
         tensors: Floating tensors (float16, bfloat16, float32 or float64).
         k: Rank in ``[1, total entries]``.
+        group: Sharded tensors: the process group (see :func:`make_sources`).
 
     Returns:
         A 0-d tensor in the tensors' common dtype, on their device.
@@ -705,9 +1129,6 @@ def kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> Tensor:
         ValueError: If ``k`` is out of range or a value is inf/NaN.
         TypeError: If a tensor is not floating point.
     """
-    sources = make_sources(tensors, None, None, None)
-    total = sum(s.tensor.numel() for s in sources)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
-        raise ValueError(f"`k` must be an int in [1, {total}], got {k!r}")
-    cut = _cut(sources, k, weighted=False)
-    return torch.tensor(cut.threshold, dtype=cut.dtype, device=tensors[0].device)
+    sources = make_sources(tensors, None, None, None, group=group)
+    cut = _count_cut(sources, k, low=1)
+    return torch.full((), cut.threshold, dtype=cut.dtype, device=tensors[0].device)

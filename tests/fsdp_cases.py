@@ -1,0 +1,49 @@
+"""The fits compared between FSDP2 (tests/scripts/fsdp_fit.py) and one process."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+import lightning_sparsity as ls
+from tests.fits import Wide
+
+
+class Frozen(Wide):
+    """Wide with a zero learning rate: the masks depend only on the initial weights."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def val_dataloader(self) -> None:  # type: ignore[override]
+        return None
+
+
+def schedule() -> ls.SparsityCallback:
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.8, start_epoch=0, end_epoch=3))
+    return ls.SparsityCallback(pruner, write_files=False, verbose=False)
+
+
+def uniform() -> ls.SparsityCallback:
+    pruner = ls.MagnitudePruner(
+        schedule=ls.schedules.Linear(0.7, start_epoch=0, end_epoch=2), allocation="uniform"
+    )
+    return ls.SparsityCallback(pruner, write_files=False, verbose=False)
+
+
+def adjust() -> ls.SparsityCallback:
+    budget = ls.FlopBudget("30%", by_epoch=3, action="adjust")
+    return ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False, verbose=False)
+
+
+CASES = {"schedule": schedule, "uniform": uniform, "adjust": adjust}
+
+
+def masks_digest(masks: dict[str, torch.Tensor]) -> str:
+    """One hash of the whole masks, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].to(torch.uint8).flatten().numpy().tobytes())
+    return digest.hexdigest()

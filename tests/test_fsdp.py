@@ -1,0 +1,77 @@
+"""FSDP2 (fully_shard under Lightning's ModelParallelStrategy, 2 CPU ranks over gloo): every
+rank's curve and the gathered masks equal one process on the same model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fits import quiet_trainer
+from tests.fsdp_cases import CASES, Frozen, masks_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_process(case: str, tmp_path: Path) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    model = Frozen()
+    callback = CASES[case]()
+    quiet_trainer(tmp_path, [callback], 4, limit_val_batches=0).fit(model)
+    return {
+        "history": [p.to_dict() for p in callback.history],
+        "masks": masks_digest(callback.pruning.masks(model)),
+    }
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(
+    "case",
+    # the adjust budget in the default suite; the two schedules in the slow one (.ci/run)
+    [pytest.param(c, marks=pytest.mark.slow) if c != "adjust" else c for c in CASES],
+)
+def test_fsdp2_fit_equals_one_process(case: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "fsdp_fit.py"), str(tmp_path), case],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    single = one_process(case, tmp_path)
+
+    def curve(history: list[dict]) -> list[tuple]:
+        return [(p["epoch"], p["params_nonzero"], p["flops_sparse"]) for p in history]
+
+    for rank in ranks:
+        assert curve(rank["history"]) == curve(single["history"])
+        assert rank["masks"] == single["masks"]
+    assert curve(single["history"])[-1][2] < curve(single["history"])[0][2]  # it pruned
+
+
+def test_flattening_strategies_are_refused_naming_what_is_supported() -> None:
+    from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+
+    from lightning_sparsity.callback import check_strategy
+
+    with pytest.raises(ValueError, match=r"does not support FSDPStrategy: FSDP1 flattens.*FSDP2"):
+        check_strategy(FSDPStrategy())
+
+    class DeepSpeedStrategy:  # deepspeed is not installed: its class, by name
+        pass
+
+    with pytest.raises(ValueError, match=r"DeepSpeedStrategy: DeepSpeed ZeRO flattens"):
+        check_strategy(DeepSpeedStrategy())
+    check_strategy(DDPStrategy())  # supported: no error
+    check_strategy(ModelParallelStrategy())
