@@ -235,18 +235,20 @@ def demo(args: argparse.Namespace) -> int:
     """The ``demo`` subcommand."""
     from lightning_sparsity.demo.run import demo_callback, run_demo
 
+    if args.budget is None:  # 20% by default; a pattern prunes by a schedule
+        args.budget = "none" if args.pattern is not None else "20%"
     budget = None if args.budget.lower() == "none" else args.budget
+    options = {
+        "epochs": args.epochs,
+        "budget": budget,
+        "final_sparsity": args.final_sparsity,
+        "pattern": args.pattern,
+    }
     try:  # the options, checked before anything runs
-        demo_callback(epochs=args.epochs, budget=budget, final_sparsity=args.final_sparsity)
+        demo_callback(**options)
     except ValueError as err:
         raise CliError(str(err)) from err
-    run_demo(
-        output=Path(args.output),
-        epochs=args.epochs,
-        budget=budget,
-        final_sparsity=args.final_sparsity,
-        limit_batches=args.limit_batches,
-    )
+    run_demo(output=Path(args.output), limit_batches=args.limit_batches, **options)
     return 0
 
 
@@ -333,12 +335,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=12, help="training epochs (12)")
     d.add_argument(
         "--budget",
-        default="20%",
+        default=None,
         help="sparse FLOPs per example to reach ('20%%' of dense, '250K'); 'none': a schedule",
     )
     d.add_argument(
         "--final-sparsity", type=float, default=0.8, help="with --budget none: cubic target"
     )
+    d.add_argument("--pattern", help="prune N:M (e.g. 2:4) by a cubic schedule instead of a budget")
     d.add_argument(
         "--limit-batches", type=int, default=None, help="batches per epoch (for a quick check)"
     )

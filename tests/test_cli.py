@@ -93,7 +93,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     history = json.loads((run_dir / "sparsity_history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]
     assert history[-1]["flops_sparse"] == report["total"]["flops_sparse"]
-    # the default budget, 20% of dense, reached at the deadline (epoch 1 of 3) and kept
+    # the default budget, 20% of dense, reached at the deadline (after 2 of 3 epochs), kept
     limit = 0.2 * history[0]["flops"]
     assert history[-1]["budget_limit"] == pytest.approx(limit)
     assert [row["budget_status"] for row in history[1:]] == ["over", "within", "within"]
@@ -101,6 +101,24 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert len(acc.Scalars("sparsity/flops_sparse_per_example")) == 4
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers", "ignore:not pruning")
+def test_demo_pruned_two_four(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_sparsity.cli import main
+
+    out = tmp_path / "o"
+    args = ["demo", "--pattern", "2:4", "--epochs", "3", "--limit-batches", "3"]
+    assert main([*args, "--output", str(out)]) == 0
+    history = json.loads((out / "demo" / "version_0" / "sparsity_history.json").read_text())
+    # conv2 (rows of 16·9) and conv3 (32·9) carry 2:4; conv1 (rows of 9) and fc (10 rows,
+    # not a multiple of 32) stay dense: at the end of the cubic ramp (after 2 epochs) both
+    # convolutions run at half: 1,199,360 - (589,824 + 589,824) / 2 = 609,536
+    assert history[-1]["flops_realizable"] == 609_536
+    assert history[1]["flops_realizable"] == 1_199_360  # part of the groups: no kernel yet
+    assert "conv2.weight 2:4, conv3.weight 2:4" in capsys.readouterr().out
+    assert main([*args, "--budget", "20%", "--output", str(out)]) == 2
+    assert "give it without a budget" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")

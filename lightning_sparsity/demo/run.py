@@ -19,6 +19,7 @@ from lightning_sparsity.callback import SparsityCallback
 from lightning_sparsity.controller import HistoryPoint
 from lightning_sparsity.demo.data import DigitsDataModule
 from lightning_sparsity.demo.model import DigitsCNN
+from lightning_sparsity.patterns import parse_pattern
 from lightning_sparsity.pruning import MagnitudePruner
 from lightning_sparsity.pruning.schedules import Cubic
 
@@ -26,16 +27,33 @@ __all__ = ["run_demo"]
 
 
 def demo_callback(
-    *, epochs: int = 12, budget: str | None = "20%", final_sparsity: float = 0.8
+    *,
+    epochs: int = 12,
+    budget: str | None = "20%",
+    final_sparsity: float = 0.8,
+    pattern: str | None = None,
 ) -> SparsityCallback:
     """The demo's callback: a FLOP budget steering the pruner, or a cubic schedule.
 
+    With a ``pattern`` (``"2:4"``) a cubic schedule prunes every group it can (the budget
+    and final sparsity do not apply: the pattern sets the sparsity, 50% for 2:4).
+
     Raises:
-        ValueError: for ``epochs`` < 1, a bad budget or a bad final sparsity.
+        ValueError: for ``epochs`` < 1, a bad budget, final sparsity or pattern, or a
+            pattern beside a budget.
     """
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
     end = max(1, (2 * epochs) // 3)  # both curves land after `end` completed epochs
+    if pattern is not None:
+        if budget is not None:
+            raise ValueError(
+                f"a pattern ({pattern!r}) prunes by a schedule; give it without a budget"
+                f" (got budget {budget!r})"
+            )
+        n, m = parse_pattern(pattern)
+        schedule = Cubic(final_sparsity=(m - n) / m, start_epoch=0, end_epoch=end)
+        return SparsityCallback(pruning=MagnitudePruner(schedule=schedule, pattern=pattern))
     if budget is None:
         schedule = Cubic(final_sparsity=final_sparsity, start_epoch=0, end_epoch=end)
         return SparsityCallback(pruning=MagnitudePruner(schedule=schedule))
@@ -49,6 +67,7 @@ def run_demo(
     epochs: int = 12,
     budget: str | None = "20%",
     final_sparsity: float = 0.8,
+    pattern: str | None = None,
     limit_batches: int | None = None,
     seed: int = 0,
 ) -> SparsityCallback:
@@ -60,6 +79,7 @@ def run_demo(
         budget: sparse FLOPs per example to land on by then (``"20%"`` of dense, ``"250K"``),
             steering the pruner in FLOP space; ``None`` prunes by a cubic sparsity schedule.
         final_sparsity: without a budget, the schedule's final sparsity of the weights.
+        pattern: prune N:M (``"2:4"``) by a cubic schedule instead (no budget).
         limit_batches: batches per epoch (``None``: all) for a quick check.
         seed: the seed of everything.
 
@@ -69,7 +89,9 @@ def run_demo(
     Raises:
         ValueError: see :func:`demo_callback`.
     """
-    callback = demo_callback(epochs=epochs, budget=budget, final_sparsity=final_sparsity)
+    callback = demo_callback(
+        epochs=epochs, budget=budget, final_sparsity=final_sparsity, pattern=pattern
+    )
     pl.seed_everything(seed, verbose=False)
     logger = submodule("loggers").TensorBoardLogger(str(output), name="demo")
     limit = limit_batches if limit_batches is not None else 1.0
@@ -108,13 +130,16 @@ def _curve_table(history: list[HistoryPoint]) -> str:
     """Epoch by epoch: sparse FLOPs against the budget's schedule (or the sparsity target)."""
     budget = history[0].budget_limit is not None
     head = "scheduled FLOPs" if budget else "target sparsity"
-    lines = [f"epochs done  sparse FLOPs  {head:>15}  sparse/dense  param sparsity"]
+    lines = [
+        f"epochs done  sparse FLOPs  {head:>15}  sparse/dense  realizable FLOPs  param sparsity"
+    ]
     for point in history:
         planned = point.budget_scheduled if budget else point.target_sparsity
         text = "" if planned is None else (f"{planned:,.0f}" if budget else f"{planned:.3f}")
+        realizable = "" if point.flops_realizable is None else f"{point.flops_realizable:,}"
         lines.append(
             f"{point.epoch:>11}  {point.flops_sparse:>12,}  {text:>15}"
-            f"  {point.flops_ratio:>12.3f}  {point.param_sparsity:>14.3f}"
+            f"  {point.flops_ratio:>12.3f}  {realizable:>16}  {point.param_sparsity:>14.3f}"
         )
     if budget:
         lines.append(f"budget: {history[-1].budget_limit:,.0f} sparse FLOPs per example")
