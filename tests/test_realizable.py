@@ -3,6 +3,7 @@ zeros not; checked against a hand count."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 import lightning_sparsity as ls
+from lightning_sparsity.counting.channels import dead_inputs
+from lightning_sparsity.counting.trace import trace
 from lightning_sparsity.patterns import group_view
 from tests.fits import Wide, quiet_trainer
 
@@ -109,3 +112,166 @@ def test_a_budget_on_realizable_flops_in_a_fit(tmp_path: Path) -> None:
     assert realizable == [648_448, 582_912]
     assert [p.budget_value for p in callback.history] == realizable
     assert callback.stopping_reason == "finetune_done"  # 582,912 <= 0.95 · 648,448
+
+
+# ---- dead rows carried into the next layer's inputs (counting/channels.py) ----
+
+
+def dead_rows_model(bn_bias: float = 0.0, bn_mean: float = 0.0) -> Mixed:
+    """Mixed with conv1's first 6 channels dead (weights and bias zero); BN's constant for
+    them is ``bias − weight·mean/√(var+eps)`` = ``bn_bias − bn_mean/√(1 + 1e-5)``."""
+    model = pruned_model()
+    with torch.no_grad():
+        model.conv1.bias[:6] = 0
+        model.bn1.bias.fill_(bn_bias)
+        model.bn1.running_mean.fill_(bn_mean)
+    return model
+
+
+def compacted_output(model: Mixed, x: torch.Tensor) -> torch.Tensor:
+    """The forward with conv1's dead channels (and conv2's inputs for them) removed."""
+    live = slice(6, 16)
+    h = nn.functional.conv2d(x, model.conv1.weight[live], model.conv1.bias[live], padding=1)
+    bn = model.bn1
+    h = nn.functional.batch_norm(
+        h,
+        bn.running_mean[live],
+        bn.running_var[live],
+        bn.weight[live],
+        bn.bias[live],
+        eps=bn.eps,
+    )
+    h = nn.functional.conv2d(
+        torch.relu(h), model.conv2.weight[:, live], model.conv2.bias, padding=1
+    )
+    return model.fc2(torch.relu(model.fc1(h.flatten(1))))
+
+
+def test_dead_rows_through_batchnorm_at_its_initial_constants_remove_inputs() -> None:
+    model = dead_rows_model()
+    x = torch.randn(3, 8, 8, 8)
+    # brute force: the compacted network computes what the whole one does
+    with torch.no_grad():
+        torch.testing.assert_close(compacted_output(model, x), model(x))
+    report = ls.measure(model, x[:1])
+    # conv2 reads 10 of its 16 input channels: 294,912 · 10/16 = 184,320 (unstructured
+    # zeros in what is left realize nothing)
+    assert report.forms["conv2.weight"] == "rows 16/16, inputs 10/16"
+    assert report.layer("conv2").flops_realizable == 184_320
+    assert report.layer("conv1").flops_realizable == 92_160  # its own rows, as before
+
+
+# constants 0.5 and +0.3 (a negative one ReLU would zero again: not followed, conservative)
+@pytest.mark.parametrize(("bn_bias", "bn_mean"), [(0.5, 0.0), (0.0, -0.3)])
+def test_a_nonzero_batchnorm_constant_keeps_the_inputs(bn_bias: float, bn_mean: float) -> None:
+    model = dead_rows_model(bn_bias, bn_mean)
+    x = torch.randn(3, 8, 8, 8)
+    with torch.no_grad():  # removing them would change the output: they are not dead
+        assert not torch.allclose(compacted_output(model, x), model(x))
+    report = ls.measure(model, x[:1])
+    assert report.forms["conv2.weight"] == "unstructured"
+    assert report.layer("conv2").flops_realizable == 294_912
+
+
+def test_the_meter_follows_batchnorm_statistics_moving() -> None:
+    model = dead_rows_model()
+    x = torch.zeros(1, 8, 8, 8)
+    meter = ls.SparsityMeter(model, x)
+    assert meter.measure().layer("conv2").flops_realizable == 184_320
+    with torch.no_grad():
+        model.bn1.running_mean[:6] = -0.1  # training moved the statistics
+    assert meter.measure().layer("conv2").flops_realizable == 294_912
+    assert meter.measure() == ls.measure(model, x)
+
+
+class Stack(nn.Module):
+    """fc1 16→32, ReLU, fc2 32→8 on (batch, tokens, 16); ``skip``: add fc1's input's
+    projection before fc2 (a residual); ``twice``: fc2 also reads a raw input."""
+
+    def __init__(self, mode: str = "") -> None:
+        super().__init__()
+        self.mode = mode
+        self.fc1 = nn.Linear(16, 32)
+        self.side = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        if self.mode == "skip":
+            h = h + self.side(x)
+        if self.mode == "inplace":
+            h += self.side(x)
+        out = self.fc2(h)
+        if self.mode == "twice":
+            out = out + self.fc2(torch.ones((*x.shape[:-1], 32)))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["", "skip", "inplace", "twice"])
+def test_linear_rows_reach_the_next_linear_only_where_nothing_joins(mode: str) -> None:
+    torch.manual_seed(0)
+    model = Stack(mode).eval()
+    with torch.no_grad():
+        model.fc1.weight[:24] = 0  # 24 of 32 rows dead, their bias too
+        model.fc1.bias[:24] = 0
+    report = ls.measure(model, torch.randn(2, 5, 16))
+    fc2_dense = 2 * 5 * 32 * 8 * (2 if mode == "twice" else 1)  # per sample, both calls
+    # only the plain stack carries the zeros into fc2: 8 of 32 inputs live
+    live = 8 if mode == "" else 32
+    assert report.forms["fc2.weight"] == ("dense" if live == 32 else "rows 8/8, inputs 8/32")
+    assert report.layer("fc2").flops_realizable == fc2_dense * live // 32
+
+
+class Block(nn.Module):
+    """A ResNet basic block: conv-BN-ReLU-conv-BN, plus the (downsampled) input."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.down(x))
+
+
+def test_inputs_counted_dead_are_dead_in_a_residual_network() -> None:
+    """Soundness by brute force: random values put into a consumer's weights for the
+    inputs counted dead leave the network's output unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        Block(16, 16, 1),
+        Block(16, 32, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):  # a third of every conv's rows dead
+                m.weight[torch.randperm(m.out_channels)[: m.out_channels // 3]] = 0
+        model[5].bn1.running_mean.uniform_(-1, 1)  # trained statistics: no zeros pass here
+    x = torch.randn(4, 3, 16, 16)
+    found = trace(model, x[:1])
+    slots = [getattr(s.module, s.attr) for s in found.slots]
+    dead = dead_inputs(found.flows, Counter(u.slot for u in found.uses), slots)
+    names = {found.slots[i].name: int(d.sum()) for i, d in dead.items() if d.any()}
+    # the stem's and each block's first conv feed the conv after them; the trained BN of
+    # the second block's first conv stops it; residual sums (block inputs, fc) carry nothing
+    assert set(names) == {"4.conv1.weight", "4.conv2.weight"}
+    with torch.no_grad():
+        before = model(x)
+        for i, d in dead.items():
+            slots[i][:, d] = torch.randn_like(slots[i][:, d])
+        torch.testing.assert_close(model(x), before)

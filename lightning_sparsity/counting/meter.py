@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +27,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
+from lightning_sparsity.counting.channels import dead_inputs
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.realizable import DEFAULT_PATTERNS, Form, Probe, probe
 from lightning_sparsity.counting.report import LayerStats, SparsityReport
@@ -409,7 +411,13 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         counts += [p.count_nonzero() for p in parts]
         holders: list[Tensor] = [*tensors, *parts]
         if patterns is not None:
-            probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
+            dead: dict[int, Tensor] = {}
+            if current.flows and not any(is_sharded(t) for t in tensors):
+                dead = dead_inputs(current.flows, Counter(u.slot for u in current.uses), tensors)
+            probes = [
+                probe(s.module, t, patterns, dead.get(i))
+                for i, (s, t) in enumerate(zip(slots, tensors, strict=True))
+            ]
             for found in probes:
                 if found is not None:
                     counts += found.scalars

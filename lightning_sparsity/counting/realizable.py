@@ -10,6 +10,9 @@ Sparse FLOPs skip every zero weight; dense kernels skip none. Two patterns do pa
 * structure: dim-0 slices (output rows / channels) and dim-1 slices (input features /
   channels) that are entirely zero can be removed, leaving a smaller dense layer: its
   FLOPs scale by ``(live rows / rows) · (live inputs / inputs)``. Any weight of 2+ dims.
+  An input also counts removed where the graph carries a dead row of the layer before as
+  zeros into it (:mod:`.channels`: through activations, pooling and an eval BatchNorm
+  whose constant for it is zero; not through a residual add).
 
 Per weight the cheaper of the two counts; unstructured zeros realize nothing. Uses of a weight
 in slices (a packed projection with different query and key lengths) and ops without a
@@ -65,12 +68,11 @@ class Probe:
 
     def form(self, values: Sequence[int], nnz: int, numel: int) -> Form:
         """The weight's form from its probes' values and its nonzero count."""
-        if nnz == numel:
-            return Form(Fraction(1), "dense")
         if nnz == 0:
             return Form(Fraction(0), "zero")
         live_rows, live_inputs, *violations = values
-        best = Form(Fraction(1), "unstructured")
+        # a weight without zeros still compacts where the layer before removes its inputs
+        best = Form(Fraction(1), "dense" if nnz == numel else "unstructured")
         compact = Fraction(live_rows, self.rows) * Fraction(live_inputs, self.inputs)
         if compact < best.factor:
             best = Form(
@@ -83,9 +85,15 @@ class Probe:
 
 
 def probe(
-    module: nn.Module, weight: Tensor, patterns: Sequence[Pattern] = DEFAULT_PATTERNS
+    module: nn.Module,
+    weight: Tensor,
+    patterns: Sequence[Pattern] = DEFAULT_PATTERNS,
+    dead_inputs: Tensor | None = None,
 ) -> Probe | None:
     """The probes of one weight (no host sync), or ``None`` for a weight of under 2 dims.
+
+    ``dead_inputs`` (bool, one per input): inputs that only ever read zeros, removed with
+    the rows of the layer that makes them (:mod:`.channels`).
 
     Sharded weights: rows and pattern violations are counted on the shard (summed over ranks
     later); the inputs' liveness is OR-ed over ranks here, with one all-reduce.
@@ -97,6 +105,8 @@ def probe(
     by_row = nonzero.reshape(part.shape[0], part.shape[1], -1)  # a view: no copy
     live_rows = by_row.any(2).any(1).sum()
     live_inputs_vec = by_row.any(2).any(0)
+    if dead_inputs is not None:
+        live_inputs_vec = live_inputs_vec & ~dead_inputs.to(live_inputs_vec.device)
     holders: list[Tensor] = [weight]
     if is_sharded(weight):
         flags = live_inputs_vec.to(torch.int32)

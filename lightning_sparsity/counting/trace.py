@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from lightning_sparsity.counting.channels import ChannelFlow, ChannelTracker
 from lightning_sparsity.counting.formulas import REGISTRY, Formula, is_free
 from lightning_sparsity.counting.params import Slot, find_slots
 
@@ -87,6 +88,8 @@ class Trace:
     # batch sizes that ops with a known batch dimension ran on, by module type and op
     # ("Conv2d (aten.convolution)"); ops on activations only, not on weights
     batches: dict[str, frozenset[int]] = field(default_factory=dict)
+    # layers reading other layers' output channels (realizable FLOPs compact both)
+    flows: list[ChannelFlow] = field(default_factory=list)
 
 
 # ops whose output holds exactly the entries of their input (so the same nonzero count)
@@ -125,8 +128,9 @@ class _Provenance(NamedTuple):
 
 
 class _CountingMode(TorchDispatchMode):
-    def __init__(self, n_rows: int, effective: bool) -> None:
+    def __init__(self, modules: Sequence[nn.Module], effective: bool) -> None:
         super().__init__()
+        n_rows = len(modules)
         self.prov: dict[int, _Provenance] = {}
         self.stack: list[int] = [0]
         self.dense = [0] * n_rows
@@ -136,6 +140,7 @@ class _CountingMode(TorchDispatchMode):
         self.unsupported: Counter[str] = Counter()
         self.batches: dict[tuple[int, str], set[int]] = {}
         self.kinds: dict[torch._ops.OpOverload, int] = {}
+        self.channels = ChannelTracker(modules, self.whole_weight)
 
     def mark(self, tensor: Tensor, slot: int) -> None:
         self.prov[id(tensor)] = _Provenance(weakref.ref(tensor), slot, (), True)
@@ -146,6 +151,11 @@ class _CountingMode(TorchDispatchMode):
             return None
         found = self.prov.get(id(value))
         return found if found is not None and found.ref() is value else None
+
+    def whole_weight(self, value: Any) -> tuple[int, tuple[ChainOp, ...]] | None:
+        """The slot and chain of ``value`` if it holds all of a weight's entries."""
+        src = self.source(value)
+        return (src.slot, src.chain) if src is not None and src.bijective else None
 
     def _kind(self, func: torch._ops.OpOverload) -> int:
         if func in REGISTRY:
@@ -174,6 +184,7 @@ class _CountingMode(TorchDispatchMode):
                 self._carry(src, func, args, kwargs, out)
         elif kind == _UNKNOWN:
             self.unsupported[str(func)] += 1
+        self.channels.step(func, args, out, self.stack[-1])
         return out
 
     def _carry(
@@ -311,7 +322,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
     slots = find_slots(model)
     modules = list(model.named_modules())
     row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
-    mode = _CountingMode(len(modules), effective)
+    mode = _CountingMode([m for _, m in modules], effective)
     readers: dict[int, list[Reader]] = {}
 
     def pre_hook(module: nn.Module, _: Any) -> None:
@@ -370,4 +381,5 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         effective=mode.effective,
         unsupported=dict(mode.unsupported),
         batches={label: frozenset(sizes) for label, sizes in batches.items()},
+        flows=mode.channels.flows,
     )

@@ -1,0 +1,282 @@
+"""Which layer's output channels another layer reads, found in the traced forward pass.
+
+Realizable FLOPs (:mod:`.realizable`) compact a structurally pruned layer: its dead output
+rows go, and so do the matching input channels of a layer that reads them, but only where
+the graph lets a dead row reach that input as zeros. A dead row (all-zero weights, zero or
+no bias) outputs zeros; zeros stay zeros through ReLU-like activations, pooling, views that
+keep the channel axis and copies; an eval-mode BatchNorm maps them to the constant
+``bias − weight · mean / √(var + eps)``, zero at initialisation but not after training moves
+it (checked at each recount, on the BatchNorm's current values). Anything else (a residual
+add, a concatenation, an in-place op that is not zero-preserving) ends the trail: the
+consumer's inputs then count removed only where its own weights for them are zero.
+
+:class:`ChannelTracker` follows the trail op by op in the trace; :func:`dead_inputs` turns
+the flows into per-consumer masks of dead inputs on the device, with no host sync.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+aten = torch.ops.aten
+
+__all__ = ["ChannelFlow", "ChannelTracker", "dead_inputs"]
+
+
+@dataclass(frozen=True)
+class ChannelFlow:
+    """One read of a producer's output channels as a consumer's input channels.
+
+    Attributes:
+        consumer: slot of the weight whose dim 1 reads the channels.
+        producer: slot of the weight whose dim-0 rows make them.
+        bias: slot of the producer's bias (``None``: no bias).
+        norms: eval-mode BatchNorms on the way, in order.
+    """
+
+    consumer: int
+    producer: int
+    bias: int | None
+    norms: tuple[_BatchNorm, ...]
+
+
+class _Channels(NamedTuple):
+    """An activation whose axis ``dim`` holds a producer's output channels."""
+
+    ref: weakref.ReferenceType[Tensor]
+    dim: int
+    producer: int
+    bias: int | None
+    norms: tuple[_BatchNorm, ...]
+
+
+# f(0) == 0 elementwise, whatever their other arguments (hardtanh is checked for its range)
+_ZERO_PRESERVING = {
+    aten.relu.default,
+    aten.relu_.default,
+    aten.gelu.default,
+    aten.gelu_.default,
+    aten.silu.default,
+    aten.silu_.default,
+    aten.tanh.default,
+    aten.tanh_.default,
+    aten.hardswish.default,
+    aten.hardswish_.default,
+    aten.leaky_relu.default,
+    aten.leaky_relu_.default,
+    aten.elu.default,
+    aten.elu_.default,
+    aten.mish.default,
+    aten.mish_.default,
+    aten.hardtanh.default,
+    aten.hardtanh_.default,
+    aten.clone.default,
+    aten.detach.default,
+    aten.alias.default,
+    aten._to_copy.default,
+}
+# outputs a zero channel where the input channel is zero, keeping the axes before it
+_POOLS = {
+    aten.max_pool1d.default,
+    aten.max_pool2d.default,
+    aten.max_pool2d_with_indices.default,
+    aten.max_pool3d_with_indices.default,
+    aten.avg_pool1d.default,
+    aten.avg_pool2d.default,
+    aten.avg_pool3d.default,
+    aten._adaptive_avg_pool2d.default,
+    aten._adaptive_avg_pool3d.default,
+    aten.adaptive_max_pool2d.default,
+    aten.mean.dim,
+    aten.sum.dim_IntList,
+}
+_VIEWS = {aten.view.default, aten._unsafe_view.default, aten._reshape_alias.default}
+_NO_TRAINING = aten._native_batch_norm_legit_no_training.default
+_NORMS = {  # batch norm: (input, weight, bias, mean, var, training, ...) → (out, ...)
+    aten.native_batch_norm.default,
+    _NO_TRAINING,
+    aten.cudnn_batch_norm.default,
+}
+_TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default}
+
+
+# convolution and matrix products: (position of the weight operand, of the bias operand)
+_MATMULS = {
+    aten.convolution.default: (1, 2),
+    aten.mm.default: (1, None),
+    aten.addmm.default: (2, 0),
+}
+
+
+class ChannelTracker:
+    """Follows producers' output channels through one traced forward pass.
+
+    Args:
+        modules: the model's modules by row (a BatchNorm op is matched to its module).
+        source: the slot and chain a tensor derives from (the trace's weight provenance).
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        source: Callable[[Any], tuple[int, tuple[Any, ...]] | None],
+    ) -> None:
+        self.modules = modules
+        self.source = source
+        self.channels: dict[int, _Channels] = {}
+        self.flows: list[ChannelFlow] = []
+
+    def lookup(self, value: Any) -> _Channels | None:
+        """Whose channels ``value`` holds, if it is followed."""
+        if not isinstance(value, Tensor):
+            return None
+        found = self.channels.get(id(value))
+        return found if found is not None and found.ref() is value else None
+
+    def _set(self, tensor: Any, src: _Channels, dim: int, norms: tuple[_BatchNorm, ...]) -> None:
+        if isinstance(tensor, Tensor):
+            self.channels[id(tensor)] = src._replace(ref=weakref.ref(tensor), dim=dim, norms=norms)
+
+    def step(self, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int) -> None:
+        """Record what ``func`` (run inside the module of ``row``) did to the channels."""
+        if func in _MATMULS:
+            self._matmul(func, args, out)
+            return
+        src = self.lookup(args[0]) if args else None
+        carried = src is not None and self._carry(src, func, args, out, row)
+        if not carried and func._schema.is_mutable:
+            # an in-place op (x += y) rewrote a tensor whose channels we follow: trail ends
+            for a in args:
+                if isinstance(a, Tensor):
+                    self.channels.pop(id(a), None)
+
+    def _carry(
+        self, src: _Channels, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int
+    ) -> bool:
+        """Follow the channels of ``args[0]`` into ``out``.
+
+        Returns ``False`` where ``func`` does not keep zero channels zero.
+        """
+        x: Tensor = args[0]
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(first, Tensor):
+            return False
+        keeps_axes = first.shape[: src.dim + 1] == x.shape[: src.dim + 1]
+        if func in _ZERO_PRESERVING:
+            if func in (aten.hardtanh.default, aten.hardtanh_.default):
+                low = args[1] if len(args) > 1 else -1.0
+                high = args[2] if len(args) > 2 else 1.0
+                if not low <= 0 <= high:
+                    return False
+            if first.shape == x.shape:
+                self._set(first, src, src.dim, src.norms)
+            return True
+        if func in _POOLS:
+            if func in (aten.mean.dim, aten.sum.dim_IntList):
+                dims = args[1] if len(args) > 1 and args[1] is not None else range(x.dim())
+                if any(d % x.dim() == src.dim for d in dims):
+                    return True  # summed over the channels: a new tensor, no trail
+            if keeps_axes:
+                self._set(first, src, src.dim, src.norms)
+            return True
+        if func in _VIEWS:
+            if keeps_axes:
+                self._set(first, src, src.dim, src.norms)
+            elif src.dim == x.dim() - 1 and first.shape[-1] == x.shape[-1]:
+                self._set(first, src, first.dim() - 1, src.norms)  # (B, T, C) → (B·T, C)
+            return True
+        if func in _NORMS:
+            module = self.modules[row]
+            training = func is not _NO_TRAINING and len(args) > 5 and bool(args[5])
+            if (
+                isinstance(module, _BatchNorm)
+                and src.dim == 1
+                and not training
+                and module.running_mean is not None
+                and args[3] is module.running_mean
+            ):
+                self._set(first, src, 1, (*src.norms, module))
+            return True
+        return False
+
+    def _matmul(self, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any) -> None:
+        w_pos, b_pos = _MATMULS[func]
+        weight = self.source(args[w_pos])
+        if weight is None:
+            return
+        slot, chain = weight
+        bias_arg = args[b_pos] if b_pos is not None and len(args) > b_pos else None
+        bias_src = self.source(bias_arg)
+        bias = bias_src[0] if bias_src is not None and not bias_src[1] else None
+        if func is aten.convolution.default:
+            # (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+            x, dim = args[0], 1
+            rows_first = not args[6] and not chain  # weight dim 0 = output channels
+            reads_all = rows_first and args[8] == 1  # groups 1: dim 1 = every input channel
+        else:  # the operand is weight.t(): the slot's dim 1 reads the input's last axis
+            x = args[0] if func is aten.mm.default else args[1]
+            dim = x.dim() - 1
+            rows_first = reads_all = len(chain) == 1 and chain[0].func in _TRANSPOSES
+        src = self.lookup(x)
+        if reads_all and src is not None and src.dim == dim:
+            self.flows.append(ChannelFlow(slot, src.producer, src.bias, src.norms))
+        if rows_first and (bias is not None or bias_arg is None) and isinstance(out, Tensor):
+            out_dim = 1 if func is aten.convolution.default else out.dim() - 1
+            self.channels[id(out)] = _Channels(weakref.ref(out), out_dim, slot, bias, ())
+
+
+def dead_inputs(
+    flows: Sequence[ChannelFlow], uses: Counter[int], tensors: Sequence[Tensor]
+) -> dict[int, Tensor]:
+    """Per consumer slot, a bool vector of the input channels that only ever read zeros.
+
+    A consumer counts only if every use of its weight in the trace read flowed channels
+    (``uses``: weight uses per slot); several flows must all be dead for a channel.
+    """
+    by_consumer: dict[int, list[ChannelFlow]] = {}
+    for flow in flows:
+        by_consumer.setdefault(flow.consumer, []).append(flow)
+    out: dict[int, Tensor] = {}
+    for consumer, found in by_consumer.items():
+        if len(found) != uses[consumer]:
+            continue
+        inputs = tensors[consumer].shape[1]
+        dead: Tensor | None = None
+        for flow in found:
+            one = _dead_rows(flow, tensors)
+            if one is None or one.shape[0] != inputs:
+                break
+            dead = one if dead is None else dead & one
+        else:
+            if dead is not None:
+                out[consumer] = dead
+    return out
+
+
+def _dead_rows(flow: ChannelFlow, tensors: Sequence[Tensor]) -> Tensor | None:
+    """The producer's output channels that are zero where the consumer reads them."""
+    weight = tensors[flow.producer]
+    dead = ~(weight != 0).reshape(weight.shape[0], -1).any(1)
+    if flow.bias is not None:
+        bias = tensors[flow.bias]
+        if bias.shape != dead.shape:
+            return None
+        dead = dead & (bias == 0)
+    for norm in flow.norms:
+        mean, var = norm.running_mean, norm.running_var
+        if mean is None or var is None or mean.shape != dead.shape:
+            return None
+        # out = w·(x − mean)/√(var + eps) + b: a zero channel leaves b − w·mean/√(var + eps)
+        scale = norm.weight if norm.weight is not None else torch.ones_like(mean)
+        shift = norm.bias if norm.bias is not None else torch.zeros_like(mean)
+        constant = shift - scale * mean / torch.sqrt(var + norm.eps)
+        dead = dead & (constant == 0)
+    return dead
