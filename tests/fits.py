@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,23 @@ class TinyMixin:
 
 class TinyMLP(TinyMixin, pl.LightningModule):
     """The model of ``tests/data/v1_tiny_mlp.ckpt`` (see make_v1_checkpoint.py there)."""
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_ranks(script: str, tmp_path: Path, *args: str, timeout: int) -> list[dict]:
+    """Run ``tests/scripts/<script>`` (it launches 2 ranks) in ``tmp_path``; each rank's
+    ``rank<r>.json``. Lightning forks no workers (``PL_DISABLE_FORK``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / script), str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fits import run_ranks
 
 
 @pytest.mark.ddp
 def test_ddp_ranks_agree_on_masks_and_stop_and_rank_zero_logs_once(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_fit.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_ranks("ddp_fit.py", tmp_path, timeout=300)
     assert ranks[0]["masks_sha"] == ranks[1]["masks_sha"]
     assert ranks[0]["global_step"] == ranks[1]["global_step"]
     assert ranks[0]["stopping_reason"] == ranks[1]["stopping_reason"] == "finetune_done"

@@ -3,18 +3,12 @@ rank's curve and the gathered masks equal one process on the same model."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fits import quiet_trainer
+from tests.fits import quiet_trainer, run_ranks
 from tests.fsdp_cases import CASES, Frozen, masks_digest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_process(case: str, tmp_path: Path) -> dict:
@@ -37,18 +31,7 @@ def one_process(case: str, tmp_path: Path) -> dict:
     [pytest.param(c, marks=pytest.mark.slow) if c != "adjust" else c for c in CASES],
 )
 def test_fsdp2_fit_equals_one_process(case: str, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "fsdp_fit.py"), str(tmp_path), case],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_ranks("fsdp_fit.py", tmp_path, case, timeout=600)
     single = one_process(case, tmp_path)
 
     def curve(history: list[dict]) -> list[tuple]:
