@@ -113,6 +113,8 @@ def dense_flops(model: nn.Module) -> float:
 
 
 Step = Callable[[nn.Module, float], object]
+
+
 def _flop_target(**settings: Any) -> Step:
     def step(model: nn.Module, sparsity: float) -> object:
         pruner = MagnitudePruner(**settings)
