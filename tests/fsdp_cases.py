@@ -37,7 +37,13 @@ def adjust() -> ls.SparsityCallback:
     return ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False, verbose=False)
 
 
-CASES = {"schedule": schedule, "uniform": uniform, "adjust": adjust}
+def pattern() -> ls.SparsityCallback:
+    schedule = ls.schedules.Cubic(0.5, start_epoch=0, end_epoch=3)
+    pruner = ls.MagnitudePruner(schedule=schedule, pattern="2:4", include=["fc1"])
+    return ls.SparsityCallback(pruner, write_files=False, verbose=False)
+
+
+CASES = {"schedule": schedule, "uniform": uniform, "adjust": adjust, "pattern": pattern}
 
 
 def masks_digest(masks: dict[str, torch.Tensor]) -> str:

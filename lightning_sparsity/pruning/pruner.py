@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -434,7 +435,7 @@ class MagnitudePruner(Settings):
         numels = [w.numel() for w in whole]
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
         if self._pattern is not None:
-            keeps = self._pattern_keeps(tensors, current, sparsity)
+            keeps = self._pattern_keeps(tensors, current, sparsity, whole, group)
         elif self.structured:
             keeps = self._structured_keeps(
                 tensors, current, sparsity, scales, per_layer, whole, group
@@ -454,18 +455,31 @@ class MagnitudePruner(Settings):
         self.last_sparsity = float(sparsity)
 
     def _group_sources(
-        self, tensors: list[Tensor], current: list[Tensor | None], weights: list[float] | None
+        self,
+        tensors: list[Tensor],
+        current: list[Tensor | None],
+        weights: list[float] | None,
+        group: dist.ProcessGroup | None,
     ) -> list[Source]:
-        """One score per N:M group (the magnitude pruning it removes), already pruned ones out."""
+        """One score per N:M group (the magnitude pruning it removes), already pruned ones out.
+
+        Sharded (``Shard(0)``: whole rows, so whole groups, per rank), the scores are the
+        local groups' and the selection's histograms are all-reduced over ``group``.
+        """
         assert self._pattern is not None
         n, m = self._pattern
         losses = [group_losses(t, k, self._pattern) for t, k in zip(tensors, current, strict=True)]
         # a group is pruned when it holds at most N live entries
         live = [None if k is None else group_view(k != 0, m).sum(1) > n for k in current]
-        return select.make_sources(losses, live, None, weights)
+        return select.make_sources(losses, live, None, weights, group=group)
 
     def _pattern_keeps(
-        self, tensors: list[Tensor], current: list[Tensor | None], sparsity: float
+        self,
+        tensors: list[Tensor],
+        current: list[Tensor | None],
+        sparsity: float,
+        whole: list[Tensor],
+        group: dist.ProcessGroup | None,
     ) -> list[Tensor]:
         """Prune the fraction ``sparsity / ((M - N) / M)`` of the groups to N:M."""
         assert self._pattern is not None
@@ -476,16 +490,15 @@ class MagnitudePruner(Settings):
                 f" pruned, got sparsity {sparsity!r}"
             )
         fraction = sparsity * m / (m - n)
-        sources = self._group_sources(tensors, current, None)
+        sources = self._group_sources(tensors, current, None, group)
+        counts = [w.numel() // m for w in whole]  # groups over all ranks
         if self.allocation == "uniform":
-            groups = _per_layer_groups(
-                sources, [fraction] * len(sources), [s.tensor.numel() for s in sources]
-            )
+            groups = _per_layer_groups(sources, [fraction] * len(sources), counts)
         else:
-            groups = [(sources, round(fraction * sum(s.tensor.numel() for s in sources)))]
+            groups = [(sources, round(fraction * sum(counts)))]
         prune: list[Tensor] = []
-        for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
-            prune += [~keep for keep in select.keep_masks(group, cut)]
+        for (chosen, _), cut in zip(groups, self._count_cuts(groups), strict=True):
+            prune += [~keep for keep in select.keep_masks(chosen, cut)]
         return [
             pattern_keep(t, k, self._pattern, p)
             for t, k, p in zip(tensors, current, prune, strict=True)
@@ -614,11 +627,9 @@ class MagnitudePruner(Settings):
             others = flops.other_flops(model, flops_per_nonzero, set(names), group=group)
             n, m = self._pattern
             all_dense = (
-                fixed_flops
-                + others
-                + sum(c * t.numel() for c, t in zip(costs, tensors, strict=True))
+                fixed_flops + others + sum(c * w.numel() for c, w in zip(costs, whole, strict=True))
             )
-            sources = self._group_sources(tensors, current, [(m - n) * c for c in costs])
+            sources = self._group_sources(tensors, current, [(m - n) * c for c in costs], group)
             (cut,) = select.cuts(
                 [(sources, float(all_dense - target_flops))], weighted=True, reach=not_above
             )
