@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.loggers import CSVLogger
 
 import lightning_sparsity as ls
@@ -51,6 +53,11 @@ def main(out: Path) -> None:
         "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    # both files written, then out without the interpreter's teardown: under load, c10d's
+    # threads sometimes abort a gloo process at exit ("terminate called without an active
+    # exception", seen in CI after a complete fit, with or without destroy_process_group)
+    dist.barrier()
+    os._exit(0)
 
 
 if __name__ == "__main__":
