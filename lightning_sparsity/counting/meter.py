@@ -405,11 +405,6 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
     probes: list[Probe | None] = []
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in slots]
-        counts: list[Tensor] = [local(t).count_nonzero() for t in tensors]
-        # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
-        parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
-        counts += [p.count_nonzero() for p in parts]
-        holders: list[Tensor] = [*tensors, *parts]
         if patterns is not None:
             dead: dict[int, Tensor] = {}
             if current.flows and not any(is_sharded(t) for t in tensors):
@@ -418,10 +413,19 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
                 probe(s.module, t, patterns, dead.get(i))
                 for i, (s, t) in enumerate(zip(slots, tensors, strict=True))
             ]
-            for found in probes:
-                if found is not None:
-                    counts += found.scalars
-                    holders += found.holders
+        # a probed weight's count comes with its probes; the others' here
+        counts: list[Tensor] = [
+            found.nnz if found is not None else local(t).count_nonzero()
+            for t, found in zip(tensors, probes or [None] * len(tensors), strict=True)
+        ]
+        # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
+        parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
+        counts += [p.count_nonzero() for p in parts]
+        holders: list[Tensor] = [*tensors, *parts]
+        for found in probes:
+            if found is not None:
+                counts += found.scalars
+                holders += found.holders
     if any(is_sharded(t) for t in tensors):  # per-shard counts summed: one all-reduce
         device = counts[0].device
         stacked = torch.stack([c.to(device) for c in counts])
