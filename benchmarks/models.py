@@ -67,10 +67,16 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A bottleneck ResNet with torchvision's module names (``layer1.0.conv1``, ``fc``)."""
+    """A ResNet of ``block`` s (bottlenecks by default) with torchvision's module names."""
 
-    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        layers: tuple[int, int, int, int],
+        num_classes: int = 1000,
+        block: type[nn.Module] = Bottleneck,
+    ) -> None:
         super().__init__()
+        expansion: int = block.expansion  # type: ignore[assignment]
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -80,9 +86,9 @@ class ResNet(nn.Module):
         for i, blocks in enumerate(layers):
             planes = 64 * 2**i
             stride = 1 if i == 0 else 2
-            stage = [Bottleneck(in_planes, planes, stride)]
-            in_planes = planes * Bottleneck.expansion
-            stage += [Bottleneck(in_planes, planes) for _ in range(blocks - 1)]
+            stage = [block(in_planes, planes, stride)]
+            in_planes = planes * expansion
+            stage += [block(in_planes, planes) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
