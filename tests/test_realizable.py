@@ -12,6 +12,7 @@ from torch import nn
 
 import lightning_sparsity as ls
 from lightning_sparsity.counting.channels import dead_inputs
+from lightning_sparsity.counting.realizable import probe
 from lightning_sparsity.counting.trace import trace
 from lightning_sparsity.patterns import group_view
 from tests.fits import Wide, quiet_trainer
@@ -265,7 +266,9 @@ def test_inputs_counted_dead_are_dead_in_a_residual_network() -> None:
     x = torch.randn(4, 3, 16, 16)
     found = trace(model, x[:1])
     slots = [getattr(s.module, s.attr) for s in found.slots]
-    dead = dead_inputs(found.flows, Counter(u.slot for u in found.uses), slots)
+    probes = [probe(s.module, w) for s, w in zip(found.slots, slots, strict=True)]
+    rows = [None if p is None else p.live_rows for p in probes]
+    dead = dead_inputs(found.flows, Counter(u.slot for u in found.uses), slots, rows)
     names = {found.slots[i].name: int(d.sum()) for i, d in dead.items() if d.any()}
     # the stem's and each block's first conv feed the conv after them; the trained BN of
     # the second block's first conv stops it; residual sums (block inputs, fc) carry nothing

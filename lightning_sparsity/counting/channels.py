@@ -234,12 +234,18 @@ class ChannelTracker:
 
 
 def dead_inputs(
-    flows: Sequence[ChannelFlow], uses: Counter[int], tensors: Sequence[Tensor]
+    flows: Sequence[ChannelFlow],
+    uses: Counter[int],
+    tensors: Sequence[Tensor],
+    live_rows: Sequence[Tensor | None],
 ) -> dict[int, Tensor]:
     """Per consumer slot, a bool vector of the input channels that only ever read zeros.
 
     A consumer counts only if every use of its weight in the trace read flowed channels
     (``uses``: weight uses per slot); several flows must all be dead for a channel.
+    ``live_rows``: per slot, nonzero where a row of the weight holds a nonzero (the
+    realizable probes', :attr:`.realizable.Probe.live_rows`), ``None`` for a weight of
+    under 2 dims.
     """
     by_consumer: dict[int, list[ChannelFlow]] = {}
     for flow in flows:
@@ -251,7 +257,7 @@ def dead_inputs(
         inputs = tensors[consumer].shape[1]
         dead: Tensor | None = None
         for flow in found:
-            one = _dead_rows(flow, tensors)
+            one = _dead_rows(flow, tensors, live_rows)
             if one is None or one.shape[0] != inputs:
                 break
             dead = one if dead is None else dead & one
@@ -261,10 +267,14 @@ def dead_inputs(
     return out
 
 
-def _dead_rows(flow: ChannelFlow, tensors: Sequence[Tensor]) -> Tensor | None:
+def _dead_rows(
+    flow: ChannelFlow, tensors: Sequence[Tensor], live_rows: Sequence[Tensor | None]
+) -> Tensor | None:
     """The producer's output channels that are zero where the consumer reads them."""
-    weight = tensors[flow.producer]
-    dead = ~(weight != 0).reshape(weight.shape[0], -1).any(1)
+    rows = live_rows[flow.producer]
+    if rows is None:
+        return None
+    dead = rows == 0
     if flow.bias is not None:
         bias = tensors[flow.bias]
         if bias.shape != dead.shape:

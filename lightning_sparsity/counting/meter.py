@@ -405,14 +405,13 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
     probes: list[Probe | None] = []
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in slots]
+        dead: dict[int, Tensor] = {}
         if patterns is not None:
-            dead: dict[int, Tensor] = {}
+            probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
             if current.flows and not any(is_sharded(t) for t in tensors):
-                dead = dead_inputs(current.flows, Counter(u.slot for u in current.uses), tensors)
-            probes = [
-                probe(s.module, t, patterns, dead.get(i))
-                for i, (s, t) in enumerate(zip(slots, tensors, strict=True))
-            ]
+                uses = Counter(u.slot for u in current.uses)
+                rows = [None if p is None else p.live_rows for p in probes]
+                dead = dead_inputs(current.flows, uses, tensors, rows)
         # a probed weight's count comes with its probes; the others' here
         counts: list[Tensor] = [
             found.nnz if found is not None else local(t).count_nonzero()
@@ -422,10 +421,11 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
         counts += [p.count_nonzero() for p in parts]
         holders: list[Tensor] = [*tensors, *parts]
-        for found in probes:
+        for i, found in enumerate(probes):
             if found is not None:
-                counts += found.scalars
-                holders += found.holders
+                scalars, held = found.scalars(dead.get(i))
+                counts += scalars
+                holders += held
     if any(is_sharded(t) for t in tensors):  # per-shard counts summed: one all-reduce
         device = counts[0].device
         stacked = torch.stack([c.to(device) for c in counts])
@@ -446,7 +446,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
             if found is None:
                 forms.append(None)
                 continue
-            probe_values = [next(rest) for _ in found.scalars]
+            probe_values = [next(rest) for _ in range(2 + len(found.violations))]
             forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
     return _Counts(nnz_slot, nnz_use, numel_use, forms)
 

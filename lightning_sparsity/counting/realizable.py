@@ -58,14 +58,33 @@ class Form:
 
 @dataclass
 class Probe:
-    """Device scalars of one weight, decoded into a :class:`Form` after the host sync."""
+    """Device tensors of one weight, decoded into a :class:`Form` after the host sync."""
 
     nnz: Tensor  # the (local) weight's nonzeros, counted from the same flags
-    scalars: list[Tensor]  # live rows, live inputs, then violations per pattern
-    holders: list[Tensor]  # what each scalar was counted over (sharded: summed over ranks)
+    live_rows: Tensor  # uint8 per (local) row: 1 where the row holds a nonzero
+    live_inputs: Tensor  # bool per input, OR-ed over the ranks when sharded
+    violations: list[Tensor]  # per usable pattern: groups holding more than N nonzeros
+    holders: list[Tensor]  # what each violation count was counted over
+    weight: Tensor
     rows: int
     inputs: int
     patterns: tuple[Pattern, ...]
+
+    def scalars(self, dead_inputs: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """Live rows, live inputs and the violations, with what each was counted over.
+
+        ``dead_inputs`` (bool, one per input): inputs that only ever read zeros
+        (:mod:`.channels`), removed with the rows of the layer that makes them. Sharded:
+        rows and violations are summed over the ranks later, the inputs are OR-ed already.
+        """
+        live_inputs = self.live_inputs
+        if dead_inputs is not None:
+            live_inputs = live_inputs & ~dead_inputs.to(live_inputs.device)
+        once = _ONCE if is_sharded(self.weight) else self.weight
+        return (
+            [self.live_rows.count_nonzero(), live_inputs.count_nonzero(), *self.violations],
+            [self.weight, once, *self.holders],
+        )
 
     def form(self, values: Sequence[int], nnz: int, numel: int) -> Form:
         """The weight's form from its probes' values and its nonzero count."""
@@ -86,15 +105,9 @@ class Probe:
 
 
 def probe(
-    module: nn.Module,
-    weight: Tensor,
-    patterns: Sequence[Pattern] = DEFAULT_PATTERNS,
-    dead_inputs: Tensor | None = None,
+    module: nn.Module, weight: Tensor, patterns: Sequence[Pattern] = DEFAULT_PATTERNS
 ) -> Probe | None:
     """The probes of one weight (no host sync), or ``None`` for a weight of under 2 dims.
-
-    ``dead_inputs`` (bool, one per input): inputs that only ever read zeros, removed with
-    the rows of the layer that makes them (:mod:`.channels`).
 
     Sharded weights: rows and pattern violations are counted on the shard (summed over ranks
     later); the inputs' liveness is OR-ed over ranks here, with one all-reduce.
@@ -108,28 +121,25 @@ def probe(
     flags = (part != 0).view(torch.uint8)
     nnz = flags.count_nonzero()
     rows_n, inputs_n = part.shape[0], part.shape[1]
-    live_rows = flags.reshape(rows_n, -1).amax(1).count_nonzero()
+    live_rows = flags.reshape(rows_n, -1).amax(1)
     per_input = flags.reshape(rows_n, inputs_n, -1)
     if per_input.shape[2] > 1:  # kernel positions folded first (a view when 1)
         per_input = per_input.amax(2)
-    live_inputs_vec = per_input.reshape(rows_n, inputs_n).amax(0).bool()
-    if dead_inputs is not None:
-        live_inputs_vec = live_inputs_vec & ~dead_inputs.to(live_inputs_vec.device)
-    holders: list[Tensor] = [weight]
+    live_inputs = per_input.reshape(rows_n, inputs_n).amax(0).bool()
     if is_sharded(weight):
-        flags_in = live_inputs_vec.to(torch.int32)
+        flags_in = live_inputs.to(torch.int32)
         dist.all_reduce(flags_in, op=dist.ReduceOp.MAX, group=shard_group([weight]))
-        live_inputs_vec = flags_in.bool()
-    scalars = [live_rows, live_inputs_vec.count_nonzero()]
-    holders.append(_ONCE if is_sharded(weight) else weight)  # OR-ed already: once
+        live_inputs = flags_in.bool()
+    violations: list[Tensor] = []
+    holders: list[Tensor] = []
     usable = tuple(p for p in patterns if isinstance(module, _INPUT_DIM_ONE))
     length = part[0].numel()
     for n, m in usable:
         if length % m:  # cannot carry the pattern: one violation, counted once
-            scalars.append(torch.ones((), dtype=torch.int64, device=part.device))
+            violations.append(torch.ones((), dtype=torch.int64, device=part.device))
             holders.append(_ONCE)
         else:  # groups holding more than N nonzeros, summed over the shards
             per_group = group_view(flags, m).sum(1, dtype=torch.uint8)  # 1 byte per group
-            scalars.append((per_group > n).count_nonzero())
+            violations.append((per_group > n).count_nonzero())
             holders.append(weight)
-    return Probe(nnz, scalars, holders, rows_n, inputs_n, usable)
+    return Probe(nnz, live_rows, live_inputs, violations, holders, weight, rows_n, inputs_n, usable)
