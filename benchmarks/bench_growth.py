@@ -546,7 +546,8 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         if pruned and len(set(pruned.values())) > 1:
             lines.append(f"methods pruned different counts: {pruned}")
         elif pruned:
-            lines.append(f"both pruned {next(iter(pruned.values())):,} weights")
+            who = "both" if len(pruned) > 1 else "ours"
+            lines.append(f"{who} pruned {next(iter(pruned.values())):,} weights")
         if "seconds" in r:
             lines.append(f"{r['seconds']:.0f} s wall, load average {r['load']:.2f} at start")
         print(f"- **{size.title}**: " + "; ".join(lines))
