@@ -85,3 +85,31 @@ def test_the_cached_recount_reads_once() -> None:
     with count_reads() as calls:
         meter.measure()
     assert len(calls) == 1
+
+
+def test_the_probes_run_on_the_calling_thread_and_the_thread_count_is_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # under load every OpenMP region can wait a scheduler slice at its barrier (~8 ms on 2
+    # cores): the probes' passes run on one thread, as the selection's slices do
+    import lightning_sparsity.counting.meter as meter_module
+
+    seen: list[int] = []
+    real = meter_module.probe
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(meter_module, "probe", spy)
+    threads = torch.get_num_threads()
+    model = mlp(4)
+    meter = ls.SparsityMeter(model, torch.zeros(1, 32))
+    try:
+        torch.set_num_threads(2)
+        meter.measure()
+        assert len(seen) == 8  # one call per weight and bias (a bias has no probe)
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

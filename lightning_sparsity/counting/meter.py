@@ -29,7 +29,13 @@ from torch.utils._pytree import tree_flatten
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
 from lightning_sparsity.counting.channels import dead_inputs
 from lightning_sparsity.counting.params import Slot, find_slots
-from lightning_sparsity.counting.realizable import DEFAULT_PATTERNS, Form, Probe, probe
+from lightning_sparsity.counting.realizable import (
+    DEFAULT_PATTERNS,
+    Form,
+    Probe,
+    on_calling_thread,
+    probe,
+)
 from lightning_sparsity.counting.report import LayerStats, SparsityReport
 from lightning_sparsity.counting.trace import Trace, replay, trace
 from lightning_sparsity.patterns import Pattern, parse_pattern
@@ -407,7 +413,8 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         tensors = [slot.value() for slot in slots]
         dead: dict[int, Tensor] = {}
         if patterns is not None:
-            probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
+            with on_calling_thread(tensors):
+                probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
             if current.flows and not any(is_sharded(t) for t in tensors):
                 uses = Counter(u.slot for u in current.uses)
                 rows = [None if p is None else p.live_rows for p in probes]
