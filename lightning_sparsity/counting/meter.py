@@ -408,7 +408,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
     """Nonzeros of every slot and use's operand (and the realizable probes), one host sync."""
     slots = current.slots
     partial = [u for u in current.uses if u.chain is not None]
-    probes: list[Probe | None] = []
+    probes: list[Probe | None] = [None] * len(slots)
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in slots]
         dead: dict[int, Tensor] = {}
@@ -422,7 +422,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         # a probed weight's count comes with its probes; the others' here
         counts: list[Tensor] = [
             found.nnz if found is not None else local(t).count_nonzero()
-            for t, found in zip(tensors, probes or [None] * len(tensors), strict=True)
+            for t, found in zip(tensors, probes, strict=True)
         ]
         # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
         parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]

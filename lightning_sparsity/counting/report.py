@@ -63,16 +63,17 @@ class LayerStats:
     @property
     def realizable_ratio(self) -> float | None:
         """``flops_realizable / flops`` (1.0 for a module without FLOPs)."""
-        if self.flops_realizable is None:
-            return None
-        return self.flops_realizable / self.flops if self.flops else 1.0
+        return self._of_dense(self.flops_realizable)
 
     @property
     def flops_ratio(self) -> float | None:
         """``flops_sparse / flops`` (1.0 for a module without FLOPs)."""
-        if self.flops_sparse is None:
+        return self._of_dense(self.flops_sparse)
+
+    def _of_dense(self, value: int | float | None) -> float | None:
+        if value is None:
             return None
-        return self.flops_sparse / self.flops if self.flops else 1.0
+        return value / self.flops if self.flops else 1.0
 
 
 _COLUMNS = [f.name for f in fields(LayerStats)]
