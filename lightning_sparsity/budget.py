@@ -224,6 +224,14 @@ class FlopBudget(Settings):
     # ------------------------------------------------------------------ values
 
     @property
+    def counts_weight_flops(self) -> bool:
+        """Whether the limit is on FLOPs the weights alone decide: sparse or realizable.
+
+        Dense FLOPs are then its reference, and pruning weights is what moves it.
+        """
+        return self.count in ("sparse", "realizable")
+
+    @property
     def unit(self) -> str:
         """What the limit counts: ``"sparse FLOPs"``, ``"effective FLOPs"`` or parameters."""
         return {
@@ -255,7 +263,7 @@ class FlopBudget(Settings):
 
     def reference(self, report: SparsityReport) -> float:
         """What ``"N%"`` refers to: dense FLOPs, all parameters, or the effective FLOPs now."""
-        if self.count in ("sparse", "realizable"):
+        if self.counts_weight_flops:
             return float(report.total.flops)
         if self.count == "params":
             return float(report.total.params)
@@ -345,7 +353,7 @@ class FlopBudget(Settings):
                 f" {format_count(floor)} {self.unit}; the lowest reachable target is"
                 f" {floor / dense:.2%} of dense"
             )
-            if parts and self.count in ("sparse", "realizable"):
+            if parts and self.counts_weight_flops:
                 listed = "; ".join(f"{n}: {format_count(v)}" for n, v in parts[:6])
                 more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
                 unpruned = [n.removesuffix(_UNPRUNED) for n, _ in parts if n.endswith(_UNPRUNED)]

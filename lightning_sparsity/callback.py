@@ -683,7 +683,7 @@ class SparsityCallbackLogic:
                     f"sparsity/flops_sparse_{per}",
                     f"sparsity/flops_realizable_{per}",
                 ]
-                if self.budget is not None and self.budget.count in ("sparse", "realizable"):
+                if self.budget is not None and self.budget.counts_weight_flops:
                     flops += ["budget/limit", "budget/scheduled"]
                 sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
                 writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity.report import render_sweep
 from lightning_sparsity.sweeps import (
+    RESULT,
     RunSpec,
     SweepError,
     format_clock,
@@ -138,17 +139,15 @@ def _failed(root: str, spec: RunSpec, error: str | None) -> dict[str, Any]:
         message = _message(error)
         if "No module named 'lightning_sparsity" in error:
             message += ": install lightning_sparsity on every Ray node (or give a runtime_env)"
-    run_dir = Path(root) / "runs" / spec.name
+    run_dir = spec.directory(root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = {
-        **asdict(spec),
-        "label": spec.label,
-        "log_dir": str(run_dir),
-        "status": "failed",
-        "error": f"Ray trial: {message}",
-        "traceback": "\n".join((error or "").splitlines()[-20:]),
-    }
-    write_json(run_dir / "sweep_run.json", result)
+    result = spec.record(
+        log_dir=str(run_dir),
+        status="failed",
+        error=f"Ray trial: {message}",
+        traceback="\n".join((error or "").splitlines()[-20:]),
+    )
+    write_json(run_dir / RESULT, result)
     return result
 
 
@@ -354,7 +353,7 @@ def run_ray(
     results = []
     for spec in specs:
         result = load_result(root, spec)
-        if result is None:
+        if result is None:  # a trial that left no result (its worker died): failed
             result = _failed(root, spec, None)
         results.append(result)
     return results

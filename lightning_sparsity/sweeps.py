@@ -87,6 +87,14 @@ class RunSpec:
             return self.budget
         return "dense" if self.sparsity is None else f"sparsity {self.sparsity:g}"
 
+    def directory(self, root: str | Path) -> Path:
+        """The run's directory, ``root/runs/<name>``."""
+        return Path(root) / "runs" / self.name
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """The run's result record: the spec, its label, and ``fields``."""
+        return {**asdict(self), "label": self.label, **fields}
+
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "%.-_" else "_" for c in text)
@@ -183,7 +191,7 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
         SweepError: if the config has no SparsityCallback, or no budget (pruner schedule) to
             override.
     """
-    from lightning_sparsity._lightning import pl
+    from lightning_sparsity._lightning import submodule
 
     found = _sparsity_callbacks(config)
     if len(found) != 1:
@@ -211,7 +219,7 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
         key = "sparsity" if str(schedule.class_path).endswith("Constant") else "final_sparsity"
         schedule.init_args[key] = spec.sparsity
     args.hparams = {"sweep/run": spec.name, "sweep/seed": spec.seed, "sweep/label": spec.label}
-    loggers = submodule_name(pl, "loggers")
+    loggers = submodule("loggers").__name__
     config["trainer.logger"] = _ns(
         f"{loggers}.TensorBoardLogger",
         save_dir=str(run_dir.parent.parent),
@@ -225,15 +233,10 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
     callbacks = [cb for cb in config["trainer.callbacks"] if "ModelCheckpoint" not in cb.class_path]
     config["trainer.callbacks"] = [
         *callbacks,
-        _ns(f"{submodule_name(pl, 'callbacks')}.ModelCheckpoint", **checkpoint),
+        _ns(f"{submodule('callbacks').__name__}.ModelCheckpoint", **checkpoint),
     ]
     config["trainer.enable_checkpointing"] = True
     config["trainer.enable_progress_bar"] = False
-
-
-def submodule_name(package: Any, name: str) -> str:
-    """``"pytorch_lightning.loggers"`` or ``"lightning.pytorch.loggers"``."""
-    return f"{package.__name__}.{name}"
 
 
 def _metric(trainer: Any, monitor: str | None) -> float | None:
@@ -267,11 +270,11 @@ def run_one(
         ``"failed"`` (with the error), the monitored metric, the last point's sparse FLOPs,
         FLOP ratio and nonzero parameters, epochs, the stopping reason, wall seconds.
     """
-    run_dir = Path(root) / "runs" / spec.name
+    run_dir = spec.directory(root)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     started = time.monotonic()
-    result: dict[str, Any] = {**asdict(spec), "label": spec.label, "log_dir": str(run_dir)}
+    result = spec.record(log_dir=str(run_dir))
     try:
         cli = _build(
             str(config),
@@ -311,14 +314,19 @@ def run_one(
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file, then a rename)."""
+    write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def load_result(root: str | Path, spec: RunSpec) -> dict[str, Any] | None:
     """The recorded result of a run, or ``None`` if it has not finished."""
-    path = Path(root) / "runs" / spec.name / RESULT
+    path = spec.directory(root) / RESULT
     if not path.is_file():
         return None
     return json.loads(path.read_text())
@@ -509,9 +517,7 @@ def write_frontier(
         ("frontier.csv", buffer.getvalue()),
         ("frontier.md", frontier_markdown(rows, failed, monitor)),
     ):
-        tmp = root / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, root / name)
+        write_text(root / name, text)
     if any(r["metric_mean"] is not None for r in rows):
         plot_frontier(rows, root / "frontier.png", monitor, mode)
     return rows
@@ -670,7 +676,8 @@ def sweep(
             )
             if result["status"] != "done":
                 echo(f"sweep: {spec.name} failed: {result['error']}")
-            write_frontier(root, collect_results(root, specs), monitor, mode)
+            if i < len(todo):  # the last run's frontier is written below
+                write_frontier(root, collect_results(root, specs), monitor, mode)
     results = collect_results(root, specs)
     write_frontier(root, results, monitor, mode)
     failed = [r["name"] for r in results if r["status"] != "done"]
@@ -686,9 +693,5 @@ def collect_results(root: Path, specs: Sequence[RunSpec]) -> list[dict[str, Any]
     out = []
     for spec in specs:
         result = load_result(root, spec)
-        out.append(
-            result
-            if result is not None
-            else {**asdict(spec), "label": spec.label, "status": "missing", "error": "not run"}
-        )
+        out.append(result if result is not None else spec.record(status="missing", error="not run"))
     return out
