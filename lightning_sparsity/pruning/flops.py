@@ -88,22 +88,6 @@ def check_flop_arguments(
         raise ValueError("apply_flop_target: " + "; ".join(errors))
 
 
-def _kept(values: Tensor, keep: Tensor | None) -> Tensor:
-    return values if keep is None else values * select.as_factor(keep)
-
-
-def _nonzeros(tensor: Tensor, keep: Tensor | None) -> Tensor:
-    """Nonzeros of ``tensor`` where ``keep`` is not 0, chunk by chunk (0-d int64, no sync)."""
-    chunk = select.chunk_size(tensor.device)
-    flat = tensor.detach().reshape(-1)
-    keeps = None if keep is None else keep.reshape(-1)
-    count = torch.zeros((), dtype=torch.int64, device=tensor.device)
-    for a in range(0, flat.numel(), chunk):
-        part = flat[a : a + chunk]
-        count += _kept(part, None if keeps is None else keeps[a : a + chunk]).count_nonzero()
-    return count
-
-
 def other_flops_tensor(
     model: nn.Module,
     flops_per_nonzero: Mapping[str, float],
@@ -140,7 +124,7 @@ def other_flops_tensor(
         if where is None:
             continue
         tensor, keep = trained_and_mask(*where)
-        nnz = _nonzeros(tensor, keep).to(torch.float64) * flops_per_nonzero[key]
+        nnz = select.count_nonzero(tensor, keep).to(torch.float64) * flops_per_nonzero[key]
         terms.append((nnz, _shards.is_sharded(trained(*where))))
     sharded = [t for t, s in terms if s]
     if group is not None and sharded:
@@ -380,7 +364,7 @@ def _offers(
     sizes: list[int] = []
     chunk = select.chunk_size(device)
     for weight, mask, keep, cost, numel in zip(trained, masks, keeps, costs, numels, strict=True):
-        parts.append(_nonzeros(weight, keep).to(torch.float64).reshape(1))
+        parts.append(select.count_nonzero(weight, keep).to(torch.float64).reshape(1))
         # the same on every rank: offers are all-gathered
         k = min(numel, int(limit // cost) + 1) if 0 < cost <= limit else 0
         sizes.append(2 * k)

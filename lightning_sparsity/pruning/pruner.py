@@ -429,10 +429,10 @@ class MagnitudePruner(Settings):
         ):
             raise ValueError(f"`sparsity` must be a float in [0, 1), got {sparsity!r}")
         targets = self._targets_or_raise(model)
-        scales = self._flop_scales(targets, flops_per_nonzero)
         tensors, current = _split(targets)
         whole, group = _whole(targets)
-        numels = [w.numel() for w in whole]
+        numels = [w.numel() for w in whole]  # over all ranks: the same scales
+        scales = self._flop_scales(targets, numels, flops_per_nonzero)
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
         if self._pattern is not None:
             keeps = self._pattern_keeps(tensors, current, sparsity, whole, group)
@@ -527,12 +527,14 @@ class MagnitudePruner(Settings):
         return cuts
 
     def _flop_scales(
-        self, targets: list[Target], flops_per_nonzero: Mapping[str, float] | None
+        self,
+        targets: list[Target],
+        numels: list[int],
+        flops_per_nonzero: Mapping[str, float] | None,
     ) -> list[float] | None:
         if self.allocation != "flops":
             return None
         names = [param_name(fqn, name) for fqn, _, name in targets]
-        numels = [w.numel() for w in _whole(targets)[0]]  # over all ranks: the same scales
         return flop_scales(names, numels, flops_per_nonzero)
 
     def _structured_keeps(

@@ -290,10 +290,16 @@ def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor) -> Ten
     return torch.abs(x, out=out)
 
 
-def _count_nonzero(t: Tensor) -> Tensor:
-    """``count_nonzero`` of a tensor, chunk by chunk (0-d int64, on its device)."""
-    flat, chunk = t.reshape(-1), chunk_size(t.device)
-    parts = [flat[a : a + chunk].count_nonzero() for a in range(0, flat.numel(), chunk)]
+def count_nonzero(t: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Nonzeros of ``t`` (where ``keep`` is not 0), chunk by chunk (0-d int64, no sync)."""
+    flat, chunk = t.detach().reshape(-1), chunk_size(t.device)
+    keeps = None if keep is None else as_factor(keep).reshape(-1)
+    parts = [
+        (
+            flat[a : a + chunk] if keeps is None else flat[a : a + chunk] * keeps[a : a + chunk]
+        ).count_nonzero()
+        for a in range(0, flat.numel(), chunk)
+    ]
     return (
         torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.int64, device=t.device)
     )
@@ -374,9 +380,7 @@ def make_sources(
         )
     with_masks = [s for s in out if s.keep is not None]
     if with_masks:
-        kept = _Kept(
-            torch.stack([_count_nonzero(s.keep) for s in with_masks if s.keep is not None])
-        )
+        kept = _Kept(torch.stack([count_nonzero(s.keep) for s in with_masks if s.keep is not None]))
         for i, s in enumerate(with_masks):
             s._kept = (kept, i)
     return out
@@ -923,24 +927,20 @@ def keep_masks(
     return masks
 
 
-def _check_count(sources: Sequence[Source], k: object, low: int, entries: int) -> None:
+def _check_count(k: object, low: int, entries: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= entries:
-        what = "(already pruned, total entries)" if low != 1 else ""
-        raise ValueError(
-            f"`k` must be an int in [{low}, {entries}]{' ' + what if what else ''}, got {k!r}"
-        )
+        what = " (already pruned, total entries)" if low != 1 else ""
+        raise ValueError(f"`k` must be an int in [{low}, {entries}]{what}, got {k!r}")
 
 
 def _count_cut(sources: list[Source], k: int, low: int | None = None) -> Cut:
     """The cut pruning ``k`` entries in all; ``k`` checked against the counts read with it."""
     if isinstance(k, bool) or not isinstance(k, int):  # the message needs the counts
         pruned = sum(s.excluded for s in sources)
-        _check_count(
-            sources, k, pruned if low is None else low, sum(s.tensor.numel() for s in sources)
-        )
+        _check_count(k, pruned if low is None else low, sum(s.tensor.numel() for s in sources))
     (result,), _ = _select([(sources, float(k))], weighted=False)
     entries = int(result.total) + result.excluded  # live + pruned, over all ranks
-    _check_count(sources, k, result.excluded if low is None else low, entries)
+    _check_count(k, result.excluded if low is None else low, entries)
     return _to_cut(sources, result, False, False)
 
 
