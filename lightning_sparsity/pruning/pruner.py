@@ -499,6 +499,13 @@ class MagnitudePruner(Settings):
         prune: list[Tensor] = []
         for (chosen, _), cut in zip(groups, self._count_cuts(groups), strict=True):
             prune += [~keep for keep in select.keep_masks(chosen, cut)]
+        return self._to_pattern(tensors, current, prune)
+
+    def _to_pattern(
+        self, tensors: list[Tensor], current: list[Tensor | None], prune: list[Tensor]
+    ) -> list[Tensor]:
+        """Keep masks that bring the groups ``prune`` marks (one bool per group) to N:M."""
+        assert self._pattern is not None
         return [
             pattern_keep(t, k, self._pattern, p)
             for t, k, p in zip(tensors, current, prune, strict=True)
@@ -636,10 +643,7 @@ class MagnitudePruner(Settings):
                 [(sources, float(all_dense - target_flops))], weighted=True, reach=not_above
             )
             prune = [~keep for keep in select.keep_masks(sources, cut)]
-            keeps = [
-                pattern_keep(t, k, self._pattern, p)
-                for t, k, p in zip(tensors, current, prune, strict=True)
-            ]
+            keeps = self._to_pattern(tensors, current, prune)
             params = [(m_, n_) for _, m_, n_ in targets]
             self._install(model, params, keeps)
             nnz = storage.nonzero_counts(params)
