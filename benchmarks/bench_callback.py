@@ -179,7 +179,8 @@ def run_fit(variant: str, epochs: int, root: Path) -> Fit:
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
-    traces = callback._meter.traces if callback is not None and callback._meter else 0
+    meter = None if callback is None else callback.controller.meter
+    traces = meter.traces if meter is not None else 0
     return Fit(seconds, timer.times, hooks, traces)
 
 
