@@ -13,6 +13,7 @@ keep) and by the counter (which weights conform, for realizable FLOPs).
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -56,7 +57,8 @@ def parse_pattern(text: object) -> Pattern:
 
 
 def _row_length(weight: Tensor) -> int:
-    return weight[0].numel() if weight.dim() > 1 and weight.shape[0] else 0
+    # from the shape alone: no indexing (a sharded weight's global shape, no communication)
+    return math.prod(weight.shape[1:]) if weight.dim() > 1 and weight.shape[0] else 0
 
 
 def kernel_problem(weight: Tensor, pattern: Pattern) -> str | None:
@@ -64,6 +66,11 @@ def kernel_problem(weight: Tensor, pattern: Pattern) -> str | None:
 
     Every weight needs 2+ dimensions and rows whose length is a multiple of M. A 2-D weight
     pruned 2:4 must also fit the semi-structured kernels' shape rule for its dtype.
+
+    The one rule for both sides: the pruner prunes to ``pattern`` only the weights it
+    accepts, and realizable FLOPs credit ``pattern`` only to those
+    (:func:`lightning_sparsity.counting.realizable.probe`). It reads the shape and dtype
+    alone (no device work, no host sync; a sharded weight's whole shape).
     """
     n, m = pattern
     if weight.dim() < 2:

@@ -14,7 +14,7 @@ import lightning_sparsity as ls
 from lightning_sparsity.counting.channels import dead_inputs
 from lightning_sparsity.counting.realizable import probe
 from lightning_sparsity.counting.trace import trace
-from lightning_sparsity.patterns import group_view
+from lightning_sparsity.patterns import group_view, kernel_problem
 from tests.fits import Wide, quiet_trainer
 
 
@@ -278,3 +278,74 @@ def test_inputs_counted_dead_are_dead_in_a_residual_network() -> None:
         for i, d in dead.items():
             slots[i][:, d] = torch.randn_like(slots[i][:, d])
         torch.testing.assert_close(model(x), before)
+
+
+# ---- N:M credited only where the kernels take the weight (patterns.kernel_problem) ----
+
+
+def two_of_four(weight: torch.Tensor) -> None:
+    """2:4 with every input read: all weights nonzero, then in every group of 4 the even
+    rows keep the first 2, the odd rows the last 2."""
+    with torch.no_grad():
+        weight.copy_(weight.abs() + 0.1)
+        groups = weight.view(weight.shape[0], -1, 4)
+        groups[0::2, :, 2:] = 0
+        groups[1::2, :, :2] = 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "forms", "realizable"),
+    [
+        # float32 kernels take multiples of (32, 32): 0.weight (32, 32) does, 2.weight
+        # (10, 32) not; dense 2·32·32 = 2,048 and 2·32·10 = 640:
+        # realizable 2,048 / 2 + 640 = 1,664
+        (torch.float32, {"0.weight": "2:4", "2.weight": "unstructured"}, 1_664),
+        # float16 / bfloat16 kernels take multiples of (32, 64): neither; 2,048 + 640
+        (torch.bfloat16, {"0.weight": "unstructured", "2.weight": "unstructured"}, 2_688),
+    ],
+)
+def test_two_four_is_credited_only_to_weights_the_kernels_take(
+    dtype: torch.dtype, forms: dict[str, str], realizable: int
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)).to(dtype)
+    for i in (0, 2):
+        two_of_four(model[i].weight)
+        assert bool(((group_view(model[i].weight, 4) != 0).sum(1) <= 2).all())
+    report = ls.measure(model, torch.zeros(1, 32, dtype=dtype))
+    assert report.forms == forms
+    assert report.total.flops == 2_688
+    assert report.total.flops_realizable == realizable
+    # the pruner's rule, the same function: what it refuses is never counted 2:4
+    for name, text in forms.items():
+        accepted = kernel_problem(model.get_parameter(name), (2, 4)) is None
+        assert (text == "2:4") == accepted
+    # a pattern the pruner refuses is counted at what the weight really realizes: the
+    # meter (the budget's count) agrees with a fresh measure
+    assert ls.SparsityMeter(model, torch.zeros(1, 32, dtype=dtype)).measure() == report
+
+
+def test_a_refused_two_four_weight_realizes_its_compaction() -> None:
+    # (10, 32) float32: 2:4 in every group, and rows 6..9 zero: compacted to 6 of 10 rows,
+    # 640 · 6/10 = 384 (2:4 would have said 320, but no kernel runs this shape)
+    layer = nn.Linear(32, 10)
+    two_of_four(layer.weight)
+    with torch.no_grad():
+        layer.weight[6:] = 0  # rows 0..5 still read every input
+    report = ls.measure(nn.Sequential(layer), torch.zeros(1, 32))
+    assert report.forms == {"0.weight": "rows 6/10, inputs 32/32"}
+    assert report.total.flops_realizable == 384
+
+
+def test_a_realizable_budget_is_not_credited_a_refused_two_four_weight() -> None:
+    # 2.weight (10, 32) conforms to 2:4 but no float32 kernel takes it: the budget's value
+    # is the float32 case's 1,664 (2,048 / 2 + 640), not 1,344 (both halved)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    for i in (0, 2):
+        two_of_four(model[i].weight)
+    budget = ls.FlopBudget("90%", count="realizable", finetune_epochs=0)
+    controller = ls.SparsityController(None, budget)
+    controller.bind(model, torch.zeros(1, 32))
+    controller.start(model)
+    assert [p.budget_value for p in controller.history] == [1_664]

@@ -6,7 +6,10 @@ Sparse FLOPs skip every zero weight; dense kernels skip none. Two patterns do pa
   dimension, :mod:`lightning_sparsity.patterns`): a weight that conforms runs at ``N / M`` of
   its dense FLOPs (cuSPARSELt / CUTLASS on Ampere and later). Considered for the weights of
   linear and convolution layers, attention's projections and recurrent layers, whose dim 1
-  is the input.
+  is the input, and credited only to a weight the kernels take: the pruner's rule,
+  :func:`lightning_sparsity.patterns.kernel_problem` (2:4 on a 2-D weight: each dimension a
+  multiple of the dtype's minimum, e.g. (32, 32) for float32). A weight it refuses counts
+  at what it realizes otherwise (its compaction, else dense).
 * structure: dim-0 slices (output rows / channels) and dim-1 slices (input features /
   channels) that are entirely zero can be removed, leaving a smaller dense layer: its
   FLOPs scale by ``(live rows / rows) · (live inputs / inputs)``. Any weight of 2+ dims.
@@ -32,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_sparsity._shards import is_sharded, local, shard_group
-from lightning_sparsity.patterns import Pattern, group_view
+from lightning_sparsity.patterns import Pattern, group_view, kernel_problem
 
 __all__ = ["DEFAULT_PATTERNS", "Form", "Probe", "on_calling_thread", "probe"]
 
@@ -158,7 +161,10 @@ def probe(
     usable = tuple(p for p in patterns if isinstance(module, _INPUT_DIM_ONE))
     length = part[0].numel()
     for n, m in usable:
-        if length % m:  # cannot carry the pattern: one violation, counted once
+        # the pruner's rule (shape and dtype of the whole weight: no device work); a shard
+        # must also cut into whole groups to be counted here
+        if kernel_problem(weight, (n, m)) is not None or length % m:
+            # no kernel runs it: one violation, counted once
             violations.append(torch.ones((), dtype=torch.int64, device=part.device))
             holders.append(_ONCE)
         else:  # groups holding more than N nonzeros, summed over the shards
