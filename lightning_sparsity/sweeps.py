@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_sparsity.budget import parse_flops
+from lightning_sparsity.budget import format_count, parse_flops
 
 __all__ = [
+    "SEEDS",
     "RunSpec",
     "SweepError",
     "collect_results",
@@ -96,8 +97,71 @@ class RunSpec:
         return {**asdict(self), "label": self.label, **fields}
 
 
+#: what ``seed_everything`` takes: Lightning's ``min_seed_value`` / ``max_seed_value``
+#: (lightning_fabric.utilities.seed, numpy's uint32 seeds)
+SEEDS = (0, 2**32 - 1)
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "%.-_" else "_" for c in text)
+
+
+def _repeated(values: Sequence[Any]) -> bool:
+    """Whether a value comes twice (by ``==``; unhashable values too)."""
+    return any(v in values[:i] for i, v in enumerate(values))
+
+
+def _target_text(target: tuple[float, bool]) -> str:
+    value, fraction = target
+    return f"{value * 100:g}% of dense" if fraction else f"{format_count(value)} FLOPs"
+
+
+def _check_budgets(budgets: Sequence[Any], errors: list[str]) -> None:
+    """Each budget parses, and no two spellings name the same target (``50%``, ``50.0%``)."""
+    seen: dict[tuple[float, bool], Any] = {}
+    for budget in budgets:
+        try:
+            target = parse_flops(budget)
+        except ValueError as err:
+            errors.append(f"budget {budget!r}: {err}")
+            continue
+        first = seen.setdefault(target, budget)
+        if first != budget:
+            errors.append(
+                f"budgets {first!r} and {budget!r} are the same target ({_target_text(target)}):"
+                " give each budget once"
+            )
+
+
+def _check_seeds(seeds: Sequence[Any], errors: list[str]) -> None:
+    low, high = SEEDS
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+            errors.append(
+                f"a seed must be an int in [{low}, {high}] (what seed_everything takes),"
+                f" got {seed!r}"
+            )
+
+
+def _check_names(runs: Sequence[RunSpec]) -> None:
+    """Two runs of one directory: the second would be skipped as finished.
+
+    Raises:
+        SweepError: naming the two values and the directory they share.
+    """
+    first: dict[str, RunSpec] = {}
+    for spec in runs:
+        other = first.setdefault(spec.name, spec)
+        if other is not spec:
+            kind, a, b = (
+                ("budgets", repr(other.budget), repr(spec.budget))
+                if spec.budget is not None
+                else ("sparsities", repr(other.sparsity), repr(spec.sparsity))
+            )
+            raise SweepError(
+                f"{kind} {a} and {b} share the run {spec.name!r} (its directory and frontier"
+                " label): give values that differ in the run name"
+            )
 
 
 def plan(
@@ -110,26 +174,31 @@ def plan(
     """The runs of a sweep: the dense baseline (first seed), then per budget, per seed.
 
     Raises:
-        SweepError: for no budgets and no sparsities, both given, an unparsable budget, a
-            sparsity outside ``[0, 1)``, no seeds, or repeated values.
+        SweepError: for no budgets and no sparsities, both given, an unparsable budget, two
+            budgets of one target (``"50%"``, ``"50.0%"``), a sparsity outside ``[0, 1)``, no
+            seeds, a seed outside ``[0, 2**32 - 1]`` (what ``seed_everything`` takes),
+            repeated values, or two values of one run name.
     """
     errors: list[str] = []
+    lists = {"budgets": budgets, "sparsities": sparsities, "seeds": seeds}
+    for name, values in lists.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            errors.append(f"`{name}` must be a list, got {values!r}")
+    if errors:
+        raise SweepError("; ".join(errors))
     if budgets and sparsities:
         errors.append("give --budgets or --sparsities, not both")
     if not budgets and not sparsities:
         errors.append("the sweep needs budgets (e.g. --budgets 50%,25%) or --sparsities")
-    for budget in budgets:
-        try:
-            parse_flops(budget)
-        except ValueError as err:
-            errors.append(f"budget {budget!r}: {err}")
+    _check_budgets(budgets, errors)
     for s in sparsities:
-        if not (isinstance(s, (int, float)) and 0 <= s < 1):
+        if isinstance(s, bool) or not (isinstance(s, (int, float)) and 0 <= s < 1):
             errors.append(f"a sparsity must be in [0, 1), got {s!r}")
     if not seeds:
         errors.append("the sweep needs at least one seed")
-    for name, values in (("budgets", budgets), ("sparsities", sparsities), ("seeds", seeds)):
-        if len(set(values)) != len(values):
+    _check_seeds(seeds, errors)
+    for name, values in lists.items():
+        if _repeated(values):
             errors.append(f"{name} repeat a value: {list(values)}")
     if errors:
         raise SweepError("; ".join(errors))
@@ -138,6 +207,7 @@ def plan(
         runs += [RunSpec(f"budget{_safe(budget)}_seed{s}", s, budget=budget) for s in seeds]
     for sp in sparsities:
         runs += [RunSpec(f"sparsity{sp:g}_seed{s}", s, sparsity=float(sp)) for s in seeds]
+    _check_names(runs)
     return runs
 
 
@@ -609,7 +679,7 @@ def sweep(
         config: a LightningCLI YAML config holding a ``SparsityCallback`` with a budget.
         budgets: budget targets, one run per budget and seed (``"50%"``, ``"1.2G"``).
         sparsities: instead of budgets, final sparsities of the pruner's schedule.
-        seeds: ``seed_everything`` values, one run each.
+        seeds: ``seed_everything`` values (ints in ``[0, 2**32 - 1]``), one run each.
         monitor: the metric the frontier reports (its last value), e.g. ``"val_acc"``.
         mode: ``"max"`` if a higher ``monitor`` is better, ``"min"`` if lower.
         baseline: include a dense run at the first seed (the callback only measures).
@@ -625,8 +695,9 @@ def sweep(
         The results of every run of the plan (also in ``frontier.json``).
 
     Raises:
-        SweepError: before any run, for bad arguments, a config without a SparsityCallback
-            and budget, or a monitor the model never logs.
+        SweepError: before any run, for bad arguments (:func:`plan`: checked before anything
+            is written), a config without a SparsityCallback and budget, or a monitor the
+            model never logs.
     """
     specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
     if mode not in ("max", "min"):

@@ -205,13 +205,67 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys) 
 def test_bad_input_is_one_line_before_any_run(
     tmp_path: Path, capsys, args: list[str], match: str
 ) -> None:
+    out = refused(tmp_path, capsys, args, match)
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+def refused(tmp_path: Path, capsys, args: list[str], match: str) -> Path:
+    """Run the sweep command, check it exits 2 with one line matching ``match``."""
     out = tmp_path / "out"
     assert main(["sweep", "--config", str(config(tmp_path)), "--output", str(out), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightning-sparsity: error:")
     assert len(err.splitlines()) == 1
-    assert re.search(match, err)
-    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+    assert re.search(match, err), err
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        # seed_everything takes 0 .. 2**32 - 1 (Lightning's min/max_seed_value)
+        (
+            ["--budgets", "50%", "--seeds=-1,0"],
+            r"a seed must be an int in \[0, 4294967295\] \(what seed_everything takes\), got -1",
+        ),
+        (["--budgets", "50%", "--seeds", "4294967296"], r"got 4294967296"),
+        (["--budgets", "50%", "--seeds", "0,1,0"], r"seeds repeat a value: \[0, 1, 0\]"),
+        # the same target spelled twice would run it twice, under two names
+        (["--budgets", "50%,50.0%"], r"budgets '50%' and '50.0%' are the same target \(50%"),
+        (["--budgets", "1.2G,25%,1200M"], r"budgets '1.2G' and '1200M' are the same target"),
+        (["--sparsities", "0.5,0.50"], r"sparsities repeat a value: \[0.5, 0.5\]"),
+        # distinct values, one run directory: the second would be skipped as finished
+        (
+            ["--sparsities", "0.1234561,0.1234562"],
+            r"0.1234561 and 0.1234562 share the run .*sparsity0.123456_seed0",
+        ),
+    ],
+)
+def test_bad_seeds_and_repeated_targets_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys, args: list[str], match: str
+) -> None:
+    # refused by the plan: no run, no manifest, no directory
+    assert not refused(tmp_path, capsys, args, match).exists()
+
+
+@pytest.mark.parametrize(
+    ("seeds", "match"),
+    [
+        (
+            [True],
+            r"a seed must be an int in \[0, 4294967295\] \(what seed_everything takes\), got True",
+        ),
+        ([0.5], r"got 0.5"),
+        ([2**32], r"got 4294967296"),
+        ([0, 2**32 - 1], None),  # both ends accepted
+    ],
+)
+def test_plan_checks_the_seeds(seeds: list[object], match: str | None) -> None:
+    if match is None:
+        assert [r.seed for r in plan(["50%"], seeds, baseline=False)] == seeds  # type: ignore[arg-type]
+        return
+    with pytest.raises(SweepError, match=match):
+        plan(["50%"], seeds)  # type: ignore[arg-type]
 
 
 def test_a_config_without_the_callback_is_refused(tmp_path: Path) -> None:
