@@ -219,7 +219,9 @@ def count(args: argparse.Namespace) -> int:
     import lightning_sparsity as ls
 
     model = load_target(args.target, args.checkpoint)
-    x = torch.zeros(args.input_shape)
+    # where the model is: a factory building on meta gets its dense counts (no values)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(args.input_shape, device=device)
     try:
         report = ls.measure(model, x, per="batch" if args.per_batch else "example")
     except ls.MeasureError as err:

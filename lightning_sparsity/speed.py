@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import statistics
 import time
 import warnings
@@ -447,6 +448,14 @@ def _device_of(model: nn.Module, example_input: Any) -> torch.device:
     return next((t.device for t in leaves if isinstance(t, Tensor)), torch.device("cpu"))
 
 
+_META = "speed() needs real weights to time; the model is on the meta device"
+
+
+def _on_meta(model: nn.Module) -> bool:
+    """Whether any parameter or buffer is on meta (shapes only: nothing to move or time)."""
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 def _validate(model: object, repeats: object, warmup: object, per_layer: object) -> None:
     type_errors: list[str] = []
     value_errors: list[str] = []
@@ -488,13 +497,14 @@ def speed(
     Raises:
         TypeError: if ``model`` is not a module, ``per_layer`` not a bool, or
             ``example_input`` not a supported type.
-        ValueError: for ``repeats`` < 1 or ``warmup`` < 0 (or not ints), or a model on the
-            meta device.
+        ValueError: for ``repeats`` < 1 or ``warmup`` < 0 (or not ints), a model on the
+            meta device, or an empty batch (``example_input`` of no examples: nothing to
+            time, FLOP ratios 0/0).
         MeasureError: if the forward fails on ``example_input``.
     """
     _validate(model, repeats, warmup, per_layer)
-    if any(p.is_meta for p in model.parameters()):
-        raise ValueError("speed() needs real weights to time; the model is on the meta device")
+    if _on_meta(model):
+        raise ValueError(_META)
     counts = measure(model, example_input, per="batch")
     device = _device_of(model, example_input)
     with (
@@ -639,7 +649,8 @@ def speed_command(
         dtype: cast the model first (``"float16"``, ``"bfloat16"``: what the 2:4 kernels take).
 
     Raises:
-        CliError: if the target cannot be loaded, an option is bad, or the forward fails.
+        CliError: if the target cannot be loaded or builds on the meta device, an option is
+            bad, or the forward fails.
     """
     from lightning_sparsity.cli import CliError, load_target
     from lightning_sparsity.counting.trace import MeasureError
@@ -651,9 +662,19 @@ def speed_command(
         where = torch.device(device)
     except RuntimeError as err:
         raise CliError(f"--device {device!r}: {err}") from err
+    if where.type not in ("cpu", "cuda"):  # the devices with sparse kernels here
+        raise CliError(f"--device must be cpu or cuda (cuda:N), got {device!r}")
     if where.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {device!r}: CUDA is not available")
-    model = load_target(target).to(device=where)
+    if where.type == "cuda" and (where.index or 0) >= torch.cuda.device_count():
+        raise CliError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+            f" (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
+    model = load_target(target)
+    if _on_meta(model):  # before .to(), which cannot copy out of meta
+        raise CliError(f"{target} builds its model on the meta device: {_META}")
+    model = model.to(device=where)
     if dtype is not None:
         model = model.to(dtype=dtypes[dtype])
     floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)

@@ -83,6 +83,20 @@ def test_count_errors_are_one_clear_line(
     assert re.search(message, err), err
 
 
+def test_count_of_a_model_built_on_meta_gives_its_dense_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the input is made where the model is: a meta model was fed a CPU tensor and failed
+    # with "forward failed ... Tensor on device meta is not on the expected device cpu"
+    assert main(["count", "tests.test_speed:meta_model", "--input-shape", "8,64", "--json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    # Small: fc1 64→128 and fc2 128→10 (called on two halves of the batch), per example:
+    # 2·(64·128 + 128·10) = 18,944 FLOPs; 8,192 + 128 + 1,280 + 10 = 9,610 parameters
+    assert total["flops"] == 18_944
+    assert total["params"] == 9_610
+    assert total["flops_sparse"] is None  # no values on meta
+
+
 def test_demo_end_to_end(tmp_path: Path) -> None:
     done = run("demo", "--epochs", "3", "--limit-batches", "3", "--output", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr

@@ -674,6 +674,34 @@ def test_empty_batch_and_lazy_modules() -> None:
     assert ls.measure(nn.ReLU(), torch.zeros(1, 3)).total.flops_effective is None
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"per": "batch"}, {"batch_size": 2}, {"per": "batch", "batch_size": 3}],
+    ids=["per-example", "per-batch", "batch-size", "per-batch-batch-size"],
+)
+def test_an_empty_batch_is_refused_however_the_flops_are_divided(kwargs: dict) -> None:
+    # zero examples run zero FLOPs: the ratios came out 0/0 = 1.0 (per batch, or with a
+    # batch_size) for a model 90% zero, whose ratio on any real batch is its nonzero share
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64, bias=False))
+    with torch.no_grad():
+        model[0].weight.view(-1)[torch.randperm(4096)[:3686]] = 0  # 410 of 4,096 kept
+    assert ls.measure(model, torch.zeros(5, 64), **kwargs).total.flops_ratio == 410 / 4096
+    match = r"the example input is an empty batch: its first tensor has shape \(0, 64\)"
+    for empty in (torch.zeros(0, 64), {"x": torch.zeros(0, 64)}, (torch.zeros(0, 64),)):
+        with pytest.raises(ValueError, match=match):
+            ls.measure(model, empty, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            ls.SparsityMeter(model, empty, **kwargs)
+    meter = ls.SparsityMeter(model, torch.zeros(5, 64), **kwargs)
+    meter.example_input = torch.zeros(0, 64)  # replaced by an empty one: refused at the count
+    with pytest.raises(ValueError, match=match):
+        meter.measure()
+    # a list of examples (detection's convention) that is empty
+    with pytest.raises(ValueError, match=r"empty batch: its first argument is an empty list"):
+        ls.measure(model, ([],), **kwargs)
+
+
 def test_retrace_sees_an_in_place_stride_change() -> None:
     conv = nn.Conv2d(1, 2, 3, padding=1)
     meter = ls.SparsityMeter(conv, torch.zeros(1, 1, 8, 8))

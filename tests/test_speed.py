@@ -66,6 +66,12 @@ def small_model() -> nn.Module:
     return model
 
 
+def meta_model() -> nn.Module:
+    """A factory that builds on the meta device (shapes, no values)."""
+    with torch.device("meta"):
+        return Small()
+
+
 def conv_model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3))
@@ -236,6 +242,18 @@ def test_not_a_module_and_meta_device() -> None:
         speed(model, torch.randn(8, 64, device="meta"))
 
 
+def test_an_empty_batch_is_refused_not_timed() -> None:
+    # zero examples run zero FLOPs: the report said sparse/dense 1.000 for fc1 90% zero
+    model = small_model()
+    with pytest.raises(ValueError, match=r"empty batch: its first tensor has shape \(0, 64\)"):
+        speed(model, torch.zeros(0, 64), **FAST)
+    # a real batch: fc1 keeps 8,192 - 7,373 = 819 of its weights, fc2 640 of 1,280 (biases
+    # are not counted), every weight used once per example: 1,459 / 9,472 = 0.154
+    report = speed(model, torch.zeros(8, 64), **FAST)
+    kept = 2 * (8_192 - round(0.9 * 8_192)) + 2 * (1_280 - round(0.5 * 1_280))
+    assert report.flops_ratio == pytest.approx(kept / (2 * 8_192 + 2 * 1_280))
+
+
 def test_report_data_round_trip() -> None:
     report = speed(small_model(), torch.randn(8, 64), **FAST)
     data = report.to_dict()
@@ -333,6 +351,32 @@ def test_float32_on_cuda_says_2_4_takes_half_precision() -> None:
     assert "2:4 kernels take float16/bfloat16 here, the weight is torch.float32" in (
         report.layers[0].note
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        # a factory that builds on meta: no values to move to the device or to time
+        (["tests.test_speed:meta_model", "--input-shape", "8,64"], "needs real weights"),
+        (["tests.test_speed:small_model", "--input-shape", "8,64", "--repeats", "0"], "`repeats`"),
+        (["tests.test_speed:small_model", "--input-shape", "8,64", "--device", "gpu"], "gpu"),
+        # a device torch knows, without sparse kernels here: refused before moving the model
+        (
+            ["tests.test_speed:small_model", "--input-shape", "8,64", "--device", "mps"],
+            "--device must be cpu or cuda (cuda:N), got 'mps'",
+        ),
+    ],
+)
+def test_speed_subcommand_errors_are_one_line(
+    args: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_sparsity.cli import main
+
+    assert main(["speed", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-sparsity: error:")
+    assert len(err.splitlines()) == 1, err
+    assert match in err
 
 
 def test_the_speed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,9 @@ Per example, FLOPs are divided by the number of examples in the example input: t
 of a list of tensors given as the first argument (torchvision detection's convention),
 else dim 0 of the first tensor. When that is inferred, the trace's evidence (the batch
 sizes that convolutions, LSTM layers and fused attention ran on) is checked against it, and
-a 1-D first tensor (one example without a batch dimension?) is warned about.
+a 1-D first tensor (one example without a batch dimension?) is warned about. An empty batch
+(that dim 0, or that list, empty) is refused whatever ``per`` and ``batch_size`` say: zero
+examples run zero FLOPs, and every ratio would be 0/0.
 """
 
 from __future__ import annotations
@@ -113,27 +115,56 @@ def _first_argument(example_input: Any) -> Any:
     return example_input
 
 
+def _first_batched(example_input: Any) -> Tensor | None:
+    """The input's first tensor of 1+ dims: its dim 0 is the batch (unless a list is)."""
+    leaves, _ = tree_flatten(example_input)
+    return next((t for t in leaves if isinstance(t, Tensor) and t.dim() > 0), None)
+
+
 def _count_examples(example_input: Any) -> _Examples:
     first = _first_argument(example_input)
     if isinstance(first, (tuple, list)) and first and all(isinstance(t, Tensor) for t in first):
         return _Examples(len(first), "list")  # a list of examples, e.g. [3, H, W] images
-    leaves, _ = tree_flatten(example_input)
-    for leaf in leaves:
-        if isinstance(leaf, Tensor) and leaf.dim() > 0:
-            if leaf.shape[0] < 1:
-                raise ValueError(
-                    "cannot count FLOPs per example on an empty batch: the example input's"
-                    f" first tensor has shape {tuple(leaf.shape)}; give at least one example"
-                )
-            return _Examples(int(leaf.shape[0]), "dim0", tuple(leaf.shape))
+    batched = _first_batched(example_input)
+    if batched is not None:
+        return _Examples(int(batched.shape[0]), "dim0", tuple(batched.shape))
     raise ValueError(
         "cannot infer the batch size for per='example': the example input has no tensor with"
         " a batch dimension; pass `batch_size=` or use per='batch'"
     )
 
 
+def _refuse_empty(example_input: Any) -> None:
+    """Refuse an input of no examples, however the FLOPs are divided.
+
+    Zero examples run zero FLOPs: per example the division is by 0, per batch (or with a
+    ``batch_size``) every ratio is 0/0.
+
+    Raises:
+        ValueError: naming the empty list or the shape of the empty tensor.
+    """
+    first = _first_argument(example_input)
+    batched = _first_batched(example_input)
+    if batched is not None and batched.shape[0] == 0:
+        where = f"its first tensor has shape {tuple(batched.shape)}"
+    elif batched is None and isinstance(first, (tuple, list)) and not first:
+        where = f"its first argument is an empty {type(first).__name__} (of examples)"
+    else:
+        return
+    raise ValueError(
+        f"the example input is an empty batch: {where}; zero examples run zero FLOPs, so"
+        " per-example counts and sparse/dense ratios mean nothing: give at least one example"
+    )
+
+
 def _examples(example_input: Any, per: str, batch_size: int | None) -> _Examples:
-    """The number of examples in the input; per batch a best effort, never an error."""
+    """The number of examples in the input; per batch a best effort, never an error.
+
+    Raises:
+        ValueError: for an empty batch (any ``per``), or per example when the number
+            cannot be inferred.
+    """
+    _refuse_empty(example_input)
     if batch_size is not None:
         return _Examples(batch_size, "explicit")
     if per == "example":
@@ -232,7 +263,8 @@ class SparsityMeter:
 
     Raises:
         TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
-        ValueError: for a bad ``per`` or ``batch_size``.
+        ValueError: for a bad ``per`` or ``batch_size``, or an empty batch (also when
+            ``example_input`` is replaced by one: at :meth:`measure`).
         MeasureError: if the model's forward pass fails on the example input.
     """
 
@@ -351,7 +383,8 @@ def measure(
 
     Raises:
         TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
-        ValueError: for a bad ``per`` or ``batch_size``, or ``activations=True`` on meta.
+        ValueError: for a bad ``per`` or ``batch_size``, an empty batch (dim 0 of the first
+            tensor 0: no FLOPs to divide or compare), or ``activations=True`` on meta.
         MeasureError: if the model's forward pass fails on the example input.
     """
     _validate(model, example_input, per, batch_size)
