@@ -47,6 +47,16 @@ _CURVES = ("cubic", "linear")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$")
 _UNPRUNED = " (not pruned)"
+_FLOOR = " (kept at its floor)"
+
+#: pruned parameters with the least density pruning leaves each, or just their names (0)
+Floors = Mapping[str, float] | set[str]
+
+
+def _as_floors(pruned: Floors) -> Mapping[str, float]:
+    return pruned if isinstance(pruned, Mapping) else dict.fromkeys(pruned, 0.0)
+
+
 # settings whose change invalidates the epoch the limit was met
 _LIMIT_SETTINGS = ("target", "count", "action")
 
@@ -269,34 +279,40 @@ class FlopBudget(Settings):
             return float(report.total.params)
         return self.value(report)
 
-    def floor(self, report: SparsityReport, cost: CostModel, pruned: set[str] | None) -> float:
+    def floor(self, report: SparsityReport, cost: CostModel, pruned: Floors | None) -> float:
         """The lowest value pruning can reach.
 
         Args:
             report: the model's report.
             cost: the cost model of its trace.
-            pruned: the parameters the pruner may zero; ``None`` when another pruner (any
-                weight may become zero).
+            pruned: the parameters the pruner may zero, each with the least density it
+                leaves (``MagnitudePruner.floor_densities``; a set of names: down to zero);
+                ``None`` when another pruner (any weight may become zero).
         """
         if self.count == "effective":
             return 0.0
         if pruned is None:
             return 0.0 if self.count == "params" else float(cost.fixed_flops)
+        floors = _as_floors(pruned)
         if self.count == "params":
-            return float(report.total.params - sum(cost.numel[n] for n in pruned))
-        return cost.floor(pruned)
+            removable = sum(cost.numel[n] * (1.0 - d) for n, d in floors.items())
+            return float(report.total.params - round(removable))
+        return cost.floor(floors)
 
-    def _floor_parts(self, cost: CostModel, pruned: set[str] | None) -> list[tuple[str, float]]:
-        """What makes up the FLOP floor, largest first: weight-free ops, unpruned weights."""
+    def _floor_parts(self, cost: CostModel, pruned: Floors | None) -> list[tuple[str, float]]:
+        """What makes up the FLOP floor, largest first (weight-free ops, weights, floors)."""
         parts = [("ops without a weight operand", float(cost.fixed_flops))]
+        floors = None if pruned is None else _as_floors(pruned)
         for name, per in cost.flops_per_nonzero.items():
-            if pruned is not None and name not in pruned:
+            if floors is None:
+                continue
+            if name not in floors:
                 parts.append((name + _UNPRUNED, float(per * cost.numel[name])))
+            elif floors[name] > 0:
+                parts.append((name + _FLOOR, float(per * cost.numel[name] * floors[name])))
         return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
 
-    def start(
-        self, report: SparsityReport, cost: CostModel | None, pruned: set[str] | None
-    ) -> float:
+    def start(self, report: SparsityReport, cost: CostModel | None, pruned: Floors | None) -> float:
         """Set the dense reference from the starting point and check the limit can be met.
 
         Args:
@@ -349,7 +365,8 @@ class FlopBudget(Settings):
         if limit < floor:
             message = (
                 f"FlopBudget: target {self.target!r} ({format_count(limit)} {self.unit}) is"
-                f" unreachable: even with every prunable weight zero the model has"
+                f" unreachable: even with every prunable weight pruned as far as the pruner allows"
+                f" the model has"
                 f" {format_count(floor)} {self.unit}; the lowest reachable target is"
                 f" {floor / dense:.2%} of dense"
             )
@@ -359,13 +376,19 @@ class FlopBudget(Settings):
                 unpruned = [n.removesuffix(_UNPRUNED) for n, _ in parts if n.endswith(_UNPRUNED)]
                 named = ", ".join(repr(re.escape(n)) for n in unpruned[:6])
                 named += ", ..." if len(unpruned) > 6 else ""
-                message += f" ({listed}{more}); " + (
-                    f"prune those weights too, e.g. MagnitudePruner(parameters=[{named}])"
-                    " (regexes over parameter names) or include_types / include /"
-                    " keep_first_dense=False, or raise the target"
-                    if unpruned
-                    else "raise the target"
-                )
+                hints = []
+                if unpruned:
+                    hints.append(
+                        f"prune those weights too, e.g. MagnitudePruner(parameters=[{named}])"
+                        " (regexes over parameter names) or include_types / include /"
+                        " keep_first_dense=False"
+                    )
+                if any(n.endswith(_FLOOR) for n, _ in parts):
+                    hints.append(
+                        "lower the pruner's per-layer floors (min_density, max_sparsity; an"
+                        " N:M pattern keeps N of every M)"
+                    )
+                message += f" ({listed}{more}); " + ", or ".join([*hints, "raise the target"])
             raise ValueError(message + self._percent_hint())
         return limit
 

@@ -311,9 +311,11 @@ class SparsityController:
                 f"lightning_sparsity: parameters hold inf or NaN before training: {bad};"
                 " sparse FLOPs and magnitude pruning need finite weights"
             )
+        if self.pruning is not None:
+            self.pruning.check(model)
         report = meter.measure()
         if self.budget is not None:
-            pruned = None if self.pruning is None else self.pruning.target_names(model)
+            pruned = None if self.pruning is None else self.pruning.floor_densities(model)
             self.budget.start(self._budget_report(model, report), meter.cost_model(), pruned)
         pruning = None
         schedule = None if self.pruning is None else self.pruning.schedule
@@ -517,6 +519,8 @@ class SparsityController:
         )
         self.history.append(point)
         self.report = report
+        if self.pruning is not None and pruning == "pruned":
+            self.pruning.warn_emptied(report.emptied(self.pruning.target_names(model)))
         if check is not None and check.message and check.ok and not self._state.warned_missing:
             self._state.warned_missing = True  # the metric is missing, the guard not strict
             warnings.warn(f"lightning_sparsity: {check.message}", UserWarning, stacklevel=3)

@@ -27,8 +27,10 @@ def prune_to_flops(
     the model on ``example_input``): the smallest weights go first until the sparse FLOPs
     reach the target; then the largest of those weights whose cost fits in what is left are
     kept back: the result lands at or below the target, usually by less than the cheapest
-    pruned weight's FLOP cost and never by more than the costliest's. Masks are
-    ``torch.nn.utils.prune`` reparametrizations (``pruner.make_permanent`` folds them in).
+    pruned weight's FLOP cost and never by more than the costliest's. Every pruned layer
+    keeps at least the pruner's floor (``min_density``, ``max_sparsity``), and a target
+    below what the floors leave is refused. The masks are the pruner's (``pruner.
+    make_permanent(model)`` drops them; the zeros stay).
 
     Args:
         model: the model, pruned in place.
@@ -44,8 +46,9 @@ def prune_to_flops(
     Raises:
         TypeError: if ``pruner`` is not a ``MagnitudePruner``.
         ValueError: for a bad target, one above the dense FLOPs, one below what pruning
-            can reach (the FLOPs of weight-free ops and of weights that are not pruned), or
-            a model on the meta device.
+            can reach (the FLOPs of weight-free ops, of weights that are not pruned and of
+            the pruned ones' floors), a pruner that chooses no weight, or a model on the meta
+            device.
     """
     budget = FlopBudget(target)  # a bad target fails before any work
     if pruner is not None and not isinstance(pruner, MagnitudePruner):
@@ -55,6 +58,9 @@ def prune_to_flops(
     pruner = pruner if pruner is not None else MagnitudePruner()
     meter = SparsityMeter(model, example_input, batch_size=batch_size)
     cost = meter.cost_model()
-    limit = budget.start(meter.measure(), cost, pruner.target_names(model))
+    pruner.check(model)
+    limit = budget.start(meter.measure(), cost, pruner.floor_densities(model))
     pruner.apply_flop_target(model, limit, cost.flops_per_nonzero, cost.fixed_flops, not_above=True)
-    return meter.measure()
+    report = meter.measure()
+    pruner.warn_emptied(report.emptied(pruner.target_names(model)))
+    return report

@@ -118,17 +118,32 @@ def test_prune_to_flops_within_a_tenth_of_a_percent(target: str) -> None:
 def test_prune_to_flops_errors() -> None:
     with pytest.raises(ValueError, match=r"above the dense model's FLOPs \(648,448\)"):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "1G")
-    pruner = ls.MagnitudePruner(keep_first_dense=True)
+    pruner = ls.MagnitudePruner(keep_first_dense=True, min_density=0.0)
     with pytest.raises(
         ValueError,
         match=r"unreachable: .* has 221,184 sparse FLOPs; the lowest reachable target is 34\.11%"
         r" of dense \(conv1\.weight \(not pruned\): 221,184\)",
     ):
         ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
+    # with the default floors (1% of each layer, at least one weight per row) the pruned
+    # layers keep some FLOPs too: conv2 max(ceil(0.01 * 2304), 16) = 24 weights * 128 =
+    # 3,072; fc1 max(656, 64) * 2 = 1,312; fc2 max(7, 10) * 2 = 20; with conv1's 221,184:
+    # 225,588 = 34.79% of 648,448
+    pruner = ls.MagnitudePruner(keep_first_dense=True)
+    with pytest.raises(
+        ValueError,
+        match=r"has 225,588 sparse FLOPs; the lowest reachable target is 34\.79% of dense"
+        r" \(conv1\.weight \(not pruned\): 221,184; conv2\.weight \(kept at its floor\):"
+        r" 3,072; fc1\.weight \(kept at its floor\): 1,312; fc2\.weight \(kept at its"
+        r" floor\): 20\); prune those weights too.*or lower the pruner's per-layer floors",
+    ):
+        ls.prune_to_flops(Wide(), torch.zeros(1, 3, 16, 16), "20%", pruner=pruner)
 
 
 def test_unreachable_budget_fails_at_fit_start(tmp_path: Path) -> None:
-    pruner = ls.MagnitudePruner(keep_first_dense=True, schedule=ls.schedules.Constant(0.5))
+    pruner = ls.MagnitudePruner(
+        keep_first_dense=True, schedule=ls.schedules.Constant(0.5), min_density=0.0
+    )
     # conv1 (221,184 FLOPs, 34.11% of dense) stays dense: 20% cannot be reached
     callback = ls.SparsityCallback(pruner, ls.FlopBudget("20%", by_epoch=5), write_files=False)
     trainer = quiet_trainer(tmp_path, [callback], epochs=5)

@@ -386,7 +386,7 @@ def test_global_reaches_exact_sparsity_like_brute_force(sparsity):
     model = make_net()
     before = [w.detach().clone() for w in weights(model)]
     n = sum(w.numel() for w in before)
-    MagnitudePruner().apply(model, sparsity)
+    MagnitudePruner(min_density=0.0).apply(model, sparsity)  # no per-layer floor
     k = round(sparsity * n)
     after = weights(model)
     assert sum(zeros(w) for w in after) == k
@@ -738,7 +738,7 @@ def test_flops_allocation_prunes_costly_layers_harder():
         "head.0.weight": 1.0,
         "head.2.weight": 1.0,
     }
-    MagnitudePruner(allocation="flops").apply(model, 0.5, flops_per_nonzero=costs)
+    MagnitudePruner(allocation="flops", min_density=0.0).apply(model, 0.5, flops_per_nonzero=costs)
     # brute force: scores |w| * mean / cost, mean = sum(cost * numel) / sum(numel)
     numels = [b.numel() for b in before]
     cost = list(costs.values())
@@ -810,7 +810,7 @@ def test_apply_flop_target_not_above_reaches_the_target_then_fills_the_gap():
 def test_apply_flop_target_is_monotone_and_warns_when_unreachable():
     model = make_net()
     costs = {"features.0.weight": 36.0, "features.2.weight": 16.0}
-    pruner = MagnitudePruner()
+    pruner = MagnitudePruner(min_density=0.0)  # tests/test_floors.py: with floors
     first = pruner.apply_flop_target(model, 10_000.0, costs, fixed_flops=100.0)
     zeros_before = effective_zeros_mask(model)
     # a higher target prunes nothing more, quietly, and reports where the model stands
@@ -818,7 +818,9 @@ def test_apply_flop_target_is_monotone_and_warns_when_unreachable():
     assert all(
         torch.equal(a, b) for a, b in zip(zeros_before, effective_zeros_mask(model), strict=True)
     )
-    with pytest.warns(UserWarning, match=r"target_flops=50 is below what pruning .* \(100\)"):
+    with pytest.warns(
+        UserWarning, match=r"target_flops=50 is below what pruning .* \(100: weight-free ops"
+    ):
         achieved = pruner.apply_flop_target(model, 50.0, costs, fixed_flops=100.0)
     assert achieved == 100.0  # every weight that costs FLOPs is gone
     assert zeros(model.features[0].weight) + zeros(model.features[2].weight) == 216 + 1152

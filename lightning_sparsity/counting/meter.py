@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -74,10 +74,17 @@ class CostModel:
     numel: dict[str, int]
     per: Per
 
-    def floor(self, pruned: set[str]) -> float:
-        """The sparse FLOPs left with every ``pruned`` parameter zero and the others dense."""
+    def floor(self, pruned: Mapping[str, float] | set[str]) -> float:
+        """The sparse FLOPs left with every ``pruned`` parameter at its floor, the others dense.
+
+        Args:
+            pruned: The pruned parameters' least densities (``MagnitudePruner.
+                floor_densities``); a set of names for weights that can become all zero.
+        """
+        floors = pruned if isinstance(pruned, Mapping) else dict.fromkeys(pruned, 0.0)
         kept = sum(
-            c * self.numel[name] for name, c in self.flops_per_nonzero.items() if name not in pruned
+            c * self.numel[name] * floors.get(name, 1.0)
+            for name, c in self.flops_per_nonzero.items()
         )
         return float(self.fixed_flops + kept)
 

@@ -177,6 +177,12 @@ class SparsityReport:
             return None
         return 1.0 - sum(nnz or 0 for _, nnz in sizes) / total
 
+    def emptied(self, names: Iterable[str]) -> list[str]:
+        """The named parameters that hold entries but no nonzero one (sorted)."""
+        return sorted(
+            name for name in names if self.parameters[name][0] and self.parameters[name][1] == 0
+        )
+
     def layer(self, name: str) -> LayerStats:
         """The row of module ``name``.
 

@@ -39,7 +39,7 @@ from lightning_sparsity.pruning.masks import (
     trained,
     trained_and_mask,
 )
-from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
+from lightning_sparsity.pruning.rows import expand_rows, row_maxima, row_scales, row_scores
 
 __all__ = [
     "FlopKeeps",
@@ -181,6 +181,7 @@ def flop_target(
     not_above: bool = False,
     numels: Sequence[int] | None = None,
     group: dist.ProcessGroup | None = None,
+    floors: Sequence[int] | None = None,
 ) -> FlopKeeps:
     """Keep masks whose sparse FLOPs land closest to ``target_flops`` (one global cut).
 
@@ -204,6 +205,9 @@ def flop_target(
             it, then :func:`fill_gap` (entries only).
         numels: Entries per weight over all ranks (default: ``trained``'s own).
         group: The process group the weights are sharded over, or ``None``.
+        floors: Per weight, the entries (rows, with ``norm``) no cut may prune: its largest
+            live ones (:func:`~lightning_sparsity.pruning.select.protect_largest`; one more
+            host sync). The FLOPs they keep are part of what pruning can reach.
 
     Returns:
         The keep masks and the sparse FLOPs they give.
@@ -218,14 +222,30 @@ def flop_target(
     extra = [others] if isinstance(others, Tensor) else []
     if norm is not None:
         sources = _row_sources(trained, masks, costs, norm, group)
+        # rows over all ranks: entries / row length
+        units = [n // max(1, math.prod(t.shape[1:])) for n, t in zip(sizes, trained, strict=True)]
     else:
         sources = select.make_sources(trained, masks, None, costs, group=group)
+        units = sizes
+    kept_floor = 0.0
+    if floors is not None and any(floors):
+        include = None
+        if norm is None:  # every row keeps its largest weight (see MagnitudePruner)
+            include = [
+                row_maxima(t, m) if f else None
+                for t, m, f in zip(trained, masks, floors, strict=True)
+            ]
+        protected = select.protect_largest(sources, floors, units, include)
+        kept_floor = sum(s.weight * p for s, p in zip(sources, protected, strict=True))
+        most = sum(s.weight * (u - p) for s, u, p in zip(sources, units, protected, strict=True))
+        remove = torch.clamp(remove, max=most) if isinstance(remove, Tensor) else min(remove, most)
     (cut,), read = select._cuts([(sources, remove)], weighted=True, reach=not_above, extra=extra)
     other = read[0] if extra else float(others)
-    if target_flops < fixed_flops + other:
+    if target_flops < fixed_flops + other + kept_floor:
         warnings.warn(
             f"target_flops={target_flops:g} is below what pruning these weights can reach"
-            f" ({fixed_flops + other:g}); pruning every weight that costs FLOPs",
+            f" ({fixed_flops + other + kept_floor:g}: weight-free ops, unpruned weights and"
+            " the per-layer floors); pruning every weight that costs FLOPs above its floor",
             UserWarning,
             stacklevel=3,
         )

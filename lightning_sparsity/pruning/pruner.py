@@ -4,8 +4,8 @@ Sparsity is the fraction of zeros among the pruned weights (the :meth:`Magnitude
 a float in ``[0, 1)``.
 
 The pruner chooses the weights, validates its settings and keeps its state; the rest lives
-beside it: how masks are stored on a module in :mod:`.masks` (today the
-:mod:`torch.nn.utils.prune` reparametrization, so :func:`torch.nn.utils.prune.remove` works),
+beside it: how masks are stored on a module in :mod:`.masks` (by default a bool mask and the
+zeros written into the weight; optionally :mod:`torch.nn.utils.prune`'s reparametrization),
 how a sparsity is spread over layers in :mod:`.allocation`, rows for structured pruning in
 :mod:`.rows`, pruning to a FLOP target in :mod:`.flops`, and the exact global magnitude cut
 in :mod:`.select`.
@@ -17,6 +17,7 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 import weakref
@@ -49,11 +50,14 @@ from lightning_sparsity.pruning.allocation import (
     layer_sparsities,
 )
 from lightning_sparsity.pruning.masks import STORAGES, Storage, param_name
-from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
+from lightning_sparsity.pruning.rows import expand_rows, row_maxima, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
 from lightning_sparsity.pruning.select import Cut, Source
 
-__all__ = ["DEFAULT_INCLUDE_TYPES", "MagnitudePruner", "erk_densities"]
+__all__ = ["DEFAULT_INCLUDE_TYPES", "DEFAULT_MIN_DENSITY", "MagnitudePruner", "erk_densities"]
+
+#: the least fraction of each pruned weight that stays nonzero by default (at least one entry)
+DEFAULT_MIN_DENSITY = 0.01
 
 DEFAULT_INCLUDE_TYPES = (
     "Conv1d",
@@ -98,14 +102,64 @@ def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
     return whole, shard_group(whole)
 
 
+def _fraction(value: object, *, closed: bool) -> bool:
+    """Whether ``value`` is a number in ``[0, 1]`` (``closed``) or ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
+
+
+def floor_count(density: float, size: int) -> int:
+    """Entries (rows, groups) of ``size`` that a floor ``density`` keeps: at least 1 when > 0."""
+    if density <= 0 or size == 0:
+        return 0
+    return min(size, max(1, math.ceil(round(density * size, 6))))
+
+
+def entry_floors(densities: Sequence[float], whole: Sequence[Tensor]) -> list[int]:
+    """Entries each weight keeps at least: its floor density, and one per row (dim 0).
+
+    Every output unit keeping its largest weight means every unit has an input, so each
+    output still depends on the model's input; a floor of 0 keeps nothing.
+    """
+    out = []
+    for d, w in zip(densities, whole, strict=True):
+        rows = w.shape[0] if w.dim() else 1
+        out.append(0 if d <= 0 else min(w.numel(), max(floor_count(d, w.numel()), rows)))
+    return out
+
+
+def covered_rows(
+    tensors: Sequence[Tensor], current: Sequence[Tensor | None], floors: Sequence[int]
+) -> list[Tensor | None]:
+    """Per weight with a floor, its rows' largest live entries (:func:`.rows.row_maxima`)."""
+    return [
+        row_maxima(t, k) if f > 0 else None
+        for t, k, f in zip(tensors, current, floors, strict=True)
+    ]
+
+
 def _per_layer_groups(
-    sources: list[Source], per_layer: list[float], sizes: list[int]
+    sources: list[Source], per_layer: list[float], sizes: list[int], floors: list[int]
 ) -> list[tuple[list[Source], int]]:
     """One selection group per layer, pruning ``round(s_l * size_l)`` of layer ``l``.
 
-    ``sizes`` are entries (or rows, or N:M groups) over all ranks.
+    ``sizes`` are entries (or rows, or N:M groups) over all ranks; no layer prunes more
+    than ``size_l - floors_l``.
     """
-    return [([src], round(s * n)) for src, s, n in zip(sources, per_layer, sizes, strict=True)]
+    return [
+        ([src], min(round(s * n), n - k))
+        for src, s, n, k in zip(sources, per_layer, sizes, floors, strict=True)
+    ]
+
+
+def _most(sources: list[Source], target: float, sizes: list[int], protected: list[int]) -> float:
+    """The target (a count, or a weight for weighted sources) clamped to what is prunable.
+
+    At most ``sum(weight_l * (size_l - protected_l))``: a global cut never reaches a floor.
+    """
+    most = sum(s.weight * (n - p) for s, n, p in zip(sources, sizes, protected, strict=True))
+    return min(target, most)
 
 
 class MagnitudePruner(Settings):
@@ -163,6 +217,18 @@ class MagnitudePruner(Settings):
             groups whose ``M - N`` smallest magnitudes sum least (globally, or per layer with
             ``"uniform"``), keeping their N largest. Layers whose shape cannot carry it (or
             the 2:4 kernels cannot take) stay dense, named in a warning.
+        min_density: The least fraction of each pruned weight that stays nonzero, so no
+            prune empties a layer (which would disconnect the model): its largest entries,
+            and while ``> 0`` at least one per row (dim 0: every output unit keeps its
+            largest input weight, so the output still depends on the input). With
+            ``structured=True`` it counts rows (at least one), with ``pattern`` a floor
+            above ``N / M`` keeps that many groups whole. Global targets stay exact: the
+            others are pruned in their place. ``0`` allows empty layers (a warning names
+            them).
+        max_sparsity: A cap on each layer's sparsity: one number for every layer, or
+            ``{regex: number}`` over parameter FQNs (matched in full, the first match wins;
+            like Torch-Pruning's ``pruning_ratio_dict``); a layer's floor is then
+            ``max(min_density, 1 - cap)``.
 
     Raises:
         ValueError: If any argument is invalid; all problems are reported at once.
@@ -183,6 +249,8 @@ class MagnitudePruner(Settings):
         parameters: list[str] | ParameterFilter | None = None,
         mask_storage: Storage = "inplace",
         pattern: str | None = None,
+        min_density: float = DEFAULT_MIN_DENSITY,
+        max_sparsity: float | Mapping[str, float] | None = None,
     ) -> None:
         errors: list[str] = []
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -246,6 +314,45 @@ class MagnitudePruner(Settings):
                     f"`pattern={pattern!r}` takes allocation 'global' or 'uniform', got"
                     f" {allocation!r}"
                 )
+        if not _fraction(min_density, closed=False):
+            errors.append(f"`min_density` must be a number in [0, 1), got {min_density!r}")
+        caps: list[tuple[re.Pattern[str], float]] = []
+        if isinstance(max_sparsity, Mapping):
+            for regex, cap in max_sparsity.items():
+                if not isinstance(regex, str):
+                    errors.append(f"`max_sparsity` keys must be regex strings, got {regex!r}")
+                    continue
+                try:
+                    compiled = re.compile(regex)
+                except re.error as err:
+                    errors.append(f"`max_sparsity` holds an invalid regex {regex!r}: {err}")
+                    continue
+                if not _fraction(cap, closed=True):
+                    errors.append(
+                        f"`max_sparsity[{regex!r}]` must be a number in [0, 1], got {cap!r}"
+                    )
+                    continue
+                caps.append((compiled, float(cap)))
+        elif max_sparsity is not None:
+            if _fraction(max_sparsity, closed=True):
+                caps.append((re.compile(".*"), float(max_sparsity)))
+            else:
+                errors.append(
+                    "`max_sparsity` must be a number in [0, 1], a {regex: number} dict over"
+                    f" parameter names, or None; got {max_sparsity!r}"
+                )
+        if (
+            parsed is not None
+            and schedule is not None
+            and isinstance(schedule, Schedule)
+            and (schedule.peak() or 0.0) > (parsed[1] - parsed[0]) / parsed[1]
+        ):
+            n, m = parsed
+            errors.append(
+                f"the schedule reaches sparsity {schedule.peak():g}, but with pattern"
+                f" {pattern!r} at most {(m - n) / m:g} of the weights can be pruned"
+                f" ({m - n} of every {m})"
+            )
         if errors:
             raise ValueError("MagnitudePruner: " + "; ".join(errors))
         self.schedule = schedule
@@ -261,6 +368,11 @@ class MagnitudePruner(Settings):
         self.parameters = parameters
         self.mask_storage: Storage = mask_storage
         self.pattern = pattern
+        self.min_density = float(min_density)
+        self.max_sparsity = (
+            dict(max_sparsity) if isinstance(max_sparsity, Mapping) else max_sparsity
+        )
+        self._caps = caps
         self._pattern = parsed
         self._include = patterns["include"]
         self._exclude = patterns["exclude"]
@@ -270,6 +382,7 @@ class MagnitudePruner(Settings):
         self._masked: list[tuple[nn.Module, str]] = []
         self._loaded: dict[str, Any] = {}
         self._warned: set[str] = set()
+        self._skipped: dict[str, str] = {}  # left out by the last targets(), and why
 
     # ------------------------------------------------------------------ selection of layers
     def _candidates(self, model: nn.Module) -> Iterator[Target]:
@@ -342,6 +455,7 @@ class MagnitudePruner(Settings):
             elif id(param) not in seen:  # a shared parameter once, under its first owner
                 seen.add(id(param))
                 chosen.append((fqn, module, name))
+        self._skipped = skipped
         new = {k: why for k, why in skipped.items() if k not in self._warned}
         if new:
             self._warned.update(new)
@@ -368,11 +482,47 @@ class MagnitudePruner(Settings):
                 if self.parameters is not None
                 else f"include_types={self.include_types} with a {self.parameter_name!r} parameter"
             )
+            if self._skipped:
+                dropped = "; ".join(f"{k!r}: {why}" for k, why in self._skipped.items())
+                raise ValueError(
+                    f"no parameter to prune: {named}, include={self.include},"
+                    f" exclude={self.exclude} matched {len(self._skipped)}, every one left"
+                    f" out: {dropped}"
+                )
             raise ValueError(
                 f"no parameter to prune: nothing matches {named}, include={self.include},"
                 f" exclude={self.exclude} (after keep_first_dense/keep_last_dense)"
             )
         return targets
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse, before any training step, settings that cannot prune ``model``.
+
+        Raises:
+            ValueError: If no parameter is chosen (saying which rule left out those that
+                matched), or the schedule asks for more sparsity than the per-layer floors
+                leave prunable.
+        """
+        targets = self._targets_or_raise(model)
+        peak = None if self.schedule is None else self.schedule.peak()
+        if peak is None or not peak:
+            return
+        floors = self.floor_densities(model)
+        whole, _ = _whole(targets)
+        numels = [w.numel() for w in whole]
+        names = [param_name(f, n) for f, _, n in targets]
+        if self.allocation == "uniform":
+            most = min(1.0 - floors[n] for n in names)
+        else:
+            kept = sum(floors[n] * k for n, k in zip(names, numels, strict=True))
+            most = 1.0 - kept / max(1, sum(numels))
+        if self._pattern is None and peak > most + 1e-9:
+            raise ValueError(
+                f"MagnitudePruner: the schedule reaches sparsity {peak:g}, but the per-layer"
+                f" floors (min_density={self.min_density:g}, max_sparsity="
+                f"{self.max_sparsity!r}, allocation={self.allocation!r}) leave at most"
+                f" {most:.6g} of these weights prunable; lower the floors or the schedule"
+            )
 
     # ------------------------------------------------------------------ pruning
     def step(
@@ -434,18 +584,26 @@ class MagnitudePruner(Settings):
         numels = [w.numel() for w in whole]  # over all ranks: the same scales
         scales = self._flop_scales(targets, numels, flops_per_nonzero)
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
+        densities = self._floor_densities(targets)
         if self._pattern is not None:
-            keeps = self._pattern_keeps(tensors, current, sparsity, whole, group)
+            keeps = self._pattern_keeps(tensors, current, sparsity, whole, group, densities)
         elif self.structured:
             keeps = self._structured_keeps(
-                tensors, current, sparsity, scales, per_layer, whole, group
+                tensors, current, sparsity, scales, per_layer, whole, group, densities
             )
         else:
             sources = select.make_sources(tensors, current, scales, None, group=group)
+            floors = entry_floors(densities, whole)
+            protected = select.protect_largest(
+                sources, floors, numels, covered_rows(tensors, current, floors)
+            )
             if per_layer is not None:
-                groups = _per_layer_groups(sources, per_layer, numels)
+                groups = _per_layer_groups(sources, per_layer, numels, protected)
             else:
-                groups = [(sources, round(sparsity * sum(numels)))]
+                wanted = round(sparsity * sum(numels))
+                count = int(_most(sources, wanted, numels, protected))
+                self._warn_floors(count, wanted, "entries")
+                groups = [(sources, count)]
             keeps = []
             for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
                 keeps += select.keep_masks(
@@ -453,6 +611,99 @@ class MagnitudePruner(Settings):
                 )
         self._install(model, [(m, n) for _, m, n in targets], keeps)
         self.last_sparsity = float(sparsity)
+
+    def _cap(self, name: str) -> float | None:
+        """The ``max_sparsity`` of a parameter FQN: the first regex matching it in full."""
+        return next((cap for regex, cap in self._caps if regex.fullmatch(name)), None)
+
+    def _floor_densities(self, targets: list[Target]) -> list[float]:
+        """Per target, the least density pruning may leave: ``min_density`` or its cap."""
+        out = []
+        for fqn, _, name in targets:
+            cap = self._cap(param_name(fqn, name))
+            out.append(self.min_density if cap is None else max(self.min_density, 1.0 - cap))
+        return out
+
+    def _group_floors(self, densities: list[float], groups: list[int]) -> list[int]:
+        """N:M groups to keep dense per layer so each keeps its floor density.
+
+        A layer in the pattern keeps ``N / M`` already; a floor above it keeps the fraction
+        ``(d - N / M) / ((M - N) / M)`` of its groups whole.
+        """
+        assert self._pattern is not None
+        n, m = self._pattern
+        return [
+            floor_count((d - n / m) / ((m - n) / m), g) if d > n / m else 0
+            for d, g in zip(densities, groups, strict=True)
+        ]
+
+    def floor_densities(self, model: nn.Module) -> dict[str, float]:
+        """The least fraction of each pruned parameter that pruning leaves nonzero.
+
+        What no target (a sparsity, a FLOP target, a budget) can take below: the
+        ``min_density`` / ``max_sparsity`` floor of each layer (counted in the unit pruned:
+        entries, rows, or with ``pattern`` the N of every M plus the groups a floor above
+        ``N / M`` keeps whole).
+
+        Args:
+            model: The model.
+
+        Returns:
+            ``{parameter FQN: density}`` for every parameter this pruner prunes.
+        """
+        targets = self.targets(model)
+        whole, _ = _whole(targets)
+        densities = self._floor_densities(targets)
+        out = {}
+        for (fqn, _, name), w, d in zip(targets, whole, densities, strict=True):
+            numel = w.numel()
+            if not numel:
+                out[param_name(fqn, name)] = 0.0
+            elif self._pattern is not None:
+                n, m = self._pattern
+                groups = numel // m
+                (dense,) = self._group_floors([d], [groups])
+                out[param_name(fqn, name)] = (n * (groups - dense) + m * dense) / numel
+            elif self.structured:
+                rows = w.shape[0] if w.dim() else 1
+                out[param_name(fqn, name)] = floor_count(d, rows) / rows
+            else:
+                (kept,) = entry_floors([d], [w])
+                out[param_name(fqn, name)] = kept / numel
+        return out
+
+    def warn_emptied(self, emptied: Sequence[str]) -> None:
+        """Warn (once per set of weights) that pruning left these weights all zero.
+
+        A layer without a weight passes nothing on: the model's output no longer depends on
+        what flows through it. The default floors never do this; ``min_density=0`` or a
+        ``max_sparsity`` of 1 can.
+        """
+        key = f"emptied:{sorted(emptied)}"
+        if not emptied or key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(
+            f"pruning left no nonzero weight in {sorted(emptied)}: those layers disconnect the"
+            " model (its output no longer depends on its input through them); keep a floor"
+            f" with min_density > 0 (now {self.min_density:g}) and max_sparsity < 1",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def _warn_floors(self, allowed: float, wanted: float, unit: str) -> None:
+        """Say once per target when the per-layer floors hold a global target back."""
+        key = f"floors:{wanted}"
+        if allowed >= wanted or key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(
+            f"the per-layer floors (min_density={self.min_density:g}, max_sparsity="
+            f"{self.max_sparsity!r}) let at most {allowed:g} {unit} be pruned, not the"
+            f" {wanted:g} the target asks; lower them to prune further",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _group_sources(
         self,
@@ -480,6 +731,7 @@ class MagnitudePruner(Settings):
         sparsity: float,
         whole: list[Tensor],
         group: dist.ProcessGroup | None,
+        densities: list[float],
     ) -> list[Tensor]:
         """Prune the fraction ``sparsity / ((M - N) / M)`` of the groups to N:M."""
         assert self._pattern is not None
@@ -492,10 +744,15 @@ class MagnitudePruner(Settings):
         fraction = sparsity * m / (m - n)
         sources = self._group_sources(tensors, current, None, group)
         counts = [w.numel() // m for w in whole]  # groups over all ranks
+        floors = self._group_floors(densities, counts)
         if self.allocation == "uniform":
-            groups = _per_layer_groups(sources, [fraction] * len(sources), counts)
+            groups = _per_layer_groups(sources, [fraction] * len(sources), counts, floors)
         else:
-            groups = [(sources, round(fraction * sum(counts)))]
+            wanted = round(fraction * sum(counts))
+            protected = select.protect_largest(sources, floors, counts)
+            count = int(_most(sources, wanted, counts, protected))
+            self._warn_floors(count, wanted, "N:M groups")
+            groups = [(sources, count)]
         prune: list[Tensor] = []
         for (chosen, _), cut in zip(groups, self._count_cuts(groups), strict=True):
             prune += [~keep for keep in select.keep_masks(chosen, cut)]
@@ -553,13 +810,18 @@ class MagnitudePruner(Settings):
         per_layer: list[float] | None,
         whole: list[Tensor],
         group: Any,
+        densities: list[float],
     ) -> list[Tensor]:
         """Row (dim 0) masks from the effective weights' row norms."""
         scores, row_keeps, row_sizes = row_scores(tensors, current, self.norm)
+        rows = [w.shape[0] if w.dim() else 1 for w in whole]
+        floors = [floor_count(d, n) for d, n in zip(densities, rows, strict=True)]
         if per_layer is not None:
-            rows = [w.shape[0] if w.dim() else 1 for w in whole]
             groups = _per_layer_groups(
-                select.make_sources(scores, row_keeps, None, None, group=group), per_layer, rows
+                select.make_sources(scores, row_keeps, None, None, group=group),
+                per_layer,
+                rows,
+                floors,
             )
             cuts = self._count_cuts(groups)
             row_masks = [select.keep_masks(g, c)[0] for (g, _), c in zip(groups, cuts, strict=True)]
@@ -567,9 +829,12 @@ class MagnitudePruner(Settings):
             factors = row_scales(row_sizes, self.norm)
             if scales is not None:
                 factors = [a * b for a, b in zip(factors, scales, strict=True)]
-            target = round(sparsity * sum(w.numel() for w in whole))
+            wanted = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
             sources = select.make_sources(scores, row_keeps, factors, weights, group=group)
+            protected = select.protect_largest(sources, floors, rows)
+            target = _most(sources, wanted, rows, protected)
+            self._warn_floors(target, wanted, "entries")
             row_masks = select.keep_masks(sources, self._weighted_cut(sources, target))
         return expand_rows(tensors, current, row_masks)
 
@@ -639,15 +904,19 @@ class MagnitudePruner(Settings):
                 fixed_flops + others + sum(c * w.numel() for c, w in zip(costs, whole, strict=True))
             )
             sources = self._group_sources(tensors, current, [(m - n) * c for c in costs], group)
-            (cut,) = select.cuts(
-                [(sources, float(all_dense - target_flops))], weighted=True, reach=not_above
-            )
+            counts = [w.numel() // m for w in whole]
+            floors = self._group_floors(self._floor_densities(targets), counts)
+            protected = select.protect_largest(sources, floors, counts)
+            remove = _most(sources, float(all_dense - target_flops), counts, protected)
+            (cut,) = select.cuts([(sources, remove)], weighted=True, reach=not_above)
             prune = [~keep for keep in select.keep_masks(sources, cut)]
             keeps = self._to_pattern(tensors, current, prune)
             params = [(m_, n_) for _, m_, n_ in targets]
             self._install(model, params, keeps)
             nnz = storage.nonzero_counts(params)
             return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
+        densities = self._floor_densities(targets)
+        rows = [w.shape[0] if w.dim() else 1 for w in whole]
         result = flops.flop_target(
             tensors,
             current,
@@ -659,6 +928,9 @@ class MagnitudePruner(Settings):
             not_above=not_above,
             numels=[w.numel() for w in whole],
             group=group,
+            floors=[floor_count(d, r) for d, r in zip(densities, rows, strict=True)]
+            if self.structured
+            else entry_floors(densities, whole),
         )
         self._install(model, [(m, n) for _, m, n in targets], result.keeps)
         return result.flops
@@ -861,6 +1133,8 @@ class MagnitudePruner(Settings):
         "parameters",
         "mask_storage",
         "pattern",
+        "min_density",
+        "max_sparsity",
     )
 
     def settings(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from lightning_sparsity.pruning.masks import mask_dtype
 from lightning_sparsity.pruning.select import as_factor, chunk_size
 
-__all__ = ["expand_rows", "row_scales", "row_scores"]
+__all__ = ["expand_rows", "row_maxima", "row_scales", "row_scores"]
 
 
 def _rows(t: Tensor) -> tuple[int, int, list[tuple[int, int]]]:
@@ -96,3 +96,35 @@ def expand_rows(
                 keep[a:b].masked_fill_(m[a:b] == 0, 0)
         keeps.append(keep.view(orig.shape))
     return keeps
+
+
+def row_maxima(t: Tensor, keep: Tensor | None) -> Tensor:
+    """A bool mask of each row's (dim 0) largest live ``|entry|``: the first, on a draw.
+
+    Rows with no live entry hold none. Built in blocks of rows of about one chunk (each op
+    runs on the calling thread on CPU), without a host sync.
+
+    Args:
+        t: A weight (this process's part, when sharded).
+        keep: Its keep mask (``None``: every entry live).
+
+    Returns:
+        A bool tensor of ``t``'s shape.
+    """
+    rows, size, blocks = _rows(t)
+    out = torch.zeros(rows, size, dtype=torch.bool, device=t.device)
+    if not rows or not size:
+        return out.view(t.shape)
+    x = t.detach().reshape(rows, size)
+    k = None if keep is None else keep.reshape(rows, size)
+    for a, b in blocks:
+        block = x[a:b].abs()
+        if k is not None:
+            live = k[a:b] != 0
+            block = torch.where(live, block, -1.0)
+        at = block.argmax(dim=1, keepdim=True)
+        hit = torch.ones_like(at, dtype=torch.bool)
+        if k is not None:
+            hit = live.gather(1, at)
+        out[a:b].scatter_(1, at, hit)
+    return out.view(t.shape)

@@ -141,6 +141,16 @@ class Schedule(ABC):
     def last_epoch(self) -> int | None:
         """The epoch after which the target never changes (``None``: unknown)."""
 
+    def peak(self) -> float | None:
+        """The highest target the schedule ever sets (``None`` when :attr:`last_epoch` is unknown).
+
+        Read off every epoch up to :attr:`last_epoch`, after which the target holds.
+        """
+        last = self.last_epoch
+        if last is None:
+            return None
+        return max(self._target(t) for t in range(last + 1))
+
     def settings(self) -> dict[str, Any]:
         """``{"type": class name, **constructor arguments}`` (a function by its import path)."""
         out: dict[str, Any] = {"type": type(self).__name__}

@@ -99,6 +99,7 @@ __all__ = [
     "masks_for_count",
     "masks_for_cut",
     "masks_for_weighted_target",
+    "protect_largest",
     "threshold_for_count",
     "threshold_for_weighted_target",
 ]
@@ -192,6 +193,8 @@ class Source:
         weight: What pruning one entry adds toward a weighted target (1 for a count).
         key_dtype: The dtype all tensors of the selection are compared in.
         group: The process group the tensors are sharded over, or ``None``.
+        protect: Entries no cut prunes (``True``), set by :func:`protect_largest`: they
+            score the key dtype's largest finite value, above every live entry.
     """
 
     tensor: Tensor
@@ -200,6 +203,7 @@ class Source:
     weight: float
     key_dtype: torch.dtype
     group: dist.ProcessGroup | None = None
+    protect: Tensor | None = None
     _kept: tuple[_Kept, int] | None = field(default=None, repr=False)
 
     @property
@@ -223,7 +227,10 @@ class Source:
             x = x.to(self.key_dtype)
         if self.scale != 1.0:
             x = x * self.scale
-        return x.reshape(-1)
+        x = x.reshape(-1)
+        if self.protect is not None:
+            x = x.masked_fill(self.protect.reshape(-1), torch.finfo(self.key_dtype).max)
+        return x
 
 
 def chunk_size(device: torch.device) -> int:
@@ -279,15 +286,22 @@ def as_factor(keep: Tensor) -> Tensor:
     return keep.view(torch.uint8) if keep.dtype == torch.bool else keep
 
 
-def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor) -> Tensor:
-    """``|scores|`` of one slice, in the key dtype, written into ``out`` (its length)."""
+def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor, start: int) -> Tensor:
+    """``|scores|`` of the slice at flat ``start``, in the key dtype, written into ``out``.
+
+    Protected entries (:attr:`Source.protect`) score the key dtype's largest finite value.
+    """
     if keep is not None:
         x = torch.mul(x, as_factor(keep), out=out)
     elif x.dtype != src.key_dtype:
         x = out.copy_(x)
     if src.scale != 1.0:
         x = torch.mul(x, src.scale, out=out)
-    return torch.abs(x, out=out)
+    x = torch.abs(x, out=out)
+    if src.protect is not None:
+        flat = src.protect.reshape(-1)[start : start + x.numel()]
+        x.masked_fill_(flat, torch.finfo(src.key_dtype).max)
+    return x
 
 
 def count_nonzero(t: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -493,9 +507,9 @@ def _descend(
             row_counts, row_hist = counts[lo:hi], hist[lo:hi]
             base = None if bases is None else bases[g]
             weight = _Scratch(weights[i]) if weighted else None
-            for _, x, keep in _pieces(src, chunk):
+            for a, x, keep in _pieces(src, chunk):
                 m = x.numel()
-                _abs_scores(src, x, keep, scores(m))
+                _abs_scores(src, x, keep, scores(m), a)
                 at = _level_index(bits(m), level, levels, base, index(m))
                 row_counts.index_add_(0, at, ones(m))
                 if weight is not None:
@@ -575,9 +589,9 @@ def _tie_counts_on_device(
     nonzero = torch.zeros(len(sources), dtype=torch.int64, device=device)
     for i, src in enumerate(sources):
         key, acc = keys[i].to(int_dtype), nonzero[i]
-        for _, x, keep in _pieces(src, chunk):
+        for a, x, keep in _pieces(src, chunk):
             m = x.numel()
-            _abs_scores(src, x, keep, scores(m))
+            _abs_scores(src, x, keep, scores(m), a)
             acc += torch.sub(bits(m), key, out=diff(m)).count_nonzero()
     numels = _on([s.tensor.numel() for s in sources], torch.int64, device)
     # pruned entries are zeros too: not live, so not tied
@@ -864,8 +878,8 @@ def _keep_mask(
     compare = torch.ge if take == 0 else torch.gt
     t = cut.threshold
     outs = flat.split(chunk) if flat.numel() else ()
-    for out, (_, x, keep) in zip(outs, _pieces(src, chunk), strict=True):
-        mags = _abs_scores(src, x, keep, scratch(x.numel()))
+    for out, (a, x, keep) in zip(outs, _pieces(src, chunk), strict=True):
+        mags = _abs_scores(src, x, keep, scratch(x.numel()), a)
         compare(mags, t, out=out)
         if carry is not None:  # keep back the ties after the first `take`
             tied = mags == t
@@ -925,6 +939,50 @@ def keep_masks(
         mask, carry = _keep_mask(src, cut, dtype, take, count, scratch, carry)
         masks.append(mask)
     return masks
+
+
+def protect_largest(
+    sources: Sequence[Source],
+    counts: Sequence[int],
+    sizes: Sequence[int],
+    include: Sequence[Tensor | None] | None = None,
+) -> list[int]:
+    """Mark the ``counts[i]`` largest live entries of each source as never pruned.
+
+    A per-source floor for later cuts over the same sources: the protected entries score
+    above every live one (:attr:`Source.protect`), so a global cut takes the smallest of
+    the others first, and lands on its target exactly while the target leaves at least
+    the protected entries (the caller clamps it: at most
+    ``sum(weight_i * (size_i - protected_i))``). The entries are the first ``counts[i]`` of
+    the order ``(-|x|, flat index)`` among live ones (all of them when fewer are live). One
+    batched per-source cut: one host sync (and its collectives when sharded); a bool mask
+    per protected source.
+
+    Args:
+        sources: From :func:`make_sources`.
+        counts: Entries to protect per source, over all ranks (0: none).
+        sizes: Entries per source over all ranks (the local sizes in one process).
+        include: Per source, live entries to protect whatever their score (``True``), at
+            most ``counts[i]`` of them over all ranks; the largest others fill up the count.
+
+    Returns:
+        The entries protected per source, over all ranks: ``min(counts[i], live_i)``.
+    """
+    chosen = [i for i, k in enumerate(counts) if k > 0]
+    if not chosen:
+        return [0] * len(sources)
+    for i in chosen:
+        sources[i].protect = None if include is None else include[i]
+    groups = [([sources[i]], float(sizes[i] - counts[i])) for i in chosen]
+    protected = [0] * len(sources)
+    found = cuts(groups, weighted=False)
+    for i, (group, _), cut in zip(chosen, groups, found, strict=True):
+        (mask,) = keep_masks(group, cut)
+        if group[0].keep is not None:
+            mask &= group[0].keep != 0
+        sources[i].protect = mask
+        protected[i] = min(counts[i], sizes[i] - int(cut.already))
+    return protected
 
 
 def _check_count(k: object, low: int, entries: int) -> None:
