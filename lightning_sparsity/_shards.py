@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_sharded", "local", "reduce_counts", "replicas", "shard_group"]
+__all__ = ["is_sharded", "local", "nonfinite", "reduce_counts", "replicas", "shard_group"]
 
 
 def _dtensor_type() -> type | None:
@@ -97,3 +97,18 @@ def reduce_counts(counts: Tensor, tensors: Sequence[Tensor]) -> Tensor:
     size = dist.get_world_size(group)
     holders = [replicas(t) if is_sharded(t) else size for t in tensors]
     return counts // torch.tensor(holders, dtype=counts.dtype, device=counts.device)
+
+
+def nonfinite(named: Sequence[tuple[str, Tensor]]) -> dict[str, int]:
+    """How many inf/NaN entries each named floating tensor holds, where any (one host sync).
+
+    Sharded tensors count on every shard, summed over the ranks. Meta and empty tensors
+    are skipped.
+    """
+    kept = [(n, t) for n, t in named if t.is_floating_point() and not t.is_meta and t.numel()]
+    if not kept:
+        return {}
+    with torch.no_grad():
+        counts = torch.stack([(~torch.isfinite(local(t))).sum() for _, t in kept])
+        bad = reduce_counts(counts, [t for _, t in kept]).tolist()
+    return {name: int(c) for (name, _), c in zip(kept, bad, strict=True) if c}

@@ -460,7 +460,9 @@ class SparsityCallbackLogic:
         if every is None or not self.controller.bound or self.frozen:
             return
         steps = int(trainer.global_step) // every
-        self.controller.prune_step(pl_module, steps, self._metrics(trainer), self._agree(trainer))
+        self.controller.prune_step(
+            pl_module, steps, self._metrics(trainer), self._agree(trainer), self._gather(trainer)
+        )
 
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
@@ -474,6 +476,7 @@ class SparsityCallbackLogic:
             step=self._x(trainer, epoch),
             metrics=self._metrics(trainer),
             agree=self._agree(trainer),
+            gather=self._gather(trainer),
         )
         self._publish(trainer, outcome)
         self._log_to_module(pl_module, outcome.point)
@@ -542,6 +545,19 @@ class SparsityCallbackLogic:
         return dict(trainer.callback_metrics)
 
     @staticmethod
+    def _gather(trainer: Any) -> Callable[[float], list[float]]:
+        """Every rank's value of a number (the guarded metric), on every rank."""
+
+        def gather(value: float) -> list[float]:
+            if trainer.world_size == 1:
+                return [value]
+            device = trainer.strategy.root_device
+            values = trainer.strategy.all_gather(torch.tensor(value, device=device))
+            return [float(v) for v in torch.atleast_1d(values).tolist()]
+
+        return gather
+
+    @staticmethod
     def _agree(trainer: Any) -> Callable[[bool], bool]:
         """Every rank must say yes (the guard), so all keep the same masks."""
         return lambda ok: bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
@@ -594,6 +610,7 @@ class SparsityCallbackLogic:
                 step=self._x(trainer, missed),
                 metrics=self._metrics(trainer),
                 agree=self._agree(trainer),
+                gather=self._gather(trainer),
             )
             self._publish(trainer, outcome)
             rank_zero_info(f"lightning_sparsity: took the point of epoch {missed} on resume")
@@ -603,6 +620,7 @@ class SparsityCallbackLogic:
                 global_step // self.prune_every_n_steps,
                 self._metrics(trainer),
                 self._agree(trainer),
+                self._gather(trainer),
             )
         decision = controller.resume()
         if decision is not None and decision.stop_training:

@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from lightning_sparsity._shards import local, reduce_counts
+from lightning_sparsity._shards import nonfinite
 from lightning_sparsity.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.guard import GuardCheck, MetricGuard
@@ -30,10 +29,15 @@ from lightning_sparsity.pruning import MagnitudePruner
 __all__ = ["HistoryPoint", "Outcome", "SparsityController", "nonfinite_parameters"]
 
 Agree = Callable[[bool], bool]
+Gather = Callable[[float], list[float]]
 
 
 def _same(flag: bool) -> bool:
     return flag
+
+
+def _alone(value: float) -> list[float]:
+    return [value]
 
 
 @dataclass(frozen=True)
@@ -142,17 +146,7 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     Raises:
         Nothing; returns ``[]`` for a model on the meta device.
     """
-    named = [
-        (name, p)
-        for name, p in model.named_parameters()
-        if p.is_floating_point() and not p.is_meta and p.numel()
-    ]
-    if not named:
-        return []
-    with torch.no_grad():  # per shard, summed over the ranks of a sharded model
-        counts = torch.stack([(~torch.isfinite(local(p))).sum() for _, p in named])
-        bad = reduce_counts(counts, [p for _, p in named]).tolist()
-    return [name for (name, _), count in zip(named, bad, strict=True) if count]
+    return list(nonfinite(list(model.named_parameters())))
 
 
 @dataclass
@@ -339,6 +333,7 @@ class SparsityController:
         step: int | None = None,
         metrics: Mapping[str, Any] | None = None,
         agree: Agree = _same,
+        gather: Gather = _alone,
     ) -> Outcome:
         """After ``epoch`` completed epochs: prune (if due), measure, evaluate, record.
 
@@ -349,6 +344,8 @@ class SparsityController:
             step: the x value of the point (default ``epoch``).
             metrics: the logged metrics (for the guard).
             agree: reduces a local "guard ok" over all processes (every rank must agree).
+            gather: every process's value of a number (the guarded metric: the guard
+                judges, and the history records, the worst of them on every rank).
 
         Raises:
             RuntimeError: before :meth:`bind`.
@@ -357,7 +354,7 @@ class SparsityController:
         pruning: str | None = None
         check: GuardCheck | None = None
         if self.pruning is not None and self.prune_every_n_steps is None:
-            pruning, check = self._prune(model, epoch, metrics or {}, agree)
+            pruning, check = self._prune(model, epoch, metrics or {}, agree, gather)
         report = self._meter().measure()
         return self._record(model, report, epoch, global_step, step, pruning, check)
 
@@ -367,6 +364,7 @@ class SparsityController:
         steps: int,
         metrics: Mapping[str, Any] | None = None,
         agree: Agree = _same,
+        gather: Gather = _alone,
     ) -> str | None:
         """With ``prune_every_n_steps``: ``steps`` pruning steps are done; prune for it.
 
@@ -376,7 +374,7 @@ class SparsityController:
         if self.pruning is None or steps <= self._state.pruning_steps:
             return None
         self._state.pruning_steps = steps
-        pruning, _ = self._prune(model, steps, metrics or {}, agree)
+        pruning, _ = self._prune(model, steps, metrics or {}, agree, gather)
         return pruning
 
     def resume(self) -> BudgetDecision | None:
@@ -421,7 +419,12 @@ class SparsityController:
         return "pruned"
 
     def _prune(
-        self, model: nn.Module, t: int, metrics: Mapping[str, Any], agree: Agree
+        self,
+        model: nn.Module,
+        t: int,
+        metrics: Mapping[str, Any],
+        agree: Agree,
+        gather: Gather = _alone,
     ) -> tuple[str | None, GuardCheck | None]:
         """Prune for time ``t`` (epochs, or pruning steps) if due and allowed."""
         pruner, budget = self.pruning, self.budget
@@ -439,6 +442,9 @@ class SparsityController:
             return None, None
         check = None
         if self.guard is not None:
+            monitor = self.guard.monitor
+            if monitor in metrics:  # every rank judges the worst rank's value
+                metrics = {**metrics, monitor: self.guard.worst(gather(float(metrics[monitor])))}
             check = self.guard.check(metrics)
             if not agree(check.ok):  # every rank must accept, or all hold the masks
                 if self.guard.action == "restore" and self._state.good is not None:

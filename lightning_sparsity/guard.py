@@ -7,7 +7,7 @@ Pure logic, no Lightning: the controller hands it the metrics logged so far (Lig
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,6 +116,15 @@ class MetricGuard(Settings):
 
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
+
+    def worst(self, values: Sequence[float]) -> float:
+        """The worst of several values (one per process).
+
+        NaN if any is, else the lowest for ``mode="max"``, the highest for ``"min"``.
+        """
+        if any(math.isnan(v) for v in values):
+            return math.nan
+        return min(values) if self.mode == "max" else max(values)
 
     def check(self, metrics: Mapping[str, Any]) -> GuardCheck:
         """Look at the monitored metric (updating the best) and say whether pruning may go on.

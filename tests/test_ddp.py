@@ -18,6 +18,15 @@ def test_ddp_ranks_agree_on_masks_and_stop_and_rank_zero_logs_once(tmp_path: Pat
     assert ranks[0]["global_step"] == ranks[1]["global_step"]
     assert ranks[0]["stopping_reason"] == ranks[1]["stopping_reason"] == "finetune_done"
     assert ranks[0]["history"] == ranks[1]["history"]
+    # the guard's value is the worst rank's (each rank's val_acc is its own half of the
+    # data), the same in every rank's history; the guard is asked from epoch 1 on
+    guarded = [(row["epoch"], row["guard_value"]) for row in ranks[0]["history"]]
+    local = list(zip(ranks[0]["local_val_acc"], ranks[1]["local_val_acc"], strict=True))
+    assert any(a != b for a, b in local)  # the ranks did see different values
+    for epoch, value in guarded:
+        if value is not None:
+            assert value == min(local[epoch - 1])
+    assert any(value is not None for _, value in guarded)
     epochs = [row["epoch"] for row in ranks[0]["history"]]
     assert epochs == list(range(len(epochs)))
     assert ranks[0]["current_epoch"] < 19  # the budget stopped it before max_epochs

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -365,3 +366,25 @@ def test_matches_dropped_by_the_shape_rule_are_named_before_any_step(tmp_path: P
     ):
         trainer.fit(Wide())
     assert trainer.global_step == 0
+
+
+# ------------------------------------------------------------------ defect 7: inf/NaN named
+
+
+class Diverge(pl.Callback):
+    """Writes inf and NaN into fc1.weight at the end of epoch 1, as a diverging fit would."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with torch.no_grad():
+            pl_module.fc1.weight[0, :3] = torch.tensor([math.inf, -math.inf, math.nan])
+
+
+def test_a_diverged_weight_is_named_when_pruning_meets_it(tmp_path: Path) -> None:
+    pruner = MagnitudePruner(schedule=ls.schedules.Linear(0.5, start_epoch=0, end_epoch=2))
+    callbacks = [Diverge(), ls.SparsityCallback(pruner, write_files=False)]
+    trainer = quiet_trainer(tmp_path, callbacks, epochs=2)
+    # fc1 is 1024 -> 64: 65,536 entries, 3 of them written non-finite
+    with pytest.raises(
+        ValueError, match=r"cannot rank weights holding inf or NaN: fc1\.weight \(3 of 65536\)"
+    ):
+        trainer.fit(Wide())

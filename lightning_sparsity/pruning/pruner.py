@@ -22,6 +22,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -31,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from lightning_sparsity._checks import check_bools, check_choice
 from lightning_sparsity._settings import Settings
-from lightning_sparsity._shards import shard_group
+from lightning_sparsity._shards import nonfinite, shard_group
 from lightning_sparsity.patterns import (
     Pattern,
     group_losses,
@@ -90,6 +91,25 @@ def _split(targets: list[Target]) -> tuple[list[Tensor], list[Tensor | None]]:
     """The trained tensors and the current keep masks of the targets."""
     pairs = [storage.trained_and_mask(module, name) for _, module, name in targets]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@contextmanager
+def _named_nonfinite(targets: list[Target]) -> Iterator[None]:
+    """Say which weights hold inf/NaN when a selection meets them (one more sync, then)."""
+    try:
+        yield
+    except select.NonFiniteError as err:
+        named = [(param_name(f, n), storage.effective(m, n)) for f, m, n in targets]
+        sizes = {
+            param_name(f, n): cast(Tensor, storage.trained(m, n)).numel() for f, m, n in targets
+        }
+        bad = nonfinite(named)
+        listed = ", ".join(f"{k} ({c} of {sizes[k]})" for k, c in bad.items())
+        raise ValueError(
+            f"MagnitudePruner: cannot rank weights holding inf or NaN: {listed}. The training"
+            " diverged (e.g. precision='16-true' with Adam: try 'bf16-mixed' or '16-mixed', a"
+            " lower learning rate or gradient clipping)"
+        ) from err
 
 
 def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
@@ -579,6 +599,17 @@ class MagnitudePruner(Settings):
         ):
             raise ValueError(f"`sparsity` must be a float in [0, 1), got {sparsity!r}")
         targets = self._targets_or_raise(model)
+        with _named_nonfinite(targets):
+            self._apply(model, targets, sparsity, flops_per_nonzero)
+        self.last_sparsity = float(sparsity)
+
+    def _apply(
+        self,
+        model: nn.Module,
+        targets: list[Target],
+        sparsity: float,
+        flops_per_nonzero: Mapping[str, float] | None,
+    ) -> None:
         tensors, current = _split(targets)
         whole, group = _whole(targets)
         numels = [w.numel() for w in whole]  # over all ranks: the same scales
@@ -610,7 +641,6 @@ class MagnitudePruner(Settings):
                     group, cut, [storage.mask_dtype(s.tensor) for s in group]
                 )
         self._install(model, [(m, n) for _, m, n in targets], keeps)
-        self.last_sparsity = float(sparsity)
 
     def _cap(self, name: str) -> float | None:
         """The ``max_sparsity`` of a parameter FQN: the first regex matching it in full."""
@@ -893,6 +923,20 @@ class MagnitudePruner(Settings):
         """
         flops.check_flop_arguments(target_flops, fixed_flops, flops_per_nonzero)
         targets = self._targets_or_raise(model)
+        with _named_nonfinite(targets):
+            return self._apply_flop_target(
+                model, targets, target_flops, flops_per_nonzero, fixed_flops, not_above
+            )
+
+    def _apply_flop_target(
+        self,
+        model: nn.Module,
+        targets: list[Target],
+        target_flops: float,
+        flops_per_nonzero: Mapping[str, float],
+        fixed_flops: float,
+        not_above: bool,
+    ) -> float:
         names = [param_name(fqn, name) for fqn, _, name in targets]
         tensors, current = _split(targets)
         whole, group = _whole(targets)

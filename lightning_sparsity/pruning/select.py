@@ -89,6 +89,7 @@ from torch import Tensor
 
 __all__ = [
     "Cut",
+    "NonFiniteError",
     "Source",
     "as_factor",
     "chunk_size",
@@ -128,6 +129,10 @@ _INF_TOP_WORD = {
     torch.float32: 0x7F80,
     torch.float64: 0x7FF0,
 }
+
+
+class NonFiniteError(ValueError):
+    """A selection met inf or NaN values (they have no place in a magnitude order)."""
 
 
 @dataclass(frozen=True)
@@ -753,7 +758,7 @@ def _to_cut(sources: Sequence[Source], r: _Result, weighted: bool, reach: bool) 
     if r.target - already <= 0:
         return _none(dtype, already)
     if r.nonfinite:
-        raise ValueError(f"cannot select among non-finite values: found {r.nonfinite} inf/NaN")
+        raise NonFiniteError(f"cannot select among non-finite values: found {r.nonfinite} inf/NaN")
     if weighted and r.total <= 0:  # nothing left that weighs anything
         return _none(dtype, already)
     local = before = None

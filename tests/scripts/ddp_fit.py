@@ -22,20 +22,33 @@ import lightning_sparsity as ls
 from tests.fits import Wide
 
 
+class LocalMetric(pl.Callback):
+    """Each rank's own val_acc at each epoch end (logged without sync_dist: rank-local)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.values.append(float(trainer.callback_metrics["val_acc"]))
+
+
 def main(out: Path) -> None:
     warnings.filterwarnings("ignore")
     pl.seed_everything(0, verbose=False)
     pruner = ls.MagnitudePruner(
         schedule=ls.schedules.Linear(0.9, start_epoch=0, end_epoch=9), allocation="uniform"
     )
-    callback = ls.SparsityCallback(pruner, ls.FlopBudget("60%", finetune_epochs=1))
+    # a guard that never trips (accuracy >= 0) reads each rank's own val_acc
+    guard = ls.MetricGuard("val_acc", threshold=0.0)
+    callback = ls.SparsityCallback(pruner, ls.FlopBudget("60%", finetune_epochs=1), guard=guard)
+    local = LocalMetric()
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
         devices=2,
         max_epochs=20,
         logger=CSVLogger(out, name="csv", version=0),
-        callbacks=[callback],
+        callbacks=[local, callback],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -50,6 +63,7 @@ def main(out: Path) -> None:
         "current_epoch": trainer.current_epoch,
         "stopping_reason": callback.stopping_reason,
         "history": [point.to_dict() for point in callback.history],
+        "local_val_acc": local.values,
         "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
