@@ -246,6 +246,10 @@ def demo(args: argparse.Namespace) -> int:
         "final_sparsity": args.final_sparsity,
         "pattern": args.pattern,
     }
+    if args.limit_batches is not None and args.limit_batches < 1:
+        raise CliError(
+            f"--limit-batches must be an int >= 1 (batches per epoch), got {args.limit_batches}"
+        )
     try:  # the options, checked before anything runs
         demo_callback(**options)
     except ValueError as err:

@@ -161,6 +161,8 @@ def test_fit_from_each_yaml_config(tmp_path: Path, config: str, limit: float) ->
         (["--budget", "150%"], r"percentage must be in \(0, 100\], got '150%'"),
         (["--epochs", "0"], "`epochs` must be >= 1, got 0"),
         (["--budget", "none", "--final-sparsity", "1.0"], "`final_sparsity` must be a float"),
+        # was an IndexError traceback after an empty fit (no history to tabulate)
+        (["--limit-batches", "0"], "--limit-batches must be an int >= 1 .*, got 0"),
     ],
 )
 def test_demo_option_errors_are_one_line(

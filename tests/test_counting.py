@@ -531,6 +531,30 @@ def test_bad_options(kwargs: dict, match: str) -> None:
         ls.measure(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        # were "'int' object is not iterable" from deep in the pattern parsing
+        ({"realizable": 5}, TypeError, r"`realizable` must be True, False or a list of 'N:M'"),
+        ({"realizable": None}, TypeError, r"\(e.g. \['2:4'\]\), got None"),
+        ({"realizable": ["2:4", "x"]}, ValueError, r"`pattern` must be 'N:M'.*got 'x'"),
+    ],
+)
+def test_bad_realizable_patterns_name_the_value(
+    kwargs: dict, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        ls.measure(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
+    with pytest.raises(error, match=match):
+        ls.SparsityMeter(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
+
+
+def test_activations_must_be_a_bool() -> None:
+    # "no" is truthy: it counted effective FLOPs (another forward) where none were asked for
+    with pytest.raises(TypeError, match=r"`activations` must be a bool, got 'no'"):
+        ls.measure(nn.Linear(2, 2), torch.randn(1, 2), activations="no")  # type: ignore[arg-type]
+
+
 def test_zero_parameter_model() -> None:
     report = ls.measure(nn.ReLU(), torch.randn(2, 3))
     assert report.total.params == 0

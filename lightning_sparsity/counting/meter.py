@@ -269,9 +269,10 @@ class SparsityMeter:
             dim 0 of a 1-D tensor.
 
     Raises:
-        TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
-        ValueError: for a bad ``per`` or ``batch_size``, or an empty batch (also when
-            ``example_input`` is replaced by one: at :meth:`measure`).
+        TypeError: if ``model`` is not a module, ``example_input`` not a supported type or
+            ``realizable`` neither a bool nor patterns.
+        ValueError: for a bad ``per`` or ``batch_size``, a bad pattern, or an empty batch
+            (also when ``example_input`` is replaced by one: at :meth:`measure`).
         MeasureError: if the model's forward pass fails on the example input.
     """
 
@@ -389,12 +390,15 @@ def measure(
             tensor; ``batch_size=`` or ``per="batch"`` silences it.
 
     Raises:
-        TypeError: if ``model`` is not a module or ``example_input`` not a supported type.
+        TypeError: if ``model`` is not a module, ``example_input`` not a supported type,
+            ``activations`` not a bool or ``realizable`` neither a bool nor patterns.
         ValueError: for a bad ``per`` or ``batch_size``, an empty batch (dim 0 of the first
             tensor 0: no FLOPs to divide or compare), or ``activations=True`` on meta.
         MeasureError: if the model's forward pass fails on the example input.
     """
     _validate(model, example_input, per, batch_size)
+    if not isinstance(activations, bool):
+        raise TypeError(f"`activations` must be a bool, got {activations!r}")
     patterns = _patterns(realizable)
     examples = _examples(example_input, per, batch_size)
     if activations and any(slot.is_meta() for slot in find_slots(model)):
@@ -410,6 +414,7 @@ def _patterns(realizable: bool | Sequence[str]) -> tuple[Pattern, ...] | None:
     """The N:M patterns realizable FLOPs check (``None``: not counted).
 
     Raises:
+        TypeError: unless ``realizable`` is a bool, a string or a list.
         ValueError: for a pattern that is not ``"N:M"``.
     """
     if realizable is True:
@@ -418,6 +423,11 @@ def _patterns(realizable: bool | Sequence[str]) -> tuple[Pattern, ...] | None:
         return None
     if isinstance(realizable, str):
         realizable = [realizable]
+    if not isinstance(realizable, Sequence):
+        raise TypeError(
+            "`realizable` must be True, False or a list of 'N:M' patterns (e.g. ['2:4']),"
+            f" got {realizable!r}"
+        )
     return tuple(dict.fromkeys(parse_pattern(p) for p in realizable))
 
 
