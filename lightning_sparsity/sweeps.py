@@ -638,10 +638,21 @@ _FIXED = ("config", "monitor", "mode", "overrides")
 
 
 def _manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Record the sweep's arguments; refuse to mix runs of another sweep in one directory."""
+    """Record the sweep's arguments; refuse to mix runs of another sweep in one directory.
+
+    Raises:
+        SweepError: if ``root`` holds another sweep, or a manifest that is not one.
+    """
     path = root / _MANIFEST
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except ValueError as err:  # JSONDecodeError is one
+            raise SweepError(
+                f"{path} is not a sweep's manifest ({err}); pick another --output"
+            ) from err
         changed = [k for k in _FIXED if old.get(k) != manifest.get(k)]
         if changed:
             raise SweepError(
@@ -704,11 +715,21 @@ def sweep(
         raise SweepError(f"`mode` must be 'max' or 'min', got {mode!r}")
     if backend not in ("inprocess", "ray"):
         raise SweepError(f"`backend` must be 'inprocess' or 'ray', got {backend!r}")
+    if address is not None and backend != "ray":
+        raise SweepError(
+            f"--address (the Ray cluster to join) goes with --backend ray, got {address!r} with"
+            f" backend {backend!r}"
+        )
     if not Path(config).is_file():
         raise SweepError(f"config {str(config)!r} does not exist")
     config = str(Path(config).resolve())
     root = Path(output).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise SweepError(f"output {str(output)!r} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SweepError(f"output {str(output)!r}: cannot make the directory: {err}") from err
     _manifest(
         root,
         {

@@ -234,6 +234,8 @@ def refused(tmp_path: Path, capsys, args: list[str], match: str) -> Path:
         (["--budgets", "50%,50.0%"], r"budgets '50%' and '50.0%' are the same target \(50%"),
         (["--budgets", "1.2G,25%,1200M"], r"budgets '1.2G' and '1200M' are the same target"),
         (["--sparsities", "0.5,0.50"], r"sparsities repeat a value: \[0.5, 0.5\]"),
+        # was ignored: the runs went in-process
+        (["--budgets", "50%", "--address", "auto"], r"--address .* goes with --backend ray"),
         # distinct values, one run directory: the second would be skipped as finished
         (
             ["--sparsities", "0.1234561,0.1234562"],
@@ -246,6 +248,21 @@ def test_bad_seeds_and_repeated_targets_are_refused_before_anything_is_written(
 ) -> None:
     # refused by the plan: no run, no manifest, no directory
     assert not refused(tmp_path, capsys, args, match).exists()
+
+
+def test_an_output_that_cannot_hold_the_sweep_is_one_line(tmp_path: Path, capsys) -> None:
+    # were FileExistsError / JSONDecodeError tracebacks, exit 1
+    out = tmp_path / "out"
+    out.write_text("a file\n")
+    refused(tmp_path, capsys, ["--budgets", "50%"], r"output '.*out' is a file, not a directory")
+    assert out.read_text() == "a file\n"
+    out.unlink()
+    out.mkdir()
+    (out / "sweep.json").write_text("{not json")
+    match = r"out/sweep.json is not a sweep's manifest \(Expecting property name.*\); pick"
+    refused(tmp_path, capsys, ["--budgets", "50%"], match)
+    assert (out / "sweep.json").read_text() == "{not json"  # left as found
+    assert [p.name for p in out.iterdir()] == ["sweep.json"]
 
 
 @pytest.mark.parametrize(
