@@ -52,8 +52,9 @@ class Form:
 
     Attributes:
         factor: realizable over dense FLOPs for the weight's uses (1: nothing skipped).
-        text: ``"dense"``, ``"2:4"`` (conforms), ``"rows 48/64, inputs 16/16"``
-            (compacted), ``"unstructured"`` (zeros no kernel can skip) or ``"zero"``.
+        text: ``"dense"``, ``"2:4"`` (conforms, in a shape the kernels take), ``"rows 48/64,
+            inputs 16/16"`` (compacted), ``"unstructured"`` (zeros no kernel can skip) or
+            ``"zero"``.
     """
 
     factor: Fraction
