@@ -11,6 +11,7 @@ step ``t`` (or at the global step with ``step="global_step"``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from lightning_sparsity._checks import check_bools, check_choice, check_int
+from lightning_sparsity.averaging import AveragedCopies
 from lightning_sparsity.budget import BudgetDecision, FlopBudget, format_count
 from lightning_sparsity.controller import HistoryPoint, Outcome, SparsityController
 from lightning_sparsity.counting import SparsityReport
@@ -34,7 +36,7 @@ from lightning_sparsity.loggers.tensorboard import (
     write_hparams,
 )
 from lightning_sparsity.pruning import MagnitudePruner
-from lightning_sparsity.pruning.masks import plain_state
+from lightning_sparsity.pruning.masks import param_name, plain_state, reapply
 from lightning_sparsity.speed import SpeedReport, format_speed
 from lightning_sparsity.speed import speed as time_speed
 
@@ -53,6 +55,7 @@ _STEPS = ("epoch", "global_step")
 _FIXED_SETTINGS = ("step", "prune_every_n_steps", "budget/count")
 # tags this callback writes to TensorBoard
 _OUR_TAGS = ("sparsity/", "sparsity_layers/", "budget/")
+_INPUT_KINDS = "a Tensor, a tuple/list of positional arguments or a dict of keyword arguments"
 
 
 #: strategies whose parameters are flattened across ranks (not per-weight shards)
@@ -281,6 +284,7 @@ class SparsityCallbackLogic:
         self._stored_input: Any | None = None
         self._warned_deadline = False
         self._handles: list[Any] = []
+        self._averages: AveragedCopies | None = None
 
     # ------------------------------------------------------------------ read-only views
 
@@ -418,11 +422,16 @@ class SparsityCallbackLogic:
         """Store plain weights (zeros in place) so a fresh, unpruned model loads them.
 
         ``"inplace"`` masks keep the weights plain already; ``"prune"`` pairs
-        (``weight_orig``, ``weight_mask``) are folded. The masks travel in this callback's
-        state.
+        (``weight_orig``, ``weight_mask``) are folded, also in ``current_model_state``,
+        where Lightning's ``WeightAveraging`` moves the model's own state (its averaged
+        copy, plain, takes ``state_dict``). The masks travel in this callback's state.
         """
         if self.pruning is not None and self.pruning.mask_storage == "prune":
-            plain_state(checkpoint.get("state_dict", {}), self.pruning.target_names(pl_module))
+            names = self.pruning.target_names(pl_module)
+            for key in ("state_dict", "current_model_state"):
+                state = checkpoint.get(key)
+                if isinstance(state, dict):
+                    plain_state(state, names)
 
     # ------------------------------------------------------------------ hooks
 
@@ -434,23 +443,43 @@ class SparsityCallbackLogic:
         self._write_hparams(trainer, pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Keep masks through optimizer steps; the first point, or the points a resume missed."""
-        if self.pruning is not None:
-            self._handles = [h for opt in trainer.optimizers for h in self.pruning.attach(opt)]
+        """Keep masks through optimizer steps and weight averaging; take the first point.
+
+        After a resume, the points it missed.
+        """
+        pruner = self.pruning
+        if pruner is not None:
+            self._handles = [h for opt in trainer.optimizers for h in pruner.attach(opt)]
+            self._averages = AveragedCopies(pl_module, lambda: pruner._masked)
+            for name in self._averages.attach(trainer.callbacks):
+                rank_zero_warn(
+                    f"lightning_sparsity: cannot find the averaged model of {name} (another"
+                    " Lightning version?): its average is not masked; the masks are applied"
+                    " again and the model counted again when the fit ends"
+                )
         self._begin(trainer, pl_module)
 
     def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        """Detach from the optimizers (also after an exception)."""
+        """Detach from the optimizers and weight averaging (also after an exception)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._averages is not None:
+            self._averages.detach()
+            self._averages = None
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int
     ) -> None:
-        """Without an explicit input, the meter starts on the first batch's first example."""
+        """Without an explicit input, the meter starts on the first batch's first example.
+
+        At each epoch's first batch, after every callback's ``on_train_epoch_start``, the
+        masked weights are checked against their masks (see :meth:`_reapply`).
+        """
         if not self.controller.bound:
             self._begin(trainer, pl_module, batch)
+        elif batch_idx == 0:
+            self._reapply(pl_module, f"at the start of epoch {int(trainer.current_epoch)}")
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
@@ -460,15 +489,18 @@ class SparsityCallbackLogic:
         if every is None or not self.controller.bound or self.frozen:
             return
         steps = int(trainer.global_step) // every
-        self.controller.prune_step(
+        done = self.controller.prune_step(
             pl_module, steps, self._metrics(trainer), self._agree(trainer), self._gather(trainer)
         )
+        if done is not None:
+            self._mask_averages()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
         epoch = int(trainer.current_epoch) + 1
         if not self.controller.bound or (self.controller.last_epoch or 0) >= epoch:
             return  # no batch ran and no input was given; or this point is recorded
+        self._reapply(pl_module, f"at the end of epoch {epoch}")
         outcome = self.controller.epoch_end(
             pl_module,
             epoch=epoch,
@@ -478,12 +510,23 @@ class SparsityCallbackLogic:
             agree=self._agree(trainer),
             gather=self._gather(trainer),
         )
+        self._mask_averages()
         self._publish(trainer, outcome)
         self._log_to_module(pl_module, outcome.point)
         self._act(trainer, outcome.decision)
 
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Final table and metrics for the HParams dashboard, report files, PNG."""
+        """Count the final model again if it changed; final table, metrics, files, PNG.
+
+        Weight averaging swaps its average in when training ends, after the last point; a
+        callback may have written into the weights. The masks are checked (and applied
+        again) and, if the model changed, counted again, so the last point and the report
+        are those of the model the fit returns.
+        """
+        if self.controller.bound and self.history:
+            broken = self._reapply(pl_module, "at fit end")
+            if broken or (self._averages is not None and self._averages.swapped_in):
+                self._recount(trainer, pl_module)
         report = self.report
         if not trainer.is_global_zero or report is None:
             return
@@ -569,7 +612,7 @@ class SparsityCallbackLogic:
         if value is None:
             value = self._stored_input
         if value is None and batch is not None:
-            value = self._stored_input = _first_example(self.input_from_batch(batch))
+            value = self._stored_input = _first_example(self._from_batch(batch))
         if value is None:
             return None
         param = next(pl_module.parameters(), torch.empty(0))
@@ -583,6 +626,98 @@ class SparsityCallbackLogic:
 
         return tree_map(to_model, value)
 
+    def _from_batch(self, batch: Any) -> Any:
+        """``input_from_batch(batch)``, refusing what is no model input.
+
+        Raises:
+            TypeError: if it returns ``None`` or anything but a Tensor, tuple/list or dict.
+            Exception: what the user's ``input_from_batch`` raised, with a note naming it.
+        """
+        given = self.input_from_batch is not default_input_from_batch
+        try:
+            value = self.input_from_batch(batch)
+        except Exception as err:
+            if not given:
+                raise
+            note = (
+                "lightning_sparsity: raised inside input_from_batch (the batch -> model input"
+                f" function given to SparsityCallback), on a batch of type {type(batch).__name__}"
+            )
+            if not hasattr(err, "add_note"):  # pragma: no cover - Python 3.10
+                raise RuntimeError(f"{note}: {type(err).__name__}: {err}") from err
+            err.add_note(note)
+            raise
+        if not isinstance(value, (Tensor, tuple, list, dict)):
+            what = "None" if value is None else f"a {type(value).__name__}"
+            raise TypeError(
+                f"SparsityCallback: input_from_batch returned {what} for a batch of type"
+                f" {type(batch).__name__}; it must return the model input ({_INPUT_KINDS})"
+            )
+        return value
+
+    def _reapply(self, pl_module: nn.Module, when: str) -> bool:
+        """Check the masked weights against their masks (one host sync); apply them again.
+
+        Another callback may write dense values into pruned weights (copying saved
+        weights, loading a ``state_dict``): the counts would then disagree with the masks,
+        and pruning be undone silently. Warns, naming the weights.
+
+        Returns:
+            Whether any weight disagreed.
+        """
+        masked = [] if self.pruning is None else list(self.pruning._masked)
+        counts = reapply(masked) if masked else []
+        if not any(counts):
+            return False
+        fqns = {id(m): fqn for fqn, m in pl_module.named_modules()}
+        broken = [
+            f"{param_name(fqns.get(id(module), '?'), name)} ({count})"
+            for (module, name), count in zip(masked, counts, strict=True)
+            if count
+        ]
+        rank_zero_warn(
+            f"lightning_sparsity: {when}, pruned weights disagreed with their masks (entries"
+            f" in parentheses): {', '.join(broken)}; something wrote dense values into them (a"
+            " callback copying weights or loading a state_dict?). The masks are applied"
+            " again, so the counts and the model stay pruned"
+        )
+        return True
+
+    def _mask_averages(self) -> None:
+        """The masks may have changed: the averaged copies of weight averaging follow."""
+        if self._averages is not None:
+            self._averages.mask()
+            self._averages.swapped_in = False
+
+    def _recount(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Count the model again after the last point; new counts replace that point's."""
+        meter, last = self.controller.meter, self.history[-1]
+        assert meter is not None
+        report = meter.measure()
+        self.controller.report = report
+        total = report.total
+        counts = {
+            "flops_sparse": total.flops_sparse,
+            "flops_realizable": total.flops_realizable,
+            "params_nonzero": total.params_nonzero,
+        }
+        if all(getattr(last, key) == value for key, value in counts.items()):
+            return
+        changed: dict[str, Any] = dict(counts)
+        if self.pruning is not None:
+            changed["pruned_sparsity"] = report.sparsity_of(self.pruning.target_names(pl_module))
+        if self.budget is not None and last.budget_count == self.budget.count:
+            budget_report = self.controller._budget_report(pl_module, report)
+            changed["budget_value"] = self.budget.value(budget_report)
+        point = dataclasses.replace(last, **changed)
+        self.history[-1] = point
+        rank_zero_info(
+            f"lightning_sparsity: the weights changed after the point of epoch {last.epoch}"
+            " (weight averaging swapped in, or masks applied again): it now holds the counts"
+            " of the final model"
+        )
+        self._publish(trainer, Outcome(point, report))
+
     def _begin(self, trainer: Any, pl_module: nn.Module, batch: Any = None) -> None:
         """Bind the meter; record the first point, or catch up after a resume."""
         example_input = self._input(pl_module, batch)
@@ -595,6 +730,7 @@ class SparsityCallbackLogic:
             outcome = controller.start(
                 pl_module, epoch=epoch, global_step=global_step, step=self._x(trainer, epoch)
             )
+            self._mask_averages()
             self._publish(trainer, outcome)
             self._act(trainer, outcome.decision)
             return
@@ -622,6 +758,7 @@ class SparsityCallbackLogic:
                 self._agree(trainer),
                 self._gather(trainer),
             )
+        self._mask_averages()
         decision = controller.resume()
         if decision is not None and decision.stop_training:
             rank_zero_info(f"lightning_sparsity: already stopped: {decision.message}")

@@ -9,6 +9,9 @@ without touching the pruning math:
   masks in it to skip a conversion);
 - :func:`set_mask` installs a mask, :func:`remove` drops it (plain zeros remain);
 - :func:`enforce` and :func:`mask_grads` keep ``"inplace"`` masks through optimizer steps;
+- :func:`reapply` finds and undoes writes that broke masks (one host sync);
+- :func:`hidden` shows modules without their mask buffers (for code that zips
+  ``parameters()``/``buffers()`` of a model and of an unmasked copy: weight averaging);
 - :func:`nonzero_counts` counts the nonzeros of effective weights in one host sync;
 - :func:`plain_state` turns a ``state_dict`` of ``"prune"``-masked weights into plain ones;
 - :func:`param_name` and :func:`locate` map between ``(module FQN, name)`` and a parameter's
@@ -20,27 +23,38 @@ Two storages:
 persistent: it is not in the ``state_dict``) and the zeros written into the parameter
 itself. Every reader of the weight sees them — fused kernels, ``nn.MultiheadAttention``'s
 fast path, cuDNN/mkldnn RNNs, a weight tied to several modules — and ``state_dict``,
-checkpoints and counting see plain weights. An optimizer step may move pruned entries
-(momentum, Adam's moments): :func:`mask_grads` zeroes their gradients before it and
-:func:`enforce` writes the zeros again after it. Cost per masked weight: the 1-byte mask.
-Sharded weights (FSDP2's ``DTensor``) are masked on their local shard.
+checkpoints and counting see plain weights. The gradients of pruned entries are zeroed as
+they are produced (a post-accumulate-grad hook on the parameter, which reads the module's
+current mask), so clipping, Adam's moments and factored optimizers never see them, whether
+the step runs inside ``optimizer.step(closure)`` (Lightning's automatic optimization) or
+after a manual backward, with gradient accumulation or AMP. An optimizer step may still move
+pruned entries (momentum built up before pruning): :func:`enforce` writes the zeros again
+after each step. Cost per masked weight: the 1-byte mask. Sharded weights (FSDP2's
+``DTensor``) are masked on their local shard; FSDP2 calls the gradient hook on the sharded
+gradient after its reduce-scatter.
 
 ``"prune"``: the :mod:`torch.nn.utils.prune` reparametrization. The parameter ``weight``
 becomes ``weight_orig`` (the same :class:`~torch.nn.Parameter`, still trained), the buffer
 ``weight_mask`` (1 = keep, in the weight's dtype) is added, and a forward pre-hook sets
 ``module.weight = weight_orig * weight_mask`` before every forward, so
 :func:`torch.nn.utils.prune.remove` works and ``weight_orig`` keeps the values of pruned
-entries. Only the module's own forward sees the mask (not a tied reader, not MHA reading
+entries. ``weight_orig`` takes ``weight``'s place among the module's parameters (and
+:func:`remove` puts ``weight`` back there), so ``model.parameters()`` keeps its order and
+lines up with an unmasked copy's. The chain rule zeroes the gradients of pruned entries.
+Only the module's own forward sees the mask (not a tied reader, not MHA reading
 ``out_proj.weight``). A load-state-dict pre-hook lets a masked module load a plain
-checkpoint (``weight`` with its zeros in place): the mask is taken as its nonzeros. Cost per
+checkpoint (``weight`` with its zeros in place): the mask is taken as its nonzeros (the
+mask it replaces is kept aside, for :func:`reapply` to notice a dense load). Cost per
 masked weight: the mask in the weight's dtype (4 bytes per float32 entry) and the
 materialized effective weight (another copy, recomputed before every forward).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -48,13 +62,14 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.pruning.select import as_factor, chunk_size
+from lightning_sparsity.pruning.select import as_factor, chunk_size, count_nonzero
 
 __all__ = [
     "STORAGES",
     "Storage",
     "effective",
     "enforce",
+    "hidden",
     "is_masked",
     "locate",
     "mask_dtype",
@@ -62,6 +77,7 @@ __all__ = [
     "nonzero_counts",
     "param_name",
     "plain_state",
+    "reapply",
     "remove",
     "set_mask",
     "storage_of",
@@ -72,6 +88,8 @@ __all__ = [
 Storage = Literal["inplace", "prune"]
 STORAGES: tuple[Storage, ...] = ("inplace", "prune")
 _KEEP = "_keep"  # suffix of an "inplace" mask buffer
+_GRAD_HOOKS = "_lightning_sparsity_grad_hooks"  # module attribute: {name: _MaskGrad}
+_REPLACED = "_lightning_sparsity_replaced"  # module attribute: {name: mask a plain load replaced}
 
 
 # ---------------------------------------------------------------------- reading
@@ -193,7 +211,95 @@ def _load_plain(
         return
     weight = state_dict.pop(key)
     state_dict[key + "_orig"] = weight
-    state_dict[key + "_mask"] = (weight != 0).to(getattr(module, name + "_mask").dtype)
+    current = getattr(module, name + "_mask")
+    _own(module, _REPLACED)[name] = current != 0  # for reapply(): did the load change it?
+    state_dict[key + "_mask"] = (weight != 0).to(current.dtype)
+
+
+def _own(module: nn.Module, attribute: str) -> dict[str, Any]:
+    """A private dict of ``module`` keyed by parameter name (created empty when missing).
+
+    ``_REPLACED``: the masks loads of plain weights replaced (see :func:`reapply`);
+    ``_GRAD_HOOKS``: the gradient hooks of ``"inplace"`` masks.
+    """
+    found: dict[str, Any] | None = module.__dict__.get(attribute)
+    if found is None:
+        found = {}
+        object.__setattr__(module, attribute, found)
+    return found
+
+
+class _MaskGrad:
+    """Post-accumulate-grad hook of an ``"inplace"``-masked parameter: ``grad *= keep``.
+
+    It reads the module's mask buffer when called (so a new mask needs no new hook) and
+    masks the local shard of a sharded gradient. It holds its module and parameter weakly;
+    a copy (``deepcopy``, pickling) is inert: :func:`set_mask` on the copy installs its own.
+    """
+
+    def __init__(self, module: nn.Module, name: str, param: Tensor) -> None:
+        self.module: Any = weakref.ref(module)
+        self.param: Any = weakref.ref(param)
+        self.name = name
+        self.handle: Any = param.register_post_accumulate_grad_hook(self)
+
+    def __call__(self, param: Tensor) -> None:
+        module = self.module()
+        keep = None if module is None else module._buffers.get(self.name + _KEEP)
+        if keep is None or param.grad is None or self.param() is not param:
+            return
+        with torch.no_grad():
+            _zero_pruned(local(param.grad), keep)
+
+    def bound_to(self, param: Tensor | None) -> bool:
+        """Whether this hook is registered on ``param`` (a copy's hook is on no parameter)."""
+        return param is not None and self.param() is param
+
+    def remove(self) -> None:
+        """Unregister (nothing for a copy)."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name = state["name"]
+        self.module = self.param = lambda: None
+        self.handle = None
+
+
+def _hook_grads(module: nn.Module, name: str) -> None:
+    """One gradient-masking hook on the parameter ``name`` (kept when the mask changes)."""
+    param = module._parameters[name]
+    hooks = _own(module, _GRAD_HOOKS)
+    hook = hooks.get(name)
+    if hook is not None and hook.bound_to(param):
+        return
+    if hook is not None:
+        hook.remove()
+    if param is not None and param.requires_grad:
+        hooks[name] = _MaskGrad(module, name, param)
+
+
+def _unhook_grads(module: nn.Module, name: str) -> None:
+    hook = module.__dict__.get(_GRAD_HOOKS, {}).pop(name, None)
+    if hook is not None:
+        hook.remove()
+
+
+def _rename(items: dict[str, Any], old: str, new: str, index: int | None = None) -> None:
+    """Rename the key ``old`` of ``items`` in place, keeping its position (or moving it).
+
+    So iterating the dict keeps its order; ``index``: move the key there instead.
+    """
+    pairs = [(new if k == old else k, v) for k, v in items.items()]
+    if index is not None:
+        moved = next(i for i, (k, _) in enumerate(pairs) if k == new)
+        pairs.insert(index, pairs.pop(moved))
+    items.clear()
+    items.update(pairs)
 
 
 def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inplace") -> None:
@@ -215,10 +321,12 @@ def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inp
     current = storage_of(module, name)
     if current is not None and current != storage:
         remove(module, name)
+    module.__dict__.get(_REPLACED, {}).pop(name, None)
     if storage == "inplace":
         module.register_buffer(name + _KEEP, keep, persistent=False)
         with torch.no_grad():
             _zero_pruned(local(module._parameters[name]), keep)  # type: ignore[arg-type]
+        _hook_grads(module, name)
         return
     if current is None:
         if is_sharded(module._parameters[name]):
@@ -226,10 +334,9 @@ def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inp
                 f"mask_storage='prune' cannot mask the sharded parameter {name!r}; use the"
                 " default mask_storage='inplace'"
             )
-        # what prune.BasePruningMethod.apply does, without its ones_like mask and extra product
-        orig = module._parameters[name]
-        module.register_parameter(name + "_orig", orig)
-        del module._parameters[name]
+        # what prune.BasePruningMethod.apply does, without its ones_like mask and extra
+        # product, and with weight_orig in weight's place (parameters() keeps its order)
+        _rename(module._parameters, name, name + "_orig")
         hook = prune.Identity()
         hook._tensor_name = name
         module.register_forward_pre_hook(hook)
@@ -267,10 +374,14 @@ def remove(module: nn.Module, name: str) -> None:
         name: The parameter's name on the module.
     """
     storage = storage_of(module, name)
+    module.__dict__.get(_REPLACED, {}).pop(name, None)
     if storage == "inplace":
         del module._buffers[name + _KEEP]
+        _unhook_grads(module, name)
     elif storage == "prune":
-        prune.remove(module, name)
+        index = list(module._parameters).index(name + "_orig")
+        prune.remove(module, name)  # registers `name` last: back to weight_orig's place
+        _rename(module._parameters, name, name, index)
 
 
 def _inplace(params: Iterable[tuple[nn.Module, str]]) -> list[tuple[Tensor, Tensor]]:
@@ -296,14 +407,97 @@ def enforce(params: Iterable[tuple[nn.Module, str]]) -> None:
 
 
 def mask_grads(params: Iterable[tuple[nn.Module, str]]) -> None:
-    """Zero the gradients of pruned entries of ``"inplace"``-masked parameters (before a step).
+    """Zero the gradients of pruned entries of ``"inplace"``-masked parameters now.
 
-    So momentum and adaptive moments do not build up on them. No host sync.
+    Backward's gradients are masked as they are accumulated already (:func:`set_mask`
+    installs the hook); this is for gradients written some other way. No host sync.
     """
     pairs = [(p.grad, k) for p, k in _inplace(params) if p.grad is not None]
     if pairs:
         with torch.no_grad():
             torch._foreach_mul_([local(g) for g, _ in pairs], [k for _, k in pairs])
+
+
+def _mask_buffer(module: nn.Module, name: str) -> str | None:
+    """The key of the mask buffer of the parameter ``name`` in ``module._buffers``, if any."""
+    storage = storage_of(module, name)
+    if storage is None:
+        return None
+    return name + (_KEEP if storage == "inplace" else "_mask")
+
+
+@contextlib.contextmanager
+def hidden(params: Iterable[tuple[nn.Module, str]]) -> Iterator[None]:
+    """Take the mask buffers of ``params`` off their modules for the duration of the block.
+
+    Code that pairs ``model.buffers()`` with those of an unmasked copy (Lightning's
+    ``WeightAveraging`` averages and swaps parameters and buffers by position) then sees
+    the same buffers on both. Parameters need nothing: both storages keep their order.
+    Buffers replaced inside the block keep their new value; the masks go back in place.
+
+    Args:
+        params: ``(module, parameter name)`` pairs; unmasked ones are skipped.
+    """
+    taken: list[tuple[nn.Module, list[str], dict[str, Tensor]]] = []
+    for module, name in params:
+        key = _mask_buffer(module, name)
+        if key is None:
+            continue
+        order = list(module._buffers)
+        taken.append((module, order, {key: module._buffers.pop(key)}))  # type: ignore[dict-item]
+    try:
+        yield
+    finally:
+        for module, order, masks in reversed(taken):
+            now = dict(module._buffers)
+            module._buffers.clear()
+            for key in order:
+                if key in masks:
+                    module._buffers[key] = masks[key]
+                elif key in now:
+                    module._buffers[key] = now.pop(key)
+            module._buffers.update(now)
+
+
+def reapply(params: Sequence[tuple[nn.Module, str]]) -> list[int]:
+    """Find writes that broke the masks of ``params`` and undo them; one host sync.
+
+    ``"inplace"``: the pruned entries that hold a nonzero again (a callback copied dense
+    values into the weight, loaded a dense ``state_dict``, ...) are zeroed. ``"prune"``: a
+    load of plain weights takes the mask as their nonzeros (see :func:`set_mask`); the mask
+    it replaced is installed again. Sharded weights are counted over all ranks (one
+    all-reduce), so every rank gets the same counts.
+
+    Args:
+        params: ``(module, parameter name)`` pairs; unmasked ones count 0.
+
+    Returns:
+        Per pair, how many entries disagreed with the mask (0: none; nothing written).
+    """
+    if not params:
+        return []
+    counts: list[Tensor] = []
+    replaced: list[Tensor | None] = []
+    for module, name in params:
+        storage = storage_of(module, name)
+        tensor, mask = trained_and_mask(module, name)
+        old = module.__dict__.get(_REPLACED, {}).get(name) if storage == "prune" else None
+        replaced.append(old)
+        if storage == "inplace":
+            counts.append(count_nonzero(tensor) - count_nonzero(tensor, mask))
+        elif old is not None:
+            counts.append(((mask != 0) != old).count_nonzero())
+        else:
+            counts.append(torch.zeros((), dtype=torch.int64, device=tensor.device))
+    whole = [trained(module, name) for module, name in params]
+    found: list[int] = reduce_counts(torch.stack(counts), whole).tolist()  # type: ignore[arg-type]
+    enforce([pair for pair, count in zip(params, found, strict=True) if count])
+    for (module, name), old, count in zip(params, replaced, found, strict=True):
+        if old is not None:
+            module.__dict__[_REPLACED].pop(name, None)
+            if count:
+                set_mask(module, name, old, "prune")
+    return found
 
 
 def plain_state(state_dict: dict[str, Any], names: Iterable[str]) -> None:

@@ -1105,22 +1105,27 @@ class MagnitudePruner(Settings):
         storage.enforce(self._masked)
 
     def mask_grads(self) -> None:
-        """Zero the gradients of pruned entries (before a step); no host sync."""
+        """Zero the gradients of pruned entries now; no host sync.
+
+        Not needed for gradients that backward produces: ``"inplace"`` masks zero them as
+        they are accumulated (a hook on each masked parameter), and ``"prune"`` gets zeros
+        from the chain rule. For gradients written some other way (``param.grad = ...``).
+        """
         storage.mask_grads(self._masked)
 
     def attach(self, optimizer: Any) -> list[Any]:
         """Keep ``"inplace"`` masks through ``optimizer``'s steps (no Lightning needed).
 
-        Registers a step pre-hook (:meth:`mask_grads`) and post-hook (:meth:`enforce`); they
-        follow whatever this pruner masks later.
+        Registers a step post-hook (:meth:`enforce`) that writes the zeros again after each
+        step (momentum built up before pruning still moves them); it follows whatever this
+        pruner masks later. Gradients need no hook here: the masks zero those of pruned
+        entries where backward accumulates them, before clipping and the step, also inside
+        ``optimizer.step(closure)``.
 
         Returns:
             The hook handles; ``handle.remove()`` detaches them.
         """
-        return [
-            optimizer.register_step_pre_hook(lambda *_: self.mask_grads()),
-            optimizer.register_step_post_hook(lambda *_: self.enforce()),
-        ]
+        return [optimizer.register_step_post_hook(lambda *_: self.enforce())]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values, and the masks: their names for ``"inplace"``, themselves for ``"prune"``.
