@@ -285,6 +285,20 @@ def test_plan_checks_the_seeds(seeds: list[object], match: str | None) -> None:
         plan(["50%"], seeds)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # a string was iterated: budget '5' (5 FLOPs), then '0' and '%' refused
+        ({"budgets": "50%"}, r"^`budgets` must be a list, got '50%'$"),
+        ({"budgets": ["50%"], "seeds": 5}, r"^`seeds` must be a list, got 5$"),  # was TypeError
+        ({"sparsities": [False]}, r"a sparsity must be in \[0, 1\), got False"),  # was 0.0
+    ],
+)
+def test_plan_refuses_what_is_not_a_list_of_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(SweepError, match=match):
+        plan(**kwargs)
+
+
 def test_a_config_without_the_callback_is_refused(tmp_path: Path) -> None:
     text = CONFIG.split("  callbacks:")[0] + "model:" + CONFIG.split("model:")[1]
     with pytest.raises(SweepError, match=r"one lightning_sparsity\.SparsityCallback"):
