@@ -33,13 +33,14 @@ from torch import Tensor, nn
 
 from lightning_sparsity import _shards
 from lightning_sparsity.pruning import select
+from lightning_sparsity.pruning.floors import floored, prunable
 from lightning_sparsity.pruning.masks import (
     locate,
     mask_dtype,
     trained,
     trained_and_mask,
 )
-from lightning_sparsity.pruning.rows import expand_rows, row_maxima, row_scales, row_scores
+from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 
 __all__ = [
     "FlopKeeps",
@@ -182,6 +183,7 @@ def flop_target(
     numels: Sequence[int] | None = None,
     group: dist.ProcessGroup | None = None,
     floors: Sequence[int] | None = None,
+    whole: Sequence[Tensor] | None = None,
 ) -> FlopKeeps:
     """Keep masks whose sparse FLOPs land closest to ``target_flops`` (one global cut).
 
@@ -205,9 +207,12 @@ def flop_target(
             it, then :func:`fill_gap` (entries only).
         numels: Entries per weight over all ranks (default: ``trained``'s own).
         group: The process group the weights are sharded over, or ``None``.
-        floors: Per weight, the entries (rows, with ``norm``) no cut may prune: its largest
-            live ones (:func:`~lightning_sparsity.pruning.select.protect_largest`; one more
-            host sync). The FLOPs they keep are part of what pruning can reach.
+        floors: Per weight, the entries (rows, with ``norm``) it keeps at least
+            (:mod:`.floors`: its largest, one per row among entries; one more host read,
+            two more rounds of cut where a floor binds). The FLOPs they keep are part of
+            what pruning can reach.
+        whole: The weights as the model holds them (``DTensor`` s when sharded), for the
+            floors' counts over all ranks; default ``trained``.
 
     Returns:
         The keep masks and the sparse FLOPs they give.
@@ -227,19 +232,25 @@ def flop_target(
     else:
         sources = select.make_sources(trained, masks, None, costs, group=group)
         units = sizes
-    kept_floor = 0.0
-    if floors is not None and any(floors):
-        include = None
-        if norm is None:  # every row keeps its largest weight (see MagnitudePruner)
-            include = [
-                row_maxima(t, m) if f else None
-                for t, m, f in zip(trained, masks, floors, strict=True)
-            ]
-        protected = select.protect_largest(sources, floors, units, include)
-        kept_floor = sum(s.weight * p for s, p in zip(sources, protected, strict=True))
-        most = sum(s.weight * (u - p) for s, u, p in zip(sources, units, protected, strict=True))
-        remove = torch.clamp(remove, max=most) if isinstance(remove, Tensor) else min(remove, most)
-    (cut,), read = select._cuts([(sources, remove)], weighted=True, reach=not_above, extra=extra)
+    floors = [0] * len(trained) if floors is None else list(floors)
+    # NB: a layer already below its floor keeps less than this (the warning only)
+    kept_floor = sum(s.weight * f for s, f in zip(sources, floors, strict=True))
+    found: list[select.Cut] = []
+    read: list[float] = []
+
+    def cut(protected: list[int]) -> list[Tensor]:
+        most = prunable(sources, units, protected)
+        clamped = torch.clamp(remove, max=most) if isinstance(remove, Tensor) else min(remove, most)
+        cuts, read[:] = select._cuts(
+            [(sources, clamped)], weighted=True, reach=not_above, extra=extra
+        )
+        found[:] = cuts
+        return select.keep_masks(sources, cuts[0])
+
+    unit_keeps = floored(
+        sources, units, floors, trained if whole is None else whole, cut, rows=norm is None
+    )
+    (cut_found,) = found
     other = read[0] if extra else float(others)
     if target_flops < fixed_flops + other + kept_floor:
         warnings.warn(
@@ -250,11 +261,11 @@ def flop_target(
             stacklevel=3,
         )
     if norm is not None:
-        keeps = expand_rows(trained, masks, select.keep_masks(sources, cut))
-    else:
-        keeps = select.keep_masks(sources, cut, [mask_dtype(o) for o in trained])
+        keeps = expand_rows(trained, masks, unit_keeps)
+    else:  # bool, as mask_dtype says
+        keeps = [k.to(mask_dtype(o)) for k, o in zip(unit_keeps, trained, strict=True)]
     fill = not_above and norm is None
-    limit = max(costs, default=0.0) if fill and cut.key > 0 else 0.0
+    limit = max(costs, default=0.0) if fill and cut_found.key > 0 else 0.0
     nnz, offers = _offers(trained, masks, keeps, costs, limit, sizes, group)
     kept = sum(c * z for c, z in zip(costs, nnz, strict=True))
     if fill:

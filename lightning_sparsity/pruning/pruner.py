@@ -17,7 +17,6 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 import weakref
@@ -50,8 +49,9 @@ from lightning_sparsity.pruning.allocation import (
     flop_scales,
     layer_sparsities,
 )
+from lightning_sparsity.pruning.floors import entry_floors, floor_count, floored, prunable
 from lightning_sparsity.pruning.masks import STORAGES, Storage, param_name
-from lightning_sparsity.pruning.rows import expand_rows, row_maxima, row_scales, row_scores
+from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
 from lightning_sparsity.pruning.select import Cut, Source
 
@@ -129,36 +129,6 @@ def _fraction(value: object, *, closed: bool) -> bool:
     return 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
 
 
-def floor_count(density: float, size: int) -> int:
-    """Entries (rows, groups) of ``size`` that a floor ``density`` keeps: at least 1 when > 0."""
-    if density <= 0 or size == 0:
-        return 0
-    return min(size, max(1, math.ceil(round(density * size, 6))))
-
-
-def entry_floors(densities: Sequence[float], whole: Sequence[Tensor]) -> list[int]:
-    """Entries each weight keeps at least: its floor density, and one per row (dim 0).
-
-    Every output unit keeping its largest weight means every unit has an input, so each
-    output still depends on the model's input; a floor of 0 keeps nothing.
-    """
-    out = []
-    for d, w in zip(densities, whole, strict=True):
-        rows = w.shape[0] if w.dim() else 1
-        out.append(0 if d <= 0 else min(w.numel(), max(floor_count(d, w.numel()), rows)))
-    return out
-
-
-def covered_rows(
-    tensors: Sequence[Tensor], current: Sequence[Tensor | None], floors: Sequence[int]
-) -> list[Tensor | None]:
-    """Per weight with a floor, its rows' largest live entries (:func:`.rows.row_maxima`)."""
-    return [
-        row_maxima(t, k) if f > 0 else None
-        for t, k, f in zip(tensors, current, floors, strict=True)
-    ]
-
-
 def _per_layer_groups(
     sources: list[Source], per_layer: list[float], sizes: list[int], floors: list[int]
 ) -> list[tuple[list[Source], int]]:
@@ -171,15 +141,6 @@ def _per_layer_groups(
         ([src], min(round(s * n), n - k))
         for src, s, n, k in zip(sources, per_layer, sizes, floors, strict=True)
     ]
-
-
-def _most(sources: list[Source], target: float, sizes: list[int], protected: list[int]) -> float:
-    """The target (a count, or a weight for weighted sources) clamped to what is prunable.
-
-    At most ``sum(weight_l * (size_l - protected_l))``: a global cut never reaches a floor.
-    """
-    most = sum(s.weight * (n - p) for s, n, p in zip(sources, sizes, protected, strict=True))
-    return min(target, most)
 
 
 class MagnitudePruner(Settings):
@@ -625,21 +586,23 @@ class MagnitudePruner(Settings):
         else:
             sources = select.make_sources(tensors, current, scales, None, group=group)
             floors = entry_floors(densities, whole)
-            protected = select.protect_largest(
-                sources, floors, numels, covered_rows(tensors, current, floors)
-            )
-            if per_layer is not None:
-                groups = _per_layer_groups(sources, per_layer, numels, protected)
-            else:
-                wanted = round(sparsity * sum(numels))
-                count = int(_most(sources, wanted, numels, protected))
-                self._warn_floors(count, wanted, "entries")
-                groups = [(sources, count)]
-            keeps = []
-            for (group, _), cut in zip(groups, self._count_cuts(groups), strict=True):
-                keeps += select.keep_masks(
-                    group, cut, [storage.mask_dtype(s.tensor) for s in group]
-                )
+            wanted = round(sparsity * sum(numels))
+            allowed: list[float] = []
+
+            def cut(protected: list[int]) -> list[Tensor]:
+                if per_layer is not None:
+                    groups = _per_layer_groups(sources, per_layer, numels, protected)
+                else:
+                    allowed[:] = [min(wanted, prunable(sources, numels, protected))]
+                    groups = [(sources, int(allowed[0]))]
+                masks: list[Tensor] = []
+                for (chosen, _), found in zip(groups, self._count_cuts(groups), strict=True):
+                    masks += select.keep_masks(chosen, found)
+                return masks
+
+            keeps = floored(sources, numels, floors, whole, cut, rows=True)
+            if allowed:
+                self._warn_floors(allowed[0], wanted, "entries")
         self._install(model, [(m, n) for _, m, n in targets], keeps)
 
     def _cap(self, name: str) -> float | None:
@@ -779,13 +742,19 @@ class MagnitudePruner(Settings):
             groups = _per_layer_groups(sources, [fraction] * len(sources), counts, floors)
         else:
             wanted = round(fraction * sum(counts))
-            protected = select.protect_largest(sources, floors, counts)
-            count = int(_most(sources, wanted, counts, protected))
-            self._warn_floors(count, wanted, "N:M groups")
-            groups = [(sources, count)]
+            allowed: list[float] = []
+
+            def cut(protected: list[int]) -> list[Tensor]:
+                allowed[:] = [min(wanted, prunable(sources, counts, protected))]
+                (found,) = self._count_cuts([(sources, int(allowed[0]))])
+                return select.keep_masks(sources, found)
+
+            kept = floored(sources, counts, floors, whole, cut)
+            self._warn_floors(allowed[0], wanted, "N:M groups")
+            return self._to_pattern(tensors, current, [~keep for keep in kept])
         prune: list[Tensor] = []
-        for (chosen, _), cut in zip(groups, self._count_cuts(groups), strict=True):
-            prune += [~keep for keep in select.keep_masks(chosen, cut)]
+        for (chosen, _), found in zip(groups, self._count_cuts(groups), strict=True):
+            prune += [~keep for keep in select.keep_masks(chosen, found)]
         return self._to_pattern(tensors, current, prune)
 
     def _to_pattern(
@@ -862,10 +831,14 @@ class MagnitudePruner(Settings):
             wanted = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
             sources = select.make_sources(scores, row_keeps, factors, weights, group=group)
-            protected = select.protect_largest(sources, floors, rows)
-            target = _most(sources, wanted, rows, protected)
-            self._warn_floors(target, wanted, "entries")
-            row_masks = select.keep_masks(sources, self._weighted_cut(sources, target))
+            allowed: list[float] = []
+
+            def cut(protected: list[int]) -> list[Tensor]:
+                allowed[:] = [min(wanted, prunable(sources, rows, protected))]
+                return select.keep_masks(sources, self._weighted_cut(sources, allowed[0]))
+
+            row_masks = floored(sources, rows, floors, whole, cut)
+            self._warn_floors(allowed[0], wanted, "entries")
         return expand_rows(tensors, current, row_masks)
 
     @staticmethod
@@ -950,11 +923,15 @@ class MagnitudePruner(Settings):
             sources = self._group_sources(tensors, current, [(m - n) * c for c in costs], group)
             counts = [w.numel() // m for w in whole]
             floors = self._group_floors(self._floor_densities(targets), counts)
-            protected = select.protect_largest(sources, floors, counts)
-            remove = _most(sources, float(all_dense - target_flops), counts, protected)
-            (cut,) = select.cuts([(sources, remove)], weighted=True, reach=not_above)
-            prune = [~keep for keep in select.keep_masks(sources, cut)]
-            keeps = self._to_pattern(tensors, current, prune)
+            wanted = float(all_dense - target_flops)
+
+            def cut(protected: list[int]) -> list[Tensor]:
+                remove = min(wanted, prunable(sources, counts, protected))
+                (found,) = select.cuts([(sources, remove)], weighted=True, reach=not_above)
+                return select.keep_masks(sources, found)
+
+            kept = floored(sources, counts, floors, whole, cut)
+            keeps = self._to_pattern(tensors, current, [~keep for keep in kept])
             params = [(m_, n_) for _, m_, n_ in targets]
             self._install(model, params, keeps)
             nnz = storage.nonzero_counts(params)
@@ -975,6 +952,7 @@ class MagnitudePruner(Settings):
             floors=[floor_count(d, r) for d, r in zip(densities, rows, strict=True)]
             if self.structured
             else entry_floors(densities, whole),
+            whole=whole,
         )
         self._install(model, [(m, n) for _, m, n in targets], result.keeps)
         return result.flops
