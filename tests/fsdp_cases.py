@@ -11,10 +11,11 @@ from tests.fits import Wide
 
 
 class Frozen(Wide):
-    """Wide with a zero learning rate: the masks depend only on the initial weights."""
+    """Wide with a zero learning rate: the masks depend only on the initial weights. The
+    momentum builds state on every entry, which each prune must clear on the pruned ones."""
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        return torch.optim.SGD(self.parameters(), lr=0.0, momentum=0.9)
 
     def val_dataloader(self) -> None:  # type: ignore[override]
         return None
@@ -66,3 +67,16 @@ def masks_digest(masks: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(masks[name].to(torch.uint8).flatten().numpy().tobytes())
     return digest.hexdigest()
+
+
+def state_on_pruned(optimizer: torch.optim.Optimizer, pruner: ls.MagnitudePruner, model) -> int:
+    """Nonzero momentum entries on pruned entries, this process's shards (brute force)."""
+    from lightning_sparsity.pruning import masks
+
+    total = 0
+    for name, keep in pruner.masks(model).items():
+        module, attr = masks.locate(model, [name])[name]  # type: ignore[misc]
+        buffer = optimizer.state[masks.trained(module, attr)]["momentum_buffer"]
+        local = buffer.to_local() if hasattr(buffer, "to_local") else buffer
+        total += int((local[~keep.bool()] != 0).sum())
+    return total

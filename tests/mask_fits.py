@@ -91,6 +91,18 @@ class HandMasked(MLP):
             params[name].grad.mul_(keep)
 
 
+class BeforePruning(pl.Callback):
+    """Brute-force masks from the weights just before the prune at the end of epoch 1 (listed
+    before the sparsity callback, so its epoch-end hook runs first)."""
+
+    def __init__(self) -> None:
+        self.keeps: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            self.keeps = reference_keeps(pl_module)
+
+
 def make(cls: type[MLP], *args: Any, seed: int = 0, **kwargs: Any) -> MLP:
     torch.manual_seed(seed)
     return cls(*args, **kwargs)

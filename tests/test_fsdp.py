@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fits import quiet_trainer, run_ranks
-from tests.fsdp_cases import CASES, Frozen, masks_digest
+from tests.fsdp_cases import CASES, Frozen, masks_digest, state_on_pruned
 
 
 def one_process(case: str, tmp_path: Path) -> dict:
@@ -17,10 +17,12 @@ def one_process(case: str, tmp_path: Path) -> dict:
     torch.manual_seed(0)
     model = Frozen()
     callback = CASES[case]()
-    quiet_trainer(tmp_path, [callback], 4, limit_val_batches=0).fit(model)
+    trainer = quiet_trainer(tmp_path, [callback], 4, limit_val_batches=0)
+    trainer.fit(model)
     return {
         "history": [p.to_dict() for p in callback.history],
         "masks": masks_digest(callback.pruning.masks(model)),
+        "state_on_pruned": state_on_pruned(trainer.optimizers[0], callback.pruning, model),
     }
 
 
@@ -40,6 +42,8 @@ def test_fsdp2_fit_equals_one_process(case: str, tmp_path: Path) -> None:
     for rank in ranks:
         assert curve(rank["history"]) == curve(single["history"])
         assert rank["masks"] == single["masks"]
+        assert rank["state_on_pruned"] == 0  # momentum cleared on each rank's pruned shard
+    assert single["state_on_pruned"] == 0
     assert curve(single["history"])[-1][2] < curve(single["history"])[0][2]  # it pruned
 
 

@@ -506,13 +506,23 @@ def test_inplace_masks_through_optimizer_steps(attach):
         return
     assert moved == 0
     assert sum(zeros(w) for w in weights(model)) == round(0.5 * 3736)
-    # the gradients of pruned entries were zeroed before each step
+    # the gradients of pruned entries were zeroed before each step, and attaching cleared
+    # the momentum they had built up
     for p, w in zip(pruned, weights(model), strict=True):
         assert (w.grad[p] == 0).all()
+        assert (optimizer.state[w]["momentum_buffer"][p] == 0).all()
+    # attached, a later prune clears the momentum of what it prunes: its zeros stay
+    pruner.apply(model, 0.6)
+    pruned = effective_zeros_mask(model)
+    sgd_steps(model, optimizer, 2)
+    assert moved_zeros(pruned, model) == 0
     for handle in handles:
         handle.remove()
+    # detached, the next prune leaves the momentum of what it prunes, which moves it
+    pruner.apply(model, 0.7)
+    pruned = effective_zeros_mask(model)
     sgd_steps(model, optimizer, 1)
-    assert moved_zeros(pruned, model) > 0  # detached
+    assert moved_zeros(pruned, model) > 0
 
 
 def test_prune_remove_after_our_pruning_keeps_zeros_in_place():

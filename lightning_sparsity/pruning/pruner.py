@@ -143,6 +143,17 @@ def _per_layer_groups(
     ]
 
 
+class _Forget:
+    """A handle whose ``remove()`` takes an optimizer off a pruner's attached ones."""
+
+    def __init__(self, attached: list[weakref.ReferenceType[Any]], ref: weakref.ReferenceType[Any]):
+        self._attached = attached
+        self._ref = ref
+
+    def remove(self) -> None:
+        self._attached[:] = [r for r in self._attached if r is not self._ref]
+
+
 class MagnitudePruner(Settings):
     r"""Prunes the smallest-magnitude weights of chosen layers to a target sparsity or FLOPs.
 
@@ -361,6 +372,7 @@ class MagnitudePruner(Settings):
         self.last_sparsity: float | None = None
         self._model: weakref.ReferenceType[nn.Module] | None = None
         self._masked: list[tuple[nn.Module, str]] = []
+        self._attached: list[weakref.ReferenceType[Any]] = []  # attach()ed optimizers
         self._loaded: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._skipped: dict[str, str] = {}  # left out by the last targets(), and why
@@ -775,6 +787,7 @@ class MagnitudePruner(Settings):
             storage.set_mask(module, name, keep, self.mask_storage)
         self._model = weakref.ref(model)
         self._masked = [(m, n) for _, m, n in self.targets(model) if storage.is_masked(m, n)]
+        storage.mask_state(self._optimizers(), self._masked)
 
     def _count_cuts(self, groups: list[tuple[list[Source], int]]) -> list[Cut]:
         """Exact-count cuts; a target below what is already pruned prunes nothing more."""
@@ -1095,15 +1108,26 @@ class MagnitudePruner(Settings):
         """Keep ``"inplace"`` masks through ``optimizer``'s steps (no Lightning needed).
 
         Registers a step post-hook (:meth:`enforce`) that writes the zeros again after each
-        step (momentum built up before pruning still moves them); it follows whatever this
-        pruner masks later. Gradients need no hook here: the masks zero those of pruned
-        entries where backward accumulates them, before clipping and the step, also inside
-        ``optimizer.step(closure)``.
+        step; it follows whatever this pruner masks later. Each later prune also zeroes the
+        optimizer's state on the entries it prunes (:func:`.masks.mask_state`: momentum,
+        Adam's moments), so no state builds up on pruned entries. Gradients need no hook
+        here: the masks zero those of pruned entries where backward accumulates them,
+        before clipping and the step, also inside ``optimizer.step(closure)``.
 
         Returns:
-            The hook handles; ``handle.remove()`` detaches them.
+            The handles; ``handle.remove()`` on each detaches the optimizer.
         """
-        return [optimizer.register_step_post_hook(lambda *_: self.enforce())]
+        ref = weakref.ref(optimizer)
+        self._attached.append(ref)
+        storage.mask_state([optimizer], self._masked)
+        return [
+            optimizer.register_step_post_hook(lambda *_: self.enforce()),
+            _Forget(self._attached, ref),
+        ]
+
+    def _optimizers(self) -> list[Any]:
+        """The optimizers attached now (alive, not detached)."""
+        return [o for o in (ref() for ref in self._attached) if o is not None]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values, and the masks: their names for ``"inplace"``, themselves for ``"prune"``.

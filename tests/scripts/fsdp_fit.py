@@ -19,7 +19,7 @@ import torch.distributed as dist
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
-from tests.fsdp_cases import CASES, Frozen, masks_digest
+from tests.fsdp_cases import CASES, Frozen, masks_digest, state_on_pruned
 
 
 class Sharded(Frozen):
@@ -62,6 +62,7 @@ def main(out: Path, case: str) -> None:
         "rank": trainer.global_rank,
         "history": [p.to_dict() for p in callback.history],
         "masks": masks_digest(whole_masks(callback.pruning, model)),
+        "state_on_pruned": state_on_pruned(trainer.optimizers[0], callback.pruning, model),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
     # both files written, then out without the interpreter's teardown: under load, c10d's
