@@ -61,6 +61,19 @@ class ZerosDuringValidation(pl.Callback):
         self.seen.append(sum(int((weights[n][~masks[n]] != 0).sum()) for n in masks))
 
 
+def assert_pruned_and_counted(model, keeps, sparsity: ls.SparsityCallback):
+    """Zeros exactly where ``keeps`` prunes; the last point equals a fresh measure and brute
+    force. Returns the last point."""
+    weights = effective(model)
+    for name in WEIGHTS:
+        assert torch.equal(weights[name] != 0, keeps[name]), name
+    last = sparsity.history[-1]
+    fresh = ls.measure(model, model.example_input_array).total
+    assert last.params_nonzero == fresh.params_nonzero == hand_params_nonzero(model)
+    assert last.flops_sparse == fresh.flops_sparse == hand_flops_sparse(model)
+    return last
+
+
 AVERAGING = {
     # SWA averages from the first epoch on; EMA after every step
     "swa": lambda: StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=1),
@@ -82,13 +95,7 @@ def test_the_averaged_model_stays_pruned_and_is_counted(
 
     keeps = before.keeps
     assert probe.seen[1:] == [0, 0]  # the average swapped in for validation is pruned too
-    weights = effective(model)
-    for name in WEIGHTS:
-        assert torch.equal(weights[name] != 0, keeps[name]), name
-    last = sparsity.history[-1]
-    fresh = ls.measure(model, model.example_input_array).total
-    assert last.params_nonzero == fresh.params_nonzero == hand_params_nonzero(model)
-    assert last.flops_sparse == fresh.flops_sparse == hand_flops_sparse(model)
+    last = assert_pruned_and_counted(model, keeps, sparsity)
     # 2 FLOPs per kept weight: 512 - round(0.8 * 512) = 102 of fc1, 128 - 102 = 26 of fc2
     assert last.flops_sparse == 2 * (102 + 26)
 
@@ -171,12 +178,7 @@ def test_a_callback_writing_dense_values_is_named_and_undone(tmp_path: Path) -> 
     named = rf"fc1\.weight \({broken['fc1.weight']}\), fc2\.weight \({broken['fc2.weight']}\)"
     with pytest.warns(UserWarning, match=rf"at the start of epoch 1, .*{named}"):
         fit.fit(model)
-    weights = effective(model)
-    for name in WEIGHTS:
-        assert torch.equal(weights[name] != 0, keeps[name]), name
-    last = sparsity.history[-1]
-    fresh = ls.measure(model, model.example_input_array).total
-    assert last.params_nonzero == fresh.params_nonzero == hand_params_nonzero(model)
+    assert_pruned_and_counted(model, keeps, sparsity)
 
 
 class DictBatches(MLP):
