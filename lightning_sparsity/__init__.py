@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_sparsity import schedules
-from lightning_sparsity.budget import BudgetDecision, FlopBudget
-from lightning_sparsity.controller import HistoryPoint, SparsityController
+from lightning_sparsity import _moved, schedules
+from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.controller import HistoryPoint, SparsityController
+from lightning_sparsity.control.guard import MetricGuard
+from lightning_sparsity.control.oneshot import prune_to_flops
 from lightning_sparsity.counting import (
     CostModel,
     LayerStats,
@@ -24,14 +26,14 @@ from lightning_sparsity.counting import (
     SparsityReport,
     measure,
 )
-from lightning_sparsity.guard import MetricGuard
-from lightning_sparsity.oneshot import prune_to_flops
 from lightning_sparsity.pruning import MagnitudePruner
 from lightning_sparsity.speed import SpeedReport, speed
 from lightning_sparsity.sweeps import sweep
 
 if TYPE_CHECKING:
     from lightning_sparsity.callback import SparsityCallback
+
+_moved.install()  # lightning_sparsity.budget, .guard, .controller, .oneshot, .sweep_ray
 
 __version__ = "0.1.0"
 

@@ -22,11 +22,12 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from lightning_sparsity._checks import check_bools, check_choice, check_int
+from lightning_sparsity._text import count
 from lightning_sparsity.averaging import AveragedCopies
-from lightning_sparsity.budget import BudgetDecision, FlopBudget, format_count
-from lightning_sparsity.controller import HistoryPoint, Outcome, SparsityController
+from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.controller import HistoryPoint, Outcome, SparsityController
+from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport
-from lightning_sparsity.guard import MetricGuard
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
 from lightning_sparsity.loggers.tensorboard import (
     drop_events_after,
@@ -857,7 +858,7 @@ class SparsityCallbackLogic:
         """One line per point: sparse FLOPs, ratio, budget slack, monitored metrics."""
         parts = [
             f"lightning_sparsity: epoch {point.epoch}:"
-            f" sparse FLOPs {format_count(point.flops_sparse)} per {point.per}"
+            f" sparse FLOPs {count(point.flops_sparse)} per {point.per}"
             f" ({point.flops_ratio:.3f} of dense), parameter sparsity {point.param_sparsity:.3f}"
         ]
         if point.budget_slack is not None:

@@ -54,12 +54,13 @@ from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._checks import check_bools, check_int
 from lightning_sparsity._shards import is_sharded
+from lightning_sparsity._text import number
 from lightning_sparsity.counting.meter import measure
 from lightning_sparsity.counting.report import SparsityReport
 from lightning_sparsity.counting.trace import _eval_mode, call_model
 from lightning_sparsity.patterns import conforms, kernel_problem
 
-__all__ = ["Kernel", "LayerSpeed", "SpeedReport", "format_speed", "speed", "speed_command"]
+__all__ = ["Kernel", "LayerSpeed", "SpeedReport", "check_real", "format_speed", "speed"]
 
 Kernel = Literal["dense", "csr", "2:4"]
 
@@ -195,13 +196,21 @@ class SpeedReport:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.layers:
             cells = [row.name or "<root>", row.type, row.kernel, row.tried or "—"]
-            cells += [_ms(row.dense_ms), _ms(row.sparse_ms), _times(row.speedup)]
-            cells += [_ratio(row.flops_ratio), _ratio(row.realizable_ratio), row.note]
+            cells += [
+                number(row.dense_ms, ".3g"),
+                number(row.sparse_ms, ".3g"),
+                number(row.speedup, ".2f", unit="×"),
+            ]
+            cells += [number(row.flops_ratio, ".3f"), number(row.realizable_ratio, ".3f"), row.note]
             lines.append("| " + " | ".join(cells) + " |")
         kernels = ", ".join(sorted({r.kernel for r in self.layers if r.kernel != "dense"}))
-        total = ["**whole forward**", "", kernels or "dense", "", _ms(self.dense_ms)]
-        total += [_ms(self.sparse_ms), _times(self.speedup), _ratio(self.flops_ratio)]
-        total += [_ratio(self.realizable_ratio), ""]
+        total = ["**whole forward**", "", kernels or "dense", "", number(self.dense_ms, ".3g")]
+        total += [
+            number(self.sparse_ms, ".3g"),
+            number(self.speedup, ".2f", unit="×"),
+            number(self.flops_ratio, ".3f"),
+        ]
+        total += [number(self.realizable_ratio, ".3f"), ""]
         lines.append("| " + " | ".join(total) + " |")
         threads = f", {self.threads} threads" if self.threads is not None else ""
         how = "each layer alone, then the whole forward" if self.per_layer else "whole forward"
@@ -228,18 +237,6 @@ def _flops_clause(flops: float | None, realizable: float | None) -> str:
     if realizable is not None:
         parts.append(f"realizable/dense {realizable:.3f}")
     return f" (FLOPs: {', '.join(parts)})" if parts else ""
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def _times(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}×"
-
-
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------------- the sparse kernels
@@ -451,9 +448,14 @@ def _device_of(model: nn.Module, example_input: Any) -> torch.device:
 _META = "speed() needs real weights to time; the model is on the meta device"
 
 
-def _on_meta(model: nn.Module) -> bool:
-    """Whether any parameter or buffer is on meta (shapes only: nothing to move or time)."""
-    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+def check_real(model: nn.Module) -> None:
+    """Refuse a model with a parameter or buffer on meta (shapes only: nothing to move or time).
+
+    Raises:
+        ValueError: saying so.
+    """
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError(_META)
 
 
 def _validate(model: object, repeats: object, warmup: object, per_layer: object) -> None:
@@ -503,8 +505,7 @@ def speed(
         MeasureError: if the forward fails on ``example_input``.
     """
     _validate(model, repeats, warmup, per_layer)
-    if _on_meta(model):
-        raise ValueError(_META)
+    check_real(model)
     counts = measure(model, example_input, per="batch")
     device = _device_of(model, example_input)
     with (
@@ -626,63 +627,3 @@ def _decide(
             )
         )
     return rows, chosen
-
-
-def speed_command(
-    target: str,
-    input_shape: tuple[int, ...],
-    repeats: int,
-    *,
-    device: str = "cpu",
-    dtype: str | None = None,
-) -> int:
-    """``lightning-sparsity speed TARGET --input-shape ...``: print the table, return 0.
-
-    The model comes from ``package.module:factory`` (as ``count``), the input is
-    ``torch.randn(input_shape)`` (seed 0) in the model's dtype.
-
-    Args:
-        target: ``package.module:factory``.
-        input_shape: the input's shape, batch first.
-        repeats: timed runs per median.
-        device: where to time (``"cpu"``, ``"cuda"``).
-        dtype: cast the model first (``"float16"``, ``"bfloat16"``: what the 2:4 kernels take).
-
-    Raises:
-        CliError: if the target cannot be loaded or builds on the meta device, an option is
-            bad, or the forward fails.
-    """
-    from lightning_sparsity.cli import CliError, load_target
-    from lightning_sparsity.counting.trace import MeasureError
-
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype is not None and dtype not in dtypes:
-        raise CliError(f"--dtype must be one of {tuple(dtypes)}, got {dtype!r}")
-    try:
-        where = torch.device(device)
-    except RuntimeError as err:
-        raise CliError(f"--device {device!r}: {err}") from err
-    if where.type not in ("cpu", "cuda"):  # the devices with sparse kernels here
-        raise CliError(f"--device must be cpu or cuda (cuda:N), got {device!r}")
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device!r}: CUDA is not available")
-    if where.type == "cuda" and (where.index or 0) >= torch.cuda.device_count():
-        raise CliError(
-            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
-            f" (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
-        )
-    model = load_target(target)
-    if _on_meta(model):  # before .to(), which cannot copy out of meta
-        raise CliError(f"{target} builds its model on the meta device: {_META}")
-    model = model.to(device=where)
-    if dtype is not None:
-        model = model.to(dtype=dtypes[dtype])
-    floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(input_shape, generator=generator, dtype=floating or torch.float32)
-    try:
-        report = speed(model, x.to(where), repeats=repeats)
-    except (MeasureError, ValueError) as err:
-        raise CliError(str(err)) from err
-    print(format_speed(report))
-    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import lightning_sparsity as ls
-from lightning_sparsity.budget import parse_flops
+from lightning_sparsity.control.budget import parse_flops
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lightning_sparsity as ls
-from lightning_sparsity.guard import MonitorMissingError
+from lightning_sparsity.control.guard import MonitorMissingError
 
 
 def oks(guard: ls.MetricGuard, values: list[float]) -> list[bool]:

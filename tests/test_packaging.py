@@ -36,8 +36,7 @@ def test_counting_and_pruning_import_no_lightning_package() -> None:
     # before: `import lightning_sparsity.counting` imported pytorch_lightning
     out = run(
         """
-        import lightning_sparsity.counting, lightning_sparsity.pruning, lightning_sparsity.budget
-        import lightning_sparsity.controller, lightning_sparsity.guard, lightning_sparsity.oneshot
+        import lightning_sparsity.counting, lightning_sparsity.pruning, lightning_sparsity.control
         import lightning_sparsity as ls
         names = [m for m in sys.modules if m.split(".")[0] in {LIGHTNING!r}]
         print(sorted(names))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_sparsity.cli import CliError
+from lightning_sparsity.cli.commands import speed_command
 from lightning_sparsity.speed import (
     LayerSpeed,
     SpeedReport,
@@ -20,7 +21,6 @@ from lightning_sparsity.speed import (
     _SemiStructured,
     format_speed,
     speed,
-    speed_command,
 )
 
 FAST = {"repeats": 3, "warmup": 1}

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_sparsity._text import number, si
+
 __all__ = ["LayerStats", "SparsityReport"]
 
 Per = Literal["example", "batch"]
@@ -254,16 +256,16 @@ class SparsityReport:
                 name,
                 row.type,
                 f"{row.params:,}",
-                _fmt_int(row.params_nonzero),
-                _fmt_ratio(row.density),
-                format_flops(row.flops),
-                format_flops(row.flops_sparse),
-                _fmt_ratio(row.flops_ratio),
+                number(row.params_nonzero, ","),
+                number(row.density, ".3f"),
+                si(row.flops),
+                si(row.flops_sparse),
+                number(row.flops_ratio, ".3f"),
             ]
             if realizable:
-                cells.append(format_flops(row.flops_realizable))
+                cells.append(si(row.flops_realizable))
             if effective:
-                cells.append(format_flops(row.flops_effective))
+                cells.append(si(row.flops_effective))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(self._flops_basis())
@@ -277,21 +279,3 @@ class SparsityReport:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))
             lines.append(f"Not counted (no formula): {ops}.")
         return "\n".join(lines)
-
-
-def _fmt_int(value: int | None) -> str:
-    return "n/a" if value is None else f"{value:,}"
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def format_flops(value: float | None) -> str:
-    """``1234567`` → ``"1.23M"``; ``None`` → ``"n/a"``."""
-    if value is None:
-        return "n/a"
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:g}"

@@ -14,9 +14,9 @@ import warnings
 from pathlib import Path
 
 from lightning_sparsity._lightning import pl, submodule
-from lightning_sparsity.budget import FlopBudget
 from lightning_sparsity.callback import SparsityCallback
-from lightning_sparsity.controller import HistoryPoint
+from lightning_sparsity.control.budget import FlopBudget
+from lightning_sparsity.control.controller import HistoryPoint
 from lightning_sparsity.demo.data import DigitsDataModule
 from lightning_sparsity.demo.model import DigitsCNN
 from lightning_sparsity.patterns import parse_pattern

@@ -8,14 +8,14 @@ Both hold the same rows. Knows nothing of Lightning.
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_sparsity._files import write_json
+
 if TYPE_CHECKING:
-    from lightning_sparsity.controller import HistoryPoint
+    from lightning_sparsity.control.controller import HistoryPoint
 
 __all__ = ["HistoryWriter", "plot_history"]
 
@@ -51,9 +51,7 @@ class HistoryWriter:
             writer.writerows(rows[start:])
             f.flush()
         self._written, self._columns = len(rows), columns
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rows, indent=1) + "\n")
-        os.replace(tmp, self.json_path)
+        write_json(self.json_path, rows)
 
 
 def plot_history(points: Sequence[HistoryPoint], path: str | Path) -> Path:

@@ -114,6 +114,10 @@ class MetricGuard(Settings):
         self.strict = strict
         self.best: float | None = None  # state (checkpointed)
 
+    def reset(self) -> None:
+        """Forget the best value seen: a new fit starts clean."""
+        self.best = None
+
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
 

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from lightning_sparsity._shards import nonfinite
-from lightning_sparsity.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
-from lightning_sparsity.guard import GuardCheck, MetricGuard
 from lightning_sparsity.pruning import MagnitudePruner
 
 __all__ = ["HistoryPoint", "Outcome", "SparsityController", "nonfinite_parameters"]
@@ -205,13 +205,9 @@ class SparsityController:
         self.meter = None
         self.report = None
         self.stopped = None
-        if self.budget is not None:
-            self.budget.dense = None
-            self.budget.reached_epoch = None
-        if self.guard is not None:
-            self.guard.best = None
-        if self.pruning is not None:
-            self.pruning.reset()
+        for piece in (self.budget, self.guard, self.pruning):
+            if piece is not None:
+                piece.reset()
 
     def bind(self, model: nn.Module, example_input: Any) -> None:
         """Count ``model`` on ``example_input`` from now on (traces once)."""

@@ -4,7 +4,7 @@ Two kinds of LOGDIR:
 
 * a sweep's output (``sweep.json`` and ``runs/*/sweep_run.json``): ``frontier.csv`` /
   ``.json`` / ``.md`` / ``.png`` are written again from the runs' results, exactly as the sweep
-  writes them (:func:`lightning_sparsity.sweeps.write_frontier`);
+  writes them (:func:`lightning_sparsity.sweeps.frontier.write_frontier`);
 * one run's log directory (``sparsity_history.json``, written after every epoch, and
   ``sparsity_report.json`` once the fit ended): ``sparsity_curves.png`` from the history and
   ``sparsity_report.md`` from the report, as the callback writes them at fit end; a run that
@@ -21,8 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_sparsity.counting.report import SparsityReport, format_flops
-from lightning_sparsity.sweeps import RunSpec, collect_results, write_frontier
+from lightning_sparsity._text import count, number, one_line, si
+from lightning_sparsity.control.controller import HistoryPoint
+from lightning_sparsity.counting.report import SparsityReport
+from lightning_sparsity.loggers.history import plot_history
+from lightning_sparsity.sweeps.frontier import write_frontier
+from lightning_sparsity.sweeps.runs import RunSpec, collect_results
 
 __all__ = ["ReportError", "render", "render_run", "render_sweep"]
 
@@ -39,7 +43,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ReportError(f"cannot read {path}: {' '.join(str(err).split())}") from err
+        raise ReportError(f"cannot read {path}: {one_line(err)}") from err
 
 
 def render_sweep(root: str | Path) -> list[Path]:
@@ -63,19 +67,6 @@ def render_sweep(root: str | Path) -> list[Path]:
     return [root / name for name in names if (root / name).is_file()]
 
 
-def _number(value: float | None) -> str:
-    """Exact counts: ``1,234,567``; a fraction of a FLOP per example: 6 digits."""
-    if value is None:
-        return "—"
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.6g}"
-
-
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
 def history_markdown(points: Sequence[Any], directory: Path) -> str:
     """The history as a table, for a run without a final report (it crashed or was killed)."""
     last = points[-1]
@@ -84,8 +75,8 @@ def history_markdown(points: Sequence[Any], directory: Path) -> str:
         "",
         f"No final report ({REPORT}): the fit did not finish. The history holds {len(points)}"
         f" points, the last after {last.epoch} completed epochs: sparse/dense FLOPs"
-        f" {last.flops_ratio:.4f} ({format_flops(last.flops_sparse)} of"
-        f" {format_flops(last.flops)} per {last.per}), parameter sparsity"
+        f" {last.flops_ratio:.4f} ({si(last.flops_sparse)} of"
+        f" {si(last.flops)} per {last.per}), parameter sparsity"
         f" {last.param_sparsity:.4f}.",
         "",
         "| epoch | step | sparse FLOPs | dense FLOPs | sparse/dense | nonzero params | params"
@@ -97,14 +88,14 @@ def history_markdown(points: Sequence[Any], directory: Path) -> str:
         cells = [
             str(p.epoch),
             str(p.step),
-            _number(p.flops_sparse),
-            _number(p.flops),
-            _ratio(p.flops_ratio),
-            _number(p.params_nonzero),
-            _number(p.params),
-            _ratio(p.param_sparsity),
-            _ratio(p.pruned_sparsity),
-            _ratio(p.target_sparsity),
+            count(p.flops_sparse, none="—"),
+            count(p.flops, none="—"),
+            number(p.flops_ratio, ".4f", none="—"),
+            count(p.params_nonzero, none="—"),
+            count(p.params, none="—"),
+            number(p.param_sparsity, ".4f", none="—"),
+            number(p.pruned_sparsity, ".4f", none="—"),
+            number(p.target_sparsity, ".4f", none="—"),
             p.pruning or "—",
             budget,
         ]
@@ -122,9 +113,6 @@ def render_run(directory: str | Path) -> list[Path]:
     Raises:
         ReportError: if the history (or the report) cannot be read or holds no points.
     """
-    from lightning_sparsity.controller import HistoryPoint
-    from lightning_sparsity.loggers.history import plot_history
-
     directory = Path(directory)
     rows = _read_json(directory / HISTORY)
     try:

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_sparsity._checks import check_choice, check_int
 from lightning_sparsity._settings import Settings
+from lightning_sparsity._text import count
 from lightning_sparsity.pruning.schedules import Curve, ramp
 
 if TYPE_CHECKING:
     from lightning_sparsity.counting import CostModel, SparsityReport
 
-__all__ = ["BudgetDecision", "FlopBudget", "format_count", "parse_flops"]
+__all__ = ["BudgetDecision", "FlopBudget", "parse_flops"]
 
 Action = Literal["stop", "adjust"]
 Count = Literal["sparse", "realizable", "effective", "params"]
@@ -91,16 +92,6 @@ def parse_flops(value: float | int | str) -> tuple[float, bool]:
             if 0 < number < math.inf:
                 return number, False
     raise ValueError(f"`target` must be {accepted}, got {value!r}")
-
-
-def format_count(value: float) -> str:
-    """A FLOP or parameter count for messages: exact enough to tell 0.2 from 0.
-
-    ``1234567.8`` → ``"1,234,568"``; ``64844.8`` → ``"64,844.8"``; ``0.2`` → ``"0.2"``.
-    """
-    if abs(value) >= 1e6 or value == int(value):
-        return f"{value:,.0f}"
-    return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 @dataclass(frozen=True)
@@ -357,21 +348,21 @@ class FlopBudget(Settings):
         limit = self.limit
         if self._bare and self._value <= 100 and limit < 0.01 * dense:
             raise ValueError(
-                f"FlopBudget: target {self.target!r} is {format_count(limit)} {self.unit},"
-                f" {100 * limit / dense:.2g}% of the dense model's {format_count(dense)}"
+                f"FlopBudget: target {self.target!r} is {count(limit)} {self.unit},"
+                f" {100 * limit / dense:.2g}% of the dense model's {count(dense)}"
                 f"{self._percent_hint()} (with a unit, e.g. '{self._value:g} FLOPs' or"
                 f" '{self._value:g}K', a number is taken as an absolute count)"
             )
         if limit < floor:
             message = (
-                f"FlopBudget: target {self.target!r} ({format_count(limit)} {self.unit}) is"
+                f"FlopBudget: target {self.target!r} ({count(limit)} {self.unit}) is"
                 f" unreachable: even with every prunable weight pruned as far as the pruner allows"
                 f" the model has"
-                f" {format_count(floor)} {self.unit}; the lowest reachable target is"
+                f" {count(floor)} {self.unit}; the lowest reachable target is"
                 f" {floor / dense:.2%} of dense"
             )
             if parts and self.counts_weight_flops:
-                listed = "; ".join(f"{n}: {format_count(v)}" for n, v in parts[:6])
+                listed = "; ".join(f"{n}: {count(v)}" for n, v in parts[:6])
                 more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
                 unpruned = [n.removesuffix(_UNPRUNED) for n, _ in parts if n.endswith(_UNPRUNED)]
                 named = ", ".join(repr(re.escape(n)) for n in unpruned[:6])
@@ -405,9 +396,9 @@ class FlopBudget(Settings):
         limit = self._value * self.dense if self._fraction else self._value
         if limit > self.dense:
             raise ValueError(
-                f"FlopBudget: target {self.target!r} ({format_count(limit)}) is above the dense"
+                f"FlopBudget: target {self.target!r} ({count(limit)}) is above the dense"
                 f" model's {self.unit.replace('sparse ', '').replace('nonzero ', '')}"
-                f" ({format_count(self.dense)}); nothing to prune"
+                f" ({count(self.dense)}); nothing to prune"
             )
         return limit
 
@@ -452,7 +443,7 @@ class FlopBudget(Settings):
         """
         limit = self.limit
         scheduled = self.scheduled(epoch) if self.action == "adjust" else None
-        numbers = f"{format_count(value)} {{}} {format_count(limit)} {self.unit}"
+        numbers = f"{count(value)} {{}} {count(limit)} {self.unit}"
         if value <= limit:
             if self.reached_epoch is None:
                 self.reached_epoch = epoch
@@ -485,6 +476,11 @@ class FlopBudget(Settings):
         return BudgetDecision(epoch, "over", value, limit, scheduled, False, False, None, message)
 
     # ------------------------------------------------------------------ checkpoints
+
+    def reset(self) -> None:
+        """Forget the dense FLOPs and when the limit was reached: a new fit starts clean."""
+        self.dense = None
+        self.reached_epoch = None
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values: the dense reference, the epoch the limit was met, the settings."""

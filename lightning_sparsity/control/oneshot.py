@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_sparsity.budget import FlopBudget
+from lightning_sparsity.control.budget import FlopBudget
 from lightning_sparsity.counting import SparsityMeter, SparsityReport
 from lightning_sparsity.pruning import MagnitudePruner
 

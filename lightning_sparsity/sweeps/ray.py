@@ -1,8 +1,8 @@
-"""The Ray backend of :func:`lightning_sparsity.sweeps.sweep`: one Ray Tune trial per run.
+"""The Ray backend of :func:`lightning_sparsity.sweep`: one Ray Tune trial per run.
 
 ``sweep(..., backend="ray")`` (``lightning-sparsity sweep --backend ray``) hands the runs
 still to do to :func:`run_ray`. Each run becomes one trial of one ``ray.tune.Tuner``: a
-function trainable that calls :func:`lightning_sparsity.sweeps.run_one` (one Lightning fit,
+function trainable that calls :func:`lightning_sparsity.sweeps.runs.run_one` (one Lightning fit,
 resumed from its last checkpoint if it has one) and reports the run's result. Ray does the
 scheduling: every trial asks for ``resources`` (one CPU by default; ``run_ray(...,
 resources={"cpu": 4, "gpu": 1})`` for more) and Ray runs as many at once as the cluster holds.
@@ -48,16 +48,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sparsity.report import render_sweep
-from lightning_sparsity.sweeps import (
-    RESULT,
-    RunSpec,
-    SweepError,
-    format_clock,
-    load_result,
-    run_one,
-    write_json,
-)
+from lightning_sparsity._files import write_json
+from lightning_sparsity._text import clock, one_line
+from lightning_sparsity.sweeps.runs import RESULT, RunSpec, SweepError, load_result, run_one
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -159,8 +152,14 @@ def _error_text(trial: Any) -> str:
     return "the Ray trial failed"
 
 
-def _progress(ray: ModuleType, total: int, root: str, echo: Callable[[str], None]) -> Any:
-    """A Tune callback: a line per trial started and ended; the frontier after each run."""
+def _progress(
+    ray: ModuleType,
+    total: int,
+    root: str,
+    echo: Callable[[str], None],
+    after_run: Callable[[], None],
+) -> Any:
+    """A Tune callback: a line per trial started and ended; ``after_run`` after each run."""
 
     class Progress(ray.tune.Callback):  # type: ignore[name-defined]
         def __init__(self) -> None:
@@ -175,8 +174,8 @@ def _progress(ray: ModuleType, total: int, root: str, echo: Callable[[str], None
             elapsed = time.monotonic() - self.started
             left = ""
             if 0 < self.ended < total:
-                left = f", about {format_clock(elapsed / self.ended * (total - self.ended))} left"
-            return f"elapsed {format_clock(elapsed)}{left}"
+                left = f", about {clock(elapsed / self.ended * (total - self.ended))} left"
+            return f"elapsed {clock(elapsed)}{left}"
 
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -188,12 +187,12 @@ def _progress(ray: ModuleType, total: int, root: str, echo: Callable[[str], None
         def _end(self, trial: Any, what: str) -> None:
             self.ended += 1
             name = _run_name(trial)
-            took = format_clock(time.monotonic() - self.begun.get(name, self.started))
+            took = clock(time.monotonic() - self.begun.get(name, self.started))
             echo(
                 f"sweep: trial {name} {what} in {took}; {self.ended}/{total} ended"
                 f" ({self._elapsed()})"
             )
-            render_sweep(root)  # the frontier of every run finished so far
+            after_run()
 
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -250,6 +249,7 @@ def run_ray(
     overrides: Sequence[str],
     address: str | None,
     echo: Callable[[str], None],
+    after_run: Callable[[], None] = lambda: None,
     *,
     resources: Mapping[str, float] | None = None,
     max_failures: int = 0,
@@ -266,6 +266,7 @@ def run_ray(
         address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); ``None`` starts Ray on
             this machine with its CPUs. A Ray this process already started is used as is.
         echo: where progress lines go.
+        after_run: called on the driver after each trial ends (the sweep writes its frontier).
         resources: what one trial asks Ray for (default ``{"cpu": 1}``; e.g. ``{"cpu": 4,
             "gpu": 1}``).
         max_failures: how often Tune retries a trial whose worker died.
@@ -303,7 +304,7 @@ def run_ray(
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = "start Ray on this machine" if address is None else f"reach Ray at {address!r}"
-            raise SweepError(f"cannot {where}: {' '.join(str(err).split())}") from err
+            raise SweepError(f"cannot {where}: {one_line(err)}") from err
     try:
         cluster = ray.cluster_resources()
         short = {
@@ -338,7 +339,7 @@ def run_ray(
                 callbacks=[
                     CSVLoggerCallback(),
                     JsonLoggerCallback(),
-                    _progress(ray, len(specs), root, echo),
+                    _progress(ray, len(specs), root, echo, after_run),
                 ],
                 log_to_file=True,
                 sync_config=tune.SyncConfig(sync_artifacts=True),  # the std* files
