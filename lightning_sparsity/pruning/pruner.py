@@ -115,7 +115,7 @@ def _named_nonfinite(targets: list[Target]) -> Iterator[None]:
 def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
     """The targets' parameters as the model holds them, and their process group.
 
-    Sharded, the parameters are ``DTensor`` s (of global shapes) and the group is the one
+    Sharded, the parameters are ``DTensor`` s (of global shapes) and the process group is the one
     their ``Shard(0)`` chunks are split over; else plain tensors and ``None``.
     """
     whole = [cast(Tensor, storage.trained(module, name)) for _, module, name in targets]
@@ -584,19 +584,19 @@ class MagnitudePruner(Settings):
         flops_per_nonzero: Mapping[str, float] | None,
     ) -> None:
         tensors, current = _split(targets)
-        whole, group = _whole(targets)
+        whole, process_group = _whole(targets)
         numels = [w.numel() for w in whole]  # over all ranks: the same scales
         scales = self._flop_scales(targets, numels, flops_per_nonzero)
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
         densities = self._floor_densities(targets)
         if self._pattern is not None:
-            keeps = self._pattern_keeps(tensors, current, sparsity, whole, group, densities)
+            keeps = self._pattern_keeps(tensors, current, sparsity, whole, process_group, densities)
         elif self.structured:
             keeps = self._structured_keeps(
-                tensors, current, sparsity, scales, per_layer, whole, group, densities
+                tensors, current, sparsity, scales, per_layer, whole, process_group, densities
             )
         else:
-            sources = select.make_sources(tensors, current, scales, None, group=group)
+            sources = select.make_sources(tensors, current, scales, None, group=process_group)
             floors = entry_floors(densities, whole)
             wanted = round(sparsity * sum(numels))
             allowed: list[float] = []
@@ -715,19 +715,19 @@ class MagnitudePruner(Settings):
         tensors: list[Tensor],
         current: list[Tensor | None],
         weights: list[float] | None,
-        group: dist.ProcessGroup | None,
+        process_group: dist.ProcessGroup | None,
     ) -> list[Source]:
         """One score per N:M group (the magnitude pruning it removes), already pruned ones out.
 
         Sharded (``Shard(0)``: whole rows, so whole groups, per rank), the scores are the
-        local groups' and the selection's histograms are all-reduced over ``group``.
+        local groups' and the selection's histograms are all-reduced over ``process_group``.
         """
         assert self._pattern is not None
         n, m = self._pattern
         losses = [group_losses(t, k, self._pattern) for t, k in zip(tensors, current, strict=True)]
         # a group is pruned when it holds at most N live entries
         live = [None if k is None else group_view(k != 0, m).sum(1) > n for k in current]
-        return select.make_sources(losses, live, None, weights, group=group)
+        return select.make_sources(losses, live, None, weights, group=process_group)
 
     def _pattern_keeps(
         self,
@@ -735,7 +735,7 @@ class MagnitudePruner(Settings):
         current: list[Tensor | None],
         sparsity: float,
         whole: list[Tensor],
-        group: dist.ProcessGroup | None,
+        process_group: dist.ProcessGroup | None,
         densities: list[float],
     ) -> list[Tensor]:
         """Prune the fraction ``sparsity / ((M - N) / M)`` of the groups to N:M."""
@@ -747,7 +747,7 @@ class MagnitudePruner(Settings):
                 f" pruned, got sparsity {sparsity!r}"
             )
         fraction = sparsity * m / (m - n)
-        sources = self._group_sources(tensors, current, None, group)
+        sources = self._group_sources(tensors, current, None, process_group)
         counts = [w.numel() // m for w in whole]  # groups over all ranks
         floors = self._group_floors(densities, counts)
         if self.allocation == "uniform":
@@ -821,7 +821,7 @@ class MagnitudePruner(Settings):
         scales: list[float] | None,
         per_layer: list[float] | None,
         whole: list[Tensor],
-        group: Any,
+        process_group: Any,
         densities: list[float],
     ) -> list[Tensor]:
         """Row (dim 0) masks from the effective weights' row norms."""
@@ -830,7 +830,7 @@ class MagnitudePruner(Settings):
         floors = [floor_count(d, n) for d, n in zip(densities, rows, strict=True)]
         if per_layer is not None:
             groups = _per_layer_groups(
-                select.make_sources(scores, row_keeps, None, None, group=group),
+                select.make_sources(scores, row_keeps, None, None, group=process_group),
                 per_layer,
                 rows,
                 floors,
@@ -843,7 +843,7 @@ class MagnitudePruner(Settings):
                 factors = [a * b for a, b in zip(factors, scales, strict=True)]
             wanted = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
-            sources = select.make_sources(scores, row_keeps, factors, weights, group=group)
+            sources = select.make_sources(scores, row_keeps, factors, weights, group=process_group)
             allowed: list[float] = []
 
             def cut(protected: list[int]) -> list[Tensor]:
@@ -925,15 +925,17 @@ class MagnitudePruner(Settings):
     ) -> float:
         names = [param_name(fqn, name) for fqn, _, name in targets]
         tensors, current = _split(targets)
-        whole, group = _whole(targets)
+        whole, process_group = _whole(targets)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
         if self._pattern is not None:  # whole groups: each removes M - N weights' FLOPs
-            others = flops.other_flops(model, flops_per_nonzero, set(names), group=group)
+            others = flops.other_flops(model, flops_per_nonzero, set(names), group=process_group)
             n, m = self._pattern
             all_dense = (
                 fixed_flops + others + sum(c * w.numel() for c, w in zip(costs, whole, strict=True))
             )
-            sources = self._group_sources(tensors, current, [(m - n) * c for c in costs], group)
+            sources = self._group_sources(
+                tensors, current, [(m - n) * c for c in costs], process_group
+            )
             counts = [w.numel() // m for w in whole]
             floors = self._group_floors(self._floor_densities(targets), counts)
             wanted = float(all_dense - target_flops)
@@ -957,11 +959,11 @@ class MagnitudePruner(Settings):
             costs,
             target_flops,
             fixed_flops,
-            flops.other_flops_tensor(model, flops_per_nonzero, set(names), group=group),
+            flops.other_flops_tensor(model, flops_per_nonzero, set(names), group=process_group),
             norm=self.norm if self.structured else None,
             not_above=not_above,
             numels=[w.numel() for w in whole],
-            group=group,
+            group=process_group,
             floors=[floor_count(d, r) for d, r in zip(densities, rows, strict=True)]
             if self.structured
             else entry_floors(densities, whole),
