@@ -765,6 +765,25 @@ def test_unbatched_vector_warns_and_batch_size_one_is_exact() -> None:
     assert [str(w.message).count("batch_size=1") for w in record] == [1]  # once per meter
 
 
+def test_an_explicit_batch_size_the_input_or_the_ops_contradict_is_warned_about() -> None:
+    # 3 examples cannot be split out of a (2, 8) input: per example would be 2*2*8*4/3 =
+    # 42.67, no example's cost
+    linear = nn.Linear(8, 4)
+    with pytest.warns(
+        UserWarning, match=r"divided by 3, the batch_size given, but no dim.*\(2, 8\)"
+    ):
+        assert ls.measure(linear, torch.zeros(2, 8), batch_size=3).total.flops == 2 * 2 * 8 * 4 / 3
+    # (T=5, B=2, F=8) with batch_size=2: dim 1 holds the examples, 2 * 5 * 8 * 4 = 320 each
+    assert quiet_measure(linear, torch.zeros(5, 2, 8), batch_size=2).total.flops == 320
+    # a time-major LSTM ran on batch 2: batch_size=3 divides T=6 but not what the LSTM ran on
+    lstm = nn.LSTM(8, 16)
+    match = r"batch_size given, but LSTM \(aten.mkldnn_rnn_layer\) ran on batch 2.*batch_size=2"
+    with pytest.warns(UserWarning, match=match):
+        ls.measure(lstm, torch.zeros(6, 2, 8), batch_size=3)
+    # per example: 2 * T * (F*4H + H*4H) = 2 * 6 * (8*64 + 16*64) = 18,432
+    assert quiet_measure(lstm, torch.zeros(6, 2, 8), batch_size=2).total.flops == 18_432
+
+
 def test_time_major_lstm_warns_and_batch_size_gives_the_closed_form() -> None:
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 5)

@@ -111,7 +111,7 @@ class _Examples:
 
     count: int
     source: Literal["explicit", "list", "dim0", "unknown"]
-    shape: tuple[int, ...] = ()  # the tensor whose dim 0 it is ("dim0")
+    shape: tuple[int, ...] = ()  # "dim0": that tensor's; "explicit": the input's, or ()
 
 
 def _first_argument(example_input: Any) -> Any:
@@ -173,7 +173,12 @@ def _examples(example_input: Any, per: str, batch_size: int | None) -> _Examples
     """
     _refuse_empty(example_input)
     if batch_size is not None:
-        return _Examples(batch_size, "explicit")
+        try:  # what the input looks like, to check the number against
+            found = _count_examples(example_input)
+        except ValueError:
+            found = _Examples(1, "unknown")
+        shape = (found.count,) if found.source == "list" else found.shape
+        return _Examples(batch_size, "explicit", shape)
     if per == "example":
         return _count_examples(example_input)
     try:
@@ -183,37 +188,50 @@ def _examples(example_input: Any, per: str, batch_size: int | None) -> _Examples
 
 
 def _doubt(examples: _Examples, batches: dict[str, frozenset[int]]) -> str | None:
-    """Why an inferred number of examples looks wrong given the trace's evidence, or ``None``.
+    """Why the number of examples looks wrong given the trace's evidence, or ``None``.
 
     Evidence agrees when every batch size an op ran on is a multiple of it (a video model
-    folds time into its convolutions' batch: N = B*T).
+    folds time into its convolutions' batch: N = B*T). An inferred number is doubted by
+    that evidence, and a 1-D first tensor; an explicit ``batch_size`` by that evidence, and
+    by an input none of whose dimensions (nor the length of its list of examples) is a
+    multiple of it: no way to split it into that many equal examples.
     """
-    if examples.source not in ("list", "dim0"):
+    if examples.source not in ("list", "dim0", "explicit"):
         return None
     n = examples.count
     wrong = {label: sorted(b for b in sizes if b % n) for label, sizes in batches.items()}
     wrong = {label: sizes for label, sizes in sorted(wrong.items()) if sizes}
-    one_d = examples.source == "dim0" and len(examples.shape) == 1 and (wrong or not batches)
-    if not wrong and not one_d:
-        return None
-    if examples.source == "dim0":
-        where = f"dim 0 of its first tensor, shape {examples.shape}"
-    else:
-        where = "the length of the list of examples that is its first argument"
-    reasons = ["that tensor is 1-D (one example without a batch dimension?)"] if one_d else []
-    reasons += [
+    reasons = [
         f"{label} ran on batch {', '.join(map(str, sizes))}, not a multiple of {n}"
         for label, sizes in wrong.items()
     ]
+    if examples.source == "explicit":
+        if examples.shape and not any(d % n == 0 for d in examples.shape):
+            reasons.insert(
+                0, f"no dimension of the input (shape {examples.shape}) is a multiple of it"
+            )
+        where, fix = "the batch_size given", "Check batch_size"
+    else:
+        one_d = examples.source == "dim0" and len(examples.shape) == 1 and (wrong or not batches)
+        if one_d:
+            reasons.insert(0, "that tensor is 1-D (one example without a batch dimension?)")
+        if examples.source == "dim0":
+            where = f"dim 0 of its first tensor, shape {examples.shape}"
+        else:
+            where = "the length of the list of examples that is its first argument"
+        fix = "Pass batch_size=N"
+    if not reasons:
+        return None
     evidence = [b for sizes in batches.values() for b in sizes]
-    guess = (
-        f"batch_size={math.gcd(*evidence)} going by those ops"
-        if evidence
-        else "batch_size=1 for one example"
-    )
+    if evidence:
+        guess = f"batch_size={math.gcd(*evidence)} going by those ops"
+    elif examples.source == "explicit" and examples.shape:
+        guess = f"batch_size={examples.shape[0]} if dim 0 holds them"
+    else:
+        guess = "batch_size=1 for one example"
     return (
         f"lightning_sparsity: FLOPs per example are the example input's FLOPs divided by {n},"
-        f" {where}, but {'; '.join(reasons)}. Pass batch_size=N, the number of examples in"
+        f" {where}, but {'; '.join(reasons)}. {fix}, the number of examples in"
         f" the input ({guess}), or per='batch' to count the input as given."
     )
 
