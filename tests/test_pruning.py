@@ -1,5 +1,6 @@
 import copy
 import math
+import re
 import warnings
 
 import pytest
@@ -659,6 +660,20 @@ def test_step_follows_the_schedule():
     # 0.8 + (0 - 0.8) * (1 - 2/4)**3 = 0.7 at epoch 2
     assert applied == [0.0, None, pytest.approx(0.7), None, 0.8, None]
     assert sum(zeros(w) for w in weights(model)) == round(0.8 * 3736)
+
+
+@pytest.mark.parametrize("epoch", [-1, 2.5, "3", True, None])
+def test_step_refuses_an_epoch_that_is_not_a_count(epoch):
+    # was: -1 and 2.5 returned None (nothing pruned, nothing said), "3" a TypeError inside
+    # the schedule's comparison
+    model = make_net()
+    pruner = MagnitudePruner(schedule=Cubic(final_sparsity=0.8, start_epoch=0, end_epoch=4))
+    with pytest.raises(
+        ValueError,
+        match=rf"MagnitudePruner.step: `epoch` must be an int >= 0, got {re.escape(repr(epoch))}",
+    ):
+        pruner.step(model, epoch)
+    assert sum(zeros(w) for w in weights(model)) == 0
 
 
 def rows_all_or_nothing(w):

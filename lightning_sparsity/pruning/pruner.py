@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lightning_sparsity._checks import check_bools, check_choice
+from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity._settings import Settings
 from lightning_sparsity._shards import nonfinite, shard_group
 from lightning_sparsity.patterns import (
@@ -536,10 +536,15 @@ class MagnitudePruner(Settings):
             The target applied, or ``None`` when the schedule skips this epoch.
 
         Raises:
-            ValueError: If the pruner has no schedule, or see :meth:`apply`.
+            ValueError: If the pruner has no schedule, ``epoch`` is not an int >= 0, or see
+                :meth:`apply`.
         """
         if self.schedule is None:
             raise ValueError("MagnitudePruner.step needs a `schedule`, got None")
+        errors: list[str] = []
+        check_int("epoch", epoch, errors)
+        if errors:
+            raise ValueError("MagnitudePruner.step: " + "; ".join(errors))
         if not self.schedule.is_pruning_epoch(epoch):
             return None
         sparsity = self.schedule(epoch)
