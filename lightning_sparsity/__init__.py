@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity import _moved, schedules
-from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.budget import BudgetDecision, BudgetError, FlopBudget
 from lightning_sparsity.control.controller import HistoryPoint, SparsityController
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.control.oneshot import prune_to_flops
@@ -39,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetDecision",
+    "BudgetError",
     "CostModel",
     "FlopBudget",
     "HistoryPoint",

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity._text import count
@@ -241,6 +241,12 @@ class SparsityCallbackLogic:
                 "`example_input` must be a Tensor, a tuple/list of positional arguments, a dict"
                 f" of keyword arguments or None, got {type(example_input).__name__}"
             )
+        elif any(isinstance(t, Tensor) and t.is_meta for t in tree_flatten(example_input)[0]):
+            value_errors.append(
+                "`example_input` holds a tensor on the meta device (a shape, no values): the"
+                " sparse and effective counts need real values; give a real tensor (it is moved"
+                " to the model's device)"
+            )
         if name is not None and (not isinstance(name, str) or not name):
             type_errors.append(f"`name` must be a non-empty str or None, got {name!r}")
         if hparams is not None and not isinstance(hparams, dict):
@@ -355,6 +361,20 @@ class SparsityCallbackLogic:
                 warning = self.budget.deadline_warning(trainer.max_epochs)
                 if warning is not None:
                     rank_zero_warn(f"lightning_sparsity: {warning}")
+            schedule = None if self.pruning is None else self.pruning.schedule
+            last = trainer.max_epochs
+            if (  # t counts epochs here (with prune_every_n_steps, pruning steps)
+                schedule is not None
+                and self.prune_every_n_steps is None
+                and last is not None
+                and last >= 0
+                and schedule.first_prune(last) is None
+            ):
+                rank_zero_warn(
+                    f"lightning_sparsity: the pruner's schedule ({type(schedule).__name__})"
+                    f" prunes nothing by the fit's last epoch (max_epochs={last}): start it"
+                    " earlier or train longer"
+                )
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
 

@@ -69,6 +69,26 @@ def test_limit_above_dense_and_unreachable() -> None:
     assert ls.FlopBudget("30%").check_reachable(dense=1000, floor=300) == pytest.approx(300)
 
 
+def test_budget_refusals_are_budget_errors_and_a_model_without_flops_is_one() -> None:
+    # a ValueError (what callers caught before), and one class the CLI turns into one line
+    for budget, dense, floor in [("20%", 1000, 300), (2000.0, 1000, 0), ("20", 10**6, 0)]:
+        with pytest.raises(ls.BudgetError):
+            ls.FlopBudget(budget).check_reachable(dense=dense, floor=floor)  # type: ignore[arg-type]
+    assert issubclass(ls.BudgetError, ValueError)
+    # was ZeroDivisionError at the first point (slack = (limit - value) / limit, limit 0)
+    with pytest.raises(ls.BudgetError, match=r"the model has no FLOPs to budget \(dense: 0\)"):
+        ls.FlopBudget("50%").check_reachable(dense=0, floor=0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "3", None])
+def test_evaluate_refuses_a_value_that_is_not_a_finite_number(value: object) -> None:
+    # nan was "cannot convert float NaN to integer" from the message's number formatting
+    budget = ls.FlopBudget("50%")
+    budget.check_reachable(dense=1000, floor=0)
+    with pytest.raises(ValueError, match=r"`value` must be a finite number, got"):
+        budget.evaluate(value, 1)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("target", "hint"),
     [("20", "'20%'"), (20, "'20%'"), (0.2, "'20%'"), ("0.5", "'50%'"), ("100", "'100%'")],

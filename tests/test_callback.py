@@ -190,6 +190,12 @@ def test_resume_continues_the_curves_without_gaps_or_duplicates(tmp_path: Path) 
         ({"table_every_n_epochs": -1}, ValueError, "`table_every_n_epochs` must be an int >= 0"),
         ({"pruning": "cubic"}, TypeError, "`pruning` must be a MagnitudePruner.*got str"),
         ({"input_from_batch": 3}, TypeError, "`input_from_batch` must be callable, got int"),
+        # was "Cannot copy out of meta tensor; no data!" from the first epoch's hook
+        (
+            {"example_input": torch.zeros(2, 8, device="meta")},
+            ValueError,
+            "`example_input` holds a tensor on the meta device",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:

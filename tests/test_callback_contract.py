@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,20 @@ def test_a_deadline_after_max_epochs_is_warned_about(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False)
     with pytest.warns(UserWarning, match=r"by_epoch=8\) is after the fit's last epoch"):
         quiet_trainer(tmp_path, [callback], 2).fit(Wide())
+
+
+def test_a_schedule_that_starts_after_max_epochs_is_warned_about(tmp_path: Path) -> None:
+    # was silent: the fit ended with nothing pruned
+    late = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.5, start_epoch=5))
+    callback = ls.SparsityCallback(late, write_files=False)
+    with pytest.warns(UserWarning, match=r"schedule \(Constant\) prunes nothing by the fit's last"):
+        quiet_trainer(tmp_path, [callback], 2).fit(Wide())
+    assert callback.history[-1].params_nonzero == callback.history[0].params_nonzero
+    # one that prunes at the last point (t = max_epochs) is not warned about
+    on_time = ls.MagnitudePruner(schedule=ls.schedules.Constant(0.5, start_epoch=2))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*prunes nothing.*")
+        quiet_trainer(tmp_path, [ls.SparsityCallback(on_time, write_files=False)], 2).fit(Wide())
 
 
 def test_a_schedule_beside_an_adjust_budget_is_refused() -> None:

@@ -174,6 +174,52 @@ def test_demo_option_errors_are_one_line(
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # refused once the fit traces the model (were ~50-line tracebacks, exit 1)
+        (["--budget", "0.2"], r"target '0.2' is 0.2 sparse FLOPs.*did you mean '20%'\?"),
+        (["--budget", "1e11"], r"target '1e11' \(100,000,000,000\) is above the dense model's"),
+        (["--budget", "0.01%"], r"target '0.01%' .* is unreachable"),
+    ],
+)
+def test_demo_budget_errors_found_at_fit_start_are_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--output", str(tmp_path / "runs"), "--epochs", "1", "--limit-batches", "1"]
+    assert main(["demo", *args, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-sparsity: error: FlopBudget: ")
+    assert err.count("\n") == 1, err
+    assert re.search(message, err), err
+
+
+def test_demo_output_that_is_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    assert main(["demo", "--output", str(taken), "--limit-batches", "1"]) == 2  # was a traceback
+    err = capsys.readouterr().err
+    assert f"--output {str(taken)!r} is a file, not a directory" in err
+    assert taken.read_text() == "mine\n"
+
+
+def test_count_input_that_cannot_be_allocated_and_a_directory_checkpoint_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 10**11 * 64 float32 entries = 25.6 TB
+    huge = ["lightning_sparsity.demo:DigitsCNN", "--input-shape", "100000000000,1,8,8"]
+    assert main(["count", *huge]) == 2  # was a 9-line traceback, exit 1
+    err = capsys.readouterr().err
+    assert "cannot make an input of shape (100000000000, 1, 8, 8)" in err
+    assert err.count("\n") == 1, err
+    target = "lightning_sparsity.demo:DigitsCNN"
+    args = [target, "--input-shape", "1,1,8,8", "--checkpoint", str(tmp_path)]
+    assert main(["count", *args]) == 2
+    assert f"checkpoint {str(tmp_path)!r} is a directory, not a file" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- count --checkpoint errors
 
 

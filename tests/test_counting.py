@@ -531,6 +531,26 @@ def test_bad_options(kwargs: dict, match: str) -> None:
         ls.measure(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
 
 
+def test_a_model_or_input_the_trace_cannot_follow_is_named() -> None:
+    # were "register_forward_pre_hook is not supported on ScriptModules", and "cannot infer
+    # the batch size ... pass `batch_size=`" whose advice then failed in forward
+    with pytest.raises(TypeError, match=r"`model` is a TorchScript module.*eager module"):
+        ls.measure(torch.jit.script(nn.Linear(8, 4)), torch.zeros(2, 8))
+    with pytest.raises(TypeError, match=r"holds no tensor \(only float\).*torch.tensor\(data\)"):
+        ls.measure(nn.Linear(8, 4), [[1.0] * 8] * 2)
+
+
+def test_an_empty_weight_costs_nothing() -> None:
+    # Linear(0, 4) runs in torch (its output is the bias); it multiplies nothing: 0 FLOPs
+    # (was ZeroDivisionError: Fraction(0, 0), reported as a failed forward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: initializing zero-element tensors
+        model = nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 3))
+    total = quiet_measure(model, torch.zeros(2, 0)).total
+    # 2 * 4 * 3 = 24 FLOPs per example, all of the second layer
+    assert (total.flops, total.flops_sparse, total.params) == (24, 24, 4 + 12 + 3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -662,6 +662,21 @@ def test_step_follows_the_schedule():
     assert sum(zeros(w) for w in weights(model)) == round(0.8 * 3736)
 
 
+def test_a_parameters_function_of_the_wrong_arity_and_meta_weights_are_named():
+    # were "<lambda>() takes 1 positional argument but 2 were given" at the first prune, and
+    # "Cannot copy out of meta tensor; no data!" from inside the selection
+    with pytest.raises(
+        ValueError, match=r"`parameters` as a function must take \(name, parameter\)"
+    ):
+        MagnitudePruner(parameters=lambda name: True)
+    MagnitudePruner(parameters=lambda name, p: p.dim() > 1)  # two arguments: fine
+    meta = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2)).to("meta")
+    with pytest.raises(
+        ValueError, match=r"cannot rank weights on the meta device.*: 0.weight, 1.weight"
+    ):
+        MagnitudePruner().apply(meta, 0.5)
+
+
 @pytest.mark.parametrize("epoch", [-1, 2.5, "3", True, None])
 def test_step_refuses_an_epoch_that_is_not_a_count(epoch):
     # was: -1 and 2.5 returned None (nothing pruned, nothing said), "3" a TypeError inside

@@ -189,7 +189,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys) 
     results = json.loads((out / "frontier.json").read_text())["runs"]
     assert [r["status"] for r in results] == ["done", "failed"]
     assert "unreachable" in results[1]["error"]
-    assert "Failed: budget1%_seed0: ValueError: FlopBudget" in (out / "frontier.md").read_text()
+    assert "Failed: budget1%_seed0: BudgetError: FlopBudget" in (out / "frontier.md").read_text()
     assert "failed: ['budget1%_seed0']" in capsys.readouterr().out
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from lightning_sparsity._text import one_line
 from lightning_sparsity.cli.targets import CliError, load_target
+from lightning_sparsity.control.budget import BudgetError
 
 __all__ = [
     "count",
@@ -25,6 +28,14 @@ __all__ = [
 ]
 
 
+def _input(make: Callable[..., torch.Tensor], shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
+    """``make(shape, **kwargs)``, or a :class:`CliError` when it cannot be allocated."""
+    try:
+        return make(tuple(shape), **kwargs)
+    except RuntimeError as err:  # out of memory, too many elements
+        raise CliError(f"cannot make an input of shape {tuple(shape)}: {one_line(err)}") from err
+
+
 def count(args: argparse.Namespace) -> int:
     """The ``count`` subcommand."""
     from lightning_sparsity.counting import MeasureError, measure
@@ -32,7 +43,7 @@ def count(args: argparse.Namespace) -> int:
     model = load_target(args.target, args.checkpoint)
     # where the model is: a factory building on meta gets its dense counts (no values)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(args.input_shape, device=device)
+    x = _input(torch.zeros, args.input_shape, device=device)
     try:
         report = measure(model, x, per="batch" if args.per_batch else "example")
     except MeasureError as err:
@@ -61,11 +72,17 @@ def demo(args: argparse.Namespace) -> int:
         raise CliError(
             f"--limit-batches must be an int >= 1 (batches per epoch), got {args.limit_batches}"
         )
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise CliError(f"--output {args.output!r} is a file, not a directory for the logs")
     try:  # the options, checked before anything runs
         demo_callback(**options)
     except ValueError as err:
         raise CliError(str(err)) from err
-    run_demo(output=Path(args.output), limit_batches=args.limit_batches, **options)
+    try:  # a budget the model cannot have is found once the fit traces it
+        run_demo(output=output, limit_batches=args.limit_batches, **options)
+    except BudgetError as err:
+        raise CliError(str(err)) from err
     return 0
 
 
@@ -164,7 +181,7 @@ def speed_command(
         model = model.to(dtype=dtypes[dtype])
     floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(input_shape, generator=generator, dtype=floating or torch.float32)
+    x = _input(torch.randn, input_shape, generator=generator, dtype=floating or torch.float32)
     try:
         report = speed(model, x.to(where), repeats=repeats)
     except (MeasureError, ValueError) as err:

@@ -113,7 +113,8 @@ def load_target(target: str, checkpoint: str | None = None) -> nn.Module:
         if not hasattr(obj, "load_from_checkpoint"):
             raise CliError(f"--checkpoint needs a LightningModule class, {target!r} is not one")
         if not Path(checkpoint).is_file():
-            raise CliError(f"checkpoint {checkpoint!r} does not exist")
+            what = "is a directory, not a file" if Path(checkpoint).is_dir() else "does not exist"
+            raise CliError(f"checkpoint {checkpoint!r} {what}")
         try:
             model = obj.load_from_checkpoint(checkpoint, map_location="cpu")
         except Exception as err:

@@ -7,13 +7,14 @@
 - :mod:`.oneshot`: :func:`prune_to_flops`, no training.
 """
 
-from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, parse_flops
+from lightning_sparsity.control.budget import BudgetDecision, BudgetError, FlopBudget, parse_flops
 from lightning_sparsity.control.controller import HistoryPoint, Outcome, SparsityController
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.control.oneshot import prune_to_flops
 
 __all__ = [
     "BudgetDecision",
+    "BudgetError",
     "FlopBudget",
     "HistoryPoint",
     "MetricGuard",

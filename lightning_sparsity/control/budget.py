@@ -34,7 +34,7 @@ from lightning_sparsity.pruning.schedules import Curve, ramp
 if TYPE_CHECKING:
     from lightning_sparsity.counting import CostModel, SparsityReport
 
-__all__ = ["BudgetDecision", "FlopBudget", "parse_flops"]
+__all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "parse_flops"]
 
 Action = Literal["stop", "adjust"]
 Count = Literal["sparse", "realizable", "effective", "params"]
@@ -92,6 +92,15 @@ def parse_flops(value: float | int | str) -> tuple[float, bool]:
             if 0 < number < math.inf:
                 return number, False
     raise ValueError(f"`target` must be {accepted}, got {value!r}")
+
+
+class BudgetError(ValueError):
+    """A budget this model cannot have (a ``ValueError``).
+
+    Above its dense value, below what pruning can reach, a bare number that looks like a
+    percentage, or a model with nothing to budget. Raised when the fit (or
+    :func:`~lightning_sparsity.prune_to_flops`) starts, once the dense value is known.
+    """
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,11 @@ class FlopBudget(Settings):
             "params": "nonzero parameters",
         }[self.count]
 
+    @property
+    def _dense_unit(self) -> str:
+        """The unit of the dense value: ``"FLOPs"``, ``"parameters"``, ``"realizable FLOPs"``."""
+        return self.unit.replace("sparse ", "").replace("nonzero ", "")
+
     def value(self, report: SparsityReport) -> float:
         """The measured value in ``report`` (which must hold effective FLOPs for ``effective``).
 
@@ -315,9 +329,9 @@ class FlopBudget(Settings):
             The limit.
 
         Raises:
-            ValueError: if the limit is above the dense value or below what pruning can
-                reach; the message names what makes up the floor, and suggests ``"N%"``
-                for a bare number that looks like a percentage.
+            BudgetError: if the model has no dense value to budget, or the limit is above
+                it or below what pruning can reach; the message names what makes up the
+                floor, and suggests ``"N%"`` for a bare number that looks like a percentage.
         """
         floor = 0.0 if cost is None else self.floor(report, cost, pruned)
         parts = self._floor_parts(cost, pruned) if cost is not None else []
@@ -342,12 +356,18 @@ class FlopBudget(Settings):
             The limit.
 
         Raises:
-            ValueError: if the limit is above ``dense`` or below ``floor``.
+            BudgetError: if ``dense`` is 0, or the limit is above it or below ``floor``.
         """
+        if dense <= 0:
+            raise BudgetError(
+                f"FlopBudget: the model has no {self._dense_unit} to budget (dense:"
+                f" {count(dense)}), so the target {self.target!r} means nothing; drop the"
+                " budget, or count what the model has (count='params')"
+            )
         self.dense = dense
         limit = self.limit
         if self._bare and self._value <= 100 and limit < 0.01 * dense:
-            raise ValueError(
+            raise BudgetError(
                 f"FlopBudget: target {self.target!r} is {count(limit)} {self.unit},"
                 f" {100 * limit / dense:.2g}% of the dense model's {count(dense)}"
                 f"{self._percent_hint()} (with a unit, e.g. '{self._value:g} FLOPs' or"
@@ -380,7 +400,7 @@ class FlopBudget(Settings):
                         " N:M pattern keeps N of every M)"
                     )
                 message += f" ({listed}{more}); " + ", or ".join([*hints, "raise the target"])
-            raise ValueError(message + self._percent_hint())
+            raise BudgetError(message + self._percent_hint())
         return limit
 
     @property
@@ -389,15 +409,15 @@ class FlopBudget(Settings):
 
         Raises:
             RuntimeError: before :meth:`start` / :meth:`check_reachable`.
-            ValueError: if the limit is above the dense value.
+            BudgetError: if the limit is above the dense value.
         """
         if self.dense is None:
             raise RuntimeError("FlopBudget: the dense reference is not known yet; call start()")
         limit = self._value * self.dense if self._fraction else self._value
         if limit > self.dense:
-            raise ValueError(
+            raise BudgetError(
                 f"FlopBudget: target {self.target!r} ({count(limit)}) is above the dense"
-                f" model's {self.unit.replace('sparse ', '').replace('nonzero ', '')}"
+                f" model's {self._dense_unit}"
                 f" ({count(self.dense)}); nothing to prune"
             )
         return limit
@@ -440,7 +460,14 @@ class FlopBudget(Settings):
 
         Raises:
             RuntimeError: before the dense reference is known.
+            ValueError: if ``value`` is not a finite number.
         """
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"FlopBudget.evaluate: `value` must be a finite number, got {value!r}")
         limit = self.limit
         scheduled = self.scheduled(epoch) if self.action == "adjust" else None
         numbers = f"{count(value)} {{}} {count(limit)} {self.unit}"

@@ -92,10 +92,23 @@ class CostModel:
 def _validate(model: Any, example_input: Any, per: str, batch_size: int | None) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "`model` is a TorchScript module: its forward runs in the TorchScript interpreter,"
+            " where the counter's module tracking cannot follow; measure the eager module"
+            " (before torch.jit.script / torch.jit.trace)"
+        )
     if not isinstance(example_input, (Tensor, tuple, list, dict)):
         raise TypeError(
             "`example_input` must be a Tensor, a tuple/list of positional arguments or a dict"
             f" of keyword arguments, got {type(example_input).__name__}"
+        )
+    leaves = tree_flatten(example_input)[0]
+    if leaves and not any(isinstance(leaf, Tensor) for leaf in leaves):  # none: an empty batch
+        kinds = sorted({type(leaf).__name__ for leaf in leaves})
+        raise TypeError(
+            f"`example_input` holds no tensor (only {', '.join(kinds)}); a tuple or list is"
+            " unpacked as positional arguments: give the data as tensors, e.g. torch.tensor(data)"
         )
     if per not in ("example", "batch"):
         raise ValueError(f"`per` must be one of ('example', 'batch'), got {per!r}")

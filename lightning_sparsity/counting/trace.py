@@ -228,7 +228,9 @@ class _CountingMode(TorchDispatchMode):
                 continue
             src, operand = found
             chain = None if src.bijective else src.chain
-            self.uses.append(WeightUse(row, src.slot, Fraction(use.flops, operand.numel()), chain))
+            # an empty weight (Linear(0, n)) multiplies nothing: 0 FLOPs per nonzero
+            per = Fraction(use.flops, operand.numel()) if operand.numel() else Fraction(0)
+            self.uses.append(WeightUse(row, src.slot, per, chain))
         if self.effective is not None:
             counts = formula.effective(*args, **kwargs, result=out)
             total = 2 * (torch.stack(counts).sum() if len(counts) > 1 else counts[0])  # MAC→FLOPs

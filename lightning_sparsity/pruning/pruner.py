@@ -17,6 +17,7 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 import weakref
@@ -119,7 +120,27 @@ def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
     their ``Shard(0)`` chunks are split over; else plain tensors and ``None``.
     """
     whole = [cast(Tensor, storage.trained(module, name)) for _, module, name in targets]
+    meta = [param_name(f, n) for (f, _, n), w in zip(targets, whole, strict=True) if w.is_meta]
+    if meta:
+        listed = ", ".join(meta[:5]) + (f" and {len(meta) - 5} more" if len(meta) > 5 else "")
+        raise ValueError(
+            f"MagnitudePruner: cannot rank weights on the meta device (shapes, no values):"
+            f" {listed}; build or load the model's weights first"
+        )
     return whole, shard_group(whole)
+
+
+def _takes_two(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn(name, parameter)`` binds (true when its signature cannot be read)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without one
+        return True
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
 
 
 def _fraction(value: object, *, closed: bool) -> bool:
@@ -280,6 +301,11 @@ class MagnitudePruner(Settings):
         if not isinstance(parameter_name, str) or not parameter_name.isidentifier():
             errors.append(f"`parameter_name` must be an identifier, got {parameter_name!r}")
         named: list[re.Pattern[str]] = []
+        if callable(parameters) and not _takes_two(parameters):
+            errors.append(
+                "`parameters` as a function must take (name, parameter) and return a bool;"
+                f" {getattr(parameters, '__name__', parameters)!r} does not take two arguments"
+            )
         if parameters is not None and not callable(parameters):
             if isinstance(parameters, str) or not all(isinstance(p, str) for p in parameters):
                 errors.append(

@@ -141,6 +141,10 @@ class Schedule(ABC):
     def last_epoch(self) -> int | None:
         """The epoch after which the target never changes (``None``: unknown)."""
 
+    def first_prune(self, last: int) -> int | None:
+        """The first ``t <= last`` at which the schedule prunes (a target above 0), or ``None``."""
+        return next((t for t in range(last + 1) if self.is_pruning_epoch(t) and self(t) > 0), None)
+
     def peak(self) -> float | None:
         """The highest target the schedule ever sets (``None`` when :attr:`last_epoch` is unknown).
 
