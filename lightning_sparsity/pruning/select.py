@@ -14,15 +14,7 @@ tensor, chunk by chunk, into one preallocated histogram (``index_add_``, one row
 a tensor costs no histogram of its own (no allocation, no zeroing, no adding up), and nothing
 reads a count back to the host.
 
-Chunks, threads and memory: every pass reads the tensors in slices of at most
-:func:`chunk_size` entries: ``2**15`` on CPU, the size below which ATen runs an op on the
-calling thread without an OpenMP fork/join (``at::internal::GRAIN_SIZE``). Under load that
-matters more than a second core: a parallel region waits at its barrier for a scheduler time
-slice whenever another process (a DataLoader worker) holds a core, measured at 8 ms per op
-on 2 cores with two busy processes, against 5 us of work. Elsewhere ``2**22``, to bound
-temporaries. Extra memory, whatever the model: two chunk buffers (0.4 MiB on CPU) and the
-histograms, 0.5 MiB per group (1 MiB weighted), at most 16 groups at a time in one process
-(every group at once when sharded: one all-reduce per level).
+Chunks, threads and memory: every pass reads the tensors in chunks; see :mod:`.chunks` for why.
 
 Host syncs: none until one read of every result at the end of :func:`cuts`, whatever the
 number of tensors or groups. Already pruned entries (:func:`make_sources`) are counted on the
@@ -87,12 +79,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_sparsity.pruning.chunks import as_factor, chunk_size, count_nonzero
+
 __all__ = [
     "Cut",
     "NonFiniteError",
     "Source",
-    "as_factor",
-    "chunk_size",
     "cuts",
     "keep_masks",
     "kth_smallest_abs",
@@ -110,11 +102,6 @@ _WORD_BINS = 1 << 16
 # a group's histogram row: [overflow bin shared with the row before][65536 digit bins]; one
 # more overflow bin closes the last row. Off-prefix entries land in the overflow bins.
 _ROW = _WORD_BINS + 1
-# devices whose ops run in chunks of _HOST_CHUNK entries: ATen runs an op of at most
-# at::internal::GRAIN_SIZE elements on the calling thread, with no OpenMP region to join
-_HOST_DEVICES = ("cpu",)
-_HOST_CHUNK = 1 << 15
-_DEVICE_CHUNK = 1 << 22
 _GROUPS_PER_PASS = 16  # one process: histograms of at most this many groups at a time
 _INT_VIEW = {
     torch.float16: torch.int16,
@@ -238,17 +225,6 @@ class Source:
         return x
 
 
-def chunk_size(device: torch.device) -> int:
-    """Entries per op for passes over weights on ``device``.
-
-    On CPU ``2**15`` (``at::internal::GRAIN_SIZE``): ATen runs an op of that size on the
-    calling thread, so a pass in such chunks never waits at an OpenMP barrier, which costs a
-    scheduler time slice whenever another process holds a core. Elsewhere ``2**22``, to bound
-    temporaries.
-    """
-    return _HOST_CHUNK if device.type in _HOST_DEVICES else _DEVICE_CHUNK
-
-
 def _on(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Host numbers as a device tensor, copied without waiting for the device."""
     host = torch.tensor(values, dtype=dtype)
@@ -282,15 +258,6 @@ class _Scratch:
         return _Scratch(self.buffer.view(dtype))
 
 
-def as_factor(keep: Tensor) -> Tensor:
-    """A keep mask to multiply values by: a bool mask viewed as ``uint8`` (no copy).
-
-    ``values * mask.view(torch.uint8)`` takes ATen's vectorized path, about 3x faster on
-    CPU than ``values * mask`` or ``torch.where(mask, values, 0)`` with a bool mask.
-    """
-    return keep.view(torch.uint8) if keep.dtype == torch.bool else keep
-
-
 def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor, start: int) -> Tensor:
     """``|scores|`` of the slice at flat ``start``, in the key dtype, written into ``out``.
 
@@ -307,21 +274,6 @@ def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor, start:
         flat = src.protect.reshape(-1)[start : start + x.numel()]
         x.masked_fill_(flat, torch.finfo(src.key_dtype).max)
     return x
-
-
-def count_nonzero(t: Tensor, keep: Tensor | None = None) -> Tensor:
-    """Nonzeros of ``t`` (where ``keep`` is not 0), chunk by chunk (0-d int64, no sync)."""
-    flat, chunk = t.detach().reshape(-1), chunk_size(t.device)
-    keeps = None if keep is None else as_factor(keep).reshape(-1)
-    parts = [
-        (
-            flat[a : a + chunk] if keeps is None else flat[a : a + chunk] * keeps[a : a + chunk]
-        ).count_nonzero()
-        for a in range(0, flat.numel(), chunk)
-    ]
-    return (
-        torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.int64, device=t.device)
-    )
 
 
 def _zero(t: Tensor) -> None:
