@@ -37,7 +37,7 @@ from models import MOBILENET_V3_SMALL_PARAMS, RESNET50_PARAMS, mobilenet_v3_smal
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_sparsity.pruning import MagnitudePruner, kth_smallest_abs, select
+from lightning_sparsity.pruning import MagnitudePruner, chunks, kth_smallest_abs, select
 
 SPARSITY = 0.8
 MODELS = {
@@ -252,7 +252,7 @@ def main() -> None:
         f"  (all conv+linear weights: {weights_mib:.1f} MiB; ours retains a 1-byte mask per"
         " weight, torch a mask in the weight's dtype and the masked weights)"
     )
-    chunk = select.chunk_size(device)
+    chunk = chunks.chunk_size(device)
     print(
         f"  ours reads the weights in chunks of {chunk:,} entries; its temporaries are two"
         " chunk buffers and one histogram (0.5 MiB)"

@@ -11,13 +11,13 @@ from torch.nn.utils import prune
 from lightning_sparsity.pruning import (
     Cubic,
     MagnitudePruner,
+    chunks,
     erk_densities,
     kth_smallest_abs,
     masks,
     masks_for_count,
     masks_for_cut,
     masks_for_weighted_target,
-    select,
     threshold_for_count,
     threshold_for_weighted_target,
 )
@@ -69,7 +69,7 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 @pytest.fixture(params=["bincount", "sync-free"])
 def histogram_path(request, monkeypatch):
     """Run on CPU both the bincount path and the one used on CUDA (no host syncs)."""
-    monkeypatch.setattr(select, "_HOST_DEVICES", ("cpu",) if request.param == "bincount" else ())
+    monkeypatch.setattr(chunks, "_HOST_DEVICES", ("cpu",) if request.param == "bincount" else ())
 
 
 # ---------------------------------------------------------------- select.py

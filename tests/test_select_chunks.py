@@ -1,6 +1,6 @@
 """The selection read in tiny chunks and batched groups equals a stable sort, ties included.
 
-Passes over the weights run in chunks (``select.chunk_size``) and per-layer cuts share one
+Passes over the weights run in chunks (``chunks.chunk_size``) and per-layer cuts share one
 histogram per batch of groups. Shrunk to a few entries and groups here, so chunk and batch
 boundaries fall inside tie runs, inside tensors and between them; the truth is a stable sort
 of every entry by ``(|x| in float64, tensor index, flat index)``, already pruned ones first.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lightning_sparsity.pruning import flops, select
+from lightning_sparsity.pruning import chunks, flops, select
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -20,11 +20,11 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 @pytest.fixture(params=["host", "device"])
 def tiny_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 7 entries on the CPU path, of 5 on the path other devices take."""
-    monkeypatch.setattr(select, "_HOST_CHUNK", 7)
-    monkeypatch.setattr(select, "_DEVICE_CHUNK", 5)
+    monkeypatch.setattr(chunks, "_HOST_CHUNK", 7)
+    monkeypatch.setattr(chunks, "_DEVICE_CHUNK", 5)
     monkeypatch.setattr(select, "_GROUPS_PER_PASS", 3)
     if request.param == "device":
-        monkeypatch.setattr(select, "_HOST_DEVICES", ())
+        monkeypatch.setattr(chunks, "_HOST_DEVICES", ())
 
 
 def grid(dtype: torch.dtype, seed: int = 0, layers: int = 5) -> list[Tensor]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_sparsity.pruning import MagnitudePruner, masks_for_count, select
+from lightning_sparsity.pruning import MagnitudePruner, chunks, masks_for_count
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SPARSITIES = [0.0, 0.3, 0.5, 0.8, 0.9, 0.99]
@@ -22,7 +22,7 @@ SPARSITIES = [0.0, 0.3, 0.5, 0.8, 0.9, 0.99]
 @pytest.fixture(params=["bincount", "sync-free"])
 def histogram_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run on CPU both the bincount path and the one used on CUDA (no host syncs)."""
-    monkeypatch.setattr(select, "_HOST_DEVICES", ("cpu",) if request.param == "bincount" else ())
+    monkeypatch.setattr(chunks, "_HOST_DEVICES", ("cpu",) if request.param == "bincount" else ())
 
 
 def layers(dtype: torch.dtype, seed: int) -> nn.Sequential:

@@ -5,7 +5,7 @@ every call that reads a tensor back to Python (``item``, ``tolist``, ``cpu``, ``
 ``bool``, ``int``, ``float``, ``index``), wrapped to count; and, outside those reads, every
 ATen op that reads a device value back by itself on CUDA (``_local_scalar_dense``, as
 indexing with a 0-d tensor does; ``nonzero``, boolean masks, ``bincount``, ...), seen by a
-dispatch mode. The selection runs its device code path (``select._HOST_DEVICES = ()``), as
+dispatch mode. The selection runs its device code path (``chunks._HOST_DEVICES = ()``), as
 on CUDA.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_sparsity.pruning import MagnitudePruner, select
+from lightning_sparsity.pruning import MagnitudePruner, chunks
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 # ATen ops that read a value back to the host on CUDA
@@ -79,7 +79,7 @@ def counted_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[st
                     depth[0] -= 1
 
             patch.setattr(torch.Tensor, name, read)
-        patch.setattr(select, "_HOST_DEVICES", ())
+        patch.setattr(chunks, "_HOST_DEVICES", ())
         mode = _SyncingOps(depth)
         with mode:
             yield out

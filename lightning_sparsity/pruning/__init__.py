@@ -2,7 +2,8 @@
 
 Modules: ``pruner`` (MagnitudePruner), ``select`` (exact global magnitude cuts), ``masks``
 (how a mask is stored on a module), ``allocation`` (a sparsity spread over layers), ``rows``
-(structured row scores), ``flops`` (pruning to a FLOP target), ``schedules``.
+(structured row scores), ``flops`` (pruning to a FLOP target), ``schedules``, ``chunks``
+(the slice size of every pass over the weights).
 """
 
 from lightning_sparsity.pruning import schedules, select

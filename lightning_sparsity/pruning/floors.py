@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lightning_sparsity._shards import reduce_counts
 from lightning_sparsity.pruning import select
+from lightning_sparsity.pruning.chunks import chunk_size, count_nonzero
 from lightning_sparsity.pruning.rows import row_maxima
 from lightning_sparsity.pruning.select import Source
 
@@ -127,9 +128,9 @@ def _broken(
     parts: list[Tensor] = []
     for i in chosen:
         src, mask = sources[i], masks[i]
-        kept = select.count_nonzero(mask)
+        kept = count_nonzero(mask)
         live = (
-            select.count_nonzero(src.keep)
+            count_nonzero(src.keep)
             if src.keep is not None
             else torch.tensor(src.tensor.numel(), device=kept.device)
         )
@@ -156,7 +157,7 @@ def _rows_alive(mask: Tensor) -> Tensor:
     over the bytes, are 2-8x slower on CPU.
     """
     flat = (mask if mask.dtype == torch.bool else mask != 0).reshape(mask.shape[0], -1)
-    step = max(1, select.chunk_size(mask.device) // max(flat.shape[1], 1))
+    step = max(1, chunk_size(mask.device) // max(flat.shape[1], 1))
     blocks = [
         flat[a : a + step].view(torch.uint8).sum(1, dtype=torch.int32)
         for a in range(0, flat.shape[0], step)

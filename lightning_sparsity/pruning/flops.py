@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lightning_sparsity import _shards
 from lightning_sparsity.pruning import select
+from lightning_sparsity.pruning.chunks import chunk_size, count_nonzero
 from lightning_sparsity.pruning.floors import floored, prunable
 from lightning_sparsity.pruning.masks import (
     locate,
@@ -47,10 +48,8 @@ __all__ = [
     "check_flop_arguments",
     "fill_gap",
     "flop_target",
-    "flop_target_keeps",
     "other_flops",
     "other_flops_tensor",
-    "structured_flop_keeps",
 ]
 
 
@@ -125,7 +124,7 @@ def other_flops_tensor(
         if where is None:
             continue
         tensor, keep = trained_and_mask(*where)
-        nnz = select.count_nonzero(tensor, keep).to(torch.float64) * flops_per_nonzero[key]
+        nnz = count_nonzero(tensor, keep).to(torch.float64) * flops_per_nonzero[key]
         terms.append((nnz, _shards.is_sharded(trained(*where))))
     sharded = [t for t, s in terms if s]
     if group is not None and sharded:
@@ -276,33 +275,6 @@ def flop_target(
     )
 
 
-def flop_target_keeps(
-    trained: list[Tensor],
-    masks: list[Tensor | None],
-    costs: list[float],
-    target_flops: float,
-    fixed_flops: float,
-    others: float | Tensor,
-    *,
-    norm: float | None = None,
-    not_above: bool = False,
-) -> list[Tensor]:
-    """The keep masks of :func:`flop_target`, which also says where the FLOPs land.
-
-    Takes what :func:`flop_target` does, for whole (unsharded) weights.
-    """
-    return flop_target(
-        trained,
-        masks,
-        costs,
-        target_flops,
-        fixed_flops,
-        others,
-        norm=norm,
-        not_above=not_above,
-    ).keeps
-
-
 def _row_sources(
     trained: list[Tensor],
     masks: list[Tensor | None],
@@ -315,38 +287,6 @@ def _row_sources(
     weights = [c * n for c, n in zip(costs, row_sizes, strict=True)]
     factors = row_scales(row_sizes, norm)
     return select.make_sources(scores, row_keeps, factors, weights, group=group)
-
-
-def structured_flop_keeps(
-    trained: list[Tensor],
-    masks: list[Tensor | None],
-    costs: list[float],
-    remove: float,
-    norm: float,
-    not_above: bool = False,
-    *,
-    group: dist.ProcessGroup | None = None,
-) -> list[Tensor]:
-    """Row keep masks (expanded to entries) that remove FLOPs closest to ``remove``.
-
-    Rows compare by their normalized ``norm``-norm; a row weighs its cost per weight times
-    its size.
-
-    Args:
-        trained: The pruned weights, as trained.
-        masks: Their current keep masks.
-        costs: FLOPs per nonzero weight, one per weight.
-        remove: The FLOPs to remove, already removed ones included.
-        norm: The ``p`` of the row norm.
-        not_above: Remove at least ``remove`` (the smallest prefix of rows that reaches it).
-        group: The process group the weights are sharded over, or ``None``.
-
-    Returns:
-        One keep mask per weight, of its shape.
-    """
-    sources = _row_sources(trained, masks, costs, norm, group)
-    (cut,) = select.cuts([(sources, float(remove))], weighted=True, reach=not_above)
-    return expand_rows(trained, masks, select.keep_masks(sources, cut))
 
 
 # ----------------------------------------------------------------------------- fill_gap
@@ -393,9 +333,9 @@ def _offers(
     device = trained[0].device
     parts: list[Tensor] = []
     sizes: list[int] = []
-    chunk = select.chunk_size(device)
+    chunk = chunk_size(device)
     for weight, mask, keep, cost, numel in zip(trained, masks, keeps, costs, numels, strict=True):
-        parts.append(select.count_nonzero(weight, keep).to(torch.float64).reshape(1))
+        parts.append(count_nonzero(weight, keep).to(torch.float64).reshape(1))
         # the same on every rank: offers are all-gathered
         k = min(numel, int(limit // cost) + 1) if 0 < cost <= limit else 0
         sizes.append(2 * k)

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.pruning.select import as_factor, chunk_size, count_nonzero
+from lightning_sparsity.pruning.chunks import as_factor, chunk_size, count_nonzero
 
 __all__ = [
     "STORAGES",
@@ -352,7 +352,7 @@ def set_mask(module: nn.Module, name: str, keep: Tensor, storage: Storage = "inp
 def _zero_pruned(weight: Tensor, keep: Tensor) -> None:
     """``weight *= keep`` in place, in chunks that run on the calling thread on CPU.
 
-    See :func:`~lightning_sparsity.pruning.select.chunk_size`: one multiply of a whole
+    See :func:`~lightning_sparsity.pruning.chunks.chunk_size`: one multiply of a whole
     weight is an OpenMP region, which waits a scheduler time slice at its barrier whenever
     another process holds a core.
     """

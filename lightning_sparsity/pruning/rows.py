@@ -4,8 +4,8 @@ A row scores by the ``p``-norm of its effective entries. Rows of different layer
 by the normalized norm ``||row||_p / row_numel ** (1 / p)`` (:func:`row_scales`). A row mask
 becomes an entry mask with :func:`expand_rows`.
 
-Every op runs on blocks of whole rows of about one selection chunk
-(:func:`~lightning_sparsity.pruning.select.chunk_size`): on CPU, on the calling thread. A
+Every op runs on blocks of whole rows of about one chunk
+(:func:`~lightning_sparsity.pruning.chunks.chunk_size`): on CPU, on the calling thread. A
 sharded weight (FSDP2's ``Shard(0)``) holds whole rows, so its local rows score and mask on
 their own; an empty shard has no rows. No host sync.
 """
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_sparsity.pruning.chunks import as_factor, chunk_size
 from lightning_sparsity.pruning.masks import mask_dtype
-from lightning_sparsity.pruning.select import as_factor, chunk_size
 
 __all__ = ["expand_rows", "row_maxima", "row_scales", "row_scores"]
 

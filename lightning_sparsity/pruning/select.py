@@ -14,15 +14,7 @@ tensor, chunk by chunk, into one preallocated histogram (``index_add_``, one row
 a tensor costs no histogram of its own (no allocation, no zeroing, no adding up), and nothing
 reads a count back to the host.
 
-Chunks, threads and memory: every pass reads the tensors in slices of at most
-:func:`chunk_size` entries: ``2**15`` on CPU, the size below which ATen runs an op on the
-calling thread without an OpenMP fork/join (``at::internal::GRAIN_SIZE``). Under load that
-matters more than a second core: a parallel region waits at its barrier for a scheduler time
-slice whenever another process (a DataLoader worker) holds a core, measured at 8 ms per op
-on 2 cores with two busy processes, against 5 us of work. Elsewhere ``2**22``, to bound
-temporaries. Extra memory, whatever the model: two chunk buffers (0.4 MiB on CPU) and the
-histograms, 0.5 MiB per group (1 MiB weighted), at most 16 groups at a time in one process
-(every group at once when sharded: one all-reduce per level).
+Chunks, threads and memory: every pass reads the tensors in chunks; see :mod:`.chunks` for why.
 
 Host syncs: none until one read of every result at the end of :func:`cuts`, whatever the
 number of tensors or groups. Already pruned entries (:func:`make_sources`) are counted on the
@@ -79,20 +71,20 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from functools import reduce
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_sparsity.pruning.chunks import as_factor, chunk_size, count_nonzero
+
 __all__ = [
     "Cut",
     "NonFiniteError",
     "Source",
-    "as_factor",
-    "chunk_size",
     "cuts",
     "keep_masks",
     "kth_smallest_abs",
@@ -110,11 +102,6 @@ _WORD_BINS = 1 << 16
 # a group's histogram row: [overflow bin shared with the row before][65536 digit bins]; one
 # more overflow bin closes the last row. Off-prefix entries land in the overflow bins.
 _ROW = _WORD_BINS + 1
-# devices whose ops run in chunks of _HOST_CHUNK entries: ATen runs an op of at most
-# at::internal::GRAIN_SIZE elements on the calling thread, with no OpenMP region to join
-_HOST_DEVICES = ("cpu",)
-_HOST_CHUNK = 1 << 15
-_DEVICE_CHUNK = 1 << 22
 _GROUPS_PER_PASS = 16  # one process: histograms of at most this many groups at a time
 _INT_VIEW = {
     torch.float16: torch.int16,
@@ -238,17 +225,6 @@ class Source:
         return x
 
 
-def chunk_size(device: torch.device) -> int:
-    """Entries per op for passes over weights on ``device``.
-
-    On CPU ``2**15`` (``at::internal::GRAIN_SIZE``): ATen runs an op of that size on the
-    calling thread, so a pass in such chunks never waits at an OpenMP barrier, which costs a
-    scheduler time slice whenever another process holds a core. Elsewhere ``2**22``, to bound
-    temporaries.
-    """
-    return _HOST_CHUNK if device.type in _HOST_DEVICES else _DEVICE_CHUNK
-
-
 def _on(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Host numbers as a device tensor, copied without waiting for the device."""
     host = torch.tensor(values, dtype=dtype)
@@ -282,15 +258,6 @@ class _Scratch:
         return _Scratch(self.buffer.view(dtype))
 
 
-def as_factor(keep: Tensor) -> Tensor:
-    """A keep mask to multiply values by: a bool mask viewed as ``uint8`` (no copy).
-
-    ``values * mask.view(torch.uint8)`` takes ATen's vectorized path, about 3x faster on
-    CPU than ``values * mask`` or ``torch.where(mask, values, 0)`` with a bool mask.
-    """
-    return keep.view(torch.uint8) if keep.dtype == torch.bool else keep
-
-
 def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor, start: int) -> Tensor:
     """``|scores|`` of the slice at flat ``start``, in the key dtype, written into ``out``.
 
@@ -307,21 +274,6 @@ def _abs_scores(src: Source, x: Tensor, keep: Tensor | None, out: Tensor, start:
         flat = src.protect.reshape(-1)[start : start + x.numel()]
         x.masked_fill_(flat, torch.finfo(src.key_dtype).max)
     return x
-
-
-def count_nonzero(t: Tensor, keep: Tensor | None = None) -> Tensor:
-    """Nonzeros of ``t`` (where ``keep`` is not 0), chunk by chunk (0-d int64, no sync)."""
-    flat, chunk = t.detach().reshape(-1), chunk_size(t.device)
-    keeps = None if keep is None else as_factor(keep).reshape(-1)
-    parts = [
-        (
-            flat[a : a + chunk] if keeps is None else flat[a : a + chunk] * keeps[a : a + chunk]
-        ).count_nonzero()
-        for a in range(0, flat.numel(), chunk)
-    ]
-    return (
-        torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.int64, device=t.device)
-    )
 
 
 def _zero(t: Tensor) -> None:
@@ -431,7 +383,11 @@ def _level_index(bits: Tensor, level: int, levels: int, base: Tensor | None, out
 
 @dataclass
 class _Descent:
-    """Device-side results of the radix descent for a batch of groups (no host sync yet)."""
+    """Device-side results of the radix descent for a batch of groups (no host sync yet).
+
+    One entry per group in each field named in :data:`_PER_GROUP`; :func:`_read` reads them
+    back by those names.
+    """
 
     groups: list[list[Source]]
     digits: Tensor  # (levels, groups)
@@ -446,6 +402,182 @@ class _Descent:
     tie_counts: Tensor | None  # (ranks, sources): live entries equal to the threshold
 
 
+class _Histogram:
+    """A batch's histogram, one row per group, and the chunk buffers every level fills it from.
+
+    ``counts`` (and ``hist``) hold ``size`` bins, every group's row of digit bins between
+    overflow bins (:data:`_ROW`), then one entry per group for its already pruned entries.
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        group_of: list[int],
+        n: int,
+        weights: list[Tensor],
+        weighted: bool,
+        chunk: int,
+    ) -> None:
+        """The buffers of ``n`` groups; per source, its group (``group_of``) and weight."""
+        first = sources[0]
+        device, key_dtype = first.tensor.device, first.key_dtype
+        self.sources, self.group_of, self.weights = sources, group_of, weights
+        self.weighted, self.key_dtype, self.chunk = weighted, key_dtype, chunk
+        self.levels = torch.finfo(key_dtype).bits // 16
+        index_dtype = torch.int64 if self.levels == 4 else torch.int32
+        self.size = size = n * _ROW + 1
+        self.counts = torch.empty(size + n, dtype=torch.int64, device=device)
+        # the weight per bin when weighted, else the counts themselves
+        self.hist = (
+            torch.empty(size + n, dtype=torch.float64, device=device) if weighted else self.counts
+        )
+        self.starts = torch.arange(1, size, _ROW, device=device)  # first digit bin of each row
+        self.ones = _Scratch(torch.ones((), dtype=torch.int64, device=device).expand(chunk))
+        self.scores = _Scratch(torch.empty(chunk, dtype=key_dtype, device=device))
+        self.bits = self.scores.view(_INT_VIEW[key_dtype])
+        self.index = _Scratch(torch.empty(chunk, dtype=index_dtype, device=device))
+
+    def fill(self, level: int, prefix: Tensor) -> None:
+        """Add every chunk of every tensor into its group's row at ``level``.
+
+        ``prefix``: per group, the digits chosen at the levels above.
+        """
+        _zero(self.counts)
+        if self.weighted:
+            _zero(self.hist)
+        ones, scores, bits, index = self.ones, self.scores, self.bits, self.index
+        bases = None if level == 0 else (prefix * _WORD_BINS - 1).to(index.buffer.dtype)
+        for i, src in enumerate(self.sources):
+            g = self.group_of[i]
+            lo, hi = (
+                (g * _ROW + 1, g * _ROW + 1 + _TOP_BINS)
+                if level == 0
+                else (g * _ROW, (g + 1) * _ROW + 1)
+            )
+            row_counts, row_hist = self.counts[lo:hi], self.hist[lo:hi]
+            base = None if bases is None else bases[g]
+            weight = _Scratch(self.weights[i]) if self.weighted else None
+            for a, x, keep in _pieces(src, self.chunk):
+                m = x.numel()
+                _abs_scores(src, x, keep, scores(m), a)
+                at = _level_index(bits(m), level, self.levels, base, index(m))
+                row_counts.index_add_(0, at, ones(m))
+                if weight is not None:
+                    row_hist.index_add_(0, at, weight(m))
+
+    def finish(self, level: int, state: _State) -> None:
+        """Take the already pruned entries out, all-reduce, empty the overflow bins.
+
+        Pruned entries are exact zeros: they leave digit 0 while the prefix is all 0. At
+        level 0 their counts ride along with the all-reduce (sharded sources), after the
+        rows. Off-prefix entries, in the overflow bins, are out of the running sums.
+        """
+        self.counts.index_add_(0, self.starts, -(state.excluded * state.at_zero))
+        if self.weighted:
+            self.hist.index_add_(0, self.starts, -(state.excluded_weight * state.at_zero))
+        if level == 0:
+            self.counts[self.size :].copy_(state.excluded)
+            if self.weighted:
+                self.hist[self.size :].copy_(state.excluded_weight)
+        group = self.sources[0].group
+        if group is not None:
+            dist.all_reduce(self.counts, group=group)
+            if self.weighted:
+                dist.all_reduce(self.hist, group=group)
+        self.hist[: self.size : _ROW].zero_()
+
+
+@dataclass
+class _State:
+    """Per group, on the device: what the descent carries from one level to the next."""
+
+    target: Tensor
+    excluded: Tensor  # already pruned count: this process's until level 0's all-reduce
+    excluded_weight: Tensor
+    rem: Tensor  # what is left to take inside the chosen prefix: a count, or a weight
+    prefix: Tensor  # the digits chosen so far, as one integer
+    at_zero: Tensor  # 1 while every digit chosen is 0
+    digits: list[Tensor]
+    total: Tensor  # live count, or live weight (from level 0)
+    nonfinite: Tensor  # inf/NaN entries (from level 0)
+    tied: Tensor  # live entries in the chosen bin: at the last level, equal to the threshold
+    tied_weight: Tensor
+
+    @classmethod
+    def start(
+        cls,
+        targets: Sequence[float | Tensor],
+        owner: Tensor,
+        excl: Tensor,
+        weights: Sequence[Tensor],
+        weighted: bool,
+    ) -> _State:
+        """Per group: this process's already pruned entries (count and weight), the target.
+
+        ``owner``: per source, its group (on the device); ``excl``: per source, its already
+        pruned entries; ``weights``: per source, its weight expanded (weighted only).
+        """
+        n, device = len(targets), owner.device
+        acc = torch.float64 if weighted else torch.int64
+        excl_count = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, owner, excl)
+        excl_weight = excl_count.to(torch.float64)
+        if weighted:
+            per_weight = excl.to(torch.float64) * torch.stack([w[0] for w in weights])
+            excl_weight = torch.zeros(n, dtype=torch.float64, device=device)
+            excl_weight.index_add_(0, owner, per_weight)
+        target = _on([0.0 if isinstance(t, Tensor) else t for t in targets], acc, device)
+        for g, t in enumerate(targets):
+            if isinstance(t, Tensor):
+                target[g].copy_(t)
+        zero = torch.zeros(n, dtype=acc, device=device)
+        return cls(
+            target=target,
+            excluded=excl_count,
+            excluded_weight=excl_weight,
+            rem=zero,
+            prefix=torch.zeros(n, dtype=torch.int64, device=device),
+            at_zero=torch.ones(n, dtype=torch.int64, device=device),
+            digits=[],
+            total=zero,
+            nonfinite=zero,
+            tied=zero,
+            tied_weight=zero,
+        )
+
+    def take_pruned(self, hist: _Histogram) -> None:
+        """After level 0's all-reduce: the pruned entries over all ranks, left to take."""
+        self.excluded = hist.counts[hist.size :].clone()
+        self.excluded_weight = (
+            hist.hist[hist.size :].clone() if hist.weighted else self.excluded.to(torch.float64)
+        )
+        self.rem = self.target - (self.excluded_weight if hist.weighted else self.excluded)
+
+    def choose(self, hist: _Histogram, level: int) -> None:
+        """Find every group's digit at ``level`` from the running sums of its row."""
+        starts = hist.starts
+        h, c = hist.hist[: hist.size], hist.counts[: hist.size]
+        cum = h.cumsum(0)
+        ends = starts + ((_TOP_BINS if level == 0 else _WORD_BINS) - 1)
+        before = cum.index_select(0, starts - 1)
+        row_end = cum.index_select(0, ends)
+        if level == 0:
+            self.total = row_end - before
+            if hist.weighted:  # past the total: prune up to the last entry that weighs anything
+                self.rem = torch.minimum(self.rem, self.total)
+            ccum = c.cumsum(0) if hist.weighted else cum
+            inf = starts + (_INF_TOP_WORD[hist.key_dtype] - 1)
+            self.nonfinite = ccum.index_select(0, ends) - ccum.index_select(0, inf)
+        found = torch.searchsorted(cum, before + self.rem)
+        last = torch.searchsorted(cum, row_end)  # the row's last bin that weighs anything
+        digit = (torch.minimum(found, last) - starts).clamp_(min=0)
+        where = starts + digit
+        self.rem = self.rem - (cum.index_select(0, where - 1) - before)
+        self.tied, self.tied_weight = c.index_select(0, where), h.index_select(0, where)
+        self.digits.append(digit)
+        self.prefix = self.prefix * _WORD_BINS + digit
+        self.at_zero = self.at_zero * (digit == 0)
+
+
 def _descend(
     batch: Sequence[tuple[list[Source], float | Tensor]], weighted: bool, per_tensor: bool
 ) -> _Descent:
@@ -458,127 +590,49 @@ def _descend(
     groups = [sources for sources, _ in batch]
     sources = [s for g in groups for s in g]
     group_of = [g for g, members in enumerate(groups) for _ in members]
-    first = sources[0]
-    device, key_dtype, pg = first.tensor.device, first.key_dtype, first.group
-    levels = torch.finfo(key_dtype).bits // 16
-    index_dtype = torch.int64 if levels == 4 else torch.int32
+    device = sources[0].tensor.device
     chunk = chunk_size(device)
-    n = len(groups)
-    size = n * _ROW + 1
-    acc = torch.float64 if weighted else torch.int64
-
-    # per group: already pruned entries here (count, weight), targets
     owner = _on(group_of, torch.int64, device)
     excl = torch.stack([_excluded(s) for s in sources])
-    excl_count = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, owner, excl)
     weights = [
         torch.full((), s.weight, dtype=torch.float64, device=device).expand(chunk)
         for s in (sources if weighted else ())
     ]
-    excl_weight = excl_count.to(torch.float64)
-    if weighted:
-        per_weight = excl.to(torch.float64) * torch.stack([w[0] for w in weights])
-        excl_weight = torch.zeros(n, dtype=torch.float64, device=device)
-        excl_weight.index_add_(0, owner, per_weight)
-    target = _on([0.0 if isinstance(t, Tensor) else t for _, t in batch], acc, device)
-    for g, (_, t) in enumerate(batch):
-        if isinstance(t, Tensor):
-            target[g].copy_(t)
-
-    counts = torch.empty(size + n, dtype=torch.int64, device=device)
-    hist = torch.empty(size + n, dtype=torch.float64, device=device) if weighted else counts
-    starts = torch.arange(1, size, _ROW, device=device)  # first digit bin of each row
-    ones = _Scratch(torch.ones((), dtype=torch.int64, device=device).expand(chunk))
-    scores = _Scratch(torch.empty(chunk, dtype=key_dtype, device=device))
-    bits = scores.view(_INT_VIEW[key_dtype])
-    index = _Scratch(torch.empty(chunk, dtype=index_dtype, device=device))
-    prefix = torch.zeros(n, dtype=torch.int64, device=device)
-    at_zero = torch.ones(n, dtype=torch.int64, device=device)  # 1 while every digit is 0
-    digits: list[Tensor] = []
-    zero = torch.zeros(n, dtype=acc, device=device)
-    rem, nonfinite, total, tied, tied_weight = zero, zero, zero, zero, zero
-    for level in range(levels):
-        _zero(counts)
-        if weighted:
-            _zero(hist)
-        bases = None if level == 0 else (prefix * _WORD_BINS - 1).to(index_dtype)
-        for i, src in enumerate(sources):
-            g = group_of[i]
-            lo, hi = (
-                (g * _ROW + 1, g * _ROW + 1 + _TOP_BINS)
-                if level == 0
-                else (g * _ROW, (g + 1) * _ROW + 1)
-            )
-            row_counts, row_hist = counts[lo:hi], hist[lo:hi]
-            base = None if bases is None else bases[g]
-            weight = _Scratch(weights[i]) if weighted else None
-            for a, x, keep in _pieces(src, chunk):
-                m = x.numel()
-                _abs_scores(src, x, keep, scores(m), a)
-                at = _level_index(bits(m), level, levels, base, index(m))
-                row_counts.index_add_(0, at, ones(m))
-                if weight is not None:
-                    row_hist.index_add_(0, at, weight(m))
-        # pruned entries are exact zeros: take them out of digit 0 while the prefix is all 0
-        counts.index_add_(0, starts, -(excl_count * at_zero))
-        if weighted:
-            hist.index_add_(0, starts, -(excl_weight * at_zero))
-        if level == 0:  # the already pruned counts ride along with the first all-reduce
-            counts[size:].copy_(excl_count)
-            if weighted:
-                hist[size:].copy_(excl_weight)
-        if pg is not None:
-            dist.all_reduce(counts, group=pg)
-            if weighted:
-                dist.all_reduce(hist, group=pg)
+    state = _State.start([t for _, t in batch], owner, excl, weights, weighted)
+    hist = _Histogram(sources, group_of, len(groups), weights, weighted, chunk)
+    for level in range(hist.levels):
+        hist.fill(level, state.prefix)
+        hist.finish(level, state)
         if level == 0:
-            excl_count = counts[size:].clone()
-            excl_weight = hist[size:].clone() if weighted else excl_count.to(torch.float64)
-            rem = target - (excl_weight if weighted else excl_count)
-        h, c = hist[:size], counts[:size]
-        h[::_ROW].zero_()  # overflow bins: off-prefix entries are out of the running sums
-        cum = h.cumsum(0)
-        ends = starts + ((_TOP_BINS if level == 0 else _WORD_BINS) - 1)
-        before = cum.index_select(0, starts - 1)
-        row_end = cum.index_select(0, ends)
-        if level == 0:
-            total = row_end - before
-            if weighted:  # past the total: prune up to the last entry that weighs anything
-                rem = torch.minimum(rem, total)
-            ccum = c.cumsum(0) if weighted else cum
-            inf = starts + (_INF_TOP_WORD[key_dtype] - 1)
-            nonfinite = ccum.index_select(0, ends) - ccum.index_select(0, inf)
-        found = torch.searchsorted(cum, before + rem)
-        last = torch.searchsorted(cum, row_end)  # the row's last bin that weighs anything
-        digit = (torch.minimum(found, last) - starts).clamp_(min=0)
-        where = starts + digit
-        rem = rem - (cum.index_select(0, where - 1) - before)
-        tied, tied_weight = c.index_select(0, where), h.index_select(0, where)
-        digits.append(digit)
-        prefix = prefix * _WORD_BINS + digit
-        at_zero = at_zero * (digit == 0)
+            state.take_pruned(hist)
+        state.choose(hist, level)
     tie_counts = None
     if per_tensor:
-        local = _tie_counts_on_device(sources, prefix.index_select(0, owner), excl, chunk)
-        if pg is None:
-            tie_counts = local.unsqueeze(0)
-        else:
-            parts = [torch.empty_like(local) for _ in range(dist.get_world_size(pg))]
-            dist.all_gather(parts, local, group=pg)
-            tie_counts = torch.stack(parts)
+        keys = state.prefix.index_select(0, owner)
+        local = _tie_counts_on_device(sources, keys, excl, chunk)
+        tie_counts = _per_rank(local, sources[0].group)
     return _Descent(
-        groups,
-        torch.stack(digits),
-        rem,
-        tied,
-        tied_weight.to(torch.float64),
-        nonfinite,
-        total,
-        excl_count,
-        excl_weight,
-        target,
-        tie_counts,
+        groups=groups,
+        digits=torch.stack(state.digits),
+        rem=state.rem,
+        tied=state.tied,
+        tied_weight=state.tied_weight.to(torch.float64),
+        nonfinite=state.nonfinite,
+        total=state.total,
+        excluded=state.excluded,
+        excluded_weight=state.excluded_weight,
+        target=state.target,
+        tie_counts=tie_counts,
     )
+
+
+def _per_rank(local: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+    """Every rank's ``local`` in rank order, ``(ranks, n)``: one all-gather when sharded."""
+    if group is None:
+        return local.unsqueeze(0)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    return torch.stack(parts)
 
 
 def _tie_counts_on_device(
@@ -605,7 +659,7 @@ def _tie_counts_on_device(
 
 @dataclass
 class _Result:
-    """One group's descent, read to the host."""
+    """One group's descent, read to the host (the fields of :data:`_PER_GROUP` by name)."""
 
     key: int
     rem: float
@@ -618,6 +672,26 @@ class _Result:
     target: float
     tie_counts: list[list[int]] | None  # (ranks, tensors of the group)
 
+    @classmethod
+    def of(cls, key: int, row: Mapping[str, float], tie_counts: list[list[int]] | None) -> _Result:
+        """From the numbers read for a group, by their :data:`_PER_GROUP` names."""
+        return cls(
+            key=key,
+            rem=row["rem"],
+            tied=int(row["tied"]),
+            tied_weight=row["tied_weight"],
+            nonfinite=int(row["nonfinite"]),
+            total=row["total"],
+            excluded=int(row["excluded"]),
+            excluded_weight=row["excluded_weight"],
+            target=row["target"],
+            tie_counts=tie_counts,
+        )
+
+
+# the fields of _Result (and of _Descent) that hold one number per group
+_PER_GROUP = tuple(f.name for f in fields(_Result) if f.name not in ("key", "tie_counts"))
+
 
 def _read(
     descents: Sequence[_Descent], extra: Sequence[Tensor] = ()
@@ -625,8 +699,8 @@ def _read(
     """Bring descents (and the ``extra`` tensors, flattened) to the host in one sync."""
     parts: list[Tensor] = []
     for d in descents:
-        parts += [d.digits.reshape(-1), d.rem, d.tied, d.tied_weight, d.nonfinite, d.total]
-        parts += [d.excluded, d.excluded_weight, d.target]
+        parts.append(d.digits.reshape(-1))
+        parts += [getattr(d, name) for name in _PER_GROUP]
         if d.tie_counts is not None:
             parts.append(d.tie_counts.reshape(-1))
     parts += [e.reshape(-1) for e in extra]
@@ -637,9 +711,7 @@ def _read(
     for d in descents:
         n, levels = len(d.groups), d.digits.shape[0]
         digits = [[int(next(values)) for _ in range(n)] for _ in range(levels)]
-        rem, tied, tied_w, nonfinite, total, excl, excl_w, target = (
-            [next(values) for _ in range(n)] for _ in range(8)
-        )
+        read = {name: [next(values) for _ in range(n)] for name in _PER_GROUP}
         counts = None
         if d.tie_counts is not None:
             ranks, width = d.tie_counts.shape
@@ -653,20 +725,8 @@ def _read(
             if counts is not None:
                 per_tensor = [row[offset : offset + len(members)] for row in counts]
             offset += len(members)
-            out.append(
-                _Result(
-                    key,
-                    rem[g],
-                    int(tied[g]),
-                    tied_w[g],
-                    int(nonfinite[g]),
-                    total[g],
-                    int(excl[g]),
-                    excl_w[g],
-                    target[g],
-                    per_tensor,
-                )
-            )
+            row = {name: column[g] for name, column in read.items()}
+            out.append(_Result.of(key, row, per_tensor))
     return out, list(values)
 
 
@@ -767,7 +827,16 @@ def _to_cut(sources: Sequence[Source], r: _Result, weighted: bool, reach: bool) 
         local, before, totals = _per_tensor(r.tie_counts, _rank(sources))
     elif len(sources) == 1:
         local, before, totals = (r.tied,), (0,), [r.tied]
-    cut = Cut(_key_to_float(r.key, dtype), 0, r.tied, r.key, dtype, local, before, already)
+    cut = Cut(
+        threshold=_key_to_float(r.key, dtype),
+        ties=0,
+        tied=r.tied,
+        key=r.key,
+        dtype=dtype,
+        tied_per_tensor=local,
+        tied_before=before,
+        already=already,
+    )
     if not weighted:
         ties = int(r.rem)
     elif r.tied == 1:
@@ -776,7 +845,7 @@ def _to_cut(sources: Sequence[Source], r: _Result, weighted: bool, reach: bool) 
         if totals is None:
             totals = _tie_counts(sources, cut)[2]
         ties = _walk_ties([s.weight for s in sources], r.rem, totals, reach)
-    return Cut(cut.threshold, ties, r.tied, r.key, dtype, local, before, already)
+    return replace(cut, ties=ties)
 
 
 def _none(dtype: torch.dtype, already: float = 0.0) -> Cut:
@@ -794,12 +863,8 @@ def _tie_counts(
     keys = torch.full((len(sources),), cut.key, dtype=torch.int64, device=device)
     excl = torch.stack([_excluded(s) for s in sources])
     local = _tie_counts_on_device(sources, keys, excl, chunk_size(device))
-    group = sources[0].group
-    rows = [local]
-    if group is not None:
-        rows = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(rows, local, group=group)
-    counts = [[int(c) for c in row] for row in torch.stack(rows).tolist()]
+    rows = _per_rank(local, sources[0].group).tolist()
+    counts = [[int(c) for c in row] for row in rows]
     return _per_tensor(counts, _rank(sources))
 
 
