@@ -53,8 +53,8 @@ Why a radix select, not ``torch.cat`` of every weight + ``kthvalue``/``topk`` (w
 - memory: no concatenated copy of every weight and no sort of it (ResNet-50 pruned to 80%:
   ``global_unstructured`` adds 1,235 MiB to the peak);
 - time: every value is read a fixed number of times, in ops that never wait at an OpenMP
-  barrier (ResNet-50 to 80% on 2 cores, the cut and its masks: about 27x faster quiet and
-  30x with two busy processes, ``benchmarks/bench_pruning.py``);
+  barrier (ResNet-50 to 80% on 2 cores, the cut and its masks: about 25x faster quiet and
+  27x with two busy processes, ``benchmarks/bench_pruning.py``);
 - syncs: a constant number of host syncs, whatever the number of layers;
 - ties: exact and deterministic (the order above), where ``topk`` leaves their order
   unspecified.
