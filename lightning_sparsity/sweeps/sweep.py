@@ -113,6 +113,63 @@ def _manifest(root: Path, manifest: dict[str, Any]) -> None:
     write_json(path, manifest)
 
 
+def _check(
+    config: str | Path, output: str | Path, mode: str, backend: str, address: str | None
+) -> tuple[str, Path]:
+    """The config's absolute path and the output directory (made), once the options agree.
+
+    Raises:
+        SweepError: naming the bad option.
+    """
+    if mode not in ("max", "min"):
+        raise SweepError(f"`mode` must be 'max' or 'min', got {mode!r}")
+    if backend not in ("inprocess", "ray"):
+        raise SweepError(f"`backend` must be 'inprocess' or 'ray', got {backend!r}")
+    if address is not None and backend != "ray":
+        raise SweepError(
+            f"--address (the Ray cluster to join) goes with --backend ray, got {address!r} with"
+            f" backend {backend!r}"
+        )
+    if not Path(config).is_file():
+        raise SweepError(f"config {str(config)!r} does not exist")
+    root = Path(output).resolve()
+    if root.exists() and not root.is_dir():
+        raise SweepError(f"output {str(output)!r} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SweepError(f"output {str(output)!r}: cannot make the directory: {err}") from err
+    return str(Path(config).resolve()), root
+
+
+def _to_run(result: dict[str, Any] | None, retry_failed: bool) -> bool:
+    """Whether a run with this recorded result (``None``: none yet) runs now."""
+    return result is None or (result["status"] != "done" and retry_failed)
+
+
+def _run_here(
+    config: str,
+    todo: Sequence[RunSpec],
+    root: Path,
+    monitor: str | None,
+    mode: Mode,
+    overrides: Sequence[str],
+    echo: Callable[[str], None],
+    frontier: Callable[[], None],
+) -> None:
+    """The runs one after another in this process; the frontier after each but the last."""
+    started = time.monotonic()
+    for i, spec in enumerate(todo, 1):
+        elapsed = time.monotonic() - started
+        left = f", about {clock(elapsed / (i - 1) * (len(todo) - i + 1))} left" if i > 1 else ""
+        echo(f"sweep: run {i}/{len(todo)} {spec.name} (elapsed {clock(elapsed)}{left})")
+        result = run_one(config, spec, str(root), monitor=monitor, mode=mode, overrides=overrides)
+        if result["status"] != "done":
+            echo(f"sweep: {spec.name} failed: {result['error']}")
+        if i < len(todo):  # the sweep writes the last run's
+            frontier()
+
+
 def sweep(
     config: str | Path,
     budgets: Sequence[str] = (),
@@ -156,25 +213,7 @@ def sweep(
             model never logs.
     """
     specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
-    if mode not in ("max", "min"):
-        raise SweepError(f"`mode` must be 'max' or 'min', got {mode!r}")
-    if backend not in ("inprocess", "ray"):
-        raise SweepError(f"`backend` must be 'inprocess' or 'ray', got {backend!r}")
-    if address is not None and backend != "ray":
-        raise SweepError(
-            f"--address (the Ray cluster to join) goes with --backend ray, got {address!r} with"
-            f" backend {backend!r}"
-        )
-    if not Path(config).is_file():
-        raise SweepError(f"config {str(config)!r} does not exist")
-    config = str(Path(config).resolve())
-    root = Path(output).resolve()
-    if root.exists() and not root.is_dir():
-        raise SweepError(f"output {str(output)!r} is a file, not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SweepError(f"output {str(output)!r}: cannot make the directory: {err}") from err
+    config, root = _check(config, output, mode, backend, address)
     _manifest(
         root,
         {
@@ -185,12 +224,7 @@ def sweep(
             "runs": [asdict(s) for s in specs],
         },
     )
-    todo = []
-    for spec in specs:
-        done = load_result(root, spec)
-        if done is not None and (done["status"] == "done" or not retry_failed):
-            continue
-        todo.append(spec)
+    todo = [s for s in specs if _to_run(load_result(root, s), retry_failed)]
     if backend == "ray":  # Ray missing: say so before any work
         from lightning_sparsity.sweeps.ray import run_ray
 
@@ -203,18 +237,7 @@ def sweep(
     if backend == "ray":
         run_ray(config, todo, str(root), monitor, mode, overrides, address, echo, frontier)
     else:
-        started = time.monotonic()
-        for i, spec in enumerate(todo, 1):
-            elapsed = time.monotonic() - started
-            left = f", about {clock(elapsed / (i - 1) * (len(todo) - i + 1))} left" if i > 1 else ""
-            echo(f"sweep: run {i}/{len(todo)} {spec.name} (elapsed {clock(elapsed)}{left})")
-            result = run_one(
-                config, spec, str(root), monitor=monitor, mode=mode, overrides=overrides
-            )
-            if result["status"] != "done":
-                echo(f"sweep: {spec.name} failed: {result['error']}")
-            if i < len(todo):  # the last run's frontier is written below
-                frontier()
+        _run_here(config, todo, root, monitor, mode, overrides, echo, frontier)
     results = collect_results(root, specs)
     write_frontier(root, results, monitor, mode)
     failed = [r["name"] for r in results if r["status"] != "done"]
