@@ -25,7 +25,12 @@ from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity._text import count
 from lightning_sparsity.averaging import AveragedCopies
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
-from lightning_sparsity.control.controller import HistoryPoint, Outcome, SparsityController
+from lightning_sparsity.control.controller import (
+    HistoryPoint,
+    Outcome,
+    SparsityController,
+    check_pieces,
+)
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
@@ -202,28 +207,7 @@ class SparsityCallbackLogic:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors: list[str] = []
         value_errors: list[str] = []
-        if pruning is not None and not isinstance(pruning, MagnitudePruner):
-            type_errors.append(
-                f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
-            )
-        if budget is not None and not isinstance(budget, FlopBudget):
-            type_errors.append(f"`budget` must be a FlopBudget (or None), got {budget!r}")
-        if guard is not None and not isinstance(guard, MetricGuard):
-            type_errors.append(f"`guard` must be a MetricGuard (or None), got {guard!r}")
-        if isinstance(budget, FlopBudget) and budget.action == "adjust":
-            if pruning is None:
-                value_errors.append(
-                    "a FlopBudget with action='adjust' steers this callback's pruner; pass"
-                    " `pruning=MagnitudePruner(...)` too"
-                )
-            elif isinstance(pruning, MagnitudePruner) and pruning.schedule is not None:
-                value_errors.append(
-                    "a FlopBudget with action='adjust' sets the pruning targets itself; the"
-                    f" pruner's schedule {pruning.schedule!r} would be ignored: pass a"
-                    " MagnitudePruner without `schedule`, or a budget with action='stop'"
-                )
-        if isinstance(guard, MetricGuard) and pruning is None:
-            value_errors.append("a MetricGuard guards this callback's pruner; pass `pruning` too")
+        check_pieces(pruning, budget, guard, prune_every_n_steps, type_errors, value_errors)
         if input_from_batch is not None and not callable(input_from_batch):
             type_errors.append(
                 f"`input_from_batch` must be callable, got {type(input_from_batch).__name__}"
@@ -253,16 +237,6 @@ class SparsityCallbackLogic:
             type_errors.append(f"`hparams` must be a dict or None, got {hparams!r}")
         check_choice("step", step, _STEPS, value_errors)
         check_int("table_every_n_epochs", table_every_n_epochs, value_errors)
-        check_int("prune_every_n_steps", prune_every_n_steps, value_errors, 1, optional=True)
-        if (
-            prune_every_n_steps is not None
-            and isinstance(budget, FlopBudget)
-            and budget.action == "adjust"
-        ):
-            value_errors.append(
-                "`prune_every_n_steps` goes with a pruning schedule; a FlopBudget with"
-                " action='adjust' steers at epoch ends"
-            )
         if type_errors or value_errors:
             message = "; ".join(type_errors + value_errors)
             raise TypeError(message) if type_errors else ValueError(message)

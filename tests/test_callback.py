@@ -203,6 +203,29 @@ def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
         ls.SparsityCallback(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"pruning": "cubic"}, TypeError, "`pruning` must be a MagnitudePruner.*got str"),
+        ({"guard": 0.9}, TypeError, "`guard` must be a MetricGuard.*got 0.9"),
+        (
+            {"budget": ls.FlopBudget("25%", by_epoch=3, action="adjust")},
+            ValueError,
+            "action='adjust' steers the pruner; pass `pruning=",
+        ),
+        ({"prune_every_n_steps": 0}, ValueError, "`prune_every_n_steps` must be an int >= 1"),
+    ],
+)
+def test_the_lightning_free_controller_refuses_what_the_callback_refuses(
+    kwargs: dict, error: type, match: str
+) -> None:
+    # was accepted by SparsityController (the callback alone checked how the pieces combine)
+    with pytest.raises(error, match="SparsityController: .*" + match):
+        ls.SparsityController(**kwargs)
+    with pytest.raises(error, match=match):
+        ls.SparsityCallback(**kwargs)
+
+
 @pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2

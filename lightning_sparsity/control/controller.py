@@ -20,13 +20,20 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.pruning import MagnitudePruner
 
-__all__ = ["HistoryPoint", "Outcome", "SparsityController", "nonfinite_parameters"]
+__all__ = [
+    "HistoryPoint",
+    "Outcome",
+    "SparsityController",
+    "check_pieces",
+    "nonfinite_parameters",
+]
 
 Agree = Callable[[bool], bool]
 Gather = Callable[[float], list[float]]
@@ -159,6 +166,49 @@ class _State:
     warned_missing: bool = False  # the guard's metric was missing (warned once per fit)
 
 
+def check_pieces(
+    pruning: object,
+    budget: object,
+    guard: object,
+    prune_every_n_steps: object,
+    type_errors: list[str],
+    value_errors: list[str],
+) -> None:
+    """Append what is wrong with the pieces and how they combine (nothing if all is well).
+
+    A FlopBudget with ``action="adjust"`` steers a pruner without a schedule of its own, at
+    epoch ends; a MetricGuard guards a pruner.
+    """
+    if pruning is not None and not isinstance(pruning, MagnitudePruner):
+        type_errors.append(
+            f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
+        )
+    if budget is not None and not isinstance(budget, FlopBudget):
+        type_errors.append(f"`budget` must be a FlopBudget (or None), got {budget!r}")
+    if guard is not None and not isinstance(guard, MetricGuard):
+        type_errors.append(f"`guard` must be a MetricGuard (or None), got {guard!r}")
+    check_int("prune_every_n_steps", prune_every_n_steps, value_errors, 1, optional=True)
+    adjust = isinstance(budget, FlopBudget) and budget.action == "adjust"
+    if adjust and pruning is None:
+        value_errors.append(
+            "a FlopBudget with action='adjust' steers the pruner; pass"
+            " `pruning=MagnitudePruner(...)` too"
+        )
+    elif adjust and isinstance(pruning, MagnitudePruner) and pruning.schedule is not None:
+        value_errors.append(
+            "a FlopBudget with action='adjust' sets the pruning targets itself; the"
+            f" pruner's schedule {pruning.schedule!r} would be ignored: pass a"
+            " MagnitudePruner without `schedule`, or a budget with action='stop'"
+        )
+    if isinstance(guard, MetricGuard) and pruning is None:
+        value_errors.append("a MetricGuard guards the pruner; pass `pruning` too")
+    if adjust and prune_every_n_steps is not None:
+        value_errors.append(
+            "`prune_every_n_steps` goes with a pruning schedule; a FlopBudget with"
+            " action='adjust' steers at epoch ends"
+        )
+
+
 class SparsityController:
     """Prune, measure, evaluate the budget and record the history, one point at a time.
 
@@ -178,6 +228,12 @@ class SparsityController:
         *,
         prune_every_n_steps: int | None = None,
     ) -> None:
+        type_errors: list[str] = []
+        value_errors: list[str] = []
+        check_pieces(pruning, budget, guard, prune_every_n_steps, type_errors, value_errors)
+        if type_errors or value_errors:
+            message = "SparsityController: " + "; ".join(type_errors + value_errors)
+            raise TypeError(message) if type_errors else ValueError(message)
         self.pruning = pruning
         self.budget = budget
         self.guard = guard
