@@ -1,11 +1,20 @@
 """N:M semi-structured sparsity: at most N nonzeros in every group of M consecutive weights.
 
-Groups run along the input dimension, the layout ``torch.sparse.to_sparse_semi_structured``
-expects: a weight's rows (dim 0, the outputs) flattened past dim 0 (a Linear's
-``in_features``; a conv's ``in_channels × kh × kw``), cut into groups of ``M``. 2:4 is what
-Ampere and later GPUs run at twice the dense rate (cuSPARSELt / CUTLASS); their kernels take
-2-D weights whose rows and columns are multiples of a per-dtype minimum
-(:data:`SEMI_STRUCTURED_MIN`, torch's CUTLASS table).
+Groups run along the input dimension, in the layout the runtimes that execute 2:4 use:
+
+* a Linear (and an attention or recurrent weight), ``(out, in)``: along ``in_features``,
+  what ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt / CUTLASS) takes;
+* a convolution, ``(K, C, *kernel)``: along the input channels ``C`` at each output channel
+  and kernel position, the weight seen as ``(K, *kernel, C)`` (channels last), the
+  implicit-GEMM layout of TensorRT and of NVIDIA's ASP (``apex.contrib.sparsity``,
+  ``m4n2_1d``: it permutes a conv weight to ``(R, S, K, C)`` and cuts rows of ``C``). A
+  group never mixes kernel positions, so ``C`` must be a multiple of ``M``.
+
+Only weights whose dim 1 is the input carry a pattern (:func:`layout_problem`): not a
+transposed convolution (its dim 0 is the input), not an embedding. 2:4 is what Ampere and
+later GPUs run at twice the dense rate; the kernels take 2-D weights whose rows and columns
+are multiples of a per-dtype minimum (:data:`SEMI_STRUCTURED_MIN`, torch's CUTLASS table),
+and convolutions whose output and input channels are multiples of (8, 16) (ASP's rule).
 
 Pure tensor code, no Lightning: used by the pruner (which groups to prune, which weights to
 keep) and by the counter (which weights conform, for realizable FLOPs).
@@ -13,19 +22,22 @@ keep) and by the counter (which weights conform, for realizable FLOPs).
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
+    "CONV_SEMI_STRUCTURED_MIN",
+    "PATTERN_LAYOUT",
     "SEMI_STRUCTURED_MIN",
     "Pattern",
     "conforms",
+    "from_groups",
     "group_losses",
     "group_view",
     "kernel_problem",
+    "layout_problem",
     "parse_pattern",
     "pattern_keep",
 ]
@@ -56,16 +68,39 @@ def parse_pattern(text: object) -> Pattern:
     return int(match.group(1)), int(match.group(2))
 
 
-def _row_length(weight: Tensor) -> int:
-    # from the shape alone: no indexing (a sharded weight's global shape, no communication)
-    return math.prod(weight.shape[1:]) if weight.dim() > 1 and weight.shape[0] else 0
+#: the grouping of N:M masks, recorded in checkpoints (earlier ones grouped a conv along
+#: its flattened ``in_channels * kh * kw`` row)
+PATTERN_LAYOUT = "input-channels-last"
+
+#: ASP's rule for a 2:4 convolution (output channels, input channels), as TensorRT runs it
+CONV_SEMI_STRUCTURED_MIN = (8, 16)
+
+# modules whose weights hold their input on dim 1 (a transposed conv is no such module)
+_INPUT_DIM_ONE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)
+
+
+def layout_problem(module: nn.Module) -> str | None:
+    """Why ``module``'s weights have no N:M layout (``None`` if they have one).
+
+    Linear, convolution, recurrent and attention weights hold their input on dim 1. A
+    transposed convolution holds it on dim 0, an embedding has none: no runtime runs them
+    N:M. The one rule for the pruner and the counter.
+    """
+    if isinstance(module, _INPUT_DIM_ONE):
+        return None
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "a transposed convolution's weight holds its input on dim 0: no N:M layout"
+    return f"a {type(module).__name__}'s weights have no N:M layout (no input on dim 1)"
 
 
 def kernel_problem(weight: Tensor, pattern: Pattern) -> str | None:
     """Why ``weight`` cannot carry ``pattern`` (``None`` if it can).
 
-    Every weight needs 2+ dimensions and rows whose length is a multiple of M. A 2-D weight
-    pruned 2:4 must also fit the semi-structured kernels' shape rule for its dtype.
+    Every weight needs 2+ dimensions and an input dimension (dim 1) that is a multiple of
+    M: a Linear's ``in_features``, a convolution's input channels (its groups run along them
+    at each kernel position). A 2-D weight pruned 2:4 must also fit the semi-structured
+    kernels' shape rule for its dtype, a convolution ASP's: output and input channels
+    multiples of :data:`CONV_SEMI_STRUCTURED_MIN`.
 
     The one rule for both sides: the pruner prunes to ``pattern`` only the weights it
     accepts, and realizable FLOPs credit ``pattern`` only to those
@@ -75,10 +110,14 @@ def kernel_problem(weight: Tensor, pattern: Pattern) -> str | None:
     n, m = pattern
     if weight.dim() < 2:
         return f"a {weight.dim()}-D weight has no input dimension to group"
-    length = _row_length(weight)
-    if length % m:
-        return f"its rows hold {length} weights, not a multiple of {m}"
-    if (n, m) == (2, 4) and weight.dim() == 2:
+    inputs = weight.shape[1]
+    if weight.dim() == 2 and inputs % m:
+        return f"its rows hold {inputs} weights, not a multiple of {m}"
+    if inputs % m:
+        return f"its {inputs} input channels are not a multiple of {m}"
+    if (n, m) != (2, 4):
+        return None
+    if weight.dim() == 2:
         rows_min, cols_min = SEMI_STRUCTURED_MIN.get(weight.dtype, (32, 32))
         rows, cols = weight.shape
         if rows % rows_min or cols % cols_min:
@@ -86,22 +125,38 @@ def kernel_problem(weight: Tensor, pattern: Pattern) -> str | None:
                 f"its shape {tuple(weight.shape)} is not a multiple of ({rows_min}, {cols_min}),"
                 f" what the 2:4 kernels take for {weight.dtype}"
             )
+        return None
+    k_min, c_min = CONV_SEMI_STRUCTURED_MIN
+    if weight.shape[0] % k_min or inputs % c_min:
+        return (
+            f"its {weight.shape[0]} output and {inputs} input channels are not multiples of"
+            f" ({k_min}, {c_min}), what the 2:4 convolution kernels take (ASP, TensorRT)"
+        )
     return None
 
 
 def group_view(t: Tensor, m: int) -> Tensor:
-    """``t`` as ``[groups, M]``: rows flattened past dim 0, cut into groups of ``M``."""
-    return t.reshape(t.shape[0], -1).reshape(-1, m)
+    """``t`` as ``[groups, M]``, groups along dim 1 (the input) at each other position.
+
+    A 2-D weight's rows cut into groups; a ``(K, C, *kernel)`` weight seen as
+    ``(K, *kernel, C)`` first (a copy for a conv, a view for a 2-D weight).
+    """
+    return t.movedim(1, -1).reshape(-1, m)
+
+
+def from_groups(groups: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """The inverse of :func:`group_view`: ``[groups, M]`` back to a weight's ``shape``."""
+    moved = (shape[0], *shape[2:], shape[1])
+    return groups.reshape(moved).movedim(-1, 1)
 
 
 def conforms(weight: Tensor, pattern: Pattern) -> Tensor:
     """Whether every group holds at most N nonzeros: a 0-dim bool tensor (no host sync).
 
-    A weight that cannot carry the pattern (see :func:`kernel_problem`, shape only) does
-    not conform.
+    A weight whose input dimension does not cut into groups does not conform.
     """
     n, m = pattern
-    if weight.dim() < 2 or _row_length(weight) % m:
+    if weight.dim() < 2 or weight.shape[1] % m:
         return torch.zeros((), dtype=torch.bool, device=weight.device)
     return ((group_view(weight, m) != 0).sum(1) <= n).all()
 
@@ -148,4 +203,4 @@ def pattern_keep(weight: Tensor, keep: Tensor | None, pattern: Pattern, prune: T
     largest.scatter_(1, order[:, :n], True)
     groups = group_view(current, m)
     out = torch.where(prune.reshape(-1, 1), groups & largest, groups)
-    return out.reshape(weight.shape)
+    return from_groups(out, weight.shape)

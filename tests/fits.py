@@ -126,3 +126,16 @@ def run_ranks(script: str, tmp_path: Path, *args: str, timeout: int) -> list[dic
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def two_four_fit_parts(tmp_path: Path, include: list[str]) -> tuple[Any, Any]:
+    """A SparsityCallback ramping ``include`` to 2:4 over 2 epochs (Cubic to 0.5), and a
+    ModelCheckpoint saving ``last.ckpt`` in ``tmp_path``: the parts of a fit to resume."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    import lightning_sparsity as ls
+
+    schedule = ls.schedules.Cubic(0.5, start_epoch=0, end_epoch=2)
+    pruner = ls.MagnitudePruner(schedule=schedule, pattern="2:4", include=include)
+    callback = ls.SparsityCallback(pruner, write_files=False)
+    return callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)

@@ -39,8 +39,10 @@ def adjust() -> ls.SparsityCallback:
 
 
 def pattern() -> ls.SparsityCallback:
+    # fc1 along its in_features; conv2 (16 -> 16) along its input channels at each of its 9
+    # kernel positions, on each rank's Shard(0) rows
     schedule = ls.schedules.Cubic(0.5, start_epoch=0, end_epoch=3)
-    pruner = ls.MagnitudePruner(schedule=schedule, pattern="2:4", include=["fc1"])
+    pruner = ls.MagnitudePruner(schedule=schedule, pattern="2:4", include=["fc1", "conv2"])
     return ls.SparsityCallback(pruner, write_files=False, verbose=False)
 
 

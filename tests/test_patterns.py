@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 import lightning_sparsity as ls
 from lightning_sparsity.patterns import SEMI_STRUCTURED_MIN, conforms, kernel_problem
-from tests.fits import quiet_trainer
+from tests.fits import quiet_trainer, two_four_fit_parts
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
 
@@ -19,7 +18,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def make_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(8, 16, 3, padding=1),  # rows of 8·3·3 = 72 weights: 18 groups of 4
+        # 16 output, 16 input channels: what ASP takes for 2:4 (multiples of 8 and 16);
+        # groups of 4 input channels at each of 16 · 3 · 3 positions: 16 · 9 · 4 = 576
+        nn.Conv2d(16, 16, 3, padding=1),
         nn.Flatten(),
         nn.Linear(16 * 4 * 4, 64),  # 64 × 256: fits the fp32 2:4 kernels (multiples of 32)
         nn.ReLU(),
@@ -28,7 +29,13 @@ def make_model() -> nn.Sequential:
 
 
 def groups(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().reshape(weight.shape[0], -1).reshape(-1, 4)
+    """Groups of 4 as the runtimes lay them out. A Linear: along each row. A conv, as ASP's
+    ``create_mask`` (m4n2_1d) does: ``(K, C, R, S)`` permuted to ``(R, S, K, C)``, rows of
+    ``C`` cut into groups of 4 (4 consecutive input channels at one kernel position)."""
+    w = weight.detach()
+    if w.dim() == 4:
+        w = w.permute(2, 3, 0, 1).reshape(-1, w.shape[1])
+    return w.reshape(w.shape[0], -1).reshape(-1, 4)
 
 
 def brute_keep(weight: torch.Tensor) -> torch.Tensor:
@@ -87,11 +94,11 @@ def test_uniform_prunes_the_same_fraction_of_groups_per_layer_and_is_monotone() 
     with pytest.warns(UserWarning, match="not pruning"):
         pruner.apply(model, 0.25)
     first = [(groups(model[i].weight) != 0).sum(1) <= 2 for i in (0, 2)]
-    # 16 · 18 = 288 and 64 · 64 = 4096 groups: half of each
-    assert [int(f.sum()) for f in first] == [144, 2048]
+    # 16 · 9 · 4 = 576 and 64 · 64 = 4096 groups: half of each
+    assert [int(f.sum()) for f in first] == [288, 2048]
     pruner.apply(model, 0.375)  # three quarters of the groups, the first half kept
     second = [(groups(model[i].weight) != 0).sum(1) <= 2 for i in (0, 2)]
-    assert [int(s.sum()) for s in second] == [216, 3072]
+    assert [int(s.sum()) for s in second] == [432, 3072]
     assert all(bool((s | ~f).all()) for f, s in zip(first, second, strict=True))
 
 
@@ -120,11 +127,16 @@ def test_the_semi_structured_layout_rules_on_the_masks() -> None:
         assert w.shape[1] % cols_min == 0
         assert bool(conforms(w, (2, 4)))
     assert kernel_problem(torch.zeros(10, 64), (2, 4)) is not None
-    # a conv needs rows (in_channels · kh · kw) that cut into groups of 4: 32·9 do, 3·9 not
+    # a conv's groups run along its input channels: 32 cut into groups of 4, 3 do not (the
+    # old layout grouped 3 · 3 · 3 = 27 weights of a row, no runtime's)
     assert kernel_problem(torch.zeros(64, 32, 3, 3), (2, 4)) is None
-    assert "27 weights, not a multiple of 4" in (
+    assert "3 input channels are not a multiple of 4" in (
         kernel_problem(torch.zeros(64, 3, 3, 3), (2, 4)) or ""
     )
+    # 2:4 on a conv: ASP's rule, output and input channels multiples of (8, 16)
+    assert "not multiples of (8, 16)" in (kernel_problem(torch.zeros(64, 8, 3, 3), (2, 4)) or "")
+    assert "not multiples of (8, 16)" in (kernel_problem(torch.zeros(12, 16, 1, 1), (2, 4)) or "")
+    assert kernel_problem(torch.zeros(64, 8, 3, 3), (1, 4)) is None  # other N:M: C % M only
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="to_sparse_semi_structured needs CUDA")
@@ -140,15 +152,9 @@ def test_two_four_in_a_fit_with_a_checkpoint_resume(tmp_path: Path) -> None:
     from tests.fits import Wide
 
     # fc1 (64 × 1024) fits the fp32 2:4 kernels; the other layers are not included
-    def parts() -> tuple[ls.SparsityCallback, ModelCheckpoint]:
-        schedule = ls.schedules.Cubic(0.5, start_epoch=0, end_epoch=2)
-        pruner = ls.MagnitudePruner(schedule=schedule, pattern="2:4", include=["fc1"])
-        callback = ls.SparsityCallback(pruner, write_files=False)
-        return callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)
-
-    callback, checkpoint = parts()
+    callback, checkpoint = two_four_fit_parts(tmp_path, ["fc1"])
     quiet_trainer(tmp_path, [callback, checkpoint], 1, enable_checkpointing=True).fit(Wide())
-    callback, checkpoint = parts()
+    callback, checkpoint = two_four_fit_parts(tmp_path, ["fc1"])
     model = Wide()
     trainer = quiet_trainer(tmp_path, [callback, checkpoint], 3, enable_checkpointing=True)
     trainer.fit(model, ckpt_path=str(tmp_path / "last.ckpt"))

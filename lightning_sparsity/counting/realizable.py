@@ -3,12 +3,15 @@
 Sparse FLOPs skip every zero weight; dense kernels skip none. Two patterns do pay off:
 
 * N:M semi-structured (2:4: at most 2 nonzeros in every group of 4 along the input
-  dimension, :mod:`lightning_sparsity.patterns`): a weight that conforms runs at ``N / M`` of
-  its dense FLOPs (cuSPARSELt / CUTLASS on Ampere and later). Considered for the weights of
+  dimension, a convolution's input channels at each kernel position,
+  :mod:`lightning_sparsity.patterns`): a weight that conforms runs at ``N / M`` of its dense
+  FLOPs (cuSPARSELt / CUTLASS, TensorRT, on Ampere and later). Considered for the weights of
   linear and convolution layers, attention's projections and recurrent layers, whose dim 1
-  is the input, and credited only to a weight the kernels take: the pruner's rule,
+  is the input (:func:`lightning_sparsity.patterns.layout_problem`), and credited only to a
+  weight the kernels take: the pruner's rule,
   :func:`lightning_sparsity.patterns.kernel_problem` (2:4 on a 2-D weight: each dimension a
-  multiple of the dtype's minimum, e.g. (32, 32) for float32). A weight it refuses counts
+  multiple of the dtype's minimum, e.g. (32, 32) for float32; on a convolution: output and
+  input channels multiples of (8, 16)). A weight it refuses counts
   at what it realizes otherwise (its compaction, else dense).
 * structure: dim-0 slices (output rows / channels) and dim-1 slices (input features /
   channels) that are entirely zero can be removed, leaving a smaller dense layer: its
@@ -35,15 +38,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_sparsity._shards import is_sharded, local, shard_group
-from lightning_sparsity.patterns import Pattern, group_view, kernel_problem
+from lightning_sparsity.patterns import Pattern, group_view, kernel_problem, layout_problem
 
 __all__ = ["DEFAULT_PATTERNS", "Form", "Probe", "on_calling_thread", "probe"]
 
 DEFAULT_PATTERNS: tuple[Pattern, ...] = ((2, 4),)
 _ONCE = torch.empty(0)  # a holder for values every rank computes whole (not summed)
-
-# weights whose dim 1 is the input (the layout of to_sparse_semi_structured)
-_INPUT_DIM_ONE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)
 
 
 @dataclass(frozen=True)
@@ -159,12 +159,11 @@ def probe(
         live_inputs = flags_in.bool()
     violations: list[Tensor] = []
     holders: list[Tensor] = []
-    usable = tuple(p for p in patterns if isinstance(module, _INPUT_DIM_ONE))
-    length = part[0].numel()
+    usable = tuple(patterns) if layout_problem(module) is None else ()
     for n, m in usable:
         # the pruner's rule (shape and dtype of the whole weight: no device work); a shard
-        # must also cut into whole groups to be counted here
-        if kernel_problem(weight, (n, m)) is not None or length % m:
+        # holds whole rows, so whole groups
+        if kernel_problem(weight, (n, m)) is not None:
             # no kernel runs it: one violation, counted once
             violations.append(torch.ones((), dtype=torch.int64, device=part.device))
             holders.append(_ONCE)

@@ -34,10 +34,13 @@ from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity._settings import Settings
 from lightning_sparsity._shards import nonfinite, shard_group
 from lightning_sparsity.patterns import (
+    PATTERN_LAYOUT,
     Pattern,
+    conforms,
     group_losses,
     group_view,
     kernel_problem,
+    layout_problem,
     parse_pattern,
     pattern_keep,
 )
@@ -224,8 +227,9 @@ class MagnitudePruner(Settings):
             (``weight_orig`` × ``weight_mask``), for code that expects it. See
             :mod:`lightning_sparsity.pruning.masks` for what each costs.
         pattern: ``"N:M"`` (``"2:4"``): prune in the semi-structured pattern GPUs run fast,
-            at most N nonzeros in every group of M consecutive weights along the input
-            dimension (:mod:`lightning_sparsity.patterns`). A sparsity ``s`` prunes the
+            at most N nonzeros in every group of M consecutive weights along the input: a
+            Linear's ``in_features``, a conv's input channels at each kernel position (the
+            runtimes' layout, :mod:`lightning_sparsity.patterns`). A sparsity ``s`` prunes the
             fraction ``s / ((M - N) / M)`` of all groups (so at most ``(M - N) / M``): the
             groups whose ``M - N`` smallest magnitudes sum least (globally, or per layer with
             ``"uniform"``), keeping their N largest. Layers whose shape cannot carry it (or
@@ -464,7 +468,11 @@ class MagnitudePruner(Settings):
                 if parametrize.is_parametrized(module, name) or hasattr(module, name + "_v"):
                     skipped[param_name(fqn, name)] = _COMPUTED
                 continue
-            problem = None if self._pattern is None else kernel_problem(param, self._pattern)
+            problem = (
+                None
+                if self._pattern is None
+                else layout_problem(module) or kernel_problem(param, self._pattern)
+            )
             if problem is not None:
                 skipped[param_name(fqn, name)] = f"pattern {self.pattern}: {problem}"
             elif reparametrize and owners.get(id(param), 0) > 1:
@@ -1099,15 +1107,40 @@ class MagnitudePruner(Settings):
         """
         loaded, self._loaded = self._loaded, {}
         if "masks" in loaded:
-            self.apply_masks(model, loaded["masks"])
-            return
-        names = list(loaded.get("masked", ()))
-        found = storage.locate(model, names)
-        missing = [n for n in names if found[n] is None]
-        if missing:
-            raise ValueError(f"restore: {missing} name no parameter of the model")
-        masks = {n: storage.trained_and_mask(*found[n])[0] != 0 for n in names}  # type: ignore[misc]
+            masks = dict(loaded["masks"])
+        else:
+            names = list(loaded.get("masked", ()))
+            found = storage.locate(model, names)
+            missing = [n for n in names if found[n] is None]
+            if missing:
+                raise ValueError(f"restore: {missing} name no parameter of the model")
+            masks = {n: storage.trained_and_mask(*found[n])[0] != 0 for n in names}  # type: ignore[misc]
         self.apply_masks(model, masks)
+        if self._pattern is not None and loaded.get("pattern_layout") != PATTERN_LAYOUT:
+            self._warn_old_layout(masks)
+
+    def _warn_old_layout(self, masks: Mapping[str, Tensor]) -> None:
+        """Name the convolutions whose N:M masks predate the channels-last layout.
+
+        Before it, a conv's groups ran along its flattened ``in_channels · kh · kw`` row, a
+        layout no runtime runs. Such masks load as they are and count as what they are;
+        later prunes keep their zeros and group along the input channels. One host read.
+        """
+        assert self._pattern is not None
+        convs = [(n, k) for n, k in masks.items() if k.dim() > 2]
+        if not convs:
+            return
+        fits = torch.stack([conforms(k.to(torch.bool), self._pattern) for _, k in convs])
+        old = [n for (n, _), ok in zip(convs, fits.tolist(), strict=True) if not ok]
+        if old:
+            warnings.warn(
+                f"the checkpoint's {self.pattern} masks of {old} were made before"
+                " lightning_sparsity grouped convolutions along their input channels (the"
+                " layout ASP and TensorRT run): they load as they are and count as what they"
+                " are (not 2:4); further pruning keeps their zeros and groups channels last",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def make_permanent(self, model: nn.Module) -> None:
         """Drop the masks; the zeros stay in the weights (``prune.remove`` for ``"prune"``).
@@ -1179,6 +1212,8 @@ class MagnitudePruner(Settings):
             "last_sparsity": self.last_sparsity,
             "mask_storage": self.mask_storage,
         }
+        if self._pattern is not None:  # the grouping the N:M masks were made in
+            state["pattern_layout"] = PATTERN_LAYOUT
         if self.mask_storage == "prune":
             state["masks"] = {k: m.cpu() for k, m in self.masks(model).items()}
         else:
@@ -1201,7 +1236,8 @@ class MagnitudePruner(Settings):
             state_dict: As returned by :meth:`state_dict` (of either storage).
         """
         self.last_sparsity = state_dict.get("last_sparsity")
-        self._loaded = {k: v for k, v in state_dict.items() if k in ("masks", "masked")}
+        keys = ("masks", "masked", "pattern_layout")
+        self._loaded = {k: v for k, v in state_dict.items() if k in keys}
 
     _SETTINGS = (
         "schedule",
