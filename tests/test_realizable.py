@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
 from lightning_sparsity.counting.channels import dead_inputs
@@ -263,21 +264,62 @@ def test_inputs_counted_dead_are_dead_in_a_residual_network() -> None:
             if isinstance(m, nn.Conv2d):  # a third of every conv's rows dead
                 m.weight[torch.randperm(m.out_channels)[: m.out_channels // 3]] = 0
         model[5].bn1.running_mean.uniform_(-1, 1)  # trained statistics: no zeros pass here
-    x = torch.randn(4, 3, 16, 16)
+    names = dead_inputs_are_dead(model, torch.randn(4, 3, 16, 16))
+    # the stem's and each block's first conv feed the conv after them; the trained BN of
+    # the second block's first conv stops it; residual sums (block inputs, fc) carry nothing
+    assert set(names) == {"4.conv1.weight", "4.conv2.weight"}
+
+
+def dead_inputs_are_dead(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Random values put into every consumer's weights for the inputs counted dead leave the
+    output unchanged. Returns the consumers with dead inputs and how many."""
     found = trace(model, x[:1])
     slots = [getattr(s.module, s.attr) for s in found.slots]
     probes = [probe(s.module, w) for s, w in zip(found.slots, slots, strict=True)]
     rows = [None if p is None else p.live_rows for p in probes]
     dead = dead_inputs(found.flows, Counter(u.slot for u in found.uses), slots, rows)
-    names = {found.slots[i].name: int(d.sum()) for i, d in dead.items() if d.any()}
-    # the stem's and each block's first conv feed the conv after them; the trained BN of
-    # the second block's first conv stops it; residual sums (block inputs, fc) carry nothing
-    assert set(names) == {"4.conv1.weight", "4.conv2.weight"}
     with torch.no_grad():
         before = model(x)
         for i, d in dead.items():
             slots[i][:, d] = torch.randn_like(slots[i][:, d])
         torch.testing.assert_close(model(x), before)
+    return {found.slots[i].name: int(d.sum()) for i, d in dead.items() if d.any()}
+
+
+class Views(nn.Module):
+    """Views of a conv's output that do and do not keep a channel's entries together."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        features = {"flatten": 8 * 16, "split-last": 2, "merge-c-h": 4, "flatten-2": 16}
+        self.fc = nn.Linear(features[self.how], 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (B, 8, 4, 4)
+        if self.how == "flatten":  # channel c: features 16c .. 16c + 15
+            return self.fc(y.flatten(1))
+        if self.how == "split-last":  # (B, 64, 2): the fc reads pairs, not channels
+            return self.fc(y.reshape(y.shape[0], -1, 2))
+        if self.how == "merge-c-h":  # (B, 32, 4): C·H merged, the fc reads W
+            return self.fc(y.reshape(y.shape[0], 32, 4))
+        return self.fc(y.flatten(2))  # (B, 8, 16): the fc reads H·W of each channel
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [("flatten", {"fc.weight": 4 * 16}), ("split-last", {}), ("merge-c-h", {}), ("flatten-2", {})],
+)
+def test_views_carry_dead_channels_only_where_they_keep_them_together(
+    how: str, expected: dict[str, int]
+) -> None:
+    torch.manual_seed(0)
+    model = Views(how).eval()
+    with torch.no_grad():
+        model.conv.weight[::2] = 0.0  # channels 0, 2, 4, 6 dead
+        model.conv.bias[::2] = 0.0
+    assert dead_inputs_are_dead(model, torch.randn(4, 3, 4, 4)) == expected
 
 
 # ---- N:M credited only where the kernels take the weight (patterns.kernel_problem) ----
@@ -349,3 +391,63 @@ def test_a_realizable_budget_is_not_credited_a_refused_two_four_weight() -> None
     controller.bind(model, torch.zeros(1, 32))
     controller.start(model)
     assert [p.budget_value for p in controller.history] == [1_664]
+
+
+class Vgg(nn.Module):
+    """VGG's shape in miniature: convs, adaptive pooling to 7×7, flatten, a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.head = nn.Sequential(nn.Linear(16 * 49, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def test_dead_channels_reach_a_linear_through_flatten_and_match_the_compacted_model() -> None:
+    # half of every conv's output channels dead (weights and bias): a dead channel of the
+    # last conv is 49 dead features of head[0] after the 7×7 pooling and the flatten
+    torch.manual_seed(0)
+    model = Vgg().eval()
+    convs = [model.features[0], model.features[3]]
+    dead = [torch.arange(c.out_channels) % 2 == 1 for c in convs]
+    with torch.no_grad():
+        for conv, d in zip(convs, dead, strict=True):
+            conv.weight[d] = 0.0
+            conv.bias[d] = 0.0
+    live = [~d for d in dead]
+    # the compacted model, by hand: live channels only, head[0] keeps the live 49-blocks
+    small = Vgg().eval()
+    features = live[1].repeat_interleave(49)
+    with torch.no_grad():
+        small.features[0] = nn.Conv2d(3, 4, 3, padding=1)
+        small.features[0].weight.copy_(convs[0].weight[live[0]])
+        small.features[0].bias.copy_(convs[0].bias[live[0]])
+        small.features[3] = nn.Conv2d(4, 8, 3, padding=1)
+        small.features[3].weight.copy_(convs[1].weight[live[1]][:, live[0]])
+        small.features[3].bias.copy_(convs[1].bias[live[1]])
+        small.head[0] = nn.Linear(8 * 49, 32)
+        small.head[0].weight.copy_(model.head[0].weight[:, features])
+        small.head[0].bias.copy_(model.head[0].bias)
+        small.head[2].load_state_dict(model.head[2].state_dict())
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))  # the hand compaction is exact
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        small(x)
+    report = ls.measure(model, x)
+    # was 1.13x on torchvision's vgg11: head[0] kept all 16·49 inputs
+    assert report.total.flops_realizable == counter.get_total_flops()
+    assert report.forms["head.0.weight"] == "rows 32/32, inputs 392/784"
+    # sound: random values in the inputs counted dead change nothing (4 of conv 2's 8
+    # inputs; 8 dead channels · 49 = 392 of the head's)
+    assert dead_inputs_are_dead(model, torch.randn(2, 3, 28, 28)) == {
+        "features.3.weight": 4,
+        "head.0.weight": 392,
+    }

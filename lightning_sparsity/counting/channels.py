@@ -4,9 +4,11 @@ Realizable FLOPs (:mod:`.realizable`) compact a structurally pruned layer: its d
 rows go, and so do the matching input channels of a layer that reads them, but only where
 the graph lets a dead row reach that input as zeros. A dead row (all-zero weights, zero or
 no bias) outputs zeros; zeros stay zeros through ReLU-like activations, pooling, views that
-keep the channel axis and copies; an eval-mode BatchNorm maps them to the constant
-``bias − weight · mean / √(var + eps)``, zero at initialisation but not after training moves
-it (checked at each recount, on the BatchNorm's current values). Anything else (a residual
+keep the channel axis, copies, and a flatten into a Linear's features (channel ``c`` of
+``(B, C, H, W)`` becomes features ``c·H·W`` to ``(c + 1)·H·W − 1``); an eval-mode BatchNorm
+maps them to the constant ``bias − weight · mean / √(var + eps)``, zero at initialisation
+but not after training moves it (checked at each recount, on the BatchNorm's current
+values). Anything else (a residual
 add, a concatenation, an in-place op that is not zero-preserving) ends the trail: the
 consumer's inputs then count removed only where its own weights for them are zero.
 
@@ -46,16 +48,22 @@ class ChannelFlow:
     producer: int
     bias: int | None
     norms: tuple[_BatchNorm, ...]
+    repeat: int = 1
 
 
 class _Channels(NamedTuple):
-    """An activation whose axis ``dim`` holds a producer's output channels."""
+    """An activation whose axis ``dim`` holds a producer's output channels.
+
+    Each spans ``repeat`` consecutive entries of that axis (1; ``H·W`` after flattening
+    ``(B, C, H, W)``).
+    """
 
     ref: weakref.ReferenceType[Tensor]
     dim: int
     producer: int
     bias: int | None
     norms: tuple[_BatchNorm, ...]
+    repeat: int = 1
 
 
 # f(0) == 0 elementwise, whatever their other arguments (hardtanh is checked for its range)
@@ -192,6 +200,10 @@ class ChannelTracker:
                 self._set(first, src, src.dim, src.norms)
             elif src.dim == x.dim() - 1 and first.shape[-1] == x.shape[-1]:
                 self._set(first, src, first.dim() - 1, src.norms)  # (B, T, C) → (B·T, C)
+            else:
+                merged = _merged(x.shape, first.shape, src.dim)
+                if merged is not None:  # (B, C, H, W) → (B, C·H·W): channel c spans H·W
+                    self._set(first, src._replace(repeat=src.repeat * merged), src.dim, src.norms)
             return True
         if func in _NORMS:
             module = self.modules[row]
@@ -199,6 +211,7 @@ class ChannelTracker:
             if (
                 isinstance(module, _BatchNorm)
                 and src.dim == 1
+                and src.repeat == 1
                 and not training
                 and module.running_mean is not None
                 and args[3] is module.running_mean
@@ -227,10 +240,25 @@ class ChannelTracker:
             rows_first = reads_all = len(chain) == 1 and chain[0].func in _TRANSPOSES
         src = self.lookup(x)
         if reads_all and src is not None and src.dim == dim:
-            self.flows.append(ChannelFlow(slot, src.producer, src.bias, src.norms))
+            self.flows.append(ChannelFlow(slot, src.producer, src.bias, src.norms, src.repeat))
         if rows_first and (bias is not None or bias_arg is None) and isinstance(out, Tensor):
             out_dim = 1 if func is aten.convolution.default else out.dim() - 1
             self.channels[id(out)] = _Channels(weakref.ref(out), out_dim, slot, bias, ())
+
+
+def _merged(before: torch.Size, after: torch.Size, dim: int) -> int | None:
+    """Entries each index of axis ``dim`` spans after a view merging it with later axes.
+
+    ``(B, C, H, W)`` → ``(B, C·H·W)``: ``H·W``; ``None`` for any other view. Exact only when
+    the axes before ``dim`` stay and ``dim`` is the outermost merged axis: then index ``c``
+    maps to the consecutive entries ``[c·k, (c + 1)·k)``.
+    """
+    if len(after) <= dim or after[:dim] != before[:dim]:
+        return None
+    for end in range(dim + 2, len(before) + 1):  # axes dim .. end-1 merged into one
+        if before[dim:end].numel() == after[dim] and before[end:] == after[dim + 1 :]:
+            return before[dim + 1 : end].numel()
+    return None
 
 
 def dead_inputs(
@@ -258,8 +286,10 @@ def dead_inputs(
         dead: Tensor | None = None
         for flow in found:
             one = _dead_rows(flow, tensors, live_rows)
-            if one is None or one.shape[0] != inputs:
+            if one is None or one.shape[0] * flow.repeat != inputs:
                 break
+            if flow.repeat > 1:  # each channel read as `repeat` consecutive inputs
+                one = one.repeat_interleave(flow.repeat)
             dead = one if dead is None else dead & one
         else:
             if dead is not None:
