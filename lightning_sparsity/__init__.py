@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity import _moved, schedules
+from lightning_sparsity.compact import compact
 from lightning_sparsity.control.budget import BudgetDecision, BudgetError, FlopBudget
 from lightning_sparsity.control.controller import HistoryPoint, SparsityController
 from lightning_sparsity.control.guard import MetricGuard
@@ -53,6 +54,7 @@ __all__ = [
     "SparsityReport",
     "SpeedReport",
     "__version__",
+    "compact",
     "measure",
     "prune_to_flops",
     "schedules",

@@ -42,7 +42,7 @@ from lightning_sparsity.counting.report import LayerStats, SparsityReport
 from lightning_sparsity.counting.trace import Trace, replay, trace
 from lightning_sparsity.patterns import Pattern, parse_pattern
 
-__all__ = ["CostModel", "SparsityMeter", "measure"]
+__all__ = ["CostModel", "SparsityMeter", "WeightStructure", "measure", "structure"]
 
 Per = Literal["example", "batch"]
 
@@ -391,6 +391,54 @@ class SparsityMeter:
         )
 
 
+@dataclass(frozen=True)
+class WeightStructure:
+    """What the realizable count finds in one weight, with the masks it counts by.
+
+    Attributes:
+        slot: the weight (its module, attribute and name).
+        form: its realizable form (:class:`.realizable.Form`).
+        live_rows: bool per row (dim 0): holds a nonzero weight.
+        live_inputs: bool per input (dim 1): holds a nonzero weight and reads more than the
+            zeros of a dead row of the layer before (:mod:`.channels`).
+        uses: how often the traced forward uses the weight whole.
+    """
+
+    slot: Slot
+    form: Form
+    live_rows: Tensor
+    live_inputs: Tensor
+    uses: int
+
+
+def structure(
+    model: nn.Module, example_input: Any, patterns: Sequence[str] = ("2:4",)
+) -> list[WeightStructure]:
+    """The realizable form of every weight of 2+ dims, with the rows and inputs it keeps.
+
+    The same trace and sweep as :func:`measure` (one host sync), so what
+    :mod:`lightning_sparsity.compact` removes is exactly what realizable FLOPs count removed.
+
+    Raises:
+        TypeError, ValueError, MeasureError: as :func:`measure`; ValueError on meta.
+    """
+    _validate(model, example_input, "batch", None)
+    if any(slot.is_meta() for slot in find_slots(model)):
+        raise ValueError("structure needs real weights; the model is on the meta device")
+    current = trace(model, example_input)
+    counted = _nonzeros(current, _patterns(list(patterns)))
+    assert counted.forms is not None
+    assert counted.live is not None
+    uses = Counter(u.slot for u in current.uses if u.chain is None)
+    out = []
+    for i, (slot, form, live) in enumerate(
+        zip(current.slots, counted.forms, counted.live, strict=True)
+    ):
+        if form is not None and live is not None:
+            out.append(WeightStructure(slot, form, live[0], live[1], uses[i]))
+    return out
+
+
 def measure(
     model: nn.Module,
     example_input: Any,
@@ -483,6 +531,8 @@ class _Counts:
     nnz_use: list[int]
     numel_use: list[int]  # entries of each use's operand
     forms: list[Form | None] | None  # per slot, with realizable FLOPs
+    # per probed slot, with realizable FLOPs: (live rows, live inputs) as the forms count them
+    live: list[tuple[Tensor, Tensor] | None] | None = None
 
 
 def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Counts:
@@ -528,15 +578,18 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         current.numels[u.slot] if u.chain is None else next(part_numels) for u in current.uses
     ]
     forms: list[Form | None] | None = None
+    live: list[tuple[Tensor, Tensor] | None] | None = None
     if patterns is not None:
-        forms = []
+        forms, live = [], []
         for i, found in enumerate(probes):
             if found is None:
                 forms.append(None)
+                live.append(None)
                 continue
             probe_values = [next(rest) for _ in range(2 + len(found.violations))]
             forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
-    return _Counts(nnz_slot, nnz_use, numel_use, forms)
+            live.append((found.live_rows.bool(), found.live_inputs_after(dead.get(i))))
+    return _Counts(nnz_slot, nnz_use, numel_use, forms, live)
 
 
 def _report(

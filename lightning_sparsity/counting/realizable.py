@@ -82,14 +82,18 @@ class Probe:
         (:mod:`.channels`), removed with the rows of the layer that makes them. Sharded:
         rows and violations are summed over the ranks later, the inputs are OR-ed already.
         """
-        live_inputs = self.live_inputs
-        if dead_inputs is not None:
-            live_inputs = live_inputs & ~dead_inputs.to(live_inputs.device)
+        live_inputs = self.live_inputs_after(dead_inputs)
         once = _ONCE if is_sharded(self.weight) else self.weight
         return (
             [self.live_rows.count_nonzero(), live_inputs.count_nonzero(), *self.violations],
             [self.weight, once, *self.holders],
         )
+
+    def live_inputs_after(self, dead_inputs: Tensor | None) -> Tensor:
+        """The live inputs less those that only ever read zeros (``dead_inputs``)."""
+        if dead_inputs is None:
+            return self.live_inputs
+        return self.live_inputs & ~dead_inputs.to(self.live_inputs.device)
 
     def form(self, values: Sequence[int], nnz: int, numel: int) -> Form:
         """The weight's form from its probes' values and its nonzero count."""
