@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
 from lightning_sparsity.compact import Compacted
-from tests.test_realizable import Vgg
+from tests.test_realizable import Block, Vgg
 
 
 def flop_counter_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -55,28 +55,10 @@ def trained_norms(model: nn.Module) -> None:
                 m.bias.uniform_(-0.2, 0.2)
 
 
-class Basic(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.down(x))
-
-
 def residual() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        Basic(16, 16, 1), Basic(16, 32, 2),
+        Block(16, 16, 1), Block(16, 32, 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     )  # fmt: skip
 
