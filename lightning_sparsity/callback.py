@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from lightning_sparsity._checks import check_bools, check_choice, check_int
 from lightning_sparsity._text import count
 from lightning_sparsity.averaging import AveragedCopies
+from lightning_sparsity.compact import compact
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
 from lightning_sparsity.control.controller import (
     HistoryPoint,
@@ -32,7 +33,7 @@ from lightning_sparsity.control.controller import (
     check_pieces,
 )
 from lightning_sparsity.control.guard import MetricGuard
-from lightning_sparsity.counting import SparsityReport
+from lightning_sparsity.counting import SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
 from lightning_sparsity.loggers.tensorboard import (
     drop_events_after,
@@ -178,6 +179,10 @@ class SparsityCallbackLogic:
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
+        export: ``"compact"``: at fit end, write the compacted model
+            (:func:`lightning_sparsity.compact`, dead rows and channels removed) to
+            ``model_compact.pt`` in the run directory, and its table to
+            ``model_compact.md``; ``None`` writes nothing. One process only.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -203,11 +208,14 @@ class SparsityCallbackLogic:
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
         speed: bool = False,
+        export: Literal["compact"] | None = None,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors: list[str] = []
         value_errors: list[str] = []
         check_pieces(pruning, budget, guard, prune_every_n_steps, type_errors, value_errors)
+        if export is not None:
+            check_choice("export", export, ("compact",), value_errors)
         if input_from_batch is not None and not callable(input_from_batch):
             type_errors.append(
                 f"`input_from_batch` must be callable, got {type(input_from_batch).__name__}"
@@ -255,6 +263,7 @@ class SparsityCallbackLogic:
         self.name = name
         self.hparams = dict(hparams or {})
         self.speed = speed
+        self.export = export
         self.controller = SparsityController(
             pruning, budget, guard, prune_every_n_steps=prune_every_n_steps
         )
@@ -529,6 +538,8 @@ class SparsityCallbackLogic:
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_text("sparsity/layers", report.to_markdown(), global_step=last.step)
         final = self._final_metrics(last)
+        if self.export == "compact":
+            self._export_compact(trainer, pl_module)
         timing = self._speed(trainer, pl_module)
         if timing is not None:
             final["sparsity/speedup_measured"] = timing.speedup
@@ -543,6 +554,25 @@ class SparsityCallbackLogic:
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
                 f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
             )
+
+    def _export_compact(self, trainer: Any, pl_module: nn.Module) -> None:
+        """Write the compacted model and its table into the run directory (one process)."""
+        directory = self.directory
+        example_input = self._input(pl_module)
+        if not self.write_files or directory is None or example_input is None:
+            return
+        if trainer.world_size > 1:
+            rank_zero_warn(
+                "lightning_sparsity: export='compact' compacts the whole model in one process;"
+                f" skipped with {trainer.world_size} processes (call lightning_sparsity.compact"
+                " after the fit)"
+            )
+            return
+        small = compact(pl_module, example_input)
+        torch.save(small, directory / "model_compact.pt")
+        table = measure(small, example_input).to_markdown()
+        (directory / "model_compact.md").write_text(table + "\n")
+        rank_zero_info(f"lightning_sparsity: compacted model in {directory / 'model_compact.pt'}")
 
     def _speed(self, trainer: Any, pl_module: nn.Module) -> SpeedReport | None:
         """With ``speed=True``: the forward timed with dense vs sparse kernels (one process)."""

@@ -36,6 +36,10 @@ def check(model: nn.Module, x: torch.Tensor) -> tuple[ls.SparsityReport, nn.Modu
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
     assert flop_counter_flops(small, x) == report.total.flops_realizable
+    # and our counter agrees, with no op of the compacted model unknown to it
+    again = ls.measure(small, x, per="batch")
+    assert again.total.flops == report.total.flops_realizable
+    assert again.unsupported == {}
     assert report.total.flops_realizable < report.total.flops  # something was removed
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     after = model.state_dict()  # the masked model is left as found
@@ -181,3 +185,77 @@ def test_refusals_name_what_cannot_be_compacted() -> None:
         ls.compact(tied, torch.randn(2, 8))
     with pytest.raises(ValueError, match="meta device"):
         ls.compact(nn.Linear(8, 4, device="meta"), torch.randn(2, 8))
+
+
+def pruned_mlp() -> nn.Module:
+    """A factory for the export command: the transformer MLP, half its hidden units pruned."""
+    torch.manual_seed(0)
+    model = Mlp()
+    prune_rows(model, 0.5, bias=True, include=[r"fc1"])
+    return model.eval()
+
+
+def test_export_writes_the_compacted_model_as_pt_and_onnx(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import onnxruntime
+
+    from lightning_sparsity.cli import main
+
+    x = torch.randn(3, 5, 16)
+    masked = pruned_mlp()
+    with torch.no_grad():
+        expected = masked(x)
+    target = "tests.test_compact:pruned_mlp"
+    assert main(["export", target, "--input-shape", "2,5,16", "--to", str(tmp_path / "m.pt")]) == 0
+    printed = capsys.readouterr().out
+    # dense: norm-free FLOPs 2·(16·64 + 64·16) per token, 10 tokens = 40,960; compacted half
+    assert "compacted: FLOPs 20,480 of 40,960 dense (0.500; realizable 20,480)" in printed
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", target, "--input-shape", "2,5,16", "--to", str(onnx_path)]) == 0
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})  # batch 3: the batch axis is dynamic
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [("m.txt", "--to must name a .onnx or .pt file, got"), ("m.pt", "cannot import")],
+)
+def test_export_errors_are_one_line(tmp_path: Path, capsys, to: str, message: str) -> None:
+    from lightning_sparsity.cli import main
+
+    target = "tests.test_compact:pruned_mlp" if to.endswith(".txt") else "nope.mod:factory"
+    assert main(["export", target, "--input-shape", "2,16", "--to", str(tmp_path / to)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_the_callback_writes_the_compacted_model_at_fit_end(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import CSVLogger
+
+    from tests.fits import Wide, quiet_trainer
+
+    torch.manual_seed(0)
+    pruner = ls.MagnitudePruner(structured=True, schedule=ls.schedules.Constant(0.5))
+    callback = ls.SparsityCallback(pruner, export="compact", verbose=False)
+    model = Wide()
+    logger = CSVLogger(tmp_path, name="run")
+    quiet_trainer(tmp_path, [callback], 1, logger=logger).fit(model)
+    directory = callback.directory
+    assert directory is not None
+    small = torch.load(directory / "model_compact.pt", weights_only=False)
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+    # its dense FLOPs are the last point's realizable FLOPs (per example, batch 1 here)
+    assert flop_counter_flops(small, x[:1]) == callback.history[-1].flops_realizable
+    table = (directory / "model_compact.md").read_text()
+    assert ".layer | " in table  # the compacted model's table: a Compacted layer's inner one
+    assert "Not counted" not in table  # gathers and scatters are free ops, known as such
+    with pytest.raises(ValueError, match=r"`export` must be one of \('compact',\), got 'onnx'"):
+        ls.SparsityCallback(export="onnx")  # type: ignore[arg-type]

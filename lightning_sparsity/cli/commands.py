@@ -20,6 +20,7 @@ from lightning_sparsity.control.budget import BudgetError
 __all__ = [
     "count",
     "demo",
+    "export",
     "lightning_cli",
     "run_report",
     "run_speed",
@@ -187,6 +188,60 @@ def speed_command(
     except (MeasureError, ValueError) as err:
         raise CliError(str(err)) from err
     print(format_speed(report))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """The ``export`` subcommand: compact the model, write it as ``.onnx`` or ``.pt``."""
+    import warnings
+
+    from lightning_sparsity.compact import compact
+    from lightning_sparsity.counting import MeasureError, measure
+
+    to = Path(args.to)
+    if to.suffix not in (".onnx", ".pt"):
+        raise CliError(f"--to must name a .onnx or .pt file, got {args.to!r}")
+    if to.suffix == ".onnx":
+        try:
+            import onnx  # noqa: F401  (torch.onnx writes through it)
+        except ImportError as err:
+            raise CliError(
+                f"--to {args.to!r} needs the onnx package: pip install 'lightning-sparsity[onnx]'"
+            ) from err
+    model = load_target(args.target, args.checkpoint).eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = _input(torch.randn, args.input_shape, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    try:
+        before = measure(model, x, per="batch").total
+        with warnings.catch_warnings(record=True) as kept:
+            warnings.simplefilter("always")
+            small = compact(model, x)
+    except (MeasureError, ValueError) as err:
+        raise CliError(str(err)) from err
+    after = measure(small, x, per="batch").total
+    to.parent.mkdir(parents=True, exist_ok=True)
+    if to.suffix == ".pt":
+        torch.save(small, to)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the exporter it uses
+            torch.onnx.export(
+                small,
+                (x,),
+                str(to),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+    for w in kept:
+        print(f"note: {w.message}")
+    print(
+        f"compacted: FLOPs {after.flops:,} of {before.flops:,} dense"
+        f" ({after.flops / before.flops:.3f}; realizable {before.flops_realizable:,}),"
+        f" parameters {after.params:,} of {before.params:,}; wrote {to}"
+    )
     return 0
 
 

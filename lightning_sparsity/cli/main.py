@@ -11,6 +11,8 @@
   one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`).
 * ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
   written again from the files in LOGDIR (:mod:`lightning_sparsity.cli.render`).
+* ``lightning-sparsity export TARGET --input-shape 1,3,224,224 --to model.onnx``: the
+  compacted model (:func:`lightning_sparsity.compact`) as ONNX (the ``onnx`` extra) or ``.pt``.
 * ``lightning-sparsity speed TARGET --input-shape 64,4096 [--repeats 20] [--device cuda
   --dtype float16]``: dense vs sparse-kernel forward times beside the FLOP ratios (CSR on CPU,
   2:4 on CUDA; :mod:`lightning_sparsity.speed`).
@@ -122,6 +124,14 @@ def parser() -> argparse.ArgumentParser:
         "logdir", help="a sweep's --output (sweep.json) or a run's log dir (sparsity_history.json)"
     )
     r.set_defaults(func=commands.run_report)
+    e = sub.add_parser(
+        "export", help="write the compacted model (dead rows and channels removed) as .onnx or .pt"
+    )
+    e.add_argument("target", help="package.module:factory, or a LightningModule class")
+    e.add_argument("--input-shape", type=_shape, required=True, help="e.g. 1,3,224,224")
+    e.add_argument("--checkpoint", help="a Lightning checkpoint for the LightningModule TARGET")
+    e.add_argument("--to", required=True, help="model.onnx (needs the onnx extra) or model.pt")
+    e.set_defaults(func=commands.export)
     s = sub.add_parser(
         "speed", help="time the forward with dense vs sparse kernels (CSR on CPU, 2:4 on CUDA)"
     )

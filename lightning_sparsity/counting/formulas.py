@@ -621,6 +621,8 @@ FREE_OPS: frozenset[str] = frozenset(
         "histc",
         "huber_loss",
         "index",
+        "index_copy",
+        "index_copy_",
         "index_put",
         "index_put_",
         "index_select",
