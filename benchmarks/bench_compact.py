@@ -1,0 +1,191 @@
+"""The compacted model (``ls.compact``): FLOP ratio against the speed-up it really delivers.
+
+Per family, channel-pruned (structured magnitude pruning of the rows, the pruned rows'
+biases zeroed so their channels carry no constant): the compacted model's FLOPs over the
+masked model's (``FlopCounterMode``), and the measured speed-up of its forward over the
+masked model's, in eager torch (``inference_mode``) and in onnxruntime (CPU provider, both
+models exported the same way), at batch 1 and 64, on a quiet machine and beside ``--busy``
+processes spinning. Medians of ``--repeats`` runs, dense and compacted interleaved; every
+ratio is between runs in the same process under the same load.
+
+Families: ResNet-50 (residual, BatchNorm; 50% of every conv's rows) at 96×96,
+MobileNetV3-small (depthwise blocks; 50% of the depthwise rows) at 96×96, a VGG-style net
+through flatten (50% of every conv's rows) at 32×32, a transformer MLP (768 → 3072 → 768,
+half the hidden units) on 64 tokens.
+
+    python benchmarks/bench_compact.py [--repeats 5] [--busy 2] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from models import mobilenet_v3_small, resnet50
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import lightning_sparsity as ls
+
+
+class Vgg(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for cout in (64, 128, 256, 256):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(256 * 4, 512), nn.ReLU(), nn.Linear(512, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 2), 1))
+
+
+class Mlp(nn.Module):
+    def __init__(self, d: int = 768) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.fc1(x)))
+
+
+def prune_rows(model: nn.Module, **choose: object) -> None:
+    pruner = ls.MagnitudePruner(structured=True, allocation="uniform", **choose)  # type: ignore[arg-type]
+    pruner.apply(model, 0.5)
+    with torch.no_grad():
+        for _, module, _ in pruner.targets(model):
+            dead = module.weight.reshape(module.weight.shape[0], -1).abs().sum(1) == 0
+            if module.bias is not None:
+                module.bias[dead] = 0.0
+    pruner.make_permanent(model)
+
+
+FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], dict]] = {
+    "ResNet-50": (resnet50, lambda b: torch.randn(b, 3, 96, 96), {"include_types": ["Conv2d"]}),
+    "MobileNetV3-small": (
+        mobilenet_v3_small,
+        lambda b: torch.randn(b, 3, 96, 96),
+        {"parameters": lambda name, p: p.dim() == 4 and p.shape[1] == 1},  # depthwise convs
+    ),
+    "VGG-style": (Vgg, lambda b: torch.randn(b, 3, 32, 32), {"include_types": ["Conv2d"]}),
+    "transformer MLP": (Mlp, lambda b: torch.randn(b, 64, 768), {"include": ["fc1"]}),
+}
+
+
+@contextmanager
+def busy(n: int) -> Iterator[None]:
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0.0)
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
+
+
+def flops(model: nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in runs.items():  # interleaved: drifting load hits all alike
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--busy", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = (1,) if args.quick else (1, 64)
+    repeats = 3 if args.quick else args.repeats
+    try:
+        import onnxruntime  # noqa: F401
+
+        with_ort = True
+    except ImportError:
+        with_ort = False
+    print(
+        f"bench_compact: torch {torch.__version__}, {args.threads} threads; medians of {repeats};"
+        f" speed-up = masked dense model's time / compacted model's, same process and load"
+        + ("" if with_ort else "; onnxruntime not installed: eager only")
+    )
+    head = f"{'family':18s} {'batch':>5s} {'FLOPs':>6s}"
+    for load in ("quiet", f"{args.busy} busy"):
+        head += f"  {'eager ' + load:>13s}" + (f"  {'ort ' + load:>11s}" if with_ort else "")
+    print(head)
+    for name, (build, make_input, prune) in FAMILIES.items():
+        torch.manual_seed(0)
+        model = build().eval()
+        prune_rows(model, **prune)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small = ls.compact(model, make_input(1))
+        for batch in batches:
+            x = make_input(batch)
+            ratio = flops(small, x) / flops(model, x)
+            with torch.inference_mode():
+                torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-4)
+            runs: dict[str, Callable[[], object]] = {
+                "dense": lambda m=model, x=x: m(x),
+                "compact": lambda m=small, x=x: m(x),
+            }
+            if with_ort:
+                runs["ort dense"] = onnx_session(model, x, args.threads)
+                runs["ort compact"] = onnx_session(small, x, args.threads)
+            line = f"{name:18s} {batch:5d} {ratio:6.3f}"
+            for spinners in (0, args.busy):
+                with busy(spinners), torch.inference_mode():
+                    t = medians(runs, repeats)
+                line += f"  {t['dense'] / t['compact']:12.2f}x"
+                if with_ort:
+                    line += f"  {t['ort dense'] / t['ort compact']:10.2f}x"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
