@@ -114,9 +114,32 @@ def test_a_residual_cnn_with_trained_batchnorm() -> None:
     torch.manual_seed(0)
     model = residual()
     trained_norms(model)
-    prune_rows(model, 0.4)
+    prune_rows(model, 0.4, allocation="uniform")  # 40% of every layer's rows
     _, small = check(model, torch.randn(2, 3, 16, 16))
-    assert any(isinstance(m, Compacted) for m in small.modules())
+    # trained statistics: a dead channel leaves bn1 as its nonzero constant, which conv2
+    # reads, so conv1 puts its rows back in place and bn1 keeps every channel
+    block = small[3]
+    assert isinstance(block.conv1, Compacted)
+    assert block.conv1.live[0] < 16
+    assert block.conv1.rows is not None
+    assert block.bn1.num_features == 16
+
+
+def test_dead_channels_leave_through_a_batchnorm_at_its_initial_statistics() -> None:
+    # bn1's constant for a dead channel is 0 (mean 0, bias 0): conv1's dead channels leave
+    # through bn1 (sliced) into conv2; conv2 feeds the residual add: its rows go back
+    torch.manual_seed(0)
+    model = residual()
+    prune_rows(model, 0.4, allocation="uniform")
+    _, small = check(model, torch.randn(2, 3, 16, 16))
+    block = small[3]
+    live = block.conv1.live[0]
+    assert live < 16
+    assert block.conv1.rows is None  # only the live channels come out
+    assert block.bn1.num_features == live
+    assert block.conv2.layer.in_channels == live
+    assert block.conv2.inputs is None  # and conv2 reads them all
+    assert block.bn2.num_features == 16  # the residual add keeps its width
 
 
 def test_a_vgg_style_net_through_flatten() -> None:
@@ -124,11 +147,15 @@ def test_a_vgg_style_net_through_flatten() -> None:
     model = Vgg()
     prune_rows(model, 0.5, bias=True, include=[r"features\..*"])
     _, small = check(model, torch.randn(2, 3, 28, 28))
-    # the head reads only the live channels' 49 features each
-    head = small.head[0]
+    # the last conv outputs its live channels only (no scatter back), the flatten carries
+    # them, and the head reads their 49 features each (no gather: the rest never arrive)
+    live = int(model.features[3].weight.abs().sum((1, 2, 3)).gt(0).sum())
+    conv, head = small.features[3], small.head[0]
+    assert isinstance(conv, Compacted)
     assert isinstance(head, Compacted)
-    assert head.inputs is not None
-    assert len(head.inputs) == 49 * int(model.features[3].weight.abs().sum((1, 2, 3)).gt(0).sum())
+    assert (conv.rows, head.inputs) == (None, None)
+    assert conv.fill.numel() == live
+    assert head.layer.in_features == 49 * live
 
 
 def test_a_mobilenet_depthwise_block() -> None:
@@ -148,6 +175,9 @@ def test_a_transformer_mlp_hidden_size() -> None:
     _, small = check(model, torch.randn(4, 5, 16))
     assert small.fc2.extra_repr() == "rows 16/16, inputs 32/64"
     assert small.fc1.extra_repr() == "rows 32/64, inputs 16/16"
+    # the dead hidden units leave the model: fc1 outputs 32, fc2 reads 32, nothing moved
+    assert (small.fc1.rows, small.fc2.inputs) == (None, None)
+    assert small.fc1.layer.out_features == small.fc2.layer.in_features == 32
 
 
 def test_the_digits_cnn_after_a_real_structured_fit(tmp_path: Path) -> None:

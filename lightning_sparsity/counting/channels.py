@@ -27,10 +27,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
 
-__all__ = ["ChannelFlow", "ChannelTracker", "dead_inputs"]
+__all__ = ["ChannelFlow", "ChannelTracker", "dead_inputs", "dead_rows"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class ChannelTracker:
         self.source = source
         self.channels: dict[int, _Channels] = {}
         self.flows: list[ChannelFlow] = []
+        # producers whose channels reached something other than a recorded read or a
+        # followed op (a residual add, a concatenation, the model's output): their channels
+        # keep their positions when the model is compacted
+        self.escaped: set[int] = set()
 
     def lookup(self, value: Any) -> _Channels | None:
         """Whose channels ``value`` holds, if it is followed."""
@@ -156,15 +161,31 @@ class ChannelTracker:
     def step(self, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int) -> None:
         """Record what ``func`` (run inside the module of ``row``) did to the channels."""
         if func in _MATMULS:
-            self._matmul(func, args, out)
+            read = self._matmul(func, args, out)
+            self._escape(args, read)
             return
         src = self.lookup(args[0]) if args else None
         carried = src is not None and self._carry(src, func, args, out, row)
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        followed = carried and self.lookup(first) is not None
+        self._escape(args, args[0] if followed else None)
         if not carried and func._schema.is_mutable:
             # an in-place op (x += y) rewrote a tensor whose channels we follow: trail ends
             for a in args:
                 if isinstance(a, Tensor):
                     self.channels.pop(id(a), None)
+
+    def _escape(self, args: Any, kept: Any) -> None:
+        """Every followed tensor among ``args`` but ``kept`` leaves the trail: escaped."""
+        leaves, _ = tree_flatten(args)
+        for leaf in leaves:
+            found = self.lookup(leaf) if leaf is not kept else None
+            if found is not None:
+                self.escaped.add(found.producer)
+
+    def escape_outputs(self, outputs: Any) -> None:
+        """The model's outputs leave the model: their producers' channels escaped."""
+        self._escape(outputs, None)
 
     def _carry(
         self, src: _Channels, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int
@@ -220,11 +241,16 @@ class ChannelTracker:
             return True
         return False
 
-    def _matmul(self, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any) -> None:
+    def _matmul(self, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any) -> Any:
+        """Record a layer reading a producer's channels.
+
+        Returns:
+            The activation it read as a flow (``None``: no flow).
+        """
         w_pos, b_pos = _MATMULS[func]
         weight = self.source(args[w_pos])
         if weight is None:
-            return
+            return None
         slot, chain = weight
         bias_arg = args[b_pos] if b_pos is not None and len(args) > b_pos else None
         bias_src = self.source(bias_arg)
@@ -239,11 +265,14 @@ class ChannelTracker:
             dim = x.dim() - 1
             rows_first = reads_all = len(chain) == 1 and chain[0].func in _TRANSPOSES
         src = self.lookup(x)
+        read = None
         if reads_all and src is not None and src.dim == dim:
             self.flows.append(ChannelFlow(slot, src.producer, src.bias, src.norms, src.repeat))
+            read = x
         if rows_first and (bias is not None or bias_arg is None) and isinstance(out, Tensor):
             out_dim = 1 if func is aten.convolution.default else out.dim() - 1
             self.channels[id(out)] = _Channels(weakref.ref(out), out_dim, slot, bias, ())
+        return read
 
 
 def _merged(before: torch.Size, after: torch.Size, dim: int) -> int | None:
@@ -285,7 +314,7 @@ def dead_inputs(
         inputs = tensors[consumer].shape[1]
         dead: Tensor | None = None
         for flow in found:
-            one = _dead_rows(flow, tensors, live_rows)
+            one = dead_rows(flow, tensors, live_rows)
             if one is None or one.shape[0] * flow.repeat != inputs:
                 break
             if flow.repeat > 1:  # each channel read as `repeat` consecutive inputs
@@ -297,7 +326,7 @@ def dead_inputs(
     return out
 
 
-def _dead_rows(
+def dead_rows(
     flow: ChannelFlow, tensors: Sequence[Tensor], live_rows: Sequence[Tensor | None]
 ) -> Tensor | None:
     """The producer's output channels that are zero where the consumer reads them."""

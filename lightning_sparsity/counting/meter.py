@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.counting.channels import dead_inputs
+from lightning_sparsity.counting.channels import ChannelFlow, dead_inputs, dead_rows
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
@@ -42,7 +42,14 @@ from lightning_sparsity.counting.report import LayerStats, SparsityReport
 from lightning_sparsity.counting.trace import Trace, replay, trace
 from lightning_sparsity.patterns import Pattern, parse_pattern
 
-__all__ = ["CostModel", "SparsityMeter", "WeightStructure", "measure", "structure"]
+__all__ = [
+    "CostModel",
+    "SparsityMeter",
+    "Structure",
+    "WeightStructure",
+    "measure",
+    "structure",
+]
 
 Per = Literal["example", "batch"]
 
@@ -411,9 +418,25 @@ class WeightStructure:
     uses: int
 
 
+@dataclass(frozen=True)
+class Structure:
+    """What the realizable count finds in a model (:func:`structure`).
+
+    Attributes:
+        weights: per slot index, the weights of 2+ dims.
+        reads: every layer reading another's output channels (:mod:`.channels`), with
+            the producer's channels that are zero where it reads them (``None``: unknown).
+        escaped: producers whose channels also reach something other than those reads.
+    """
+
+    weights: dict[int, WeightStructure]
+    reads: list[tuple[ChannelFlow, Tensor | None]]
+    escaped: frozenset[int]
+
+
 def structure(
     model: nn.Module, example_input: Any, patterns: Sequence[str] = ("2:4",)
-) -> list[WeightStructure]:
+) -> Structure:
     """The realizable form of every weight of 2+ dims, with the rows and inputs it keeps.
 
     The same trace and sweep as :func:`measure` (one host sync), so what
@@ -430,13 +453,17 @@ def structure(
     assert counted.forms is not None
     assert counted.live is not None
     uses = Counter(u.slot for u in current.uses if u.chain is None)
-    out = []
+    weights = {}
     for i, (slot, form, live) in enumerate(
         zip(current.slots, counted.forms, counted.live, strict=True)
     ):
         if form is not None and live is not None:
-            out.append(WeightStructure(slot, form, live[0], live[1], uses[i]))
-    return out
+            weights[i] = WeightStructure(slot, form, live[0], live[1], uses[i])
+    with torch.no_grad(), parametrize.cached():
+        tensors = [slot.value() for slot in current.slots]
+        rows = [None if live is None else live[0] for live in counted.live]
+        reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
+    return Structure(weights, reads, current.escaped)
 
 
 def measure(

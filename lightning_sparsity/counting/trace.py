@@ -90,6 +90,8 @@ class Trace:
     batches: dict[str, frozenset[int]] = field(default_factory=dict)
     # layers reading other layers' output channels (realizable FLOPs compact both)
     flows: list[ChannelFlow] = field(default_factory=list)
+    # producers whose channels also reach something other than those reads
+    escaped: frozenset[int] = frozenset()
 
 
 # ops whose output holds exactly the entries of their input (so the same nonzero count)
@@ -350,7 +352,8 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
                 mode.mark(getattr(slot.module, slot.attr), i)
             readers.update(_readers(model, slots))
             with mode:
-                call_model(model, example_input)
+                output = call_model(model, example_input)
+            mode.channels.escape_outputs(output)
     except Exception as err:
         raise MeasureError(
             f"{type(model).__name__} forward failed on the example input"
@@ -384,4 +387,5 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         unsupported=dict(mode.unsupported),
         batches={label: frozenset(sizes) for label, sizes in batches.items()},
         flows=mode.channels.flows,
+        escaped=frozenset(mode.channels.escaped),
     )
