@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from load import busy
 from models import mobilenet_v3_small, resnet50
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,19 +81,6 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor]
     "VGG-style": (Vgg, lambda b: torch.randn(b, 3, 32, 32), {"include_types": ["Conv2d"]}),
     "transformer MLP": (Mlp, lambda b: torch.randn(b, 64, 768), {"include": ["fc1"]}),
 }
-
-
-@contextmanager
-def busy(n: int) -> Iterator[None]:
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(0.5 if n else 0.0)
-        yield
-    finally:
-        for p in spinners:
-            p.kill()
-        for p in spinners:
-            p.wait()
 
 
 def flops(model: nn.Module, x: torch.Tensor) -> int:

@@ -56,7 +56,6 @@ from typing import Any
 
 import torch
 from bench_counter import flop_counter, sweep, time_group
-from bench_pruning import busy
 from growth_models import (
     GPT2_MEDIUM_PARAMS,
     GPT2_PARAMS,
@@ -76,6 +75,7 @@ from growth_models import (
     vit_b_16,
     vit_l_16,
 )
+from load import busy
 from models import RESNET50_MACS, RESNET50_PARAMS, resnet50
 from torch import Tensor, nn
 from torch.nn.utils import prune

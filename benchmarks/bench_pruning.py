@@ -28,11 +28,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from load import busy
 from models import MOBILENET_V3_SMALL_PARAMS, RESNET50_PARAMS, mobilenet_v3_small, resnet50
 from torch import nn
 from torch.nn.utils import prune
@@ -95,20 +95,6 @@ def timed(fn: Callable[[nn.Module], None], base: nn.Module) -> float:
     fn(model)
     sync(device)
     return time.perf_counter() - start
-
-
-@contextmanager
-def busy(n: int) -> Iterator[None]:
-    """``n`` processes spinning on the CPU for the duration (stopped by their handles)."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(0.5 if n else 0.0)
-        yield
-    finally:
-        for p in spinners:
-            p.kill()
-        for p in spinners:
-            p.wait()
 
 
 def _status_kib(field: str) -> int:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
+from load import busy
 from torch import nn
 
 from lightning_sparsity import MagnitudePruner
@@ -43,19 +41,6 @@ def mlp(width: int, sparsity: float) -> nn.Module:
     if sparsity > 0:
         MagnitudePruner(allocation="uniform").apply(model, sparsity)
     return model.eval()
-
-
-@contextmanager
-def busy(n: int) -> Iterator[None]:
-    """``n`` processes spinning a core each while the block runs."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait()
 
 
 def floats(text: str) -> list[float]:
