@@ -451,3 +451,44 @@ def test_dead_channels_reach_a_linear_through_flatten_and_match_the_compacted_mo
         "features.3.weight": 4,
         "head.0.weight": 392,
     }
+
+
+class PoolAfter(nn.Module):
+    """A dead-channel layer, a pool, a reader: the pool's window on or off the channel axis."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        linear = how == "avg_pool2d-on-features"
+        self.first = nn.Linear(8, 8) if linear else nn.Conv2d(3, 8, 1)
+        self.second = nn.Linear(8, 4) if linear else nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.first(x))
+        if self.how == "max_pool3d-on-4d":  # read as an unbatched (C, D, H, W): dim 1 pooled
+            y = nn.functional.max_pool3d(y, (3, 1, 1), 1, (1, 0, 0))
+        elif self.how == "avg_pool2d-on-features":  # (B, T, F) read as (C, H, W): F pooled
+            y = nn.functional.avg_pool2d(y, (1, 3), 1, (0, 1))
+        else:  # max_pool2d on (B, C, H, W): H and W pooled, channels kept
+            y = nn.functional.max_pool2d(y, 3, 1, 1)
+        return self.second(y)
+
+
+@pytest.mark.parametrize(
+    ("how", "x", "expected"),
+    [
+        # were credited: the pool mixes the dead channels with their neighbours
+        ("max_pool3d-on-4d", torch.randn(2, 3, 4, 4), {}),
+        ("avg_pool2d-on-features", torch.randn(2, 5, 8), {}),
+        ("max_pool2d", torch.randn(2, 3, 4, 4), {"second.weight": 4}),
+    ],
+)
+def test_a_pool_carries_dead_channels_only_where_its_window_leaves_their_axis(
+    how: str, x: torch.Tensor, expected: dict[str, int]
+) -> None:
+    torch.manual_seed(0)
+    model = PoolAfter(how).eval()
+    with torch.no_grad():
+        model.first.weight[1::2] = 0.0  # channels 1, 3, 5, 7 dead
+        model.first.bias[1::2] = 0.0
+    assert dead_inputs_are_dead(model, x) == expected

@@ -92,21 +92,23 @@ _ZERO_PRESERVING = {
     aten.alias.default,
     aten._to_copy.default,
 }
-# outputs a zero channel where the input channel is zero, keeping the axes before it
-_POOLS = {
-    aten.max_pool1d.default,
-    aten.max_pool2d.default,
-    aten.max_pool2d_with_indices.default,
-    aten.max_pool3d_with_indices.default,
-    aten.avg_pool1d.default,
-    aten.avg_pool2d.default,
-    aten.avg_pool3d.default,
-    aten._adaptive_avg_pool2d.default,
-    aten._adaptive_avg_pool3d.default,
-    aten.adaptive_max_pool2d.default,
-    aten.mean.dim,
-    aten.sum.dim_IntList,
+# pools over their input's last k axes (given a tensor of k + 1 axes, torch reads it as
+# unbatched: axis 0 is not pooled, every other is): a zero channel stays a zero channel where
+# the channel axis comes before the pooled ones
+_POOLED_AXES = {
+    aten.max_pool1d.default: 1,
+    aten.max_pool2d.default: 2,
+    aten.max_pool2d_with_indices.default: 2,
+    aten.max_pool3d_with_indices.default: 3,
+    aten.avg_pool1d.default: 1,
+    aten.avg_pool2d.default: 2,
+    aten.avg_pool3d.default: 3,
+    aten._adaptive_avg_pool2d.default: 2,
+    aten._adaptive_avg_pool3d.default: 3,
+    aten.adaptive_max_pool2d.default: 2,
 }
+# ... and reductions over the axes they are given
+_POOLS = {*_POOLED_AXES, aten.mean.dim, aten.sum.dim_IntList}
 _VIEWS = {aten.view.default, aten._unsafe_view.default, aten._reshape_alias.default}
 _NO_TRAINING = aten._native_batch_norm_legit_no_training.default
 _NORMS = {  # batch norm: (input, weight, bias, mean, var, training, ...) → (out, ...)
@@ -213,6 +215,8 @@ class ChannelTracker:
                 dims = args[1] if len(args) > 1 and args[1] is not None else range(x.dim())
                 if any(d % x.dim() == src.dim for d in dims):
                     return True  # summed over the channels: a new tensor, no trail
+            elif src.dim >= x.dim() - _POOLED_AXES[func]:
+                return False  # the window covers the channel axis: channels mixed
             if keeps_axes:
                 self._set(first, src, src.dim, src.norms)
             return True
