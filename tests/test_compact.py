@@ -7,6 +7,7 @@ For each family, channel-pruned: the compacted copy's output equals the masked m
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -211,8 +212,12 @@ def test_refusals_name_what_cannot_be_compacted() -> None:
     with torch.no_grad():
         shared.weight[:4] = 0.0
         shared.bias[:4] = 0.0
-    with pytest.raises(ValueError, match=r"compact: 0.weight is tied to \['0', '2'\]"):
-        ls.compact(tied, torch.randn(2, 8))
+    x = torch.randn(2, 8)
+    with pytest.warns(UserWarning, match=r"0.weight \(its weight is read outside its own"):
+        small = ls.compact(tied, x)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), tied(x))
+    assert small[2].weight is small[0].weight  # still tied: nothing compacted
     with pytest.raises(ValueError, match="meta device"):
         ls.compact(nn.Linear(8, 4, device="meta"), torch.randn(2, 8))
 
@@ -289,3 +294,123 @@ def test_the_callback_writes_the_compacted_model_at_fit_end(tmp_path: Path) -> N
     assert "Not counted" not in table  # gathers and scatters are free ops, known as such
     with pytest.raises(ValueError, match=r"`export` must be one of \('compact',\), got 'onnx'"):
         ls.SparsityCallback(export="onnx")  # type: ignore[arg-type]
+
+
+# ---- never a model that computes something else (cases from a review of compact) ----
+
+
+class Scaled(nn.Linear):
+    """A Linear subclass whose forward does more than its weights say."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def dead_rows(layer: nn.Module, rows: slice) -> None:
+    with torch.no_grad():
+        layer.weight[rows] = 0.0
+        if layer.bias is not None:
+            layer.bias[rows] = 0.0
+
+
+def own_forward() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(Scaled(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    dead_rows(model[0], slice(0, 4))
+    return model, torch.randn(3, 8)
+
+
+def hooked() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    dead_rows(model[0], slice(0, 4))
+    model[0].register_forward_hook(lambda m, i, o: o + 1.0)
+    return model, torch.randn(3, 8)
+
+
+def shared_norm() -> tuple[nn.Module, torch.Tensor]:
+    class Two(nn.Module):  # one BatchNorm after two producers with different dead channels
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.norm = nn.BatchNorm2d(8)
+            self.c, self.d = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(self.norm(self.a(x))) + self.d(self.norm(self.b(x)))
+
+    model = Two()
+    dead_rows(model.a, slice(0, 4))
+    dead_rows(model.b, slice(0, 2))
+    return model, torch.randn(2, 3, 4, 4)
+
+
+def reads_only_dead() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    dead_rows(model[0], slice(0, 4))
+    with torch.no_grad():
+        model[2].weight[:, 4:] = 0.0  # its live weights read only the dead channels
+    return model, torch.randn(2, 3, 5, 5)
+
+
+def unbatched() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    dead_rows(model[0], slice(0, 4))
+    return model, torch.randn(3, 6, 6)  # (C, H, W)
+
+
+def transformer_layer() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    dead_rows(model.linear1, slice(0, 16))
+    return model, torch.randn(2, 5, 16)
+
+
+@pytest.mark.parametrize(
+    "make", [own_forward, hooked, shared_norm, reads_only_dead, unbatched, transformer_layer]
+)
+def test_compact_reproduces_the_masked_model_or_keeps_the_layer(make) -> None:
+    torch.manual_seed(0)
+    model, x = make()
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layers kept dense are named (tested elsewhere)
+        small = ls.compact(model, x)
+    other = torch.randn_like(x)  # no data-dependent branch here: any input agrees
+    with torch.no_grad():
+        for inputs in (x, other):
+            torch.testing.assert_close(small(inputs), model(inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_a_module_held_under_two_names_is_compacted_under_both() -> None:
+    class Alias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.head = self.fc  # the same module, another name: forward calls this one
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model = Alias()
+    dead_rows(model.fc, slice(0, 4))
+    check(model, torch.randn(3, 8))  # FlopCounterMode == realizable (was 2x: head kept)
+
+
+def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        y: torch.Tensor
+
+    class Boxed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> Out:
+            return Out(self.b(torch.relu(self.a(x))))
+
+    model = Boxed()
+    dead_rows(model.a, slice(0, 4))
+    with pytest.raises(ValueError, match=r"its output \(Out\) cannot be compared"):
+        ls.compact(model, torch.randn(3, 8))

@@ -409,6 +409,8 @@ class WeightStructure:
         live_inputs: bool per input (dim 1): holds a nonzero weight and reads more than the
             zeros of a dead row of the layer before (:mod:`.channels`).
         uses: how often the traced forward uses the weight whole.
+        foreign: whether an op outside its module's own forward reads it (another module,
+            or ``F.linear(x, layer.weight)`` in a parent).
     """
 
     slot: Slot
@@ -416,6 +418,7 @@ class WeightStructure:
     live_rows: Tensor
     live_inputs: Tensor
     uses: int
+    foreign: bool = False
 
 
 @dataclass(frozen=True)
@@ -453,12 +456,13 @@ def structure(
     assert counted.forms is not None
     assert counted.live is not None
     uses = Counter(u.slot for u in current.uses if u.chain is None)
+    foreign = {u.slot for u in current.uses if u.row != current.row_of_slot[u.slot]}
     weights = {}
     for i, (slot, form, live) in enumerate(
         zip(current.slots, counted.forms, counted.live, strict=True)
     ):
         if form is not None and live is not None:
-            weights[i] = WeightStructure(slot, form, live[0], live[1], uses[i])
+            weights[i] = WeightStructure(slot, form, live[0], live[1], uses[i], i in foreign)
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in current.slots]
         rows = [None if live is None else live[0] for live in counted.live]
