@@ -30,7 +30,7 @@ from lightning_sparsity.pruning.chunks import chunk_size, count_nonzero
 from lightning_sparsity.pruning.rows import row_maxima
 from lightning_sparsity.pruning.select import Source
 
-__all__ = ["entry_floors", "floor_count", "floored", "prunable"]
+__all__ = ["allowed", "entry_floors", "floor_count", "floored", "prunable"]
 
 
 def floor_count(density: float, size: int) -> int:
@@ -57,6 +57,13 @@ def prunable(sources: Sequence[Source], sizes: Sequence[int], protected: Sequenc
     return sum(s.weight * (n - p) for s, n, p in zip(sources, sizes, protected, strict=True))
 
 
+def allowed(
+    wanted: float, sources: Sequence[Source], sizes: Sequence[int], protected: Sequence[int]
+) -> float:
+    """``wanted`` clamped to what a cut can take with ``protected`` units kept."""
+    return min(wanted, prunable(sources, sizes, protected))
+
+
 Cut = Callable[[list[int]], list[Tensor]]
 
 
@@ -68,7 +75,7 @@ def floored(
     cut: Cut,
     *,
     rows: bool = False,
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[int]]:
     """The unit keep masks of ``cut`` under the floors (see the module docstring).
 
     Args:
@@ -83,17 +90,18 @@ def floored(
         rows: The units are single entries: each row (dim 0) keeps one too.
 
     Returns:
-        The keep masks of the last cut.
+        The keep masks of the last cut, and the units it protected per source (what the
+        cut's target was clamped with: :func:`prunable` of them).
     """
     protected = [0] * len(sources)
     guarded: set[int] = set()
     for attempt in range(3):
         masks = cut(protected)
         if attempt == 2:  # every floor protected: they hold by construction
-            return masks
+            return masks, protected
         broken = [i for i in _broken(sources, masks, floors, whole, rows) if i not in guarded]
         if not broken:
-            return masks
+            return masks, protected
         if attempt == 1:  # a second round broke more floors: protect them all at once
             broken = [i for i, k in enumerate(floors) if k > 0 and i not in guarded]
         guarded.update(broken)

@@ -246,7 +246,7 @@ def flop_target(
         found[:] = cuts
         return select.keep_masks(sources, cuts[0])
 
-    unit_keeps = floored(
+    unit_keeps, _ = floored(
         sources, units, floors, trained if whole is None else whole, cut, rows=norm is None
     )
     (cut_found,) = found

@@ -53,7 +53,7 @@ from lightning_sparsity.pruning.allocation import (
     flop_scales,
     layer_sparsities,
 )
-from lightning_sparsity.pruning.floors import entry_floors, floor_count, floored, prunable
+from lightning_sparsity.pruning.floors import allowed, entry_floors, floor_count, floored
 from lightning_sparsity.pruning.masks import STORAGES, Storage, param_name
 from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
@@ -638,22 +638,20 @@ class MagnitudePruner(Settings):
             sources = select.make_sources(tensors, current, scales, None, group=process_group)
             floors = entry_floors(densities, whole)
             wanted = round(sparsity * sum(numels))
-            allowed: list[float] = []
 
             def cut(protected: list[int]) -> list[Tensor]:
                 if per_layer is not None:
                     groups = _per_layer_groups(sources, per_layer, numels, protected)
                 else:
-                    allowed[:] = [min(wanted, prunable(sources, numels, protected))]
-                    groups = [(sources, int(allowed[0]))]
+                    groups = [(sources, int(allowed(wanted, sources, numels, protected)))]
                 masks: list[Tensor] = []
                 for (chosen, _), found in zip(groups, self._count_cuts(groups), strict=True):
                     masks += select.keep_masks(chosen, found)
                 return masks
 
-            keeps = floored(sources, numels, floors, whole, cut, rows=True)
-            if allowed:
-                self._warn_floors(allowed[0], wanted, "entries")
+            keeps, protected = floored(sources, numels, floors, whole, cut, rows=True)
+            if per_layer is None:
+                self._warn_floors(allowed(wanted, sources, numels, protected), wanted, "entries")
         self._install(model, [(m, n) for _, m, n in targets], keeps)
 
     def _cap(self, name: str) -> float | None:
@@ -793,15 +791,14 @@ class MagnitudePruner(Settings):
             groups = _per_layer_groups(sources, [fraction] * len(sources), counts, floors)
         else:
             wanted = round(fraction * sum(counts))
-            allowed: list[float] = []
 
             def cut(protected: list[int]) -> list[Tensor]:
-                allowed[:] = [min(wanted, prunable(sources, counts, protected))]
-                (found,) = self._count_cuts([(sources, int(allowed[0]))])
+                count = int(allowed(wanted, sources, counts, protected))
+                (found,) = self._count_cuts([(sources, count)])
                 return select.keep_masks(sources, found)
 
-            kept = floored(sources, counts, floors, whole, cut)
-            self._warn_floors(allowed[0], wanted, "N:M groups")
+            kept, protected = floored(sources, counts, floors, whole, cut)
+            self._warn_floors(allowed(wanted, sources, counts, protected), wanted, "N:M groups")
             return self._to_pattern(tensors, current, [~keep for keep in kept])
         prune: list[Tensor] = []
         for (chosen, _), found in zip(groups, self._count_cuts(groups), strict=True):
@@ -883,14 +880,13 @@ class MagnitudePruner(Settings):
             wanted = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
             sources = select.make_sources(scores, row_keeps, factors, weights, group=process_group)
-            allowed: list[float] = []
 
             def cut(protected: list[int]) -> list[Tensor]:
-                allowed[:] = [min(wanted, prunable(sources, rows, protected))]
-                return select.keep_masks(sources, self._weighted_cut(sources, allowed[0]))
+                target = allowed(wanted, sources, rows, protected)
+                return select.keep_masks(sources, self._weighted_cut(sources, target))
 
-            row_masks = floored(sources, rows, floors, whole, cut)
-            self._warn_floors(allowed[0], wanted, "entries")
+            row_masks, protected = floored(sources, rows, floors, whole, cut)
+            self._warn_floors(allowed(wanted, sources, rows, protected), wanted, "entries")
         return expand_rows(tensors, current, row_masks)
 
     @staticmethod
@@ -980,11 +976,11 @@ class MagnitudePruner(Settings):
             wanted = float(all_dense - target_flops)
 
             def cut(protected: list[int]) -> list[Tensor]:
-                remove = min(wanted, prunable(sources, counts, protected))
+                remove = allowed(wanted, sources, counts, protected)
                 (found,) = select.cuts([(sources, remove)], weighted=True, reach=not_above)
                 return select.keep_masks(sources, found)
 
-            kept = floored(sources, counts, floors, whole, cut)
+            kept, _ = floored(sources, counts, floors, whole, cut)
             keeps = self._to_pattern(tensors, current, [~keep for keep in kept])
             params = [(m_, n_) for _, m_, n_ in targets]
             self._install(model, params, keeps)
