@@ -175,6 +175,14 @@ def _why_not(
     return None
 
 
+def _unmask(module: nn.Module) -> None:
+    """Make ``module``'s own masks permanent: plain parameters, the zeros in place."""
+    for name in list(module._parameters):
+        base = name.removesuffix("_orig")
+        if storage.is_masked(module, base):
+            storage.remove(module, base)
+
+
 def _small(module: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
     """A layer like ``module`` holding ``weight`` (and ``bias``), as plain parameters."""
     if isinstance(module, nn.Linear):
@@ -182,9 +190,7 @@ def _small(module: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
     else:
         assert isinstance(module, _ConvNd)
         small = copy.deepcopy(module)
-        for name in ("weight", "bias"):
-            if storage.is_masked(small, name):
-                storage.remove(small, name)
+        _unmask(small)
         if small.groups > 1:  # depthwise: one group per kept channel
             small.groups = small.in_channels = small.out_channels = weight.shape[0]
         else:
@@ -335,10 +341,7 @@ def _build(
     for norm, kept in norms.values():
         put(norm, _sliced_norm(norm, kept))
     for module in new.modules():  # what stays: plain weights, zeros in place
-        for name in list(module._parameters):
-            base = name.removesuffix("_orig")
-            if storage.is_masked(module, base):
-                storage.remove(module, base)
+        _unmask(module)
     return new.eval()
 
 
@@ -394,6 +397,7 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
     checked on ``example_input``: the path the model takes there (a branch of ``forward``
     that depends on the data and is not taken is not checked). Masks on the copy are made
     permanent (plain weights).
+
     A layer's dead channels leave the model where only compacted layers read them (the
     BatchNorms between sliced too); elsewhere (a residual add, the output) they are put back
     as their constant. ``model`` is left as found.
@@ -425,8 +429,7 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
         if not item.form.text.startswith(("rows ", "zero")):
             continue
         module = item.slot.module
-        parent_name = item.slot.module_name.rpartition(".")[0]
-        parent = model.get_submodule(parent_name) if item.slot.module_name else None
+        parent = _parent(model, item.slot.module_name)[0] if item.slot.module_name else None
         why = _why_not(module, item, parent)
         if why is not None:
             kept[item.slot.name] = why
