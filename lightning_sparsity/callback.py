@@ -340,24 +340,8 @@ class SparsityCallbackLogic:
             self._restore_masks = False
             self._stored_input = None
             self._warned_deadline = False
-            if self.budget is not None:
-                warning = self.budget.deadline_warning(trainer.max_epochs)
-                if warning is not None:
-                    rank_zero_warn(f"lightning_sparsity: {warning}")
-            schedule = None if self.pruning is None else self.pruning.schedule
-            last = trainer.max_epochs
-            if (  # t counts epochs here (with prune_every_n_steps, pruning steps)
-                schedule is not None
-                and self.prune_every_n_steps is None
-                and last is not None
-                and last >= 0
-                and schedule.first_prune(last) is None
-            ):
-                rank_zero_warn(
-                    f"lightning_sparsity: the pruner's schedule ({type(schedule).__name__})"
-                    f" prunes nothing by the fit's last epoch (max_epochs={last}): start it"
-                    " earlier or train longer"
-                )
+            for warning in self.controller.fit_warnings(trainer.max_epochs):
+                rank_zero_warn(f"lightning_sparsity: {warning}")
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
 

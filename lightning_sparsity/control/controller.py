@@ -278,6 +278,31 @@ class SparsityController:
         """Whether :meth:`bind` was called."""
         return self.meter is not None
 
+    def fit_warnings(self, max_epochs: int | None) -> list[str]:
+        """What a fit of ``max_epochs`` epochs will not reach, as sentences.
+
+        The budget's deadline; any pruning by the schedule (whose time counts epochs unless
+        pruning goes by steps).
+        """
+        found: list[str] = []
+        if self.budget is not None:
+            deadline = self.budget.deadline_warning(max_epochs)
+            if deadline is not None:
+                found.append(deadline)
+        schedule = None if self.pruning is None else self.pruning.schedule
+        if (
+            schedule is not None
+            and self.prune_every_n_steps is None
+            and max_epochs is not None
+            and max_epochs >= 0
+            and schedule.first_prune(max_epochs) is None
+        ):
+            found.append(
+                f"the pruner's schedule ({type(schedule).__name__}) prunes nothing by the fit's"
+                f" last epoch (max_epochs={max_epochs}): start it earlier or train longer"
+            )
+        return found
+
     def settings(self) -> dict[str, Any]:
         """What the pieces were built with (compared when a fit resumes)."""
         return {
