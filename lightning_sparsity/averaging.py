@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_sparsity.pruning.masks import enforce, hidden, is_masked, remove, trained_and_mask
+from lightning_sparsity.pruning.masks import (
+    enforce,
+    hidden,
+    is_masked,
+    multiply_by_keeps,
+    remove,
+    trained_and_mask,
+)
 
 __all__ = ["AveragedCopies", "averaging_kind"]
 
@@ -155,19 +162,16 @@ class AveragedCopies:
 
     def _mask(self, copy: nn.Module | dict[str, nn.Module]) -> None:
         modules = copy if isinstance(copy, dict) else dict(copy.named_modules())
-        tensors: list[Tensor] = []
-        factors: list[Tensor] = []
+        pairs: list[tuple[Tensor, Tensor]] = []
         for module, name in self.masked():
             target = modules.get(self._fqns.get(id(module), ""))
             tensor = None if target is None else target._parameters.get(name)
             keep = trained_and_mask(module, name)[1]
             if tensor is None or keep is None or tensor.shape != keep.shape:
                 continue
-            tensors.append(tensor.detach())
-            factors.append(self._on(keep, tensor.device, (id(modules), id(module), name)))
-        if tensors:
-            with torch.no_grad():
-                torch._foreach_mul_(tensors, factors)
+            key = (id(modules), id(module), name)
+            pairs.append((tensor.detach(), self._on(keep, tensor.device, key)))
+        multiply_by_keeps(pairs)
 
     def _on(self, keep: Tensor, device: torch.device, key: tuple[int, int, str]) -> Tensor:
         """``keep`` on ``device``, copied once per mask (the copy may live on the CPU)."""

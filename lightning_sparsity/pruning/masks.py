@@ -76,6 +76,7 @@ __all__ = [
     "mask_dtype",
     "mask_grads",
     "mask_state",
+    "multiply_by_keeps",
     "nonzero_counts",
     "param_name",
     "plain_state",
@@ -397,15 +398,22 @@ def _inplace(params: Iterable[tuple[nn.Module, str]]) -> list[tuple[Tensor, Tens
     return out
 
 
+def multiply_by_keeps(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
+    """Multiply each tensor (this process's shard of it) by its keep mask, in place.
+
+    One fused multiply for all of them; no host sync.
+    """
+    if pairs:
+        with torch.no_grad():
+            torch._foreach_mul_([local(t) for t, _ in pairs], [k for _, k in pairs])
+
+
 def enforce(params: Iterable[tuple[nn.Module, str]]) -> None:
     """Write the zeros of ``"inplace"`` masks into their parameters again (after a step).
 
     One fused multiply over all of them; no host sync.
     """
-    pairs = _inplace(params)
-    if pairs:
-        with torch.no_grad():
-            torch._foreach_mul_([local(p) for p, _ in pairs], [k for _, k in pairs])
+    multiply_by_keeps(_inplace(params))
 
 
 def mask_grads(params: Iterable[tuple[nn.Module, str]]) -> None:
@@ -414,10 +422,7 @@ def mask_grads(params: Iterable[tuple[nn.Module, str]]) -> None:
     Backward's gradients are masked as they are accumulated already (:func:`set_mask`
     installs the hook); this is for gradients written some other way. No host sync.
     """
-    pairs = [(p.grad, k) for p, k in _inplace(params) if p.grad is not None]
-    if pairs:
-        with torch.no_grad():
-            torch._foreach_mul_([local(g) for g, _ in pairs], [k for _, k in pairs])
+    multiply_by_keeps([(p.grad, k) for p, k in _inplace(params) if p.grad is not None])
 
 
 def mask_state(optimizers: Iterable[Any], params: Iterable[tuple[nn.Module, str]]) -> None:
@@ -434,8 +439,7 @@ def mask_state(optimizers: Iterable[Any], params: Iterable[tuple[nn.Module, str]
         optimizers: Optimizers whose ``state`` is keyed by the parameters.
         params: ``(module, parameter name)`` pairs; unmasked ones are skipped.
     """
-    tensors: list[Tensor] = []
-    keeps: list[Tensor] = []
+    pairs: list[tuple[Tensor, Tensor]] = []
     for module, name in params:
         param = trained(module, name)
         keep = trained_and_mask(module, name)[1] if param is not None else None
@@ -444,11 +448,8 @@ def mask_state(optimizers: Iterable[Any], params: Iterable[tuple[nn.Module, str]
         for optimizer in optimizers:
             for value in optimizer.state.get(param, {}).values():
                 if isinstance(value, Tensor) and value.shape == param.shape:
-                    tensors.append(local(value))
-                    keeps.append(keep)
-    if tensors:
-        with torch.no_grad():
-            torch._foreach_mul_(tensors, keeps)
+                    pairs.append((value, keep))
+    multiply_by_keeps(pairs)
 
 
 def _mask_buffer(module: nn.Module, name: str) -> str | None:
