@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
 
-__all__ = ["ChannelFlow", "ChannelTracker", "dead_inputs", "dead_rows"]
+__all__ = ["ChannelFlow", "ChannelTracker", "dead_inputs", "dead_inputs_of", "dead_rows"]
 
 
 @dataclass(frozen=True)
@@ -308,17 +308,26 @@ def dead_inputs(
     realizable probes', :attr:`.realizable.Probe.live_rows`), ``None`` for a weight of
     under 2 dims.
     """
-    by_consumer: dict[int, list[ChannelFlow]] = {}
-    for flow in flows:
-        by_consumer.setdefault(flow.consumer, []).append(flow)
+    reads = [(flow, dead_rows(flow, tensors, live_rows)) for flow in flows]
+    return dead_inputs_of(reads, uses, tensors)
+
+
+def dead_inputs_of(
+    reads: Sequence[tuple[ChannelFlow, Tensor | None]],
+    uses: Counter[int],
+    tensors: Sequence[Tensor],
+) -> dict[int, Tensor]:
+    """:func:`dead_inputs` from each read's dead producer channels (:func:`dead_rows`)."""
+    by_consumer: dict[int, list[tuple[ChannelFlow, Tensor | None]]] = {}
+    for flow, dead_channels in reads:
+        by_consumer.setdefault(flow.consumer, []).append((flow, dead_channels))
     out: dict[int, Tensor] = {}
     for consumer, found in by_consumer.items():
         if len(found) != uses[consumer]:
             continue
         inputs = tensors[consumer].shape[1]
         dead: Tensor | None = None
-        for flow in found:
-            one = dead_rows(flow, tensors, live_rows)
+        for flow, one in found:
             if one is None or one.shape[0] * flow.repeat != inputs:
                 break
             if flow.repeat > 1:  # each channel read as `repeat` consecutive inputs

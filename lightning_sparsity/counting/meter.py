@@ -19,7 +19,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.counting.channels import ChannelFlow, dead_inputs, dead_rows
+from lightning_sparsity.counting.channels import ChannelFlow, dead_inputs_of, dead_rows
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
@@ -463,11 +463,7 @@ def structure(
     ):
         if form is not None and live is not None:
             weights[i] = WeightStructure(slot, form, live[0], live[1], uses[i], i in foreign)
-    with torch.no_grad(), parametrize.cached():
-        tensors = [slot.value() for slot in current.slots]
-        rows = [None if live is None else live[0] for live in counted.live]
-        reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
-    return Structure(weights, reads, current.escaped)
+    return Structure(weights, counted.reads, current.escaped)
 
 
 def measure(
@@ -564,6 +560,8 @@ class _Counts:
     forms: list[Form | None] | None  # per slot, with realizable FLOPs
     # per probed slot, with realizable FLOPs: (live rows, live inputs) as the forms count them
     live: list[tuple[Tensor, Tensor] | None] | None = None
+    # every channel read, with the producer's channels dead where it reads them
+    reads: list[tuple[ChannelFlow, Tensor | None]] = field(default_factory=list)
 
 
 def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Counts:
@@ -574,13 +572,15 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
     with torch.no_grad(), parametrize.cached():
         tensors = [slot.value() for slot in slots]
         dead: dict[int, Tensor] = {}
+        reads: list[tuple[ChannelFlow, Tensor | None]] = []
         if patterns is not None:
             with on_calling_thread(tensors):
                 probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
             if current.flows and not any(is_sharded(t) for t in tensors):
                 uses = Counter(u.slot for u in current.uses)
                 rows = [None if p is None else p.live_rows for p in probes]
-                dead = dead_inputs(current.flows, uses, tensors, rows)
+                reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
+                dead = dead_inputs_of(reads, uses, tensors)
         # a probed weight's count comes with its probes; the others' here
         counts: list[Tensor] = [
             found.nnz if found is not None else local(t).count_nonzero()
@@ -620,7 +620,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
             probe_values = [next(rest) for _ in range(2 + len(found.violations))]
             forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
             live.append((found.live_rows.bool(), found.live_inputs_after(dead.get(i))))
-    return _Counts(nnz_slot, nnz_use, numel_use, forms, live)
+    return _Counts(nnz_slot, nnz_use, numel_use, forms, live, reads)
 
 
 def _report(
