@@ -35,6 +35,7 @@ from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
     Form,
     Probe,
+    ZeroFlags,
     on_calling_thread,
     probe,
 )
@@ -574,13 +575,17 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         dead: dict[int, Tensor] = {}
         reads: list[tuple[ChannelFlow, Tensor | None]] = []
         if patterns is not None:
-            with on_calling_thread(tensors):
-                probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
-            if current.flows and not any(is_sharded(t) for t in tensors):
-                uses = Counter(u.slot for u in current.uses)
-                rows = [None if p is None else p.live_rows for p in probes]
-                reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
-                dead = dead_inputs_of(reads, uses, tensors)
+            flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
+            with on_calling_thread(tensors):  # the rest: bytes and small tensors
+                probes = [
+                    probe(s.module, t, patterns, flags.read(t))
+                    for s, t in zip(slots, tensors, strict=True)
+                ]
+                if current.flows and not any(is_sharded(t) for t in tensors):
+                    uses = Counter(u.slot for u in current.uses)
+                    rows = [None if p is None else p.live_rows for p in probes]
+                    reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
+                    dead = dead_inputs_of(reads, uses, tensors)
         # a probed weight's count comes with its probes; the others' here
         counts: list[Tensor] = [
             found.nnz if found is not None else local(t).count_nonzero()
