@@ -178,16 +178,19 @@ class ChannelTracker:
                     self.channels.pop(id(a), None)
 
     def _escape(self, args: Any, kept: Any) -> None:
-        """Every followed tensor among ``args`` but ``kept`` leaves the trail: escaped."""
-        leaves, _ = tree_flatten(args)
-        for leaf in leaves:
-            found = self.lookup(leaf) if leaf is not kept else None
-            if found is not None:
-                self.escaped.add(found.producer)
+        """Every followed tensor among an op's ``args`` but ``kept`` leaves the trail: escaped.
+
+        An aten op's arguments nest one level at most (``Tensor[]``).
+        """
+        for arg in args:
+            for leaf in arg if isinstance(arg, (list, tuple)) else (arg,):
+                found = self.lookup(leaf) if leaf is not kept else None
+                if found is not None:
+                    self.escaped.add(found.producer)
 
     def escape_outputs(self, outputs: Any) -> None:
         """The model's outputs leave the model: their producers' channels escaped."""
-        self._escape(outputs, None)
+        self._escape(tree_flatten(outputs)[0], None)
 
     def _carry(
         self, src: _Channels, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int

@@ -344,7 +344,7 @@ class SparsityMeter:
             # the example input may have been replaced: its number of examples with it (an
             # empty batch fails before the trace)
             examples = _examples(self.example_input, self.per, self._batch_size_arg)
-            self._trace = trace(self.model, self.example_input)
+            self._trace = trace(self.model, self.example_input, slots=slots)
             self._signature = signature
             self.traces += 1
             self._divisor, self.batch_size, doubt = _settle(self.per, examples, self._trace.batches)
