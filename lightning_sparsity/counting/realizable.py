@@ -161,8 +161,9 @@ class ZeroFlags:
     def __init__(self, tensors: Iterable[Tensor]) -> None:
         sizes: dict[torch.device, int] = {}
         for t in tensors:
-            part = local(t)
-            sizes[part.device] = max(sizes.get(part.device, 0), part.numel())
+            if t.dim() >= 2:
+                part = local(t)
+                sizes[part.device] = max(sizes.get(part.device, 0), part.numel())
         self._sizes = sizes
         self._buffers: dict[torch.device, Tensor] = {}
         self._threads = torch.get_num_threads()
