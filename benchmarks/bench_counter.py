@@ -3,7 +3,8 @@
 Times, as medians over ``--repeats`` runs after a warm-up, with the runs of the tools
 compared in one table interleaved round-robin so that drift hits them alike:
 
-* ``SparsityMeter(model, x)`` (the trace), a fresh meter each run, against
+* ``SparsityMeter(model, x)`` (the trace), a fresh meter each run, and
+  ``SparsityMeter(model, x).measure()`` (the first count, what ``ls.measure`` costs), against
   ``torch.utils.flop_counter.FlopCounterMode`` under ``no_grad`` (goal ≤ 1×) and a bare
   forward under ``no_grad`` (goal ≤ 1.5×);
 * the cached ``meter.measure()`` (realizable FLOPs on, the default) on the dense model and
@@ -237,6 +238,7 @@ def run(repeats: int, warmup: int, spinners: int) -> None:
         "FlopCounterMode": lambda: flop_counter(model, x),
         "forward": lambda: forward(model, x),
         "SparsityMeter(model, x)": lambda: ls.SparsityMeter(model, x),
+        "first count": lambda: ls.SparsityMeter(model, x).measure(),
     }
     for name, peer in peers.items():
         if peer is not None:
@@ -245,11 +247,13 @@ def run(repeats: int, warmup: int, spinners: int) -> None:
     base = times["FlopCounterMode"]
 
     print(f"\n  {'time per call':<40}{'median':>13}{'ratio':>9}")
-    trace_s = times["SparsityMeter(model, x)"]
+    trace_s, first_s = times["SparsityMeter(model, x)"], times["first count"]
     print(row("FlopCounterMode (no_grad)", base, base, "itself"))
-    print(row("SparsityMeter(model, x) (trace)", trace_s, base, "FlopCounterMode", 1))
     print(row("bare forward (no_grad)", times["forward"], base, "FlopCounterMode"))
+    print(row("SparsityMeter(model, x) (trace)", trace_s, base, "FlopCounterMode", 1))
     print(row("SparsityMeter(model, x) (trace)", trace_s, times["forward"], "bare forward", 1.5))
+    print(row("  .measure() (first count)", first_s, base, "FlopCounterMode", 1))
+    print(row("  .measure() (first count)", first_s, times["forward"], "bare forward", 1.5))
     for name in copies:
         print(row(name, times[name], base, "FlopCounterMode"))
 

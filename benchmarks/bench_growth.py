@@ -7,7 +7,8 @@ The ladder (``--sizes`` picks a subset; ``growth_models.py`` says what each one 
 Images are 224×224, GPT inputs 1,024 tokens (GPT-2's context), MLP inputs one vector.
 Per size, each phase in a fresh process (so RSS readings start clean):
 
-* ``count``: the first trace, a fresh ``SparsityMeter(model, x)``, against
+* ``count``: the trace, a fresh ``SparsityMeter(model, x)``, and the first count, a fresh
+  ``SparsityMeter(model, x).measure()`` (what ``ls.measure`` costs), against
   ``torch.utils.flop_counter.FlopCounterMode`` under ``no_grad`` on the same input and a bare
   forward under ``no_grad``; the cached ``meter.measure()`` against a bare
   ``sum(p.count_nonzero() for p in params).item()`` sweep, on the dense model and after
@@ -260,6 +261,7 @@ def phase_count(size: Size, repeats: int) -> dict[str, Any]:
             "fcm": lambda: flop_counter(model, x),
             "forward": lambda: forward(model, x),
             "trace": lambda: ls.SparsityMeter(model, x),
+            "first": lambda: ls.SparsityMeter(model, x).measure(),
         },
         repeats,
         warmup=1,
@@ -280,6 +282,7 @@ def phase_count(size: Size, repeats: int) -> dict[str, Any]:
         "weights": n_weights,
         "zeros_at_init": zeros,
         "trace_s": times["trace"],
+        "first_s": times["first"],
         "fcm_s": times["fcm"],
         "forward_s": times["forward"],
         "sweep_dense_s": dense["sweep"],
@@ -478,16 +481,33 @@ def print_pruning(ok: list[dict[str, Any]]) -> None:
 def print_tables(results: list[dict[str, Any]]) -> None:
     ok = [r for r in results if "error" not in r.get("count", {"error": ""})]
     print(
-        "\n### Counting (ms, medians): the first trace vs FlopCounterMode and a bare forward;"
-        " the cached recount (default `measure()`, and with `realizable=False`: nonzero counts"
-        " only) vs a bare nonzero sweep, × = ratio to the sweep\n"
+        "\n### The first count (ms, medians): the trace (`SparsityMeter(model, x)`) and the"
+        " first count (`SparsityMeter(model, x).measure()`, as `ls.measure`) vs"
+        " FlopCounterMode and a bare forward, both under `no_grad`\n"
     )
     print(
-        "| model | params | pruned weights | trace | FlopCounterMode | ratio | forward | ratio"
-        " | sweep dense | measure dense | realizable=False | sweep 80% | measure 80%"
-        " | realizable=False |"
+        "| model | params | forward | FlopCounterMode | trace | × FlopCounterMode | × forward"
+        " | first count | × FlopCounterMode | × forward |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in ok:
+        c = r["count"]
+        print(
+            f"| {SIZES[r['name']].title} | {big(c['params'])} | {ms(c['forward_s'])}"
+            f" | {ms(c['fcm_s'])} | {ms(c['trace_s'])} | {ratio(c['trace_s'], c['fcm_s'])}"
+            f" | {ratio(c['trace_s'], c['forward_s'])} | {ms(c['first_s'])}"
+            f" | {ratio(c['first_s'], c['fcm_s'])} | {ratio(c['first_s'], c['forward_s'])} |"
+        )
+    print(
+        "\n### The cached recount (ms, medians): default `measure()`, and with"
+        " `realizable=False` (nonzero counts only), vs a bare nonzero sweep, × = ratio to the"
+        " sweep\n"
+    )
+    print(
+        "| model | pruned weights | sweep dense | measure dense | realizable=False | sweep 80%"
+        " | measure 80% | realizable=False |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in ok:
         c = r["count"]
 
@@ -495,9 +515,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
             return f"{ms(c[key])} ({ratio(c[key], c[base])})"
 
         print(
-            f"| {SIZES[r['name']].title} | {big(c['params'])} | {big(c['weights'])}"
-            f" | {ms(c['trace_s'])} | {ms(c['fcm_s'])} | {ratio(c['trace_s'], c['fcm_s'])}"
-            f" | {ms(c['forward_s'])} | {ratio(c['trace_s'], c['forward_s'])}"
+            f"| {SIZES[r['name']].title} | {big(c['weights'])}"
             f" | {ms(c['sweep_dense_s'])} | {vs('measure_dense_s', 'sweep_dense_s')}"
             f" | {vs('lean_dense_s', 'sweep_dense_s')} | {ms(c['sweep_sparse_s'])}"
             f" | {vs('measure_sparse_s', 'sweep_sparse_s')}"

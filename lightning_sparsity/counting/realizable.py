@@ -24,6 +24,10 @@ Per weight the cheaper of the two counts; unstructured zeros realize nothing. Us
 in slices (a packed projection with different query and key lengths) and ops without a
 weight count dense. The probes are device scalars read back with the nonzero counts, in the
 same host sync; sharded (``DTensor``) weights are probed on their shards.
+
+Each weight's values are read once, as a bare ``count_nonzero`` sweep reads them: cast to
+0/1 bytes, input dimension last (:func:`zero_flags`); the nonzero count, live rows, live
+inputs and N:M conformity all come from those bytes (:func:`probe`).
 """
 
 from __future__ import annotations
