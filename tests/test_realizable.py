@@ -568,3 +568,27 @@ def test_probes_read_from_a_shared_buffer_equal_fresh_ones() -> None:
         assert torch.equal(shared.live_rows, fresh.live_rows)
         assert torch.equal(shared.live_inputs, fresh.live_inputs)
         assert [int(v) for v in shared.violations] == [int(v) for v in fresh.violations]
+
+
+@pytest.mark.parametrize("realizable", [True, False, ["2:4", "1:4", "3:8"]])
+def test_every_parameters_nonzeros_equal_a_brute_count(realizable: bool | list[str]) -> None:
+    # the default count reads them off the probes' bytes, realizable=False off a read of
+    # its own; the last weight's 257 entries (a prime) fold no two rows' bytes together
+    model = nn.Sequential(
+        pruned_model(),
+        nn.Linear(10, 13 * 11),
+        nn.Unflatten(1, (13, 11)),
+        nn.Conv1d(13, 1, 11),
+        nn.Flatten(),
+        nn.Linear(1, 257),
+    )
+    with torch.no_grad():
+        model[1].weight[::3] = 0
+        model[3].weight[:, :, ::2] = 0
+        model[5].weight[::2] = 0
+    report = ls.measure(model, torch.zeros(1, 8, 8, 8), realizable=realizable)
+    brute = {
+        name: (p.numel(), sum(1 for v in p.detach().flatten().tolist() if v != 0))
+        for name, p in model.named_parameters()
+    }
+    assert report.parameters == brute

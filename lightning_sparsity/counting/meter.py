@@ -36,6 +36,7 @@ from lightning_sparsity.counting.realizable import (
     Form,
     Probe,
     ZeroFlags,
+    count_ones,
     on_calling_thread,
     probe,
 )
@@ -300,7 +301,7 @@ class SparsityMeter:
             tensors given as the first argument, else dim 0 of the first input tensor (then
             re-inferred when ``example_input`` is replaced).
         realizable: also count realizable FLOPs at each :meth:`measure` (``True``: 2:4; a
-            list of ``"N:M"``; ``False``: skip them, a few reads of the weights fewer).
+            list of ``"N:M"``; ``False``: skip them, the bytes read off each weight only counted).
 
     Warns:
         UserWarning: once per meter, if the inferred batch size disagrees with the batch
@@ -574,9 +575,9 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         tensors = [slot.value() for slot in slots]
         dead: dict[int, Tensor] = {}
         reads: list[tuple[ChannelFlow, Tensor | None]] = []
-        if patterns is not None:
-            flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
-            with on_calling_thread(tensors):  # the rest: bytes and small tensors
+        flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
+        with on_calling_thread(tensors):  # the rest: bytes and small tensors
+            if patterns is not None:
                 probes = [
                     probe(s.module, t, patterns, flags.read(t))
                     for s, t in zip(slots, tensors, strict=True)
@@ -586,11 +587,11 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
                     rows = [None if p is None else p.live_rows for p in probes]
                     reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
                     dead = dead_inputs_of(reads, uses, tensors)
-        # a probed weight's count comes with its probes; the others' here
-        counts: list[Tensor] = [
-            found.nnz if found is not None else local(t).count_nonzero()
-            for t, found in zip(tensors, probes, strict=True)
-        ]
+            # a probed weight's count comes with its probes; the others' from the same read
+            counts: list[Tensor] = [
+                found.nnz if found is not None else _count(flags, t)
+                for t, found in zip(tensors, probes, strict=True)
+            ]
         # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
         parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
         counts += [p.count_nonzero() for p in parts]
@@ -626,6 +627,12 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
             forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
             live.append((found.live_rows.bool(), found.live_inputs_after(dead.get(i))))
     return _Counts(nnz_slot, nnz_use, numel_use, forms, live, reads)
+
+
+def _count(flags: ZeroFlags, t: Tensor) -> Tensor:
+    """The nonzeros of ``t`` (its local part): a weight's from one read, a vector's directly."""
+    read = flags.read(t, inputs_last=False)
+    return local(t).count_nonzero() if read is None else count_ones(read)
 
 
 def _report(

@@ -51,6 +51,7 @@ __all__ = [
     "Form",
     "Probe",
     "ZeroFlags",
+    "count_ones",
     "on_calling_thread",
     "probe",
     "zero_flags",
@@ -172,7 +173,7 @@ class ZeroFlags:
         self._buffers: dict[torch.device, Tensor] = {}
         self._threads = torch.get_num_threads()
 
-    def read(self, weight: Tensor) -> Tensor | None:
+    def read(self, weight: Tensor, *, inputs_last: bool = True) -> Tensor | None:
         """:func:`zero_flags` of ``weight`` in the buffer (valid until the next read)."""
         if weight.dim() < 2 or weight.numel() == 0:
             return None
@@ -184,20 +185,22 @@ class ZeroFlags:
         threads = torch.get_num_threads()
         torch.set_num_threads(self._threads)
         try:
-            return zero_flags(weight, buffer)
+            return zero_flags(weight, buffer, inputs_last=inputs_last)
         finally:
             torch.set_num_threads(threads)
 
 
-def zero_flags(weight: Tensor, buffer: Tensor | None = None) -> Tensor:
+def zero_flags(weight: Tensor, buffer: Tensor | None = None, *, inputs_last: bool = True) -> Tensor:
     """``weight != 0`` (its local part) as contiguous 0/1 bytes laid out ``(K, *kernel, C)``.
 
     The input dimension last, as :func:`lightning_sparsity.patterns.group_view` sees the
-    weight: a group of M is M consecutive bytes. Written into the front of ``buffer`` (bool,
-    at least as long as the weight) when given; the one read of the weight's values.
+    weight: a group of M is M consecutive bytes (``inputs_last=False``: the weight's own
+    order, cheaper for a kernel of several positions, enough to count). Written into the
+    front of ``buffer`` (bool, at least as long as the weight) when given; the one read of
+    the weight's values.
     """
     part = local(weight).detach()
-    moved = part.movedim(1, -1)
+    moved = part.movedim(1, -1) if inputs_last else part
     if buffer is None:
         out = torch.empty(moved.shape, dtype=torch.bool, device=part.device)
     else:
@@ -235,7 +238,7 @@ def _fold(numel: int) -> int:
     return next(a for a in range(255, 0, -1) if numel % a == 0)
 
 
-def _ones(flags: Tensor) -> Tensor:
+def count_ones(flags: Tensor) -> Tensor:
     """The number of ones in 0/1 bytes: byte sums of up to 255 rows first, vector-wide."""
     return flags.view(_fold(flags.numel()), -1).sum(0, dtype=torch.uint8).sum()
 
@@ -267,7 +270,7 @@ def probe(
         # the maximum over 0/1 bytes and byte sums run at memory speed, where ``any`` over
         # bools and ``count_nonzero`` cost several times more on CPU
         live_inputs = flags.view(-1, inputs_n).amax(0).bool()
-    nnz = _ones(flags)
+    nnz = count_ones(flags)
     if is_sharded(weight):
         flags_in = live_inputs.to(torch.int32)
         dist.all_reduce(flags_in, op=dist.ReduceOp.MAX, group=shard_group([weight]))
