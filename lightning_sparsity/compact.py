@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -211,16 +211,20 @@ def _compacted(
     found: WeightStructure,
     in_space: Tensor | None = None,
     out_space: Tensor | None = None,
+    fold: Tensor | None = None,
 ) -> Compacted:
     """The :class:`Compacted` layer of ``module``.
 
     ``in_space``: the inputs that reach it (bool over its inputs; ``None``: all), when the
     layer before drops the channels it reads only as zeros. ``out_space``: the rows it must
-    output (``None``: all), when the layers after read only those.
+    output (``None``: all), when the layers after read only those. ``fold``: per row, what
+    the inputs it drops add (their constants times their weights), added to the bias.
     """
     weight = storage.effective(module, "weight").detach()
     bias_value = getattr(module, "bias", None)
     bias = None if bias_value is None else bias_value.detach()
+    if fold is not None:
+        bias = fold if bias is None else bias + fold
     device = weight.device
     rows, inputs = found.live_rows.to(device), found.live_inputs.to(device)
     in_space = None if in_space is None else in_space.to(device)
@@ -275,24 +279,60 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _removable(
-    found: Structure, plan: dict[int, WeightStructure]
-) -> dict[int, tuple[Tensor, list[ChannelFlow]]]:
-    """Producers whose dead channels can leave the model, with the channels kept and reads.
+class _Removal(NamedTuple):
+    """A group of producers whose channels leave: those ``kept`` stay, read by ``flows``."""
 
-    Kept: the channels some reader needs. A producer qualifies when its channels reach
-    nothing but reads of layers being compacted, each such layer reading it once and nothing
-    else, and the producer runs once.
+    producers: set[int]
+    kept: Tensor
+    flows: list[ChannelFlow]
+
+
+def _groups(reads: list[tuple[ChannelFlow, Tensor | None]]) -> list[list[int]]:
+    """The reads coupled through shared producers (a residual add joins them), by index."""
+    parent = list(range(len(reads)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    first: dict[int, int] = {}  # producer → a read of it
+    for i, (flow, _) in enumerate(reads):
+        for producer in flow.producers:
+            j = first.setdefault(producer, i)
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(reads)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _removable(found: Structure, plan: dict[int, WeightStructure]) -> list[_Removal]:
+    """Groups of producers whose dead channels can leave the model, with what they keep.
+
+    Kept: the channels some read needs. Producers joined by a residual add form one group
+    (their channels are one axis). A group qualifies when every producer is compacted, runs
+    once and reaches nothing but reads of layers being compacted, each such layer reading
+    once and nothing else, and no BatchNorm on its way sees another group's tensors.
     """
-    by_producer: dict[int, list[tuple[ChannelFlow, Tensor | None]]] = {}
     readers: dict[int, int] = {}
-    for flow, dead in found.reads:
-        by_producer.setdefault(flow.producer, []).append((flow, dead))
+    for flow, _ in found.reads:
         readers[flow.consumer] = readers.get(flow.consumer, 0) + 1
-    out = {}
-    for producer, reads in by_producer.items():
-        item = plan.get(producer)
-        if item is None or item.uses != 1 or producer in found.escaped:
+    groups = _groups(found.reads)
+    seen_by: dict[int, set[int]] = {}  # BatchNorm → the groups whose reads pass it
+    for g, group in enumerate(groups):
+        for i in group:
+            for norm in found.reads[i][0].norms:
+                seen_by.setdefault(id(norm), set()).add(g)
+    shared = {g for gs in seen_by.values() if len(gs) > 1 for g in gs}
+    out = []
+    for g, group in enumerate(groups):
+        reads = [found.reads[i] for i in group]
+        producers = {p for flow, _ in reads for p in flow.producers}
+        if g in shared or any(
+            p not in plan or plan[p].uses != 1 or p in found.escaped for p in producers
+        ):
             continue
         if any(
             dead is None
@@ -302,29 +342,77 @@ def _removable(
             for flow, dead in reads
         ):
             continue
-        dead_everywhere = torch.stack([d for _, d in reads if d is not None]).all(0)
-        out[producer] = (~dead_everywhere, [flow for flow, _ in reads])
-    # a BatchNorm sliced for one producer's channels must see no other tensor
-    crossing: dict[int, set[int]] = {}
-    for flow, _ in found.reads:
-        for norm in flow.norms:
-            crossing.setdefault(id(norm), set()).add(flow.producer)
-    shared = {p for producers in crossing.values() if len(producers) > 1 for p in producers}
-    return {p: v for p, v in out.items() if p not in shared}
+        deads = [d for _, d in reads if d is not None]
+        if len({d.shape for d in deads}) != 1:
+            continue
+        kept = ~torch.stack(deads).all(0)
+        out.append(_Removal(producers, kept, [flow for flow, _ in reads]))
+    return out
+
+
+def _dropped(module: nn.Module, found: WeightStructure) -> Tensor:
+    """The inputs a layer reads with nonzero weights but drops: their producer's row is dead."""
+    weight = storage.effective(module, "weight").detach()
+    own = weight.reshape(weight.shape[0], weight.shape[1], -1).ne(0).any(2).any(0)
+    return own & ~found.live_inputs.to(own.device)
+
+
+def _constants(model: nn.Module, example_input: Any, layers: list[nn.Module]) -> tuple[Any, dict]:
+    """The masked model's output, and the input each of ``layers`` reads (eval, no grad)."""
+    seen: dict[int, Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen[id(module)] = args[0].detach()
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        with torch.no_grad(), _eval(model):
+            expected = call_model(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return expected, seen
+
+
+def _fold(module: nn.Module, dropped: Tensor, x: Tensor) -> Tensor:
+    """What dropped inputs add to each row: ``Σ_j Σ_taps weight[:, j] · c_j``.
+
+    ``c_j``: input ``j``'s value, one constant wherever the layer reads it (the trail of
+    :mod:`lightning_sparsity.counting.channels`), read at the input's first position.
+    """
+    weight = storage.effective(module, "weight").detach()
+    if isinstance(module, _ConvNd):
+        channel = x.dim() - len(module.kernel_size) - 1  # 1 batched, 0 unbatched
+        values = x.movedim(channel, 0).reshape(x.shape[channel], -1)[:, 0]
+    else:
+        values = x.reshape(-1, x.shape[-1])[0]
+    columns = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(2)
+    index = dropped.nonzero().flatten()
+    return columns[:, index] @ values[index].to(columns.dtype)
 
 
 def _build(
-    model: nn.Module, found: Structure, plan: dict[int, WeightStructure], physical: bool
+    model: nn.Module,
+    found: Structure,
+    plan: dict[int, WeightStructure],
+    folds: dict[int, Tensor],
+    physical: bool,
 ) -> nn.Module:
-    """The compacted copy; ``physical``: producers' dead channels leave (no scatter)."""
-    removable = _removable(found, plan) if physical else {}
+    """The compacted copy; ``physical``: dead channels leave (no scatter).
+
+    ``folds``: per layer, what the inputs it drops add to its bias.
+    """
+    removals = _removable(found, plan) if physical else []
     in_spaces: dict[int, Tensor] = {}
+    out_spaces: dict[int, Tensor] = {}
     norms: dict[int, tuple[_BatchNorm, Tensor]] = {}
-    for kept, flows in removable.values():
-        for flow in flows:
-            in_spaces[flow.consumer] = kept.repeat_interleave(flow.repeat)
+    for removal in removals:
+        for producer in removal.producers:
+            out_spaces[producer] = removal.kept
+        for flow in removal.flows:
+            in_spaces[flow.consumer] = removal.kept.repeat_interleave(flow.repeat)
             for norm in flow.norms:
-                norms[id(norm)] = (norm, kept)
+                norms[id(norm)] = (norm, removal.kept)
     new = copy.deepcopy(model)
     paths: dict[int, list[str]] = {}  # every name a module goes by (a module held twice)
     for name, module in model.named_modules(remove_duplicate=False):
@@ -336,8 +424,10 @@ def _build(
             setattr(parent, child, replacement)
 
     for index, item in plan.items():
-        out_space = removable[index][0] if index in removable else None
-        put(item.slot.module, _compacted(item.slot.module, item, in_spaces.get(index), out_space))
+        layer = _compacted(
+            item.slot.module, item, in_spaces.get(index), out_spaces.get(index), folds.get(index)
+        )
+        put(item.slot.module, layer)
     for norm, kept in norms.values():
         put(norm, _sliced_norm(norm, kept))
     for module in new.modules():  # what stays: plain weights, zeros in place
@@ -442,12 +532,18 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
             UserWarning,
             stacklevel=2,
         )
-    with torch.no_grad(), _eval(model):
-        expected = call_model(model, example_input)
-    new = _build(model, found, plan, physical=True)
+    dropped = {i: _dropped(item.slot.module, item) for i, item in plan.items()}
+    dropped = {i: d for i, d in dropped.items() if bool(d.any())}
+    expected, inputs = _constants(model, example_input, [plan[i].slot.module for i in dropped])
+    folds = {
+        i: _fold(plan[i].slot.module, d, inputs[id(plan[i].slot.module)])
+        for i, d in dropped.items()
+        if id(plan[i].slot.module) in inputs
+    }
+    new = _build(model, found, plan, folds, physical=True)
     if _check(new, example_input, expected)[0]:
         return new
-    safe = _build(model, found, plan, physical=False)  # every layer keeps its positions
+    safe = _build(model, found, plan, folds, physical=False)  # every layer keeps its positions
     same, why = _check(safe, example_input, expected)
     if same:
         warnings.warn(

@@ -128,10 +128,13 @@ def test_a_residual_cnn_with_trained_batchnorm() -> None:
 
 def test_dead_channels_leave_through_a_batchnorm_at_its_initial_statistics() -> None:
     # bn1's constant for a dead channel is 0 (mean 0, bias 0): conv1's dead channels leave
-    # through bn1 (sliced) into conv2; conv2 feeds the residual add: its rows go back
+    # through bn1 (sliced) into conv2; conv2 feeds the residual add, whose channels leave
+    # only where the stem's rows are dead too
     torch.manual_seed(0)
     model = residual()
     prune_rows(model, 0.4, allocation="uniform")
+    stem_dead = model[0].weight.abs().sum((1, 2, 3)) == 0
+    conv2_dead = model[3].conv2.weight.abs().sum((1, 2, 3)) == 0
     _, small = check(model, torch.randn(2, 3, 16, 16))
     block = small[3]
     live = block.conv1.live[0]
@@ -140,7 +143,9 @@ def test_dead_channels_leave_through_a_batchnorm_at_its_initial_statistics() -> 
     assert block.bn1.num_features == live
     assert block.conv2.layer.in_channels == live
     assert block.conv2.inputs is None  # and conv2 reads them all
-    assert block.bn2.num_features == 16  # the residual add keeps its width
+    width = int((~(stem_dead & conv2_dead)).sum())
+    assert 0 < width < 16  # the residual add narrows to the channels some branch holds
+    assert block.bn2.num_features == small[1].num_features == width
 
 
 def test_a_vgg_style_net_through_flatten() -> None:
@@ -414,3 +419,114 @@ def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
     dead_rows(model.a, slice(0, 4))
     with pytest.raises(ValueError, match=r"its output \(Out\) cannot be compared"):
         ls.compact(model, torch.randn(3, 8))
+
+
+# ---- constants folded into the consumer's bias (issue #16) ----
+
+
+class ConstantInto(nn.Module):
+    """A conv with live biases, a trained BatchNorm and an activation, then a reader.
+
+    A dead row of ``first`` outputs its bias, the BatchNorm and the activation map it to
+    another constant: ``after`` reads it as one value at every position.
+    """
+
+    def __init__(self, reader: str, act: str) -> None:
+        super().__init__()
+        self.reader = reader
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.act = {"gelu": nn.GELU(), "sigmoid": nn.Sigmoid()}[act]
+        self.pool = nn.AvgPool2d(3, 1, padding=1) if reader == "avgpool-padded" else nn.Identity()
+        self.after = {
+            "linear": nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
+            "conv1x1": nn.Conv2d(8, 5, 1, bias=False),
+            "conv3x3-valid": nn.Conv2d(8, 5, 3),
+            "conv3x3-reflect": nn.Conv2d(8, 5, 3, padding=1, padding_mode="reflect"),
+            "conv3x3-zeros": nn.Conv2d(8, 5, 3, padding=1),
+            "avgpool-padded": nn.Conv2d(8, 5, 1),
+        }[reader]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(self.pool(self.act(self.norm(self.first(x)))))
+
+
+@pytest.mark.parametrize("act", ["gelu", "sigmoid"])
+@pytest.mark.parametrize(
+    ("reader", "folds"),
+    [
+        ("linear", True),  # every feature reads the constant: weight · c joins the bias
+        ("conv1x1", True),  # no bias before: compact gives it one
+        ("conv3x3-valid", True),  # no padding: every tap of every output reads c
+        ("conv3x3-reflect", True),  # the padding copies c
+        ("conv3x3-zeros", False),  # the border reads the padding's zeros, not c
+        ("avgpool-padded", False),  # the border averages zeros in: not one constant
+    ],
+)
+def test_a_dead_rows_constant_folds_where_the_reader_takes_it_exactly(
+    reader: str, act: str, folds: bool
+) -> None:
+    from tests.test_realizable import dead_inputs_are_dead
+
+    torch.manual_seed(0)
+    model = ConstantInto(reader, act)
+    trained_norms(model)
+    with torch.no_grad():
+        model.first.weight[::2] = 0.0  # rows 0, 2, 4, 6 dead; their biases stay
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    # the count by brute force: inputs that are one constant over random batches (and zero
+    # where the reader pads zeros), all of them and only them
+    dead = dead_inputs_are_dead(model, x, complete=True)
+    name = "after.2.weight" if reader == "linear" else "after.weight"
+    assert dead == ({name: 4 * (4 if reader == "linear" else 1)} if folds else {})
+    if not folds:  # nothing compacts: the model is its own compaction
+        report = ls.measure(model, x, per="batch")
+        # first: 2 FLOPs · 2 examples · 6·6 positions · 8 rows · 3·3·3 taps = 31104, half of
+        # its rows gone; the reader keeps every input
+        assert report.total.flops - report.total.flops_realizable == 31104 // 2
+        return
+    _, small = check(model, x)
+    layer = small.after[2] if reader == "linear" else small.after
+    assert isinstance(layer, Compacted)
+    assert layer.live[1] == (16 if reader == "linear" else 4)
+    assert layer.layer.bias is not None  # the constants' share, folded
+
+
+def test_a_transformer_mlp_with_live_biases_folds_them() -> None:
+    # fc1's pruned hidden units keep their biases: GELU(b) reaches fc2 as a constant, folded
+    torch.manual_seed(0)
+    model = Mlp()
+    prune_rows(model, 0.5, include=[r"fc1"])
+    assert model.fc1.bias.ne(0).all()
+    _, small = check(model, torch.randn(4, 5, 16))
+    assert small.fc2.extra_repr() == "rows 16/16, inputs 32/64"
+    assert small.fc1.layer.out_features == small.fc2.layer.in_features == 32
+
+
+def test_a_residual_stream_narrows_where_every_branch_is_dead() -> None:
+    # channels pruned across the residual stream as Torch-Pruning's coupled groups do: the
+    # stem's and every block's last conv (and shortcut) lose the same rows, so each block's
+    # input, the sum, and the head lose them; trained statistics with a zero shift there
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        Block(16, 16, 1), Block(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+    trained_norms(model)
+    stream = torch.tensor([0, 3, 5, 6, 9, 12])
+    with torch.no_grad():
+        for conv, norm in [(model[0], model[1]), (model[3].conv2, model[3].bn2),
+                           (model[4].conv2, model[4].bn2)]:  # fmt: skip
+            conv.weight[stream] = 0.0
+            norm.bias[stream] = 0.0  # so a dead channel stays 0 through the norm ...
+            norm.running_mean[stream] = 0.0  # ... bias − weight·mean/√(var+eps) = 0
+    report, small = check(model, torch.randn(2, 3, 8, 8))
+    for i in (3, 4):
+        assert small[i].conv1.layer.in_channels == 10  # reads the 10 live stream channels
+        assert small[i].conv2.layer.out_channels == 10
+        assert small[i].bn2.num_features == 10
+    assert small[1].num_features == 10
+    assert small[7].layer.in_features == 10
+    assert report.forms["7.weight"] == "rows 10/10, inputs 10/16"
