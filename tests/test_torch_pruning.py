@@ -230,16 +230,21 @@ def test_a_plain_mlp() -> None:
     assert_layers_match(ours, theirs, ["fc1", "fc2", "fc3"], [])
 
 
-def test_a_mobilenet_depthwise_block() -> None:
-    # Torch-Pruning's group for expand's channels takes the depthwise conv's channels too
-    # (one input each); we zero both
+def depthwise_pruned(zeroed: dict[str, str]) -> tuple[nn.Module, nn.Module, nn.Module, Tensor]:
+    """The MobileNet block with half of expand's channels cut, and the input."""
     torch.manual_seed(0)
     model = Depthwise()
     trained_norms(model)
     x = torch.randn(2, 8, 8, 8)
     cuts = {"expand": lowest_l1(model.expand, 16)}
     norms = {"bn1": "expand", "bn2": "expand"}
-    masked, ours, theirs = prune_both(model, x, cuts, norms, zeroed={"depthwise": "expand"})
+    return (*prune_both(model, x, cuts, norms, zeroed), x)
+
+
+def test_a_mobilenet_depthwise_block() -> None:
+    # Torch-Pruning's group for expand's channels takes the depthwise conv's channels too
+    # (one input each); we zero both
+    masked, ours, theirs, x = depthwise_pruned(zeroed={"depthwise": "expand"})
     assert theirs.depthwise.weight.shape == (16, 1, 3, 3)
     assert theirs.project.weight.shape == (8, 16, 1, 1)
     assert_same_function(masked, ours, theirs, x)
@@ -263,16 +268,10 @@ def test_a_mobilenet_depthwise_block() -> None:
 def test_a_depthwise_conv_reading_a_dead_channel_is_counted_removed() -> None:
     # only expand's rows zeroed: the depthwise conv (no bias) outputs zeros on those channels,
     # and Torch-Pruning removes them with expand's group; the function is the same
-    torch.manual_seed(0)
-    model = Depthwise()
-    trained_norms(model)
-    x = torch.randn(2, 8, 8, 8)
-    cuts = {"expand": lowest_l1(model.expand, 16)}
-    masked, ours, theirs = prune_both(model, x, cuts, {"bn1": "expand", "bn2": "expand"})
+    masked, ours, theirs, x = depthwise_pruned(zeroed={})
     assert_same_function(masked, ours, theirs, x)
-    assert (
-        flop_counter_flops(theirs, x) == ls.measure(masked, x, per="batch").total.flops_realizable
-    )
+    realizable = ls.measure(masked, x, per="batch").total.flops_realizable
+    assert flop_counter_flops(theirs, x) == realizable
 
 
 def test_a_channel_whose_batchnorm_shift_is_not_zero_is_kept() -> None:
