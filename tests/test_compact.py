@@ -311,7 +311,7 @@ class Scaled(nn.Linear):
         return super().forward(x) * 2
 
 
-def dead_rows(layer: nn.Module, rows: slice) -> None:
+def dead_rows(layer: nn.Module, rows: slice | torch.Tensor) -> None:
     with torch.no_grad():
         layer.weight[rows] = 0.0
         if layer.bias is not None:
