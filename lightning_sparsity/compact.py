@@ -223,8 +223,10 @@ def _compacted(
     weight = storage.effective(module, "weight").detach()
     bias_value = getattr(module, "bias", None)
     bias = None if bias_value is None else bias_value.detach()
-    if fold is not None:
-        bias = fold if bias is None else bias + fold
+    if fold is not None and bias is not None:
+        bias = bias + fold
+    elif fold is not None and bool(fold.ne(0).any()):  # a layer without one gets a bias
+        bias = fold
     device = weight.device
     rows, inputs = found.live_rows.to(device), found.live_inputs.to(device)
     in_space = None if in_space is None else in_space.to(device)
