@@ -1,24 +1,27 @@
 """The physically smaller model the realizable count describes: ``ls.compact``.
 
 Realizable FLOPs (:mod:`lightning_sparsity.counting.realizable`) count a layer's rows that
-hold no nonzero weight, and its inputs that hold none or only ever read the zeros of a
-dead row of the layer before (:mod:`lightning_sparsity.counting.channels`), as removed.
-:func:`compact` removes exactly those, from the same sweep
+hold no nonzero weight, and its inputs that hold none or only ever read a dead row's
+constant that the layer can take into its bias (:mod:`lightning_sparsity.counting.channels`),
+as removed. :func:`compact` removes exactly those, from the same sweep
 (:func:`lightning_sparsity.counting.meter.structure`): each Linear and convolution whose
 realizable form is a compaction becomes a :class:`Compacted` layer that
 
 1. gathers its live inputs (``index_select``: no multiplication),
-2. runs a dense layer holding only the live rows and inputs (the FLOPs that remain),
+2. runs a dense layer holding only the live rows and inputs (the FLOPs that remain), its
+   bias plus what the dropped inputs' constants contribute (``weight · constant``, the
+   constants read on the example input),
 3. puts its outputs back in their rows, the dead rows holding their bias (a constant: a row
-   with no nonzero weight multiplies nothing), so every shape downstream (a residual add,
-   a BatchNorm, a concatenation) is as before.
+   with no nonzero weight multiplies nothing), so every shape downstream (a concatenation,
+   the model's output) is as before — except where a group of producers' dead channels (one
+   layer's, or every addend's of a residual add) reach only compacted layers: there they
+   leave (no scatter, no gather), the BatchNorms between sliced.
 
 Hence the compacted model's dense FLOPs equal the masked model's realizable FLOPs exactly
 wherever the realizable form is a removal, and its output equals the masked model's (in
-eval mode: a dead channel reaches a consumer as zeros through an eval BatchNorm only). A
-weight realized as N:M (``"2:4"``) keeps its shape, zeros in place (its N:M FLOPs need a
-2:4 kernel). Other weights whose form is a removal (attention, recurrent, grouped or
-transposed convolutions) are kept dense and named in a warning.
+eval mode). A weight realized as N:M (``"2:4"``) keeps its shape, zeros in place (its N:M
+FLOPs need a 2:4 kernel). Other weights whose form is a removal (attention, recurrent,
+grouped or transposed convolutions) are kept dense and named in a warning.
 """
 
 from __future__ import annotations
