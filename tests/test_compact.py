@@ -530,3 +530,20 @@ def test_a_residual_stream_narrows_where_every_branch_is_dead() -> None:
     assert small[1].num_features == 10
     assert small[7].layer.in_features == 10
     assert report.forms["7.weight"] == "rows 10/10, inputs 10/16"
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_a_depthwise_row_goes_with_the_channel_it_reads_only_if_that_is_zero(shift: float) -> None:
+    # expand's rows 0, 2, ... dead; bn1 maps them to `shift`. The depthwise conv pads zeros:
+    # a row reading 0 outputs 0 (no bias) and leaves with the channel; a row reading 0.3
+    # computes 0.3·Σw inside and less at the border, so it stays
+    torch.manual_seed(0)
+    model = Depthwise()
+    trained_norms(model)
+    with torch.no_grad():
+        model.expand.weight[::2] = 0.0
+        model.bn1.bias[::2] = shift
+        model.bn1.running_mean[::2] = 0.0
+    _, small = check(model, torch.randn(2, 8, 8, 8))
+    rows = small.depthwise.live[0] if isinstance(small.depthwise, Compacted) else 32
+    assert rows == (16 if shift == 0.0 else 32)

@@ -14,10 +14,8 @@ A removal keeps the function only where a removed channel reached its consumers 
 After a BatchNorm the channel is its shift ``bias − weight·mean/√(var + eps)``. So
 ``prune_both`` sets that shift to 0 (bias and running mean 0) in the model both copies come
 from. Where the shift is not 0, Torch-Pruning still removes the channel. Then its model
-computes something else, and ours keeps the channel (the last test). One case goes the
-other way: a depthwise conv reading a dead channel. Torch-Pruning removes it, the function
-stays the same, and our count still keeps it (a strict xfail until channels.py follows
-that read).
+computes something else, and ours keeps the channel (the last test). A depthwise conv
+reading a dead channel outputs its bias there only: both remove its row with the channel.
 """
 
 from __future__ import annotations
@@ -252,26 +250,21 @@ def test_a_mobilenet_depthwise_block() -> None:
     for name in ("expand", "depthwise", "project"):
         assert_same_tensors(ours.get_submodule(name).layer, theirs.get_submodule(name))
     assert_same_tensors(ours.bn2, theirs.bn2)
-    # what differs, at no FLOPs: compact does not follow a channel into a depthwise conv, so
-    # expand puts its dead channels back (zeros) and bn1 keeps all 32, where Torch-Pruning
-    # slices bn1 to 16
-    assert ours.bn1.num_features == 32
-    assert theirs.bn1.num_features == 16
+    # a depthwise conv reads its dead channels' zeros only: expand's dead channels leave
+    # through bn1 into it, as in Torch-Pruning's group (bn1 sliced to 16 in both)
+    assert_same_tensors(ours.bn1, theirs.bn1)
+    assert ours.bn1.num_features == theirs.bn1.num_features == 16
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="channels.py follows a channel into a groups=1 read only: a depthwise conv's row"
-    " that reads a dead channel is still counted (172,032 FLOPs realizable, 102,400 removed)",
-)
 def test_a_depthwise_conv_reading_a_dead_channel_is_counted_removed() -> None:
     # only expand's rows zeroed: the depthwise conv (no bias) outputs zeros on those channels,
     # and Torch-Pruning removes them with expand's group; the function is the same
+    # (before the depthwise read was followed: 172,032 FLOPs realizable against 102,400)
     masked, ours, theirs, x = depthwise_pruned(zeroed={})
     assert_same_function(masked, ours, theirs, x)
-    realizable = ls.measure(masked, x, per="batch").total.flops_realizable
-    assert flop_counter_flops(theirs, x) == realizable
+    assert_counts_agree(masked, ours, theirs, x)
+    for name in ("expand", "depthwise", "project"):
+        assert_same_tensors(ours.get_submodule(name).layer, theirs.get_submodule(name))
 
 
 def test_a_channel_whose_batchnorm_shift_is_not_zero_is_kept() -> None:

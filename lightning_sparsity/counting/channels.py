@@ -42,7 +42,15 @@ from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
 
-__all__ = ["ChannelFlow", "ChannelTracker", "Source", "dead_inputs", "dead_inputs_of", "dead_rows"]
+__all__ = [
+    "ChannelFlow",
+    "ChannelTracker",
+    "Source",
+    "dead_channels",
+    "dead_inputs",
+    "dead_inputs_of",
+    "dead_rows",
+]
 
 
 class Source(NamedTuple):
@@ -75,6 +83,8 @@ class ChannelFlow:
         foldable: whether the consumer reads a constant input exactly as a bias (a Linear,
             a convolution without zero padding): a dead channel then leaves whatever its
             constant, folded into the consumer's bias.
+        depthwise: the consumer is a depthwise convolution (one input channel per row): a
+            row reading a channel that is zero outputs its bias only, a dead row too.
     """
 
     consumer: int
@@ -82,6 +92,7 @@ class ChannelFlow:
     repeat: int = 1
     constant: bool = True
     foldable: bool = False
+    depthwise: bool = False
 
     @property
     def producers(self) -> tuple[int, ...]:
@@ -381,16 +392,20 @@ class ChannelTracker:
             x, dim = args[0], 1
             rows_first = not args[6] and not chain  # weight dim 0 = output channels
             reads_all = rows_first and args[8] == 1  # groups 1: dim 1 = every input channel
+            # one input channel per row (depthwise, multiplier 1)
+            depthwise = rows_first and args[8] == x.shape[1] == args[1].shape[0] > 1
             foldable = not any(args[4])  # no zero padding: every tap reads the constant
         else:  # the operand is weight.t(): the slot's dim 1 reads the input's last axis
             x = args[0] if func is aten.mm.default else args[1]
             dim = x.dim() - 1
             rows_first = reads_all = len(chain) == 1 and chain[0].func in _TRANSPOSES
-            foldable = True
+            foldable, depthwise = True, False
         src = self.lookup(x)
         read = None
-        if reads_all and src is not None and src.dim == dim:
-            flow = ChannelFlow(slot, src.sources, src.repeat, src.constant, foldable)
+        if src is not None and src.dim == dim and (reads_all or (depthwise and src.repeat == 1)):
+            # a depthwise row reading a constant c ≠ 0 outputs c·Σw + b: only zeros are taken
+            fold = foldable and not depthwise
+            flow = ChannelFlow(slot, src.sources, src.repeat, src.constant, fold, depthwise)
             self.flows.append(flow)
             read = x
         if rows_first and (bias is not None or bias_arg is None) and isinstance(out, Tensor):
@@ -445,8 +460,37 @@ def dead_inputs(
     realizable probes', :attr:`.realizable.Probe.live_rows`), ``None`` for a weight of
     under 2 dims.
     """
-    reads = [(flow, dead_rows(flow, tensors, live_rows)) for flow in flows]
-    return dead_inputs_of(reads, uses, tensors)
+    return dead_channels(flows, uses, tensors, live_rows)[1]
+
+
+def dead_channels(
+    flows: Sequence[ChannelFlow],
+    uses: Counter[int],
+    tensors: Sequence[Tensor],
+    live_rows: Sequence[Tensor | None],
+) -> tuple[list[tuple[ChannelFlow, Tensor | None]], dict[int, Tensor], list[Tensor | None]]:
+    """Every read with its dead channels, :func:`dead_inputs`, and the rows that live.
+
+    The flows are taken in trace order: a depthwise convolution's row that reads a dead
+    zero channel multiplies zeros only, so it is dead as a producer for the reads after it
+    (the rows returned: ``live_rows`` with those rows cleared).
+    """
+    rows = list(live_rows)
+    reads: list[tuple[ChannelFlow, Tensor | None]] = []
+    for flow in flows:
+        dead = dead_rows(flow, tensors, rows)
+        reads.append((flow, dead))
+        live = rows[flow.consumer]
+        if (
+            flow.depthwise
+            and dead is not None
+            and live is not None
+            and uses[flow.consumer] == 1
+            and live.shape == dead.shape
+        ):
+            rows[flow.consumer] = live * ~dead.to(live.device)
+    plain = [(flow, dead) for flow, dead in reads if not flow.depthwise]
+    return reads, dead_inputs_of(plain, uses, tensors), rows
 
 
 def dead_inputs_of(

@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.counting.channels import ChannelFlow, dead_inputs_of, dead_rows
+from lightning_sparsity.counting.channels import ChannelFlow, dead_channels
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
@@ -579,8 +579,10 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
             if current.flows and not any(is_sharded(t) for t in tensors):
                 uses = Counter(u.slot for u in current.uses)
                 rows = [None if p is None else p.live_rows for p in probes]
-                reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
-                dead = dead_inputs_of(reads, uses, tensors)
+                reads, dead, rows = dead_channels(current.flows, uses, tensors, rows)
+                for found, alive in zip(probes, rows, strict=True):
+                    if found is not None and alive is not None:
+                        found.live_rows = alive  # a depthwise row reading zeros only: dead
         # a probed weight's count comes with its probes; the others' here
         counts: list[Tensor] = [
             found.nnz if found is not None else local(t).count_nonzero()
