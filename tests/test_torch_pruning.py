@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
-import pytest
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
