@@ -480,8 +480,11 @@ def test_a_dead_rows_constant_folds_where_the_reader_takes_it_exactly(
     dead = dead_inputs_are_dead(model, x, complete=True)
     name = "after.2.weight" if reader == "linear" else "after.weight"
     assert dead == ({name: 4 * (4 if reader == "linear" else 1)} if folds else {})
+    report = ls.measure(model, x, per="batch")
+    # the report names what stays and why: 4 dead channels read as a value it cannot drop
+    assert report.constants_kept == ({} if folds else {name: 4})
+    assert ("Kept: after.weight reads 4 dead channels" in report.to_markdown()) is not folds
     if not folds:  # nothing compacts: the model is its own compaction
-        report = ls.measure(model, x, per="batch")
         # first: 2 FLOPs · 2 examples · 6·6 positions · 8 rows · 3·3·3 taps = 31104, half of
         # its rows gone; the reader keeps every input
         assert report.total.flops - report.total.flops_realizable == 31104 // 2

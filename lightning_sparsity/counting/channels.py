@@ -50,6 +50,7 @@ __all__ = [
     "dead_inputs",
     "dead_inputs_of",
     "dead_rows",
+    "kept_constants",
 ]
 
 
@@ -566,3 +567,22 @@ def _zero_constant(source: Source, tensors: Sequence[Tensor], shape: torch.Size)
         constant = shift - scale * mean / torch.sqrt(var + norm.eps)
         zero = zero & (constant == 0)
     return zero
+
+
+def kept_constants(
+    flow: ChannelFlow, live_rows: Sequence[Tensor | None], dead: Tensor | None
+) -> Tensor | None:
+    """The channels dead in every source that the consumer still reads.
+
+    ``dead``: those it drops (:func:`dead_rows`). What is left reaches it as a nonzero
+    constant through zero padding, or on a trail that does not keep it one constant.
+    """
+    if dead is None or flow.depthwise:
+        return None
+    rows_dead: Tensor | None = None
+    for source in flow.sources:
+        rows = live_rows[source.producer]
+        if rows is None or rows.shape != dead.shape:
+            return None
+        rows_dead = rows == 0 if rows_dead is None else rows_dead & (rows == 0)
+    return None if rows_dead is None else rows_dead & ~dead
