@@ -348,8 +348,8 @@ def _removable(found: Structure, plan: dict[int, WeightStructure]) -> list[_Remo
         ):
             continue
         deads = [d for _, d in reads if d is not None]
-        if len({d.shape for d in deads}) != 1:
-            continue
+        if len({d.shape for d in deads}) != 1 or any(len(f.parts) > 1 for f, _ in reads):
+            continue  # (after a concatenation each producer holds a range: kept in place)
         kept = ~torch.stack(deads).all(0)
         out.append(_Removal(producers, kept, [flow for flow, _ in reads]))
     return out

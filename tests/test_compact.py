@@ -550,3 +550,46 @@ def test_a_depthwise_row_goes_with_the_channel_it_reads_only_if_that_is_zero(shi
     _, small = check(model, torch.randn(2, 8, 8, 8))
     rows = small.depthwise.live[0] if isinstance(small.depthwise, Compacted) else 32
     assert rows == (16 if shift == 0.0 else 32)
+
+
+class Inception(nn.Module):
+    """Two branches concatenated, a BatchNorm over the concatenation, then a reader."""
+
+    def __init__(self, reader: str) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(14)
+        self.reader = nn.Conv2d(14, 5, 1) if reader == "conv1x1" else nn.Conv2d(14, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reader(F.gelu(self.norm(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+@pytest.mark.parametrize("reader", ["conv1x1", "conv3x3-zeros"])
+def test_a_concatenation_carries_each_branchs_dead_channels_to_its_range(reader: str) -> None:
+    # a's rows 1, 3, 5 and b's rows 0, 4 dead (live biases): the reader's inputs 1, 3, 5 and
+    # 8, 12. A 1×1 reader folds their constants; a zero-padded 3×3 takes only those the norm
+    # maps to 0 (bias and mean zeroed there: a's 3 and b's 4, inputs 3 and 12)
+    torch.manual_seed(0)
+    model = Inception(reader)
+    trained_norms(model)
+    with torch.no_grad():
+        model.a.weight[[1, 3, 5]] = 0.0
+        model.b.weight[[0, 4]] = 0.0
+        for channel, producer, row in [(3, model.a, 3), (12, model.b, 4)]:
+            producer.bias[row] = 0.0
+            model.norm.bias[channel] = 0.0
+            model.norm.running_mean[channel] = 0.0
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    from tests.test_realizable import dead_inputs_are_dead
+
+    expected = 5 if reader == "conv1x1" else 2
+    assert dead_inputs_are_dead(model, x, complete=True) == {"reader.weight": expected}
+    report, small = check(model, x)
+    assert small.reader.live[1] == 14 - expected
+    # each branch's dead rows go back in place for the concatenation (a scatter): the norm
+    # keeps its 14 channels
+    assert small.norm.num_features == 14
+    assert report.constants_kept == ({} if reader == "conv1x1" else {"reader.weight": 3})

@@ -60,14 +60,15 @@ class Source(NamedTuple):
     Attributes:
         producer: slot of the weight whose dim-0 rows make them.
         bias: slot of the producer's bias (``None``: no bias).
-        norms: eval-mode BatchNorms on the way, in order.
+        norms: eval-mode BatchNorms on the way, in order, each with the offset of these
+            channels among its own (after a concatenation).
         zero: whether every op since the producer maps 0 to 0 (with a zero bias and zero
             BatchNorm constants a dead row then arrives as zeros).
     """
 
     producer: int
     bias: int | None
-    norms: tuple[_BatchNorm, ...] = ()
+    norms: tuple[tuple[_BatchNorm, int], ...] = ()
     zero: bool = True
 
 
@@ -77,8 +78,9 @@ class ChannelFlow:
 
     Attributes:
         consumer: slot of the weight whose dim 1 reads the channels.
-        sources: the producers whose channels are summed there (several after a residual
-            add; a channel is dead only where it is dead in every one).
+        parts: consecutive ranges of the channels (several after a concatenation), each
+            the producers whose channels are summed there (several after a residual add; a
+            channel is dead only where it is dead in every one).
         repeat: consecutive inputs each channel spans (``H·W`` after a flatten).
         constant: whether every op on the way maps a constant channel to a constant one.
         foldable: whether the consumer reads a constant input exactly as a bias (a Linear,
@@ -89,7 +91,7 @@ class ChannelFlow:
     """
 
     consumer: int
-    sources: tuple[Source, ...]
+    parts: tuple[Part, ...]
     repeat: int = 1
     constant: bool = True
     foldable: bool = False
@@ -98,31 +100,38 @@ class ChannelFlow:
     @property
     def producers(self) -> tuple[int, ...]:
         """The producers' slots."""
-        return tuple(s.producer for s in self.sources)
+        return tuple(s.producer for part in self.parts for s in part)
 
     @property
     def norms(self) -> tuple[_BatchNorm, ...]:
         """Every BatchNorm on the way from any producer, once each."""
-        return tuple({id(n): n for s in self.sources for n in s.norms}.values())
+        return tuple({id(n): n for part in self.parts for s in part for n, _ in s.norms}.values())
+
+
+Part = tuple[Source, ...]
 
 
 class _Channels(NamedTuple):
     """An activation whose axis ``dim`` holds producers' output channels.
 
-    Each spans ``repeat`` consecutive entries of that axis (1; ``H·W`` after flattening
+    ``parts``: as :attr:`ChannelFlow.parts`, ``widths`` their channel counts. Each channel
+    spans ``repeat`` consecutive entries of that axis (1; ``H·W`` after flattening
     ``(B, C, H, W)``). ``constant``: as :attr:`ChannelFlow.constant`.
     """
 
     ref: weakref.ReferenceType[Tensor]
     dim: int
-    sources: tuple[Source, ...]
+    parts: tuple[Part, ...]
+    widths: tuple[int, ...]
     repeat: int = 1
     constant: bool = True
 
     def through(self, *, zero: bool = True, constant: bool = True) -> _Channels:
         """After an op that keeps 0 at 0 (``zero``) and constants constant (``constant``)."""
-        sources = self.sources if zero else tuple(s._replace(zero=False) for s in self.sources)
-        return self._replace(sources=sources, constant=self.constant and constant)
+        parts = self.parts
+        if not zero:
+            parts = tuple(tuple(s._replace(zero=False) for s in part) for part in parts)
+        return self._replace(parts=parts, constant=self.constant and constant)
 
 
 # f(0) == 0 elementwise, whatever their other arguments (hardtanh is checked for its range)
@@ -257,6 +266,9 @@ class ChannelTracker:
         if func in _JOINS and len(args) > 1 and isinstance(args[1], Tensor):
             self._escape(args, self._join(func, args, out))
             return
+        if func is aten.cat.default:
+            self._escape(args, self._cat(args, out))
+            return
         src = self.lookup(args[0]) if args else None
         carried = src is not None and self._carry(src, func, args, out, row)
         first = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -283,14 +295,33 @@ class ChannelTracker:
             or not isinstance(out, Tensor)
             or args[0].shape != args[1].shape
             or out.shape != args[0].shape
-            or (a.dim, a.repeat) != (b.dim, b.repeat)
+            or (a.dim, a.repeat, a.widths) != (b.dim, b.repeat, b.widths)
         ):
             if func._schema.is_mutable:
                 self.channels.pop(id(args[0]), None)
             return ()
-        joined = a._replace(sources=a.sources + b.sources, constant=a.constant and b.constant)
-        self._set(out, joined)
+        parts = tuple(pa + pb for pa, pb in zip(a.parts, b.parts, strict=True))
+        self._set(out, a._replace(parts=parts, constant=a.constant and b.constant))
         return (args[0], args[1])
+
+    def _cat(self, args: tuple[Any, ...], out: Any) -> tuple[Any, ...]:
+        """``cat`` of followed tensors along their channel axis: their parts side by side.
+
+        Returns:
+            The operands that stay on the trail (none unless all are followed so).
+        """
+        tensors = list(args[0])
+        found = [self.lookup(t) for t in tensors]
+        if not found or not isinstance(out, Tensor):
+            return ()
+        dim = (args[1] if len(args) > 1 else 0) % out.dim()
+        if any(f is None or f.dim != dim or f.repeat != 1 for f in found):
+            return ()
+        parts = tuple(p for f in found if f is not None for p in f.parts)
+        widths = tuple(w for f in found if f is not None for w in f.widths)
+        constant = all(f is not None and f.constant for f in found)
+        self._set(out, _Channels(weakref.ref(out), dim, parts, widths, 1, constant))
+        return tuple(tensors)
 
     def _escape(self, args: Any, kept: tuple[Any, ...]) -> None:
         """Every followed tensor among ``args`` but ``kept`` leaves the trail: escaped."""
@@ -300,7 +331,7 @@ class ChannelTracker:
                 continue
             found = self.lookup(leaf)
             if found is not None:
-                self.escaped.update(s.producer for s in found.sources)
+                self.escaped.update(s.producer for part in found.parts for s in part)
 
     def escape_outputs(self, outputs: Any) -> None:
         """The model's outputs leave the model: their producers' channels escaped."""
@@ -369,8 +400,12 @@ class ChannelTracker:
                 and module.running_mean is not None
                 and args[3] is module.running_mean
             ):
-                sources = tuple(s._replace(norms=(*s.norms, module)) for s in src.sources)
-                self._set(first, src._replace(sources=sources), 1)
+                offsets = [sum(src.widths[:k]) for k in range(len(src.parts))]
+                parts = tuple(
+                    tuple(s._replace(norms=(*s.norms, (module, at))) for s in part)
+                    for part, at in zip(src.parts, offsets, strict=True)
+                )
+                self._set(first, src._replace(parts=parts), 1)
             return True
         return False
 
@@ -406,12 +441,15 @@ class ChannelTracker:
         if src is not None and src.dim == dim and (reads_all or (depthwise and src.repeat == 1)):
             # a depthwise row reading a constant c ≠ 0 outputs c·Σw + b: only zeros are taken
             fold = foldable and not depthwise
-            flow = ChannelFlow(slot, src.sources, src.repeat, src.constant, fold, depthwise)
+            flow = ChannelFlow(slot, src.parts, src.repeat, src.constant, fold, depthwise)
             self.flows.append(flow)
             read = x
         if rows_first and (bias is not None or bias_arg is None) and isinstance(out, Tensor):
             out_dim = 1 if func is aten.convolution.default else out.dim() - 1
-            self.channels[id(out)] = _Channels(weakref.ref(out), out_dim, (Source(slot, bias),))
+            width = out.shape[out_dim]
+            self.channels[id(out)] = _Channels(
+                weakref.ref(out), out_dim, ((Source(slot, bias),),), (width,)
+            )
         return read
 
 
@@ -526,13 +564,25 @@ def dead_rows(
 ) -> Tensor | None:
     """The producers' output channels the consumer can drop where it reads them.
 
-    A channel is dead in every source (no nonzero weight in its row), and either the
-    consumer folds its constant into its bias (:attr:`ChannelFlow.foldable` on a constant
-    trail) or the constant is zero in every source.
+    Part by part: a channel is dead in every source (no nonzero weight in its row), and
+    either the consumer folds its constant into its bias (:attr:`ChannelFlow.foldable` on
+    a constant trail) or the constant is zero in every source.
     """
+    pieces = []
+    for part in flow.parts:
+        dead = _dead_part(flow, part, tensors, live_rows)
+        if dead is None:
+            return None
+        pieces.append(dead)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _dead_part(
+    flow: ChannelFlow, part: Part, tensors: Sequence[Tensor], live_rows: Sequence[Tensor | None]
+) -> Tensor | None:
     dead: Tensor | None = None
     zero: Tensor | None = None
-    for source in flow.sources:
+    for source in part:
         rows = live_rows[source.producer]
         if rows is None or (dead is not None and rows.shape != dead.shape):
             return None
@@ -557,15 +607,16 @@ def _zero_constant(source: Source, tensors: Sequence[Tensor], shape: torch.Size)
         if bias.shape != shape:
             return None
         zero = zero & (bias == 0)
-    for norm in source.norms:
+    for norm, at in source.norms:
         mean, var = norm.running_mean, norm.running_var
-        if mean is None or var is None or mean.shape != shape:
+        if mean is None or var is None or mean.shape[0] < at + shape[0]:
             return None
+        part = slice(at, at + shape[0])  # these channels' share of the norm's (after a cat)
         # out = w·(x − mean)/√(var + eps) + b: a zero channel leaves b − w·mean/√(var + eps)
         scale = norm.weight if norm.weight is not None else torch.ones_like(mean)
         shift = norm.bias if norm.bias is not None else torch.zeros_like(mean)
         constant = shift - scale * mean / torch.sqrt(var + norm.eps)
-        zero = zero & (constant == 0)
+        zero = zero & (constant[part] == 0)
     return zero
 
 
@@ -579,10 +630,16 @@ def kept_constants(
     """
     if dead is None or flow.depthwise:
         return None
-    rows_dead: Tensor | None = None
-    for source in flow.sources:
-        rows = live_rows[source.producer]
-        if rows is None or rows.shape != dead.shape:
+    pieces = []
+    for part in flow.parts:
+        rows_dead: Tensor | None = None
+        for source in part:
+            rows = live_rows[source.producer]
+            if rows is None or (rows_dead is not None and rows.shape != rows_dead.shape):
+                return None
+            rows_dead = rows == 0 if rows_dead is None else rows_dead & (rows == 0)
+        if rows_dead is None:
             return None
-        rows_dead = rows == 0 if rows_dead is None else rows_dead & (rows == 0)
-    return None if rows_dead is None else rows_dead & ~dead
+        pieces.append(rows_dead)
+    every = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return every & ~dead if every.shape == dead.shape else None
