@@ -13,7 +13,7 @@ package is absent.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -38,7 +38,12 @@ def missing(*packages: str) -> str | None:
 
     ``packages`` default to ``onnx`` and ``onnxruntime``.
     """
-    absent = [p for p in packages or ("onnx", "onnxruntime") if not importlib.util.find_spec(p)]
+    absent = []
+    for package in packages or ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            absent.append(package)
     if not absent:
         return None
     verb = "is" if len(absent) == 1 else "are"

@@ -58,7 +58,7 @@ from lightning_sparsity._text import count, number, one_line
 from lightning_sparsity.compact import compact as compact_model
 from lightning_sparsity.counting.meter import measure
 from lightning_sparsity.counting.report import SparsityReport
-from lightning_sparsity.counting.trace import _eval_mode, call_model, describe_input
+from lightning_sparsity.counting.trace import _eval_mode, call_model
 from lightning_sparsity.ort import OrtRun, missing, ort_run
 from lightning_sparsity.patterns import conforms, kernel_problem
 
@@ -604,12 +604,12 @@ class _CompactRuns:
         if absent is not None:
             return absent
         if device.type != "cpu":
-            return f"it runs on the CPU here, the model is on {device}"
+            return f"it is timed on the CPU only, the model is on {device}"
         inputs = [example_input] if isinstance(example_input, Tensor) else example_input
         if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, Tensor) for t in inputs):
             return (
-                "it takes Tensor inputs (a Tensor or a tuple of them), the example input is"
-                f" {describe_input(example_input)}"
+                "it is fed a Tensor or a tuple of Tensors (positional inputs), the example"
+                f" input is a {type(example_input).__name__}"
             )
         problems = []
         sessions = {}
