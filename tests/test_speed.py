@@ -8,13 +8,11 @@ model is left as found, and the FLOP ratios are the closed forms.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
 from lightning_sparsity.cli import CliError
@@ -28,6 +26,7 @@ from lightning_sparsity.speed import (
     format_speed,
     speed,
 )
+from tests.test_compact import Mlp, dead_rows, flop_counter_flops
 
 FAST = {"repeats": 3, "warmup": 1}
 
@@ -311,34 +310,6 @@ def test_speed_command_errors(
 # ------------------------------------------------------------- the compacted model
 
 
-def flop_counter_flops(model: nn.Module, example_input: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(example_input)
-    return counter.get_total_flops()
-
-
-class Mlp(nn.Module):
-    """A transformer block's MLP on 16 features: LayerNorm, 16 → 64, GELU, 64 → 16, residual."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(16)
-        self.fc1 = nn.Linear(16, 64)
-        self.fc2 = nn.Linear(64, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
-
-
-def dead_rows(layer: nn.Linear | nn.Conv2d, rows: slice) -> None:
-    """Zero some rows' weights and biases: rows that compute nothing."""
-    with torch.no_grad():
-        layer.weight[rows] = 0.0
-        if layer.bias is not None:
-            layer.bias[rows] = 0.0
-
-
 def half_mlp() -> nn.Module:
     """The MLP with 48 of fc1's 64 hidden units dead (a factory for the command too)."""
     torch.manual_seed(0)
@@ -504,69 +475,6 @@ def test_compact_leaves_the_model_as_found() -> None:
     assert after["attrs"] == before["attrs"]
 
 
-@dataclass
-class Boxed:
-    y: torch.Tensor
-
-
-class BoxedOut(nn.Module):
-    """Returns a dataclass: compact cannot compare its copy's output, so it refuses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> Boxed:
-        return Boxed(self.b(torch.relu(self.a(x))))
-
-
-def boxed_model() -> nn.Module:
-    model = BoxedOut()
-    dead_rows(model.a, slice(0, 4))
-    return model
-
-
-@pytest.mark.parametrize(
-    ("args", "match"),
-    [
-        (
-            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--checkpoint", "m.ckpt"],
-            "--checkpoint needs a LightningModule class, 'tests.test_speed:half_mlp' is not one",
-        ),
-        (
-            [
-                *("lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"),
-                *("--checkpoint", "missing.ckpt", "--compact"),
-            ],
-            "checkpoint 'missing.ckpt' does not exist",
-        ),
-        (
-            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--compact", "--repeats", "0"],
-            "`repeats` must be an int >= 1, got 0",
-        ),
-        (
-            ["tests.test_speed:half_mlp", "--input-shape", "2,15", "--compact"],
-            "forward failed on the example input",
-        ),
-        (
-            ["tests.test_speed:boxed_model", "--input-shape", "3,8", "--compact"],
-            "compact: the compacted model does not reproduce the masked model on the example"
-            " input (its output (Boxed) cannot be compared)",
-        ),
-    ],
-)
-def test_speed_compact_and_checkpoint_errors_are_one_line(
-    args: list[str], match: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from lightning_sparsity.cli import main
-
-    assert main(["speed", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("lightning-sparsity: error:")
-    assert len(err.splitlines()) == 1, err
-    assert match in err
-
-
 def test_the_speed_subcommand_with_compact(capsys: pytest.CaptureFixture[str]) -> None:
     from lightning_sparsity.cli import main
 
@@ -647,6 +555,31 @@ def test_float32_on_cuda_says_2_4_takes_half_precision() -> None:
         (
             ["tests.test_speed:small_model", "--input-shape", "8,64", "--device", "mps"],
             "--device must be cpu or cuda (cuda:N), got 'mps'",
+        ),
+        # --checkpoint and --compact
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--checkpoint", "m.ckpt"],
+            "--checkpoint needs a LightningModule class, 'tests.test_speed:half_mlp' is not one",
+        ),
+        (
+            [
+                *("lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"),
+                *("--checkpoint", "missing.ckpt", "--compact"),
+            ],
+            "checkpoint 'missing.ckpt' does not exist",
+        ),
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--compact", "--repeats", "0"],
+            "`repeats` must be an int >= 1, got 0",
+        ),
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,15", "--compact"],
+            "forward failed on the example input",
+        ),
+        (
+            ["tests.test_compact:boxed_model", "--input-shape", "3,8", "--compact"],
+            "compact: the compacted model does not reproduce the masked model on the example"
+            " input (its output (Out) cannot be compared)",
         ),
     ],
 )
