@@ -7,8 +7,9 @@ the compacted model with it; :func:`ort_run` exports into a temporary directory 
 file into an onnxruntime ``InferenceSession`` on the CPU provider, which
 :func:`lightning_sparsity.speed` (``compact=True``) and ``benchmarks/bench_compact.py`` time.
 
-Both need the ``onnx`` extra (``onnx`` and ``onnxruntime``); :func:`missing` says which
-package is absent.
+The ``onnx`` extra installs what they need: ``onnx`` (torch writes ONNX through it) and,
+for :func:`ort_run`, ``onnxruntime``; :func:`missing` says which is absent. A session's idle
+threads sleep rather than spin, so that they leave the cores to what is timed next.
 """
 
 from __future__ import annotations

@@ -29,6 +29,13 @@ timing, each kernel's output is checked against the dense layer's on that input.
 medians over ``repeats`` runs after ``warmup``, dense and sparse runs interleaved, on the same
 input; on CUDA each run ends with ``torch.cuda.synchronize``.
 
+With ``compact=True`` the whole forward is also timed against the compacted model's
+(:func:`lightning_sparsity.compact`) in eager torch, in the same interleaved runs, and,
+where onnxruntime is installed and the model is on the CPU, both models exported to ONNX
+(:mod:`lightning_sparsity.ort`) run in onnxruntime after their outputs are checked against
+torch's; the report puts the speed-ups beside the ratio of their dense FLOPs
+(:class:`CompactSpeed`).
+
 The model is left as found: its weights are never written (the sparse kernels hold copies),
 the swapped ``forward`` attributes and the capture hooks are removed, mode flags restored.
 (A reparametrization that sets the weight in a forward pre-hook, as ``torch.nn.utils.prune``
