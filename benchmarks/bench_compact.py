@@ -19,9 +19,6 @@ half the hidden units) on 64 tokens.
 from __future__ import annotations
 
 import argparse
-import io
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
@@ -33,6 +30,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
+from lightning_sparsity.ort import missing, ort_run
+from lightning_sparsity.speed import medians
 
 
 class Vgg(nn.Module):
@@ -90,34 +89,6 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    import onnxruntime
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"])
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-    )
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-def medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in runs.items():  # interleaved: drifting load hits all alike
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -128,12 +99,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batches = (1,) if args.quick else (1, 64)
     repeats = 3 if args.quick else args.repeats
-    try:
-        import onnxruntime  # noqa: F401
-
-        with_ort = True
-    except ImportError:
-        with_ort = False
+    with_ort = missing() is None
     print(
         f"bench_compact: torch {torch.__version__}, {args.threads} threads; medians of {repeats};"
         f" speed-up = masked dense model's time / compacted model's, same process and load"
@@ -160,12 +126,15 @@ def main() -> None:
                 "compact": lambda m=small, x=x: m(x),
             }
             if with_ort:
-                runs["ort dense"] = onnx_session(model, x, args.threads)
-                runs["ort compact"] = onnx_session(small, x, args.threads)
+                for key, which in (("ort dense", model), ("ort compact", small)):
+                    runs[key] = session = ort_run(which, (x,), args.threads)
+                    gap = session.gap()  # the same outputs as torch's, or no timing
+                    if gap is None or gap > 1:
+                        raise SystemExit(f"{name} {key}: not torch's output ({gap} tolerances)")
             line = f"{name:18s} {batch:5d} {ratio:6.3f}"
             for spinners in (0, args.busy):
                 with busy(spinners), torch.inference_mode():
-                    t = medians(runs, repeats)
+                    t = medians(runs, repeats, warmup=1)
                 line += f"  {t['dense'] / t['compact']:12.2f}x"
                 if with_ort:
                     line += f"  {t['ort dense'] / t['ort compact']:10.2f}x"

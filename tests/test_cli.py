@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import lightning_sparsity as ls
 from lightning_sparsity.cli import main
 from lightning_sparsity.demo import DigitsCNN
+from tests.fits import WIDE_DENSE
 
 SCRIPT = Path(sys.executable).parent / "lightning-sparsity"
 
@@ -274,10 +275,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
     ],
 )
-def test_count_unusable_checkpoint_is_one_line(
-    checkpoints: dict[str, Path], name: str, message: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", [["count"], ["speed", "--compact"]])
+def test_unusable_checkpoint_is_one_line(
+    checkpoints: dict[str, Path],
+    name: str,
+    message: str,
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = ["count", "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"]
+    # count and speed load a checkpoint the same way: the same one-line errors
+    args = [*command, "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"]
     assert main([*args, "--checkpoint", str(checkpoints[name])]) == 2
     err = capsys.readouterr().err
     (line,) = err.splitlines()
@@ -295,6 +302,43 @@ def test_count_checkpoint_rebuilds_from_its_hyperparameters(
     data = json.loads(capsys.readouterr().out)
     expected = ls.measure(DigitsCNN(channels=(8, 8, 8)), torch.zeros(1, 1, 8, 8))
     assert data["total"]["params"] == expected.total.params
+
+
+def test_speed_compact_from_the_checkpoint_of_a_pruning_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.fits import Wide, quiet_trainer
+
+    torch.manual_seed(0)
+    pruner = ls.MagnitudePruner(structured=True, schedule=ls.schedules.Constant(0.5))
+    trainer = quiet_trainer(tmp_path, [ls.SparsityCallback(pruner, verbose=False)], 1)
+    trainer.fit(Wide())
+    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    args = ["speed", "tests.fits:Wide", "--input-shape", "2,3,16,16", "--repeats", "2"]
+    assert main([*args, "--checkpoint", str(tmp_path / "pruned.ckpt"), "--compact"]) == 0
+    out = capsys.readouterr().out
+    # the FLOPs FlopCounterMode counts on the checkpoint's model and on its compacted copy;
+    # the input the command makes (seed 0) does not change them
+    x = torch.randn(2, 3, 16, 16)
+    loaded = Wide.load_from_checkpoint(tmp_path / "pruned.ckpt").eval()
+    small = ls.compact(loaded, x)
+    flops = []
+    for model in (loaded, small):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(x)
+        flops.append(counter.get_total_flops())
+    dense, compacted = flops
+    assert dense == 2 * WIDE_DENSE  # dense FLOPs: zeros or not, per example WIDE_DENSE
+    assert compacted < dense  # rows the fit pruned are gone
+    assert f"| masked (as is) | {dense:,} | 1.00× |" in out
+    assert f"| compacted | {compacted:,} | {dense / compacted:.2f}× |" in out
+    assert "their outputs equal torch's on the example input" in out
+    # the fresh model, without the checkpoint, has nothing to remove
+    assert main([*args, "--compact"]) == 0
+    assert f"| compacted | {dense:,} | 1.00× |" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- LightningCLI errors

@@ -8,6 +8,7 @@ For each family, channel-pruned: the compacted copy's output equals the masked m
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -400,25 +401,30 @@ def test_a_module_held_under_two_names_is_compacted_under_both() -> None:
     check(model, torch.randn(3, 8))  # FlopCounterMode == realizable (was 2x: head kept)
 
 
-def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
-    from dataclasses import dataclass
+@dataclass
+class Out:
+    y: torch.Tensor
 
-    @dataclass
-    class Out:
-        y: torch.Tensor
 
-    class Boxed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+class Boxed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
 
-        def forward(self, x: torch.Tensor) -> Out:
-            return Out(self.b(torch.relu(self.a(x))))
+    def forward(self, x: torch.Tensor) -> Out:
+        return Out(self.b(torch.relu(self.a(x))))
 
+
+def boxed_model() -> nn.Module:
+    """A model whose output compact cannot compare (a factory for the speed command too)."""
     model = Boxed()
     dead_rows(model.a, slice(0, 4))
+    return model
+
+
+def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
     with pytest.raises(ValueError, match=r"its output \(Out\) cannot be compared"):
-        ls.compact(model, torch.randn(3, 8))
+        ls.compact(boxed_model(), torch.randn(3, 8))
 
 
 # ---- constants folded into the consumer's bias (issue #16) ----

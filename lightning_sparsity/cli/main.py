@@ -14,8 +14,9 @@
 * ``lightning-sparsity export TARGET --input-shape 1,3,224,224 --to model.onnx``: the
   compacted model (:func:`lightning_sparsity.compact`) as ONNX (the ``onnx`` extra) or ``.pt``.
 * ``lightning-sparsity speed TARGET --input-shape 64,4096 [--repeats 20] [--device cuda
-  --dtype float16]``: dense vs sparse-kernel forward times beside the FLOP ratios (CSR on CPU,
-  2:4 on CUDA; :mod:`lightning_sparsity.speed`).
+  --dtype float16] [--checkpoint CKPT] [--compact]``: dense vs sparse-kernel forward times
+  beside the FLOP ratios (CSR on CPU, 2:4 on CUDA; :mod:`lightning_sparsity.speed`); with
+  ``--compact`` the compacted model's too, in eager torch and onnxruntime.
 
 User errors (a bad option or config value, an unreadable or unfitting checkpoint) are one line
 ``lightning-sparsity: error: ...`` on stderr and exit status 2. Errors raised while training
@@ -135,8 +136,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "speed", help="time the forward with dense vs sparse kernels (CSR on CPU, 2:4 on CUDA)"
     )
-    s.add_argument("target", help="package.module:factory")
+    s.add_argument("target", help="package.module:factory, or a LightningModule class")
     s.add_argument("--input-shape", type=_shape, required=True, help="e.g. 64,4096")
+    s.add_argument("--checkpoint", help="a Lightning checkpoint for the LightningModule TARGET")
+    s.add_argument(
+        "--compact",
+        action="store_true",
+        help="also time the compacted model (eager torch; onnxruntime with the onnx extra)",
+    )
     s.add_argument("--repeats", type=int, default=20, help="timed runs per median (20)")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     s.add_argument(
