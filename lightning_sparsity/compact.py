@@ -169,6 +169,8 @@ def _why_not(
         return f"inside a {type(parent).__name__}, whose fast path reads its weight"
     if module._forward_hooks or module._forward_pre_hooks:
         return "it has forward hooks"
+    if "forward" in module.__dict__:
+        return "its forward is set on the instance"
     if parametrize.is_parametrized(module, "weight"):
         return "a parametrized weight"
     if isinstance(module, _ConvNd):

@@ -228,6 +228,27 @@ def test_refusals_name_what_cannot_be_compacted() -> None:
         ls.compact(nn.Linear(8, 4, device="meta"), torch.randn(2, 8))
 
 
+def test_a_layer_whose_forward_is_set_on_the_instance_is_kept() -> None:
+    # the same output as nn.Linear's on the example input, another one on large inputs: a
+    # rebuilt plain Linear would pass compact's check and compute something else
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    dead_rows(model[0], slice(0, 4))
+    layer = model[0]
+    plain = nn.Linear.forward
+
+    def clipped(x: torch.Tensor) -> torch.Tensor:
+        return plain(layer, x.clamp(-100, 100))
+
+    layer.forward = clipped
+    x = torch.randn(2, 8)
+    with pytest.warns(UserWarning, match=r"0.weight \(its forward is set on the instance\)"):
+        small = ls.compact(model, x)
+    big = torch.full((1, 8), 1000.0)
+    with torch.no_grad():
+        torch.testing.assert_close(small(big), model(big))
+
+
 def pruned_mlp() -> nn.Module:
     """A factory for the export command: the transformer MLP, half its hidden units pruned."""
     torch.manual_seed(0)
