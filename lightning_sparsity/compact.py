@@ -42,6 +42,7 @@ from lightning_sparsity.counting.channels import ChannelFlow
 from lightning_sparsity.counting.meter import Structure, WeightStructure, structure
 from lightning_sparsity.counting.trace import _eval_mode as _eval
 from lightning_sparsity.counting.trace import call_model
+from lightning_sparsity.patterns import SemiStructuredLinear, semi_structured_problem
 from lightning_sparsity.pruning import masks as storage
 
 __all__ = ["Compacted", "compact"]
@@ -484,7 +485,28 @@ def _check(new: nn.Module, example_input: Any, expected: Any) -> tuple[bool, str
     return gap <= 1, f"its output differs by {gap:.3g} times the tolerance"
 
 
-def compact(model: nn.Module, example_input: Any) -> nn.Module:
+def _to_semi_structured(new: nn.Module) -> None:
+    """Swap each plain Linear of ``new`` whose weight the 2:4 kernels take for one on them.
+
+    Records ``new.semi_structured``: every Linear's name → ``"2:4"`` or why not.
+    """
+    done: dict[str, str] = {}
+    for name, module in list(new.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        problem = (
+            f"a {type(module).__name__} with a forward of its own"
+            if type(module) is not nn.Linear or "forward" in module.__dict__
+            else semi_structured_problem(module.weight.detach())
+        )
+        done[name] = problem or "2:4"
+        if problem is None:
+            parent, child = _parent(new, name)
+            setattr(parent, child, SemiStructuredLinear(module.weight, module.bias))
+    setattr(new, "semi_structured", done)  # noqa: B010 (a Module's attribute, not typed)
+
+
+def compact(model: nn.Module, example_input: Any, *, semi_structured: bool = False) -> nn.Module:
     """A copy of ``model`` without the rows and inputs its realizable FLOPs count removed.
 
     The copy's dense FLOPs (``FlopCounterMode``) equal ``ls.measure(model,
@@ -495,17 +517,22 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
     that depends on the data and is not taken is not checked). Masks on the copy are made
     permanent (plain weights).
 
-    A layer's dead channels leave the model where only compacted layers read them (the
-    BatchNorms between sliced too); elsewhere (a residual add, the output) they are put back
-    as their constant. ``model`` is left as found.
+    A group of layers' dead channels (one layer's, or every addend's of a residual add)
+    leave the model where only compacted layers read them (the BatchNorms between sliced
+    too); elsewhere (a concatenation, the output) they are put back as their constant.
+    ``model`` is left as found.
 
     Args:
         model: the pruned model.
         example_input: an input of the shapes the model runs on (the trace that finds the
             dead channels); a Tensor, a tuple/list of positional arguments, or a dict.
+        semi_structured: also run each plain Linear whose weight is 2:4 on torch's 2:4
+            kernels (``torch.sparse.to_sparse_semi_structured``: CUDA, compute capability
+            8.0+, float16/bfloat16): a :class:`.patterns.SemiStructuredLinear` each.
 
     Returns:
-        The compacted copy, in eval mode.
+        The compacted copy, in eval mode. With ``semi_structured``, its attribute
+        ``semi_structured`` maps every Linear's name to ``"2:4"`` (converted) or why not.
 
     Warns:
         UserWarning: naming weights whose form is a removal that this cannot compact, kept
@@ -514,11 +541,19 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
             a weight read outside its layer (tied to another module) or parametrized.
 
     Raises:
-        ValueError: for a model on the meta device or with sharded (FSDP2) weights, and if
-            neither layout reproduces the masked model's output on the example input.
+        ValueError: for a model on the meta device or with sharded (FSDP2) weights, with
+            ``semi_structured`` for a model not on CUDA, and if neither layout (or the 2:4
+            kernels) reproduces the masked model's output on the example input.
     """
     if any(is_sharded(p) for p in model.parameters()):
         raise ValueError("compact needs whole weights: gather the sharded (FSDP2) model first")
+    devices = sorted({p.device.type for p in model.parameters()})
+    if semi_structured and devices != ["cuda"]:
+        raise ValueError(
+            "compact(semi_structured=True) runs 2:4 weights on torch's semi-structured kernels,"
+            f" which need CUDA; the model's parameters are on {', '.join(devices) or 'no device'}"
+            " (move it with .cuda(), and .half() or .bfloat16())"
+        )
     found = structure(model, example_input)
     plan: dict[int, WeightStructure] = {}
     kept: dict[str, str] = {}
@@ -548,18 +583,23 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
         if id(plan[i].slot.module) in inputs
     }
     new = _build(model, found, plan, folds, physical=True)
-    if _check(new, example_input, expected)[0]:
-        return new
-    safe = _build(model, found, plan, folds, physical=False)  # every layer keeps its positions
-    same, why = _check(safe, example_input, expected)
+    same, why = _check(new, example_input, expected)
+    if not same:
+        new = _build(model, found, plan, folds, physical=False)  # layers keep their positions
+        same, why = _check(new, example_input, expected)
+        if same:
+            warnings.warn(
+                "compact: removing dead channels between layers changed the output on the"
+                " example input; each compacted layer keeps its channels' positions instead",
+                UserWarning,
+                stacklevel=2,
+            )
+    if same and semi_structured:
+        _to_semi_structured(new)
+        same, why = _check(new, example_input, expected)
+        why = f"with the 2:4 kernels, {why}"
     if same:
-        warnings.warn(
-            "compact: removing dead channels between layers changed the output on the example"
-            " input; each compacted layer keeps its channels' positions instead",
-            UserWarning,
-            stacklevel=2,
-        )
-        return safe
+        return new
     raise ValueError(
         f"compact: the compacted model does not reproduce the masked model on the example"
         f" input ({why}); a layer may compute more than its weights say (a forward of its"

@@ -55,7 +55,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
@@ -67,7 +66,7 @@ from lightning_sparsity.counting.meter import measure
 from lightning_sparsity.counting.report import SparsityReport
 from lightning_sparsity.counting.trace import _eval_mode, call_model
 from lightning_sparsity.ort import OrtRun, missing, ort_run
-from lightning_sparsity.patterns import conforms, kernel_problem
+from lightning_sparsity.patterns import SemiStructuredLinear, semi_structured_problem
 
 __all__ = [
     "CompactSpeed",
@@ -92,7 +91,6 @@ _CONVS = (
 )
 _CONV_NOTE = "convolution: no torch sparse kernel runs it; timed and counted as dense"
 _CSR_DTYPES = {"cpu": (torch.float32, torch.float64)}  # MKL; CUDA: whatever cuSPARSE takes
-_HALF = (torch.float16, torch.bfloat16)
 #: how far a sparse kernel's output may stray from the dense layer's, relative to its largest
 #: value (summation order differs; half precision rounds each product)
 _TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -381,43 +379,10 @@ class _Csr:
         return out.t().reshape(*x.shape[:-1], -1)
 
 
-class _SemiStructured:
-    """``F.linear`` with a 2:4 semi-structured weight (cuSPARSELt or CUTLASS)."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        from torch.sparse import to_sparse_semi_structured
-
-        self.weight = to_sparse_semi_structured(weight.detach().contiguous())
-        self.bias = None if bias is None else bias.detach()
-
-    def __call__(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
-        return F.linear(flat, self.weight, self.bias).reshape(*x.shape[:-1], -1)
-
-
 _BUILDERS: dict[Kernel, Callable[[Tensor, Tensor | None], KernelFn]] = {
-    "2:4": _SemiStructured,
+    "2:4": SemiStructuredLinear,
     "csr": _Csr,
 }
-
-
-def _semi_structured_problem(weight: Tensor) -> str | None:
-    """Why the 2:4 kernels cannot run ``weight`` (``None`` if they can)."""
-    if weight.device.type != "cuda":
-        return "2:4 kernels run on CUDA only"
-    if torch.cuda.get_device_capability(weight.device) < (8, 0):
-        return "2:4 kernels need compute capability 8.0+ (Ampere or later)"
-    if weight.dtype not in _HALF:
-        return (
-            f"2:4 kernels take float16/bfloat16 here, the weight is {weight.dtype} (cast the"
-            " model with .half() or .bfloat16() to time them)"
-        )
-    problem = kernel_problem(weight, (2, 4))
-    if problem is not None:
-        return f"not 2:4: {problem}"
-    if not bool(conforms(weight, (2, 4))):
-        return "not 2:4: some group of 4 weights holds more than 2 nonzeros"
-    return None
 
 
 def _csr_problem(weight: Tensor) -> str | None:
@@ -444,7 +409,7 @@ def _candidates(module: nn.Linear) -> tuple[list[Kernel], list[str]]:
     reasons: list[str] = []
     device_kernels: list[tuple[Kernel, Callable[[Tensor], str | None]]] = [("csr", _csr_problem)]
     if weight.device.type == "cuda":
-        device_kernels.insert(0, ("2:4", _semi_structured_problem))
+        device_kernels.insert(0, ("2:4", semi_structured_problem))
     for kernel, problem_of in device_kernels:
         problem = problem_of(weight)
         if problem is None:

@@ -620,3 +620,46 @@ def test_a_concatenation_carries_each_branchs_dead_channels_to_its_range(reader:
     # keeps its 14 channels
     assert small.norm.num_features == 14
     assert report.constants_kept == ({} if reader == "conv1x1" else {"reader.weight": 3})
+
+
+# ---- 2:4 Linears on torch's semi-structured kernels (CUDA only) ----
+
+
+def test_semi_structured_needs_cuda_and_says_so() -> None:
+    model = Mlp()
+    prune_rows(model, 0.5, include=[r"fc1"])
+    with pytest.raises(ValueError, match=r"need CUDA; the model's parameters are on cpu"):
+        ls.compact(model, torch.randn(2, 16), semi_structured=True)
+
+
+def test_semi_structured_names_why_each_linear_stays() -> None:
+    # the bookkeeping, on CPU: every Linear named, none swapped (the kernels are CUDA only)
+    from lightning_sparsity.compact import _to_semi_structured
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    _to_semi_structured(model)
+    why = "2:4 kernels run on CUDA only"
+    assert model.semi_structured == {"0": why, "2": why}
+    assert all(type(m) is nn.Linear for m in (model[0], model[2]))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="the 2:4 kernels (to_sparse_semi_structured) need a CUDA GPU of compute"
+    " capability 8.0+ (Ampere or later); none here",
+)
+def test_semi_structured_runs_two_four_linears_on_the_kernels() -> None:
+    from lightning_sparsity.patterns import SemiStructuredLinear
+    from tests.test_speed import two_of_four
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 128))
+    two_of_four(model[0].weight)  # 2:4; model[2] stays dense
+    model = model.half().cuda().eval()
+    x = torch.randn(64, 512, device="cuda", dtype=torch.float16)
+    small = ls.compact(model, x, semi_structured=True)
+    assert isinstance(small[0], SemiStructuredLinear)
+    assert small.semi_structured["0"] == "2:4"
+    assert small.semi_structured["2"].startswith("not 2:4")
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-2, atol=1e-2)

@@ -17,12 +17,12 @@ from torch import nn
 import lightning_sparsity as ls
 from lightning_sparsity.cli import CliError
 from lightning_sparsity.cli.commands import speed_command
+from lightning_sparsity.patterns import SemiStructuredLinear
 from lightning_sparsity.speed import (
     CompactSpeed,
     LayerSpeed,
     SpeedReport,
     _Csr,
-    _SemiStructured,
     format_speed,
     speed,
 )
@@ -514,7 +514,7 @@ def test_2_4_kernel_on_cuda() -> None:
     model = model.half().cuda()
     x = torch.randn(64, 512, device="cuda", dtype=torch.float16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kernel = _SemiStructured(model[0].weight, model[0].bias)
+    kernel = SemiStructuredLinear(model[0].weight, model[0].bias)
     with torch.inference_mode():
         torch.testing.assert_close(
             kernel(x), F.linear(x, model[0].weight, model[0].bias), rtol=1e-2, atol=1e-2
