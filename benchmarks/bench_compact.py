@@ -8,12 +8,15 @@ models exported the same way), at batch 1 and 64, on a quiet machine and beside 
 processes spinning. Medians of ``--repeats`` runs, dense and compacted interleaved; every
 ratio is between runs in the same process under the same load.
 
-Families: ResNet-50 (residual, BatchNorm; 50% of every conv's rows) at 96×96,
+Families: ResNet-50 (residual, BatchNorm; 50% of every conv's rows) at 96×96, the same
+with its residual streams pruned as coupled groups (half of each stage's stream channels in
+every block's last conv and the downsample, 50% of the inner convs' rows),
 MobileNetV3-small (depthwise blocks; 50% of the depthwise rows) at 96×96, a VGG-style net
 through flatten (50% of every conv's rows) at 32×32, a transformer MLP (768 → 3072 → 768,
 half the hidden units) on 64 tokens.
 
     python benchmarks/bench_compact.py [--repeats 5] [--busy 2] [--threads 2] [--quick]
+        [--families "ResNet-50 coupled,VGG-style"]
 """
 
 from __future__ import annotations
@@ -70,8 +73,28 @@ def prune_rows(model: nn.Module, **choose: object) -> None:
     pruner.make_permanent(model)
 
 
+def coupled_resnet50() -> nn.Module:
+    """ResNet-50 pruned as Torch-Pruning's coupled groups do: half of each stage's residual
+    stream (the same rows of every block's conv3 and the stage's downsample, by their
+    summed L1 norm); the inner convs (conv1, conv2) by ``FAMILIES``' rule."""
+    model = resnet50()
+    with torch.no_grad():
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            convs = [block.conv3 for block in stage] + [stage[0].downsample[0]]
+            score = sum(conv.weight.abs().sum((1, 2, 3)) for conv in convs)
+            dead = score.argsort()[: score.numel() // 2]
+            for conv in convs:
+                conv.weight[dead] = 0.0
+    return model
+
+
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], dict]] = {
     "ResNet-50": (resnet50, lambda b: torch.randn(b, 3, 96, 96), {"include_types": ["Conv2d"]}),
+    "ResNet-50 coupled": (
+        coupled_resnet50,
+        lambda b: torch.randn(b, 3, 96, 96),
+        {"include": [r"layer\d\.\d+\.conv[12]"]},
+    ),
     "MobileNetV3-small": (
         mobilenet_v3_small,
         lambda b: torch.randn(b, 3, 96, 96),
@@ -95,7 +118,12 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated")
     args = parser.parse_args()
+    chosen = [f.strip() for f in args.families.split(",")]
+    unknown = [f for f in chosen if f not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     torch.set_num_threads(args.threads)
     batches = (1,) if args.quick else (1, 64)
     repeats = 3 if args.quick else args.repeats
@@ -109,7 +137,8 @@ def main() -> None:
     for load in ("quiet", f"{args.busy} busy"):
         head += f"  {'eager ' + load:>13s}" + (f"  {'ort ' + load:>11s}" if with_ort else "")
     print(head)
-    for name, (build, make_input, prune) in FAMILIES.items():
+    for name in chosen:
+        build, make_input, prune = FAMILIES[name]
         torch.manual_seed(0)
         model = build().eval()
         prune_rows(model, **prune)
