@@ -88,28 +88,34 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start."""
-    from lightning_sparsity.sweeps import SweepError, sweep
+    """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start.
+
+    ``--plan`` (``--dry-run``) prints what the sweep would do and exits 0.
+    """
+    from lightning_sparsity.sweeps import SweepError, sweep, sweep_plan
 
     overrides = list(args.overrides)
     bad = [o for o in overrides if not o.startswith("--")]
     if bad:
         raise CliError(f"unrecognized arguments {bad}: LightningCLI overrides start with --")
+    options: dict[str, Any] = {
+        "sparsities": args.sparsities,
+        "seeds": args.seeds,
+        "monitor": args.monitor,
+        "mode": args.mode,
+        "baseline": not args.no_baseline,
+        "output": args.output,
+        "overrides": overrides,
+        "backend": args.backend,
+        "address": args.address,
+        "retry_failed": args.retry_failed,
+    }
     try:
+        if args.plan:
+            print(sweep_plan(args.config, args.budgets, **options).to_text(), end="")
+            return 0
         results = sweep(
-            args.config,
-            args.budgets,
-            sparsities=args.sparsities,
-            seeds=args.seeds,
-            monitor=args.monitor,
-            mode=args.mode,
-            baseline=not args.no_baseline,
-            output=args.output,
-            overrides=overrides,
-            backend=args.backend,
-            address=args.address,
-            retry_failed=args.retry_failed,
-            echo=lambda line: print(line, flush=True),
+            args.config, args.budgets, **options, echo=lambda line: print(line, flush=True)
         )
     except SweepError as err:
         raise CliError(str(err)) from err

@@ -116,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")
     w.add_argument("--address", help="with --backend ray: the cluster (ray.init(address=...))")
     w.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    w.add_argument(
+        "--plan",
+        "--dry-run",
+        dest="plan",
+        action="store_true",
+        help="list the runs, how each config differs and what is finished; run and write nothing",
+    )
     w.set_defaults(func=commands.run_sweep)
     r = sub.add_parser(
         "report",
