@@ -3,7 +3,8 @@
 :func:`sparsity_cli` builds a ``LightningCLI`` over any ``LightningModule`` and
 ``LightningDataModule`` given by ``class_path`` in a YAML config (see ``configs/``). Its
 parse and instantiation errors (a bad value, an unknown key, a missing file, an unreadable
-checkpoint) become :class:`CliError`, one line that names the key path, e.g.
+checkpoint, and a budget the model cannot have, found as the fit starts) become
+:class:`CliError`, one line that names the key path, e.g.
 ``trainer.callbacks > lightning_sparsity.SparsityCallback > pruning > ... > allocation:
 Expected a typing.Literal[...]. Got value: globl``. Errors raised while training keep
 their traceback; so do config errors when ``JSONARGPARSE_DEBUG=true``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -192,6 +194,25 @@ def _cli_class(edit: Callable[[Any], None] | None) -> type:
                 if path and Path(path).is_file():
                     read_checkpoint(str(path))  # raises CliError if the file is the problem
                 raise
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            """A budget the model cannot have is a config error, found as the fit starts.
+
+            One line, as for any bad config value, and the version directory this fit
+            made (its config and hyperparameters, no step) is removed.
+            """
+            from lightning_sparsity.control.budget import BudgetError
+
+            log_dir = self.trainer.log_dir  # the logger's, not made yet for a new version
+            made = log_dir is not None and not Path(log_dir).exists()
+            try:
+                super()._run_subcommand(subcommand)
+            except BudgetError as err:
+                if _debug():
+                    raise
+                if made and self.trainer.global_step == 0 and Path(log_dir).is_dir():
+                    shutil.rmtree(log_dir)
+                raise CliError(one_line(str(err))) from err
 
         def before_instantiate_classes(self) -> None:
             if edit is not None:

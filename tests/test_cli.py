@@ -445,3 +445,72 @@ def test_fit_resumes_from_ckpt_path(tmp_path: Path) -> None:
         "epoch=0-step=2.ckpt",
         "epoch=1-step=4.ckpt",
     ]
+
+
+# ---------------------------------------------------------------- papercuts (issue 17, 7)
+
+
+def test_console_script_imports_a_target_from_the_working_directory(tmp_path: Path) -> None:
+    # `python -m` puts the working directory on the import path; the console script did not
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\n\ndef mlp():\n    return nn.Sequential(nn.Linear(8, 4))\n"
+    )
+    done = run("count", "mymodels:mlp", "--input-shape", "1,8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| **total** |  | 36 | " in done.stdout  # 8·4 + 4 parameters
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"lightning-sparsity {ls.__version__}\n"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_fit_budget_without_percent_is_one_line_and_leaves_no_version_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was the good hint inside a 72-line traceback, exit 1, and an empty version_0
+    text = (CONFIGS / "digits_budget.yaml").read_text()
+    config = tmp_path / "budget20.yaml"
+    config.write_text(text.replace("target: 20%", "target: 20").replace("sparsity_runs", "runs"))
+    args = ["fit", "--config", str(config), *FAST[:3]]
+    args.append(f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("lightning-sparsity: error: FlopBudget: target 20")
+    assert "did you mean '20%'?" in line
+    assert not (tmp_path / "runs" / "digits_budget" / "version_0").exists()
+    # a version directory that was there before the fit is kept
+    (tmp_path / "runs" / "digits_budget" / "version_0").mkdir(parents=True)
+    (tmp_path / "runs" / "digits_budget" / "version_0" / "mine.txt").write_text("mine")
+    assert main(args) == 2
+    capsys.readouterr()
+    versions = sorted(p.name for p in (tmp_path / "runs" / "digits_budget").iterdir())
+    assert versions == ["version_0"]
+
+
+def test_report_says_when_it_lists_fewer_runs_than_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(7):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "sparsity_history.json").write_text("[]")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.rstrip().endswith(
+        "these 7 subdirectories do: run0, run1, run2, run3, run4 and 2 more"
+    ), err
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_demo_settings_cause_no_lightning_notice(tmp_path: Path) -> None:
+    # `Trainer(limit_train_batches=1.0)` was configured so 100% of the batches ...,
+    # and log_every_n_steps=50 above the 23 batches of an epoch
+    done = run("demo", "--epochs", "1", "--output", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    assert "limit_train_batches" not in done.stderr
+    assert "limit_val_batches" not in done.stderr
+    assert "log_every_n_steps" not in done.stderr

@@ -8,7 +8,8 @@
 * ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 * ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
-  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`).
+  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`);
+  ``--plan`` (``--dry-run``) lists the runs, their configs' differences and what is finished.
 * ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
   written again from the files in LOGDIR (:mod:`lightning_sparsity.cli.render`).
 * ``lightning-sparsity export TARGET --input-shape 1,3,224,224 --to model.onnx``: the
@@ -17,6 +18,9 @@
   --dtype float16] [--checkpoint CKPT] [--compact]``: dense vs sparse-kernel forward times
   beside the FLOP ratios (CSR on CPU, 2:4 on CUDA; :mod:`lightning_sparsity.speed`); with
   ``--compact`` the compacted model's too, in eager torch and onnxruntime.
+
+The working directory is on the import path, as with ``python -m`` (a TARGET or a config's
+``class_path`` in the user's own folder); ``--version`` prints the version.
 
 User errors (a bad option or config value, an unreadable or unfitting checkpoint) are one line
 ``lightning-sparsity: error: ...`` on stderr and exit status 2. Errors raised while training
@@ -30,6 +34,7 @@ builds TARGET's model, :mod:`.render` is ``report``; the LightningCLI of ``fit``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +72,23 @@ def _list(kind: type) -> Any:
     return parse
 
 
+def _version() -> str:
+    from lightning_sparsity import __version__
+
+    return __version__
+
+
+def _working_directory_importable() -> None:
+    """Put the working directory first on the import path, as ``python -m`` does.
+
+    So ``count mymodels:mlp`` and a config's ``class_path: mymodels.Net`` find a user's own
+    module from the console script too (its ``sys.path[0]`` is the script's folder).
+    """
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     top = argparse.ArgumentParser(
@@ -74,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
         description="Exact sparse FLOPs and nonzero parameters for pruning (2 FLOPs = 1 MAC).",
         epilog="fit / validate / test / predict --config FILE: LightningCLI (see configs/)",
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     c = sub.add_parser("count", help="per-layer table of a model's FLOPs and nonzero parameters")
     c.add_argument("target", help="package.module:factory, or a LightningModule class")
@@ -165,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lightning-sparsity``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _working_directory_importable()
     try:
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
             return commands.lightning_cli(None if argv is None else args)

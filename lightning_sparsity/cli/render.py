@@ -157,7 +157,8 @@ def render(logdir: str | Path) -> list[Path]:
         for pattern in (f"*/{SWEEP}", f"*/{HISTORY}", f"*/*/{HISTORY}")
         for path in logdir.glob(pattern)
     )
-    hint = f"; these subdirectories do: {', '.join(below[:5])}" if below else ""
+    more = f" and {len(below) - 5} more" if len(below) > 5 else ""
+    hint = f"; these {len(below)} subdirectories do: {', '.join(below[:5])}{more}" if below else ""
     raise ReportError(
         f"{str(logdir)!r} holds neither a sweep ({SWEEP}) nor a run's history ({HISTORY}){hint}"
     )

@@ -94,15 +94,17 @@ def run_demo(
     )
     pl.seed_everything(seed, verbose=False)
     logger = submodule("loggers").TensorBoardLogger(str(output), name="demo")
-    limit = limit_batches if limit_batches is not None else 1.0
+    # None, not 1.0, for all batches, and a logging interval within an epoch (23 batches):
+    # Lightning's notices about those settings are not news to a demo's user
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         logger=logger,
         callbacks=[callback],
-        limit_train_batches=limit,
-        limit_val_batches=limit,
+        limit_train_batches=limit_batches,
+        limit_val_batches=limit_batches,
+        log_every_n_steps=min(10, limit_batches or 10),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
