@@ -34,7 +34,7 @@ from lightning_sparsity.control.controller import (
 )
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport, measure
-from lightning_sparsity.loggers.history import HistoryWriter, plot_history
+from lightning_sparsity.loggers.history import HistoryWriter, metric_series, plot_history
 from lightning_sparsity.loggers.tensorboard import (
     drop_events_after,
     is_tensorboard,
@@ -533,11 +533,25 @@ class SparsityCallbackLogic:
         if self.write_files and directory is not None:
             report.to_json(directory / "sparsity_report.json")
             (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
-            plot_history(self.history, directory / "sparsity_curves.png")
+            self._plot(trainer, directory)
             rank_zero_info(
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
                 f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
             )
+
+    def _plot(self, trainer: Any, directory: Path) -> None:
+        """``sparsity_curves.png``: the curves, the budget's deadline, the monitored metrics.
+
+        The metrics are read back from the run's TensorBoard files (flushed first): those
+        that checkpoints, early stopping or the guard monitor, else every ``val*`` one.
+        """
+        for writer in tensorboard_writers(trainer.loggers):
+            writer.flush()
+        metrics = metric_series(directory, self._monitors(trainer) or None)
+        deadline = None if self.budget is None else self.budget.by_epoch
+        plot_history(
+            self.history, directory / "sparsity_curves.png", deadline=deadline, metrics=metrics
+        )
 
     def _export_compact(self, trainer: Any, pl_module: nn.Module) -> None:
         """Write the compacted model and its table into the run directory (one process)."""
@@ -583,7 +597,7 @@ class SparsityCallbackLogic:
         directory = self.directory
         if trainer.is_global_zero and self.write_files and directory and len(self.history) > 1:
             try:
-                plot_history(self.history, directory / "sparsity_curves.png")
+                self._plot(trainer, directory)
             except Exception as err:  # never hide the original exception
                 rank_zero_warn(f"lightning_sparsity: could not write the plot: {err}")
 
