@@ -72,7 +72,9 @@ class Quote:
         Raises:
             LookupError: if the README no longer holds it.
         """
-        match = re.search(self.pattern, text, flags=re.MULTILINE)
+        # a space of the pattern is any run of whitespace: the README's lines wrap anywhere
+        pattern = re.sub(r"(?<!\\) ", r"\\s+", self.pattern)
+        match = re.search(pattern, text, flags=re.MULTILINE)
         if match is None:
             raise LookupError(f"{self.name}: the README no longer quotes /{self.pattern}/")
         return match
@@ -130,7 +132,7 @@ def demo_quotes(work: Path) -> list[Quote]:
         Quote(
             "demo --pattern 2:4 and demo",
             r"realizable FLOPs (\d\.\d{3}) of dense at the end of the ramp, val_acc"
-            r" (\d\.\d{3}); (\d\.\d{3}) with the default 20% FLOP budget",
+            r" (\d\.\d{3}); (\d\.\d{3}) with the default 20% FLOP budget",  # lines may wrap
             (f"{ratio:.3f}", _final_acc(two_four), _final_acc(default)),
         )
     ]
