@@ -73,9 +73,13 @@ def _list(kind: type) -> Any:
 
 
 def _version() -> str:
-    from lightning_sparsity import __version__
+    """The installed distribution's version (``lightning_sparsity.__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("lightning-sparsity")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
 
 
 def _working_directory_importable() -> None:

@@ -93,6 +93,7 @@ def run_demo(
         epochs=epochs, budget=budget, final_sparsity=final_sparsity, pattern=pattern
     )
     pl.seed_everything(seed, verbose=False)
+    logging.getLogger(pl.__name__).setLevel(logging.WARNING)  # before the Trainer's notes
     logger = submodule("loggers").TensorBoardLogger(str(output), name="demo")
     # None, not 1.0, for all batches, and a logging interval within an epoch (23 batches):
     # Lightning's notices about those settings are not news to a demo's user
@@ -110,7 +111,6 @@ def run_demo(
         enable_checkpointing=False,
         deterministic=True,
     )
-    logging.getLogger(pl.__name__).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(DigitsCNN(), DigitsDataModule())

@@ -138,7 +138,8 @@ def history_figure(
     panels = 3 if series or guarded else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
     ax_flops, ax_sparsity = axes[0], axes[1]
-    ax_flops.plot(x, [p.flops for p in points], "--", color="grey", label="dense")
+    # dense over realizable: they are one line until a kernel realizes a pattern
+    ax_flops.plot(x, [p.flops for p in points], "--", color="grey", label="dense", zorder=3)
     ax_flops.plot(x, [p.flops_sparse for p in points], "o-", color="tab:blue", label="sparse")
     realizable = [p.flops_realizable for p in points]
     if any(r is not None for r in realizable):
