@@ -340,8 +340,10 @@ class SparsityCallbackLogic:
             self._restore_masks = False
             self._stored_input = None
             self._warned_deadline = False
-            for warning in self.controller.fit_warnings(trainer.max_epochs):
-                rank_zero_warn(f"lightning_sparsity: {warning}")
+            # fast_dev_run (a sweep's one-batch check) sets max_epochs=1: no deadline there
+            if not getattr(trainer, "fast_dev_run", False):
+                for warning in self.controller.fit_warnings(trainer.max_epochs):
+                    rank_zero_warn(f"lightning_sparsity: {warning}")
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
 
@@ -870,7 +872,8 @@ class SparsityCallbackLogic:
             f" ({point.flops_ratio:.3f} of dense), parameter sparsity {point.param_sparsity:.3f}"
         ]
         if point.budget_slack is not None:
-            parts.append(f"budget {point.budget_status}, slack {point.budget_slack:+.1%}")
+            status = (point.budget_status or "").replace("_", " ")
+            parts.append(f"budget {status}, slack {point.budget_slack:+.3f}")
         if point.pruning is not None:
             parts.append(f"pruning {point.pruning}")
         logged = trainer.callback_metrics
