@@ -35,6 +35,7 @@ from lightning_sparsity.control.controller import (
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport, measure
 from lightning_sparsity.loggers.history import HistoryWriter, plot_history
+from lightning_sparsity.loggers.resume import Logged, logged_versions, same_root
 from lightning_sparsity.loggers.tensorboard import (
     drop_events_after,
     is_tensorboard,
@@ -136,6 +137,16 @@ def compare_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     ]
+
+
+def _reached_limit(trainer: Any, last_epoch: int | None) -> str | None:
+    """``"max_epochs=12"`` or ``"max_steps=100"`` when a resumed fit has nothing to train."""
+    max_epochs = trainer.max_epochs
+    if last_epoch is not None and max_epochs is not None and 0 <= max_epochs <= last_epoch:
+        return f"max_epochs={max_epochs}"
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return f"max_steps={trainer.max_steps}"
+    return None
 
 
 class SparsityCallbackLogic:
@@ -275,6 +286,8 @@ class SparsityCallbackLogic:
         self._warned_deadline = False
         self._handles: list[Any] = []
         self._averages: AveragedCopies | None = None
+        self._loggers: list[Logged] = []  # this fit's loggers and versions (checkpointed)
+        self._resumed: list[Logged] | None = None  # those of the fit a checkpoint resumes
 
     # ------------------------------------------------------------------ read-only views
 
@@ -340,6 +353,8 @@ class SparsityCallbackLogic:
             self._restore_masks = False
             self._stored_input = None
             self._warned_deadline = False
+            self._loggers = [] if self._dir is None else logged_versions(trainer.loggers)
+            self._resumed = None
             # fast_dev_run (a sweep's one-batch check) sets max_epochs=1: no deadline there
             if not getattr(trainer, "fast_dev_run", False):
                 for warning in self.controller.fit_warnings(trainer.max_epochs):
@@ -353,6 +368,7 @@ class SparsityCallbackLogic:
         """The controller's state (history, masks, budget, guard), settings, input."""
         state = self.controller.state_dict()
         state["settings"] = self.settings()
+        state["loggers"] = self._loggers  # for lightning_sparsity.resume_version
         if self._stored_input is not None:
             state["example_input"] = tree_map(
                 lambda t: t.cpu() if isinstance(t, Tensor) else t, self._stored_input
@@ -389,6 +405,7 @@ class SparsityCallbackLogic:
                 )
         self.controller.load_state_dict(state_dict)
         self._stored_input = state_dict.get("example_input")
+        self._resumed = list(state_dict.get("loggers") or [])
         self._restore_masks = self.pruning is not None and "pruning" in state_dict
 
     def on_load_checkpoint(
@@ -426,11 +443,46 @@ class SparsityCallbackLogic:
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Re-apply restored masks; write the HParams entry before Lightning writes its own."""
+        """Re-apply restored masks; write the HParams entry before Lightning writes its own.
+
+        Resumed: say so when the loggers start a new run beside the one resumed, or when
+        that run is finished (nothing to train).
+        """
         if self._restore_masks and self.pruning is not None:
             self.pruning.restore(pl_module)
             self._restore_masks = False
+        if self._resumed is not None:
+            self._resuming(trainer)
         self._write_hparams(trainer, pl_module)
+
+    def _resuming(self, trainer: Any) -> None:
+        """Warn when the resumed run gets a new logger version; say when it is finished."""
+        saved, self._resumed = self._resumed or [], None
+        moved = [
+            f"{now['type']} version {was['version']!r} -> {now['version']!r}"
+            for was, now in zip(saved, self._loggers, strict=False)
+            if was.get("type") == now["type"]
+            and was.get("version") is not None
+            and now["version"] != was["version"]
+            and now["root"] is not None
+            and same_root(now["root"], was)
+        ]
+        if moved:
+            rank_zero_warn(
+                "lightning_sparsity: this fit resumes a run but logs as a new one"
+                f" ({', '.join(moved)}): TensorBoard shows two runs, and the history and report"
+                " go to the new directory; to continue the run, give the logger"
+                " version=lightning_sparsity.resume_version(ckpt_path)"
+                " (`lightning-sparsity fit --ckpt_path` does)"
+            )
+        last = self.history[-1].epoch if self.history else None
+        reached = _reached_limit(trainer, last)
+        if reached is not None:
+            where = "" if moved or self.directory is None else f"; its logs are in {self.directory}"
+            rank_zero_info(
+                f"lightning_sparsity: the run is finished ({reached} reached at epoch {last}):"
+                f" nothing to train{where}; raise {reached.split('=')[0]} to train on"
+            )
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
         """Keep masks through optimizer steps and weight averaging; take the first point.
