@@ -851,7 +851,9 @@ class SparsityCallbackLogic:
             if id(writer) not in self._layout_written:
                 writer.add_custom_scalars(layout(point.per))
                 self._layout_written.add(id(writer))
-            self._series.write(writer, point)
+            global_step = point.global_step if at_step else None
+            ratio = f"{_GLOBAL_STEP_TAGS}flops_ratio"
+            self._series.write(writer, point, global_step=global_step, ratio_at_global_step=ratio)
             if point.budget_status is not None:
                 writer.add_text("budget/status", _budget_text(point), global_step=point.step)
             every = self.table_every_n_epochs
@@ -991,16 +993,20 @@ class SparsityCallbackLogic:
             if live is not None:
                 skip.append(Path(live.file_writer.event_writer._file_name))
             log_dir = Path(logger.log_dir)
-            drop_events_after(log_dir, last.step, lambda tag: tag.startswith(_OUR_TAGS), skip=skip)
-            if last.global_step is not None:
-                drop_events_after(
-                    log_dir,
-                    last.global_step,
-                    lambda tag: tag.startswith(_GLOBAL_STEP_TAGS),
-                    skip=skip,
-                )
-            for sibling in self._series.directories(log_dir):  # every tag there is ours
-                drop_events_after(sibling, last.step, lambda tag: True, skip=skip)
+            for run in [log_dir, *self._series.directories(log_dir)]:  # and the FLOP series'
+                drop_events_after(run, last.step, _on_x_axis, skip=skip)
+                if last.global_step is not None:
+                    drop_events_after(run, last.global_step, _on_global_step, skip=skip)
+
+
+def _on_x_axis(tag: str) -> bool:
+    """Our tags logged at the point's step (epoch, or global step with that axis)."""
+    return tag.startswith(_OUR_TAGS)
+
+
+def _on_global_step(tag: str) -> bool:
+    """Our copies at the global step, beside curves on the epoch axis."""
+    return tag.startswith(_GLOBAL_STEP_TAGS)
 
 
 def _budget_text(point: HistoryPoint) -> str:

@@ -198,6 +198,9 @@ def test_epoch_curves_also_at_the_global_step(tmp_path: Path) -> None:
     # Lightning logs epoch-end metrics at the step of the epoch's last batch, one before
     val_steps = [e.step for e in acc.Scalars("val_acc")]
     assert [s + 1 for s in val_steps] == steps[1:]
+    # the dense reference at 1.0 on that axis too (outlier clipping keeps the start)
+    dense = accumulate(log_dir / "dense").Scalars("sparsity_global_step/flops_ratio")
+    assert [(e.step, e.value) for e in dense] == [(s, 1.0) for s in steps]
 
 
 def test_global_step_axis_writes_no_copy(tmp_path: Path) -> None:

@@ -144,13 +144,21 @@ class SeriesWriters:
     also ``sparsity/flops_ratio`` (their fraction of dense), so the run's own ratio card
     shows them beside it: the dense reference at 1.0 keeps the start of the curve inside the
     y range TensorBoard keeps when it ignores outliers (the 5th to 95th percentile of the
-    card's values).
+    card's values). With ``global_step``, the ratio also goes to ``ratio_at_global_step``
+    at that step, for the run's copy of its ratio on that axis.
     """
 
     def __init__(self) -> None:
         self._writers: dict[tuple[str, str], SummaryWriter] = {}
 
-    def write(self, run: SummaryWriter, point: HistoryPoint) -> None:
+    def write(
+        self,
+        run: SummaryWriter,
+        point: HistoryPoint,
+        *,
+        global_step: int | None = None,
+        ratio_at_global_step: str = "",
+    ) -> None:
         """Write one point's series beside the run of ``run`` (a ``SummaryWriter``)."""
         series = flops_series(point)
         dense = series["dense"]
@@ -160,6 +168,8 @@ class SeriesWriters:
             if name != "sparse":  # the run's own ratio is the sparse one
                 ratio = value / dense if dense else 1.0
                 writer.add_scalar("sparsity/flops_ratio", ratio, point.step)
+                if global_step is not None:
+                    writer.add_scalar(ratio_at_global_step, ratio, global_step)
             writer.flush()
 
     def _writer(self, log_dir: str, name: str) -> SummaryWriter:
