@@ -40,7 +40,7 @@ PAGES = {
     "custom_scalars": ("#custom_scalars", None),
     "hparams": ("#hparams", None),
 }
-# the sweep's chart for one run: its four series and their legend
+# the sweep's chart for one run: its four series, the run list their legend
 ONE_RUN = {"custom_scalars_one_run": ("#custom_scalars", "budget20%_seed0")}
 
 
@@ -104,9 +104,7 @@ def shoot(browser: object, url: str, path: Path, runs: str | None = None) -> Non
     page = browser.new_page(viewport=VIEW)  # type: ignore[attr-defined]
     page.goto(url, wait_until="networkidle")
     if runs is not None:
-        page.get_by_placeholder(RUN_FILTER).fill(runs)
-        time.sleep(2)
-        page.get_by_text("Matches").first.click()  # the legend: series, run, colour
+        page.get_by_label(RUN_FILTER).fill(runs)
     time.sleep(4)  # charts draw after the data arrives
     page.screenshot(path=str(path))
     page.close()

@@ -178,7 +178,12 @@ class SparsityCallbackLogic:
         verbose: one status line per point through Lightning's rank-zero logging.
         name: tells several SparsityCallbacks in one Trainer apart (their checkpoint state
             keys); ``None`` for the only one.
-        hparams: more entries for the run's HParams entry (a sweep's budget and seed).
+        hparams: more entries for the run's HParams entry (a sweep's budget and seed),
+            listed first and marked as the settings that vary between runs.
+        hparams_experiment: write the HParams *experiment* (the columns and their order)
+            besides the run's values. TensorBoard takes it from any one run of its log
+            directory: a sweep turns it off in its dense baseline, whose settings lack the
+            pruner's and budget's, so the columns are those of a run that has them.
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
@@ -210,6 +215,7 @@ class SparsityCallbackLogic:
         verbose: bool = True,
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
+        hparams_experiment: bool = True,
         speed: bool = False,
         export: Literal["compact"] | None = None,
     ) -> None:
@@ -229,6 +235,7 @@ class SparsityCallbackLogic:
             "prog_bar": prog_bar,
             "verbose": verbose,
             "speed": speed,
+            "hparams_experiment": hparams_experiment,
         }
         check_bools(flags, type_errors)
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
@@ -265,6 +272,7 @@ class SparsityCallbackLogic:
         self.verbose = verbose
         self.name = name
         self.hparams = dict(hparams or {})
+        self.hparams_experiment = hparams_experiment
         self.speed = speed
         self.export = export
         self.controller = SparsityController(
@@ -975,7 +983,11 @@ class SparsityCallbackLogic:
             if is_tensorboard(logger):
                 hparams = {**_flatten(theirs), **ours}
                 write_hparams(
-                    logger.experiment, hparams, list(dict.fromkeys(tags)), varying=varying
+                    logger.experiment,
+                    hparams,
+                    list(dict.fromkeys(tags)),
+                    varying=varying,
+                    experiment=self.hparams_experiment,
                 )
             else:
                 logger.log_hyperparams(ours)

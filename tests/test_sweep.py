@@ -173,6 +173,11 @@ def test_sweep_of_two_budgets_two_seeds_and_a_baseline(tmp_path: Path) -> None:
     assert metrics[0] == "val_acc"
     names = [i.name for i in experiment.hparam_infos]
     assert not [name for name in names if name.startswith("_")]  # LightningCLI's internals
+    # TensorBoard takes the columns from any one run with an experiment: never the
+    # baseline's, which lack the pruner's and the budget's
+    assert {"pruning/type", "budget/by_epoch"} <= set(names)
+    baseline = scalars(out / "runs" / "baseline_seed0").PluginTagToContent("hparams")
+    assert set(baseline) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
     rows = {r["label"]: r for r in frontier["rows"]}
     assert list(rows) == ["dense", "50%", "20%"]
     for label in ("50%", "20%"):

@@ -322,6 +322,7 @@ def write_hparams(
     metric_tags: Sequence[str],
     *,
     varying: Sequence[str] = (),
+    experiment: bool = True,
 ) -> None:
     """Write one HParams entry (experiment, session start, session end) into a run.
 
@@ -351,6 +352,10 @@ def write_hparams(
             their values with ``writer.add_scalar`` (any step, the last value is shown).
         varying: names of ``hparams`` that differ between the runs compared (a sweep's
             budget, seed and label): listed first and marked ``differs``.
+        experiment: write the experiment (columns, their order, the metrics); ``False``
+            writes the session only, for a run whose columns another run of the same
+            TensorBoard directory declares (TensorBoard takes the experiment of any one run
+            that has one).
     """
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     flat = {
@@ -372,15 +377,16 @@ def write_hparams(
             start.hparams[name].string_value = _as_string(value)
             kind = api_pb2.DATA_TYPE_STRING
         infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=name in first))
-    experiment = api_pb2.Experiment(
+    declared = api_pb2.Experiment(
         hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags],
     )
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
     file_writer = writer._get_file_writer()
-    file_writer.add_summary(
-        _hparams_summary(hparams_metadata.EXPERIMENT_TAG, experiment=experiment)
-    )
+    if experiment:
+        file_writer.add_summary(
+            _hparams_summary(hparams_metadata.EXPERIMENT_TAG, experiment=declared)
+        )
     file_writer.add_summary(
         _hparams_summary(hparams_metadata.SESSION_START_INFO_TAG, session_start_info=start)
     )

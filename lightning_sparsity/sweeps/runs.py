@@ -267,6 +267,7 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
     args.hparams = {"sweep/seed": spec.seed, "sweep/label": spec.label}
     if spec.budget is not None or spec.baseline:
         args.hparams["budget/target"] = spec.budget if spec.budget is not None else "none"
+    args.hparams_experiment = not spec.baseline  # its columns lack the pruner's and budget's
     loggers = submodule("loggers").__name__
     config["trainer.logger"] = _ns(
         f"{loggers}.TensorBoardLogger",
