@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lightning_sparsity.cli import main
 from lightning_sparsity.sweeps import RunSpec, SweepError, frontier_rows, plan, sweep
+from tests.tb_views import experiment_shown, layout_shown, ticked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,10 +157,27 @@ def test_sweep_of_two_budgets_two_seeds_and_a_baseline(tmp_path: Path) -> None:
         assert hparams["sweep/seed"].number_value == run["seed"]
         assert hparams["sweep/label"].string_value == run["label"]
         assert hparams["lr"].number_value == 0.01
-        if run["budget"] is not None:
-            assert hparams["budget/target"].string_value == run["budget"]
-        else:
-            assert "budget/target" not in hparams
+        # the baseline too holds the column the sweep varies: one type in every run
+        assert hparams["budget/target"].string_value == (run["budget"] or "none")
+    # what TensorBoard serves for the whole sweep, through its own plugins: one FLOP chart
+    # (one layout for the baseline and the budget runs), the varying settings and the
+    # monitored metric first in HParams (its page ticks five of each)
+    layout = layout_shown(out)
+    assert [c.title for cat in layout.category for c in cat.chart] == [
+        "FLOPs per example: dense, sparse, realizable, budget limit",
+        "sparsity: pruned weights, schedule target, all parameters",
+    ]
+    experiment = experiment_shown(out)
+    columns, metrics = ticked(experiment)
+    assert columns[:3] == ["budget/target", "sweep/label", "sweep/seed"]
+    assert metrics[0] == "val_acc"
+    names = [i.name for i in experiment.hparam_infos]
+    assert not [name for name in names if name.startswith("_")]  # LightningCLI's internals
+    # TensorBoard takes the columns from any one run with an experiment: never the
+    # baseline's, which lack the pruner's and the budget's
+    assert {"pruning/type", "budget/by_epoch"} <= set(names)
+    baseline = scalars(out / "runs" / "baseline_seed0").PluginTagToContent("hparams")
+    assert set(baseline) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
     rows = {r["label"]: r for r in frontier["rows"]}
     assert list(rows) == ["dense", "50%", "20%"]
     for label in ("50%", "20%"):
@@ -404,6 +422,7 @@ def test_plan_lists_runs_differences_and_finished_runs_and_writes_nothing(
         "  baseline_seed0   to run\n"
         f"{budget.rsplit('.', 1)[0]}.pruning: MagnitudePruner -> None\n"
         f"{budget}: FlopBudget -> None\n"
+        f"{budget.rsplit('.', 1)[0]}.hparams_experiment: True -> False\n"
         "  budget50%_seed0  done (val_acc 0.9813)\n"
         f"{budget}.target: '20%' -> '50%'\n"
         "  budget50%_seed1  started (resumes from runs/budget50%_seed1/checkpoints/last.ckpt)\n"

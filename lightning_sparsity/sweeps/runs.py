@@ -308,7 +308,13 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
             )
         key = "sparsity" if str(schedule.class_path).endswith("Constant") else "final_sparsity"
         schedule.init_args[key] = spec.sparsity
-    args.hparams = {"sweep/run": spec.name, "sweep/seed": spec.seed, "sweep/label": spec.label}
+    # the settings the sweep varies, in every run (the baseline too) with one type each:
+    # TensorBoard's HParams dashboard takes its columns from one run's experiment, and the
+    # callback lists these first (the run's name is the session's name already)
+    args.hparams = {"sweep/seed": spec.seed, "sweep/label": spec.label}
+    if spec.budget is not None or spec.baseline:
+        args.hparams["budget/target"] = spec.budget if spec.budget is not None else "none"
+    args.hparams_experiment = not spec.baseline  # its columns lack the pruner's and budget's
     loggers = submodule("loggers").__name__
     config["trainer.logger"] = _ns(
         f"{loggers}.TensorBoardLogger",
