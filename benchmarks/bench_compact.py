@@ -8,20 +8,20 @@ models exported the same way), at batch 1 and 64, on a quiet machine and beside 
 processes spinning. Medians of ``--repeats`` runs, dense and compacted interleaved; every
 ratio is between runs in the same process under the same load.
 
-Families: ResNet-50 (residual, BatchNorm; 50% of every conv's rows) at 96×96,
+Families: ResNet-50 (residual, BatchNorm; 50% of every conv's rows) at 96×96, the same
+with its residual streams pruned as coupled groups (half of each stage's stream channels in
+every block's last conv and the downsample, 50% of the inner convs' rows),
 MobileNetV3-small (depthwise blocks; 50% of the depthwise rows) at 96×96, a VGG-style net
 through flatten (50% of every conv's rows) at 32×32, a transformer MLP (768 → 3072 → 768,
 half the hidden units) on 64 tokens.
 
     python benchmarks/bench_compact.py [--repeats 5] [--busy 2] [--threads 2] [--quick]
+        [--families "ResNet-50 coupled,VGG-style"]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
@@ -33,6 +33,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
+from lightning_sparsity.ort import missing, ort_run
+from lightning_sparsity.speed import medians
 
 
 class Vgg(nn.Module):
@@ -71,8 +73,28 @@ def prune_rows(model: nn.Module, **choose: object) -> None:
     pruner.make_permanent(model)
 
 
+def coupled_resnet50() -> nn.Module:
+    """ResNet-50 pruned as Torch-Pruning's coupled groups do: half of each stage's residual
+    stream (the same rows of every block's conv3 and the stage's downsample, by their
+    summed L1 norm); the inner convs (conv1, conv2) by ``FAMILIES``' rule."""
+    model = resnet50()
+    with torch.no_grad():
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            convs = [block.conv3 for block in stage] + [stage[0].downsample[0]]
+            score = sum(conv.weight.abs().sum((1, 2, 3)) for conv in convs)
+            dead = score.argsort()[: score.numel() // 2]
+            for conv in convs:
+                conv.weight[dead] = 0.0
+    return model
+
+
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], dict]] = {
     "ResNet-50": (resnet50, lambda b: torch.randn(b, 3, 96, 96), {"include_types": ["Conv2d"]}),
+    "ResNet-50 coupled": (
+        coupled_resnet50,
+        lambda b: torch.randn(b, 3, 96, 96),
+        {"include": [r"layer\d\.\d+\.conv[12]"]},
+    ),
     "MobileNetV3-small": (
         mobilenet_v3_small,
         lambda b: torch.randn(b, 3, 96, 96),
@@ -90,50 +112,22 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    import onnxruntime
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"])
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-    )
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-def medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in runs.items():  # interleaved: drifting load hits all alike
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--busy", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated")
     args = parser.parse_args()
+    chosen = [f.strip() for f in args.families.split(",")]
+    unknown = [f for f in chosen if f not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     torch.set_num_threads(args.threads)
     batches = (1,) if args.quick else (1, 64)
     repeats = 3 if args.quick else args.repeats
-    try:
-        import onnxruntime  # noqa: F401
-
-        with_ort = True
-    except ImportError:
-        with_ort = False
+    with_ort = missing() is None
     print(
         f"bench_compact: torch {torch.__version__}, {args.threads} threads; medians of {repeats};"
         f" speed-up = masked dense model's time / compacted model's, same process and load"
@@ -143,7 +137,8 @@ def main() -> None:
     for load in ("quiet", f"{args.busy} busy"):
         head += f"  {'eager ' + load:>13s}" + (f"  {'ort ' + load:>11s}" if with_ort else "")
     print(head)
-    for name, (build, make_input, prune) in FAMILIES.items():
+    for name in chosen:
+        build, make_input, prune = FAMILIES[name]
         torch.manual_seed(0)
         model = build().eval()
         prune_rows(model, **prune)
@@ -160,12 +155,15 @@ def main() -> None:
                 "compact": lambda m=small, x=x: m(x),
             }
             if with_ort:
-                runs["ort dense"] = onnx_session(model, x, args.threads)
-                runs["ort compact"] = onnx_session(small, x, args.threads)
+                for key, which in (("ort dense", model), ("ort compact", small)):
+                    runs[key] = session = ort_run(which, (x,), args.threads)
+                    gap = session.gap()  # the same outputs as torch's, or no timing
+                    if gap is None or gap > 1:
+                        raise SystemExit(f"{name} {key}: not torch's output ({gap} tolerances)")
             line = f"{name:18s} {batch:5d} {ratio:6.3f}"
             for spinners in (0, args.busy):
                 with busy(spinners), torch.inference_mode():
-                    t = medians(runs, repeats)
+                    t = medians(runs, repeats, warmup=1)
                 line += f"  {t['dense'] / t['compact']:12.2f}x"
                 if with_ort:
                     line += f"  {t['ort dense'] / t['ort compact']:10.2f}x"

@@ -28,5 +28,9 @@ print()
 print(report.to_markdown())
 
 # effective FLOPs also skip zero activations (here: after ReLU, on a real-looking input)
+total = ls.measure(model, torch.randn(8, 3, 32, 32), activations=True).total
 print()
-print(ls.measure(model, torch.randn(8, 3, 32, 32), activations=True).total)
+print(
+    f"on 8 random inputs: sparse FLOPs {total.flops_sparse:,} of {total.flops:,} dense per"
+    f" example; effective (zero activations skipped too) {total.flops_effective:,.0f}"
+)

@@ -27,6 +27,7 @@ from lightning_sparsity.counting import (
     SparsityReport,
     measure,
 )
+from lightning_sparsity.loggers.resume import resume_version
 from lightning_sparsity.pruning import MagnitudePruner
 from lightning_sparsity.speed import SpeedReport, speed
 from lightning_sparsity.sweeps import sweep
@@ -57,6 +58,7 @@ __all__ = [
     "compact",
     "measure",
     "prune_to_flops",
+    "resume_version",
     "schedules",
     "speed",
     "sweep",

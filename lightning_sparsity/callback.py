@@ -34,8 +34,10 @@ from lightning_sparsity.control.controller import (
 )
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport, measure
-from lightning_sparsity.loggers.history import HistoryWriter, plot_history
+from lightning_sparsity.loggers.history import HistoryWriter, metric_series, plot_history
+from lightning_sparsity.loggers.resume import Logged, logged_versions, same_root
 from lightning_sparsity.loggers.tensorboard import (
+    SeriesWriters,
     drop_events_after,
     is_tensorboard,
     layout,
@@ -62,6 +64,8 @@ _STEPS = ("epoch", "global_step")
 _FIXED_SETTINGS = ("step", "prune_every_n_steps", "budget/count")
 # tags this callback writes to TensorBoard
 _OUR_TAGS = ("sparsity/", "sparsity_layers/", "budget/")
+# ... and at the global step, beside curves on the epoch axis (to overlay per-step metrics)
+_GLOBAL_STEP_TAGS = "sparsity_global_step/"
 _INPUT_KINDS = "a Tensor, a tuple/list of positional arguments or a dict of keyword arguments"
 
 
@@ -138,6 +142,16 @@ def compare_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
     ]
 
 
+def _reached_limit(trainer: Any, last_epoch: int | None) -> str | None:
+    """``"max_epochs=12"`` or ``"max_steps=100"`` when a resumed fit has nothing to train."""
+    max_epochs = trainer.max_epochs
+    if last_epoch is not None and max_epochs is not None and 0 <= max_epochs <= last_epoch:
+        return f"max_epochs={max_epochs}"
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return f"max_steps={trainer.max_steps}"
+    return None
+
+
 class SparsityCallbackLogic:
     """The callback's behaviour, independent of which Lightning package provides the base.
 
@@ -175,7 +189,12 @@ class SparsityCallbackLogic:
         verbose: one status line per point through Lightning's rank-zero logging.
         name: tells several SparsityCallbacks in one Trainer apart (their checkpoint state
             keys); ``None`` for the only one.
-        hparams: more entries for the run's HParams entry (a sweep's budget and seed).
+        hparams: more entries for the run's HParams entry (a sweep's budget and seed),
+            listed first and marked as the settings that vary between runs.
+        hparams_experiment: write the HParams *experiment* (the columns and their order)
+            besides the run's values. TensorBoard takes it from any one run of its log
+            directory: a sweep turns it off in its dense baseline, whose settings lack the
+            pruner's and budget's, so the columns are those of a run that has them.
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
@@ -207,6 +226,7 @@ class SparsityCallbackLogic:
         verbose: bool = True,
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
+        hparams_experiment: bool = True,
         speed: bool = False,
         export: Literal["compact"] | None = None,
     ) -> None:
@@ -226,6 +246,7 @@ class SparsityCallbackLogic:
             "prog_bar": prog_bar,
             "verbose": verbose,
             "speed": speed,
+            "hparams_experiment": hparams_experiment,
         }
         check_bools(flags, type_errors)
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
@@ -262,6 +283,7 @@ class SparsityCallbackLogic:
         self.verbose = verbose
         self.name = name
         self.hparams = dict(hparams or {})
+        self.hparams_experiment = hparams_experiment
         self.speed = speed
         self.export = export
         self.controller = SparsityController(
@@ -270,11 +292,14 @@ class SparsityCallbackLogic:
         self._dir: Path | None = None
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()
+        self._series = SeriesWriters()
         self._restore_masks = False
         self._stored_input: Any | None = None
         self._warned_deadline = False
         self._handles: list[Any] = []
         self._averages: AveragedCopies | None = None
+        self._loggers: list[Logged] = []  # this fit's loggers and versions (checkpointed)
+        self._resumed: list[Logged] | None = None  # those of the fit a checkpoint resumes
 
     # ------------------------------------------------------------------ read-only views
 
@@ -340,8 +365,12 @@ class SparsityCallbackLogic:
             self._restore_masks = False
             self._stored_input = None
             self._warned_deadline = False
-            for warning in self.controller.fit_warnings(trainer.max_epochs):
-                rank_zero_warn(f"lightning_sparsity: {warning}")
+            self._loggers = [] if self._dir is None else logged_versions(trainer.loggers)
+            self._resumed = None
+            # fast_dev_run (a sweep's one-batch check) sets max_epochs=1: no deadline there
+            if not getattr(trainer, "fast_dev_run", False):
+                for warning in self.controller.fit_warnings(trainer.max_epochs):
+                    rank_zero_warn(f"lightning_sparsity: {warning}")
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)
 
@@ -351,6 +380,7 @@ class SparsityCallbackLogic:
         """The controller's state (history, masks, budget, guard), settings, input."""
         state = self.controller.state_dict()
         state["settings"] = self.settings()
+        state["loggers"] = self._loggers  # for lightning_sparsity.resume_version
         if self._stored_input is not None:
             state["example_input"] = tree_map(
                 lambda t: t.cpu() if isinstance(t, Tensor) else t, self._stored_input
@@ -387,6 +417,7 @@ class SparsityCallbackLogic:
                 )
         self.controller.load_state_dict(state_dict)
         self._stored_input = state_dict.get("example_input")
+        self._resumed = list(state_dict.get("loggers") or [])
         self._restore_masks = self.pruning is not None and "pruning" in state_dict
 
     def on_load_checkpoint(
@@ -424,11 +455,46 @@ class SparsityCallbackLogic:
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        """Re-apply restored masks; write the HParams entry before Lightning writes its own."""
+        """Re-apply restored masks; write the HParams entry before Lightning writes its own.
+
+        Resumed: say so when the loggers start a new run beside the one resumed, or when
+        that run is finished (nothing to train).
+        """
         if self._restore_masks and self.pruning is not None:
             self.pruning.restore(pl_module)
             self._restore_masks = False
+        if self._resumed is not None:
+            self._resuming(trainer)
         self._write_hparams(trainer, pl_module)
+
+    def _resuming(self, trainer: Any) -> None:
+        """Warn when the resumed run gets a new logger version; say when it is finished."""
+        saved, self._resumed = self._resumed or [], None
+        moved = [
+            f"{now['type']} version {was['version']!r} -> {now['version']!r}"
+            for was, now in zip(saved, self._loggers, strict=False)
+            if was.get("type") == now["type"]
+            and was.get("version") is not None
+            and now["version"] != was["version"]
+            and now["root"] is not None
+            and same_root(now["root"], was)
+        ]
+        if moved:
+            rank_zero_warn(
+                "lightning_sparsity: this fit resumes a run but logs as a new one"
+                f" ({', '.join(moved)}): TensorBoard shows two runs, and the history and report"
+                " go to the new directory; to continue the run, give the logger"
+                " version=lightning_sparsity.resume_version(ckpt_path)"
+                " (`lightning-sparsity fit --ckpt_path` does)"
+            )
+        last = self.history[-1].epoch if self.history else None
+        reached = _reached_limit(trainer, last)
+        if reached is not None:
+            where = "" if moved or self.directory is None else f"; its logs are in {self.directory}"
+            rank_zero_info(
+                f"lightning_sparsity: the run is finished ({reached} reached at epoch {last}):"
+                f" nothing to train{where}; raise {reached.split('=')[0]} to train on"
+            )
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
         """Keep masks through optimizer steps and weight averaging; take the first point.
@@ -452,6 +518,7 @@ class SparsityCallbackLogic:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._series.close()
         if self._averages is not None:
             self._averages.detach()
             self._averages = None
@@ -533,11 +600,25 @@ class SparsityCallbackLogic:
         if self.write_files and directory is not None:
             report.to_json(directory / "sparsity_report.json")
             (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
-            plot_history(self.history, directory / "sparsity_curves.png")
+            self._plot(trainer, directory)
             rank_zero_info(
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
                 f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
             )
+
+    def _plot(self, trainer: Any, directory: Path) -> None:
+        """``sparsity_curves.png``: the curves, the budget's deadline, the monitored metrics.
+
+        The metrics are read back from the run's TensorBoard files (flushed first): those
+        that checkpoints, early stopping or the guard monitor, else every ``val*`` one.
+        """
+        for writer in tensorboard_writers(trainer.loggers):
+            writer.flush()
+        metrics = metric_series(directory, self._monitors(trainer) or None)
+        deadline = None if self.budget is None else self.budget.by_epoch
+        plot_history(
+            self.history, directory / "sparsity_curves.png", deadline=deadline, metrics=metrics
+        )
 
     def _export_compact(self, trainer: Any, pl_module: nn.Module) -> None:
         """Write the compacted model and its table into the run directory (one process)."""
@@ -583,7 +664,7 @@ class SparsityCallbackLogic:
         directory = self.directory
         if trainer.is_global_zero and self.write_files and directory and len(self.history) > 1:
             try:
-                plot_history(self.history, directory / "sparsity_curves.png")
+                self._plot(trainer, directory)
             except Exception as err:  # never hide the original exception
                 rank_zero_warn(f"lightning_sparsity: could not write the plot: {err}")
 
@@ -835,23 +916,22 @@ class SparsityCallbackLogic:
         """Log one point to every logger, TensorBoard's extras and the history files."""
         point, report = outcome.point, outcome.report
         metrics = self.metrics(point, report)
+        at_step = self._at_global_step(point, metrics)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=point.step)
+            if at_step:
+                logger.log_metrics(at_step, step=point.global_step)
         if not trainer.is_global_zero:
             return
-        per = f"per_{point.per}"
         for writer in tensorboard_writers(trainer.loggers):
             if id(writer) not in self._layout_written:
-                flops = [
-                    f"sparsity/flops_dense_{per}",
-                    f"sparsity/flops_sparse_{per}",
-                    f"sparsity/flops_realizable_{per}",
-                ]
-                if self.budget is not None and self.budget.counts_weight_flops:
-                    flops += ["budget/limit", "budget/scheduled"]
-                sparsity = ["sparsity/pruned_sparsity", "sparsity/target_sparsity"]
-                writer.add_custom_scalars(layout(flops, [*sparsity, "sparsity/param_sparsity"]))
+                writer.add_custom_scalars(layout(point.per))
                 self._layout_written.add(id(writer))
+            global_step = point.global_step if at_step else None
+            ratio = f"{_GLOBAL_STEP_TAGS}flops_ratio"
+            self._series.write(writer, point, global_step=global_step, ratio_at_global_step=ratio)
+            if point.budget_status is not None:
+                writer.add_text("budget/status", _budget_text(point), global_step=point.step)
             every = self.table_every_n_epochs
             if every and point.epoch % every == 0:
                 writer.add_text("sparsity/layers", report.to_markdown(), global_step=point.step)
@@ -862,6 +942,20 @@ class SparsityCallbackLogic:
         if self.verbose:
             rank_zero_info(self._status(trainer, point))
 
+    def _at_global_step(self, point: HistoryPoint, metrics: dict[str, float]) -> dict[str, float]:
+        """On the epoch axis, the headline curves again at the global step (else nothing).
+
+        Lightning logs ``val_acc`` and ``train_loss`` at the global step: these overlay them.
+        """
+        if self.step != "epoch" or point.global_step is None:
+            return {}
+        names = ("flops_ratio", "param_sparsity", "pruned_sparsity", "target_sparsity")
+        return {
+            f"{_GLOBAL_STEP_TAGS}{name}": metrics[f"sparsity/{name}"]
+            for name in names
+            if f"sparsity/{name}" in metrics
+        }
+
     def _status(self, trainer: Any, point: HistoryPoint) -> str:
         """One line per point: sparse FLOPs, ratio, budget slack, monitored metrics."""
         parts = [
@@ -870,7 +964,8 @@ class SparsityCallbackLogic:
             f" ({point.flops_ratio:.3f} of dense), parameter sparsity {point.param_sparsity:.3f}"
         ]
         if point.budget_slack is not None:
-            parts.append(f"budget {point.budget_status}, slack {point.budget_slack:+.1%}")
+            status = (point.budget_status or "").replace("_", " ")
+            parts.append(f"budget {status}, slack {point.budget_slack:+.3f}")
         if point.pruning is not None:
             parts.append(f"pruning {point.pruning}")
         logged = trainer.callback_metrics
@@ -948,13 +1043,21 @@ class SparsityCallbackLogic:
         if datamodule is not None and getattr(datamodule, "_log_hyperparams", True):
             theirs.update(getattr(datamodule, "hparams_initial", {}) or {})
         per = "example"
-        tags = list(self._final_metrics(HistoryPoint(0, 0, 0, per, 1, 1, 1, 1)))
+        tags = self._monitors(trainer)  # what the fit is judged by comes first
+        tags += list(self._final_metrics(HistoryPoint(0, 0, 0, per, 1, 1, 1, 1)))
         if self.budget is not None:
             tags.append("budget/final_slack")
-        tags += [m for m in self._monitors(trainer) if m not in tags]
+        varying = [*self.hparams, "budget/target"]  # a sweep's settings; a budget's target
         for logger in trainer.loggers:
             if is_tensorboard(logger):
-                write_hparams(logger.experiment, {**_flatten(theirs), **ours}, tags)
+                hparams = {**_flatten(theirs), **ours}
+                write_hparams(
+                    logger.experiment,
+                    hparams,
+                    list(dict.fromkeys(tags)),
+                    varying=varying,
+                    experiment=self.hparams_experiment,
+                )
             else:
                 logger.log_hyperparams(ours)
 
@@ -962,17 +1065,39 @@ class SparsityCallbackLogic:
         """Resumed: drop our TensorBoard points a killed run logged after the checkpoint."""
         if not trainer.is_global_zero or not self.history:
             return
-        last_step = self.history[-1].step
+        last = self.history[-1]
         for logger in trainer.loggers:
             if not is_tensorboard(logger):
                 continue
             live = getattr(logger, "_experiment", None)
-            skip = []
+            skip = self._series.live_files()
             if live is not None:
                 skip.append(Path(live.file_writer.event_writer._file_name))
-            drop_events_after(
-                Path(logger.log_dir), last_step, lambda tag: tag.startswith(_OUR_TAGS), skip=skip
-            )
+            log_dir = Path(logger.log_dir)
+            for run in [log_dir, *self._series.directories(log_dir)]:  # and the FLOP series'
+                drop_events_after(run, last.step, _on_x_axis, skip=skip)
+                if last.global_step is not None:
+                    drop_events_after(run, last.global_step, _on_global_step, skip=skip)
+
+
+def _on_x_axis(tag: str) -> bool:
+    """Our tags logged at the point's step (epoch, or global step with that axis)."""
+    return tag.startswith(_OUR_TAGS)
+
+
+def _on_global_step(tag: str) -> bool:
+    """Our copies at the global step, beside curves on the epoch axis."""
+    return tag.startswith(_GLOBAL_STEP_TAGS)
+
+
+def _budget_text(point: HistoryPoint) -> str:
+    """The budget's status at a point, as text: TensorBoard neither smooths nor clips it."""
+    limit = point.budget_scheduled if point.budget_scheduled is not None else point.budget_limit
+    which = "scheduled limit" if point.budget_scheduled is not None else "limit"
+    return (
+        f"epoch {point.epoch}: {point.budget_status}: {point.budget_count}"
+        f" {count(point.budget_value)} against the {which} {count(limit)}"
+    )
 
 
 # the Lightning base class: the only Lightning import of this module

@@ -1,31 +1,34 @@
 """The physically smaller model the realizable count describes: ``ls.compact``.
 
 Realizable FLOPs (:mod:`lightning_sparsity.counting.realizable`) count a layer's rows that
-hold no nonzero weight, and its inputs that hold none or only ever read the zeros of a
-dead row of the layer before (:mod:`lightning_sparsity.counting.channels`), as removed.
-:func:`compact` removes exactly those, from the same sweep
+hold no nonzero weight, and its inputs that hold none or only ever read a dead row's
+constant that the layer can take into its bias (:mod:`lightning_sparsity.counting.channels`),
+as removed. :func:`compact` removes exactly those, from the same sweep
 (:func:`lightning_sparsity.counting.meter.structure`): each Linear and convolution whose
 realizable form is a compaction becomes a :class:`Compacted` layer that
 
 1. gathers its live inputs (``index_select``: no multiplication),
-2. runs a dense layer holding only the live rows and inputs (the FLOPs that remain),
+2. runs a dense layer holding only the live rows and inputs (the FLOPs that remain), its
+   bias plus what the dropped inputs' constants contribute (``weight · constant``, the
+   constants read on the example input),
 3. puts its outputs back in their rows, the dead rows holding their bias (a constant: a row
-   with no nonzero weight multiplies nothing), so every shape downstream (a residual add,
-   a BatchNorm, a concatenation) is as before.
+   with no nonzero weight multiplies nothing), so every shape downstream (a concatenation,
+   the model's output) is as before — except where a group of producers' dead channels (one
+   layer's, or every addend's of a residual add) reach only compacted layers: there they
+   leave (no scatter, no gather), the BatchNorms between sliced.
 
 Hence the compacted model's dense FLOPs equal the masked model's realizable FLOPs exactly
 wherever the realizable form is a removal, and its output equals the masked model's (in
-eval mode: a dead channel reaches a consumer as zeros through an eval BatchNorm only). A
-weight realized as N:M (``"2:4"``) keeps its shape, zeros in place (its N:M FLOPs need a
-2:4 kernel). Other weights whose form is a removal (attention, recurrent, grouped or
-transposed convolutions) are kept dense and named in a warning.
+eval mode). A weight realized as N:M (``"2:4"``) keeps its shape, zeros in place (its N:M
+FLOPs need a 2:4 kernel). Other weights whose form is a removal (attention, recurrent,
+grouped or transposed convolutions) are kept dense and named in a warning.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +42,7 @@ from lightning_sparsity.counting.channels import ChannelFlow
 from lightning_sparsity.counting.meter import Structure, WeightStructure, structure
 from lightning_sparsity.counting.trace import _eval_mode as _eval
 from lightning_sparsity.counting.trace import call_model
+from lightning_sparsity.patterns import SemiStructuredLinear, semi_structured_problem
 from lightning_sparsity.pruning import masks as storage
 
 __all__ = ["Compacted", "compact"]
@@ -166,6 +170,8 @@ def _why_not(
         return f"inside a {type(parent).__name__}, whose fast path reads its weight"
     if module._forward_hooks or module._forward_pre_hooks:
         return "it has forward hooks"
+    if "forward" in module.__dict__:
+        return "its forward is set on the instance"
     if parametrize.is_parametrized(module, "weight"):
         return "a parametrized weight"
     if isinstance(module, _ConvNd):
@@ -211,16 +217,22 @@ def _compacted(
     found: WeightStructure,
     in_space: Tensor | None = None,
     out_space: Tensor | None = None,
+    fold: Tensor | None = None,
 ) -> Compacted:
     """The :class:`Compacted` layer of ``module``.
 
     ``in_space``: the inputs that reach it (bool over its inputs; ``None``: all), when the
     layer before drops the channels it reads only as zeros. ``out_space``: the rows it must
-    output (``None``: all), when the layers after read only those.
+    output (``None``: all), when the layers after read only those. ``fold``: per row, what
+    the inputs it drops add (their constants times their weights), added to the bias.
     """
     weight = storage.effective(module, "weight").detach()
     bias_value = getattr(module, "bias", None)
     bias = None if bias_value is None else bias_value.detach()
+    if fold is not None and bias is not None:
+        bias = bias + fold
+    elif fold is not None and bool(fold.ne(0).any()):  # a layer without one gets a bias
+        bias = fold
     device = weight.device
     rows, inputs = found.live_rows.to(device), found.live_inputs.to(device)
     in_space = None if in_space is None else in_space.to(device)
@@ -275,24 +287,60 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _removable(
-    found: Structure, plan: dict[int, WeightStructure]
-) -> dict[int, tuple[Tensor, list[ChannelFlow]]]:
-    """Producers whose dead channels can leave the model, with the channels kept and reads.
+class _Removal(NamedTuple):
+    """A group of producers whose channels leave: those ``kept`` stay, read by ``flows``."""
 
-    Kept: the channels some reader needs. A producer qualifies when its channels reach
-    nothing but reads of layers being compacted, each such layer reading it once and nothing
-    else, and the producer runs once.
+    producers: set[int]
+    kept: Tensor
+    flows: list[ChannelFlow]
+
+
+def _groups(reads: list[tuple[ChannelFlow, Tensor | None]]) -> list[list[int]]:
+    """The reads coupled through shared producers (a residual add joins them), by index."""
+    parent = list(range(len(reads)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    first: dict[int, int] = {}  # producer → a read of it
+    for i, (flow, _) in enumerate(reads):
+        for producer in flow.producers:
+            j = first.setdefault(producer, i)
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(reads)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _removable(found: Structure, plan: dict[int, WeightStructure]) -> list[_Removal]:
+    """Groups of producers whose dead channels can leave the model, with what they keep.
+
+    Kept: the channels some read needs. Producers joined by a residual add form one group
+    (their channels are one axis). A group qualifies when every producer is compacted, runs
+    once and reaches nothing but reads of layers being compacted, each such layer reading
+    once and nothing else, and no BatchNorm on its way sees another group's tensors.
     """
-    by_producer: dict[int, list[tuple[ChannelFlow, Tensor | None]]] = {}
     readers: dict[int, int] = {}
-    for flow, dead in found.reads:
-        by_producer.setdefault(flow.producer, []).append((flow, dead))
+    for flow, _ in found.reads:
         readers[flow.consumer] = readers.get(flow.consumer, 0) + 1
-    out = {}
-    for producer, reads in by_producer.items():
-        item = plan.get(producer)
-        if item is None or item.uses != 1 or producer in found.escaped:
+    groups = _groups(found.reads)
+    seen_by: dict[int, set[int]] = {}  # BatchNorm → the groups whose reads pass it
+    for g, group in enumerate(groups):
+        for i in group:
+            for norm in found.reads[i][0].norms:
+                seen_by.setdefault(id(norm), set()).add(g)
+    shared = {g for gs in seen_by.values() if len(gs) > 1 for g in gs}
+    out = []
+    for g, group in enumerate(groups):
+        reads = [found.reads[i] for i in group]
+        producers = {p for flow, _ in reads for p in flow.producers}
+        if g in shared or any(
+            p not in plan or plan[p].uses != 1 or p in found.escaped for p in producers
+        ):
             continue
         if any(
             dead is None
@@ -302,29 +350,77 @@ def _removable(
             for flow, dead in reads
         ):
             continue
-        dead_everywhere = torch.stack([d for _, d in reads if d is not None]).all(0)
-        out[producer] = (~dead_everywhere, [flow for flow, _ in reads])
-    # a BatchNorm sliced for one producer's channels must see no other tensor
-    crossing: dict[int, set[int]] = {}
-    for flow, _ in found.reads:
-        for norm in flow.norms:
-            crossing.setdefault(id(norm), set()).add(flow.producer)
-    shared = {p for producers in crossing.values() if len(producers) > 1 for p in producers}
-    return {p: v for p, v in out.items() if p not in shared}
+        deads = [d for _, d in reads if d is not None]
+        if len({d.shape for d in deads}) != 1 or any(len(f.parts) > 1 for f, _ in reads):
+            continue  # (after a concatenation each producer holds a range: kept in place)
+        kept = ~torch.stack(deads).all(0)
+        out.append(_Removal(producers, kept, [flow for flow, _ in reads]))
+    return out
+
+
+def _dropped(module: nn.Module, found: WeightStructure) -> Tensor:
+    """The inputs a layer reads with nonzero weights but drops: their producer's row is dead."""
+    weight = storage.effective(module, "weight").detach()
+    own = weight.reshape(weight.shape[0], weight.shape[1], -1).ne(0).any(2).any(0)
+    return own & ~found.live_inputs.to(own.device)
+
+
+def _constants(model: nn.Module, example_input: Any, layers: list[nn.Module]) -> tuple[Any, dict]:
+    """The masked model's output, and the input each of ``layers`` reads (eval, no grad)."""
+    seen: dict[int, Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen[id(module)] = args[0].detach()
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        with torch.no_grad(), _eval(model):
+            expected = call_model(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return expected, seen
+
+
+def _fold(module: nn.Module, dropped: Tensor, x: Tensor) -> Tensor:
+    """What dropped inputs add to each row: ``Σ_j Σ_taps weight[:, j] · c_j``.
+
+    ``c_j``: input ``j``'s value, one constant wherever the layer reads it (the trail of
+    :mod:`lightning_sparsity.counting.channels`), read at the input's first position.
+    """
+    weight = storage.effective(module, "weight").detach()
+    if isinstance(module, _ConvNd):
+        channel = x.dim() - len(module.kernel_size) - 1  # 1 batched, 0 unbatched
+        values = x.movedim(channel, 0).reshape(x.shape[channel], -1)[:, 0]
+    else:
+        values = x.reshape(-1, x.shape[-1])[0]
+    columns = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(2)
+    index = dropped.nonzero().flatten()
+    return columns[:, index] @ values[index].to(columns.dtype)
 
 
 def _build(
-    model: nn.Module, found: Structure, plan: dict[int, WeightStructure], physical: bool
+    model: nn.Module,
+    found: Structure,
+    plan: dict[int, WeightStructure],
+    folds: dict[int, Tensor],
+    physical: bool,
 ) -> nn.Module:
-    """The compacted copy; ``physical``: producers' dead channels leave (no scatter)."""
-    removable = _removable(found, plan) if physical else {}
+    """The compacted copy; ``physical``: dead channels leave (no scatter).
+
+    ``folds``: per layer, what the inputs it drops add to its bias.
+    """
+    removals = _removable(found, plan) if physical else []
     in_spaces: dict[int, Tensor] = {}
+    out_spaces: dict[int, Tensor] = {}
     norms: dict[int, tuple[_BatchNorm, Tensor]] = {}
-    for kept, flows in removable.values():
-        for flow in flows:
-            in_spaces[flow.consumer] = kept.repeat_interleave(flow.repeat)
+    for removal in removals:
+        for producer in removal.producers:
+            out_spaces[producer] = removal.kept
+        for flow in removal.flows:
+            in_spaces[flow.consumer] = removal.kept.repeat_interleave(flow.repeat)
             for norm in flow.norms:
-                norms[id(norm)] = (norm, kept)
+                norms[id(norm)] = (norm, removal.kept)
     new = copy.deepcopy(model)
     paths: dict[int, list[str]] = {}  # every name a module goes by (a module held twice)
     for name, module in model.named_modules(remove_duplicate=False):
@@ -336,8 +432,10 @@ def _build(
             setattr(parent, child, replacement)
 
     for index, item in plan.items():
-        out_space = removable[index][0] if index in removable else None
-        put(item.slot.module, _compacted(item.slot.module, item, in_spaces.get(index), out_space))
+        layer = _compacted(
+            item.slot.module, item, in_spaces.get(index), out_spaces.get(index), folds.get(index)
+        )
+        put(item.slot.module, layer)
     for norm, kept in norms.values():
         put(norm, _sliced_norm(norm, kept))
     for module in new.modules():  # what stays: plain weights, zeros in place
@@ -387,7 +485,28 @@ def _check(new: nn.Module, example_input: Any, expected: Any) -> tuple[bool, str
     return gap <= 1, f"its output differs by {gap:.3g} times the tolerance"
 
 
-def compact(model: nn.Module, example_input: Any) -> nn.Module:
+def _to_semi_structured(new: nn.Module) -> None:
+    """Swap each plain Linear of ``new`` whose weight the 2:4 kernels take for one on them.
+
+    Records ``new.semi_structured``: every Linear's name → ``"2:4"`` or why not.
+    """
+    done: dict[str, str] = {}
+    for name, module in list(new.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        problem = (
+            f"a {type(module).__name__} with a forward of its own"
+            if type(module) is not nn.Linear or "forward" in module.__dict__
+            else semi_structured_problem(module.weight.detach())
+        )
+        done[name] = problem or "2:4"
+        if problem is None:
+            parent, child = _parent(new, name)
+            setattr(parent, child, SemiStructuredLinear(module.weight, module.bias))
+    setattr(new, "semi_structured", done)  # noqa: B010 (a Module's attribute, not typed)
+
+
+def compact(model: nn.Module, example_input: Any, *, semi_structured: bool = False) -> nn.Module:
     """A copy of ``model`` without the rows and inputs its realizable FLOPs count removed.
 
     The copy's dense FLOPs (``FlopCounterMode``) equal ``ls.measure(model,
@@ -398,17 +517,22 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
     that depends on the data and is not taken is not checked). Masks on the copy are made
     permanent (plain weights).
 
-    A layer's dead channels leave the model where only compacted layers read them (the
-    BatchNorms between sliced too); elsewhere (a residual add, the output) they are put back
-    as their constant. ``model`` is left as found.
+    A group of layers' dead channels (one layer's, or every addend's of a residual add)
+    leave the model where only compacted layers read them (the BatchNorms between sliced
+    too); elsewhere (a concatenation, the output) they are put back as their constant.
+    ``model`` is left as found.
 
     Args:
         model: the pruned model.
         example_input: an input of the shapes the model runs on (the trace that finds the
             dead channels); a Tensor, a tuple/list of positional arguments, or a dict.
+        semi_structured: also run each plain Linear whose weight is 2:4 on torch's 2:4
+            kernels (``torch.sparse.to_sparse_semi_structured``: CUDA, compute capability
+            8.0+, float16/bfloat16): a :class:`.patterns.SemiStructuredLinear` each.
 
     Returns:
-        The compacted copy, in eval mode.
+        The compacted copy, in eval mode. With ``semi_structured``, its attribute
+        ``semi_structured`` maps every Linear's name to ``"2:4"`` (converted) or why not.
 
     Warns:
         UserWarning: naming weights whose form is a removal that this cannot compact, kept
@@ -417,11 +541,19 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
             a weight read outside its layer (tied to another module) or parametrized.
 
     Raises:
-        ValueError: for a model on the meta device or with sharded (FSDP2) weights, and if
-            neither layout reproduces the masked model's output on the example input.
+        ValueError: for a model on the meta device or with sharded (FSDP2) weights, with
+            ``semi_structured`` for a model not on CUDA, and if neither layout (or the 2:4
+            kernels) reproduces the masked model's output on the example input.
     """
     if any(is_sharded(p) for p in model.parameters()):
         raise ValueError("compact needs whole weights: gather the sharded (FSDP2) model first")
+    devices = sorted({p.device.type for p in model.parameters()})
+    if semi_structured and devices != ["cuda"]:
+        raise ValueError(
+            "compact(semi_structured=True) runs 2:4 weights on torch's semi-structured kernels,"
+            f" which need CUDA; the model's parameters are on {', '.join(devices) or 'no device'}"
+            " (move it with .cuda(), and .half() or .bfloat16())"
+        )
     found = structure(model, example_input)
     plan: dict[int, WeightStructure] = {}
     kept: dict[str, str] = {}
@@ -442,21 +574,32 @@ def compact(model: nn.Module, example_input: Any) -> nn.Module:
             UserWarning,
             stacklevel=2,
         )
-    with torch.no_grad(), _eval(model):
-        expected = call_model(model, example_input)
-    new = _build(model, found, plan, physical=True)
-    if _check(new, example_input, expected)[0]:
-        return new
-    safe = _build(model, found, plan, physical=False)  # every layer keeps its positions
-    same, why = _check(safe, example_input, expected)
+    dropped = {i: _dropped(item.slot.module, item) for i, item in plan.items()}
+    dropped = {i: d for i, d in dropped.items() if bool(d.any())}
+    expected, inputs = _constants(model, example_input, [plan[i].slot.module for i in dropped])
+    folds = {
+        i: _fold(plan[i].slot.module, d, inputs[id(plan[i].slot.module)])
+        for i, d in dropped.items()
+        if id(plan[i].slot.module) in inputs
+    }
+    new = _build(model, found, plan, folds, physical=True)
+    same, why = _check(new, example_input, expected)
+    if not same:
+        new = _build(model, found, plan, folds, physical=False)  # layers keep their positions
+        same, why = _check(new, example_input, expected)
+        if same:
+            warnings.warn(
+                "compact: removing dead channels between layers changed the output on the"
+                " example input; each compacted layer keeps its channels' positions instead",
+                UserWarning,
+                stacklevel=2,
+            )
+    if same and semi_structured:
+        _to_semi_structured(new)
+        same, why = _check(new, example_input, expected)
+        why = f"with the 2:4 kernels, {why}"
     if same:
-        warnings.warn(
-            "compact: removing dead channels between layers changed the output on the example"
-            " input; each compacted layer keeps its channels' positions instead",
-            UserWarning,
-            stacklevel=2,
-        )
-        return safe
+        return new
     raise ValueError(
         f"compact: the compacted model does not reproduce the masked model on the example"
         f" input ({why}); a layer may compute more than its weights say (a forward of its"

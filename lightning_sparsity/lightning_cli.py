@@ -3,7 +3,8 @@
 :func:`sparsity_cli` builds a ``LightningCLI`` over any ``LightningModule`` and
 ``LightningDataModule`` given by ``class_path`` in a YAML config (see ``configs/``). Its
 parse and instantiation errors (a bad value, an unknown key, a missing file, an unreadable
-checkpoint) become :class:`CliError`, one line that names the key path, e.g.
+checkpoint, and a budget the model cannot have, found as the fit starts) become
+:class:`CliError`, one line that names the key path, e.g.
 ``trainer.callbacks > lightning_sparsity.SparsityCallback > pruning > ... > allocation:
 Expected a typing.Literal[...]. Got value: globl``. Errors raised while training keep
 their traceback; so do config errors when ``JSONARGPARSE_DEBUG=true``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from lightning_sparsity._text import one_line
+from lightning_sparsity.loggers.resume import same_root, saved_versions
 
 __all__ = ["CliError", "read_checkpoint", "sparsity_cli"]
 
@@ -151,6 +154,52 @@ def _config_error(message: str) -> str:
     return one_line(re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text))
 
 
+#: the loggers Lightning makes by default (``logger`` unset), both in ``save_dir/lightning_logs``
+_DEFAULT_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+
+
+def _continue_logged_run(config: Any) -> None:
+    """``fit --ckpt_path``: a logger that would start a new version logs into the checkpoint's.
+
+    Lightning's ``TensorBoardLogger`` and ``CSVLogger`` pick the next free ``version_N`` for
+    every fit, so a resumed fit showed in TensorBoard as a second run. A logger given its own
+    ``version``, or logging elsewhere (another ``save_dir`` or ``name``), stays as configured.
+    """
+    if config.get("subcommand") != "fit":
+        return
+    fit = config["fit"]
+    path = fit.get("ckpt_path")
+    if not path or not Path(path).is_file():
+        return  # none, or "last" / "hpc" / "registry", which Lightning resolves
+    saved = saved_versions(path)
+    configured = fit.get("trainer.logger")
+    if configured is None or configured is True:  # Lightning's default logger, spelled out
+        if not saved or saved[0]["type"] not in _DEFAULT_LOGGERS:
+            return
+        from jsonargparse import Namespace
+
+        from lightning_sparsity._lightning import submodule
+
+        root = fit.get("trainer.default_root_dir") or os.getcwd()
+        configured = fit["trainer.logger"] = Namespace(
+            class_path=f"{submodule('loggers').__name__}.{saved[0]['type']}",
+            init_args=Namespace(save_dir=str(root)),
+        )
+    loggers = configured if isinstance(configured, list) else [configured]
+    for logger, was in zip(loggers, saved, strict=False):
+        init = getattr(logger, "init_args", None)
+        if (
+            init is None
+            or str(logger.class_path).rsplit(".", 1)[-1] != was["type"]
+            or init.get("version") is not None
+            or was.get("version") is None
+        ):
+            continue
+        name = init.get("name", "lightning_logs")
+        if same_root(Path(str(init.get("save_dir") or ""), "" if name is None else str(name)), was):
+            init.version = was["version"]
+
+
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__
@@ -193,7 +242,27 @@ def _cli_class(edit: Callable[[Any], None] | None) -> type:
                     read_checkpoint(str(path))  # raises CliError if the file is the problem
                 raise
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            """A budget the model cannot have is a config error, found as the fit starts.
+
+            One line, as for any bad config value, and the version directory this fit
+            made (its config and hyperparameters, no step) is removed.
+            """
+            from lightning_sparsity.control.budget import BudgetError
+
+            log_dir = self.trainer.log_dir  # the logger's, not made yet for a new version
+            made = log_dir is not None and not Path(log_dir).exists()
+            try:
+                super()._run_subcommand(subcommand)
+            except BudgetError as err:
+                if _debug():
+                    raise
+                if made and self.trainer.global_step == 0 and Path(log_dir).is_dir():
+                    shutil.rmtree(log_dir)
+                raise CliError(one_line(str(err))) from err
+
         def before_instantiate_classes(self) -> None:
+            _continue_logged_run(self.config)
             if edit is not None:
                 edit(self.config)
 

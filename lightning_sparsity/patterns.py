@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PATTERN_LAYOUT",
     "SEMI_STRUCTURED_MIN",
     "Pattern",
+    "SemiStructuredLinear",
     "conforms",
     "from_groups",
     "group_losses",
@@ -40,6 +42,7 @@ __all__ = [
     "layout_problem",
     "parse_pattern",
     "pattern_keep",
+    "semi_structured_problem",
 ]
 
 Pattern = tuple[int, int]  # (N kept, M per group)
@@ -204,3 +207,56 @@ def pattern_keep(weight: Tensor, keep: Tensor | None, pattern: Pattern, prune: T
     groups = group_view(current, m)
     out = torch.where(prune.reshape(-1, 1), groups & largest, groups)
     return from_groups(out, weight.shape)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def semi_structured_problem(weight: Tensor) -> str | None:
+    """Why torch's 2:4 kernels cannot run ``weight`` as a Linear's (``None`` if they can).
+
+    ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt / CUTLASS): a CUDA device of
+    compute capability 8.0+, float16/bfloat16, the shape rule of :func:`kernel_problem`, and
+    at most 2 nonzeros in every group of 4 along the input. One host sync (the conformity).
+    """
+    if weight.device.type != "cuda":
+        return "2:4 kernels run on CUDA only"
+    if torch.cuda.get_device_capability(weight.device) < (8, 0):
+        return "2:4 kernels need compute capability 8.0+ (Ampere or later)"
+    if weight.dtype not in _HALF:
+        return (
+            f"2:4 kernels take float16/bfloat16 here, the weight is {weight.dtype} (cast the"
+            " model with .half() or .bfloat16())"
+        )
+    problem = kernel_problem(weight, (2, 4))
+    if problem is not None:
+        return f"not 2:4: {problem}"
+    if not bool(conforms(weight, (2, 4))):
+        return "not 2:4: some group of 4 weights holds more than 2 nonzeros"
+    return None
+
+
+class SemiStructuredLinear(nn.Module):
+    """``F.linear`` with a 2:4 semi-structured weight (cuSPARSELt or CUTLASS), any leading dims.
+
+    Args:
+        weight: a 2-D weight that :func:`semi_structured_problem` accepts.
+        bias: its bias, or ``None``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        from torch.sparse import to_sparse_semi_structured
+
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight = to_sparse_semi_structured(weight.detach().contiguous())
+        self.bias = None if bias is None else bias.detach()
+
+    def extra_repr(self) -> str:
+        """``in_features=…, out_features=…, 2:4``."""
+        return f"in_features={self.in_features}, out_features={self.out_features}, 2:4"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x Wᵀ + b`` over the last axis (the kernels take 2-D inputs)."""
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        return F.linear(flat, self.weight, self.bias).reshape(*x.shape[:-1], -1)

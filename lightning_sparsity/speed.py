@@ -29,6 +29,13 @@ timing, each kernel's output is checked against the dense layer's on that input.
 medians over ``repeats`` runs after ``warmup``, dense and sparse runs interleaved, on the same
 input; on CUDA each run ends with ``torch.cuda.synchronize``.
 
+With ``compact=True`` the whole forward is also timed against the compacted model's
+(:func:`lightning_sparsity.compact`) in eager torch, in the same interleaved runs, and,
+where onnxruntime is installed and the model is on the CPU, both models exported to ONNX
+(:mod:`lightning_sparsity.ort`) run in onnxruntime after their outputs are checked against
+torch's; the report puts the speed-ups beside the ratio of their dense FLOPs
+(:class:`CompactSpeed`).
+
 The model is left as found: its weights are never written (the sparse kernels hold copies),
 the swapped ``forward`` attributes and the capture hooks are removed, mode flags restored.
 (A reparametrization that sets the weight in a forward pre-hook, as ``torch.nn.utils.prune``
@@ -48,19 +55,29 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._checks import check_bools, check_int
 from lightning_sparsity._shards import is_sharded
-from lightning_sparsity._text import number
+from lightning_sparsity._text import count, number, one_line
+from lightning_sparsity.compact import compact as compact_model
 from lightning_sparsity.counting.meter import measure
 from lightning_sparsity.counting.report import SparsityReport
 from lightning_sparsity.counting.trace import _eval_mode, call_model
-from lightning_sparsity.patterns import conforms, kernel_problem
+from lightning_sparsity.ort import OrtRun, missing, ort_run
+from lightning_sparsity.patterns import SemiStructuredLinear, semi_structured_problem
 
-__all__ = ["Kernel", "LayerSpeed", "SpeedReport", "check_real", "format_speed", "speed"]
+__all__ = [
+    "CompactSpeed",
+    "Kernel",
+    "LayerSpeed",
+    "SpeedReport",
+    "check_real",
+    "format_speed",
+    "medians",
+    "speed",
+]
 
 Kernel = Literal["dense", "csr", "2:4"]
 
@@ -74,7 +91,6 @@ _CONVS = (
 )
 _CONV_NOTE = "convolution: no torch sparse kernel runs it; timed and counted as dense"
 _CSR_DTYPES = {"cpu": (torch.float32, torch.float64)}  # MKL; CUDA: whatever cuSPARSE takes
-_HALF = (torch.float16, torch.bfloat16)
 #: how far a sparse kernel's output may stray from the dense layer's, relative to its largest
 #: value (summation order differs; half precision rounds each product)
 _TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -121,6 +137,102 @@ class LayerSpeed:
 
 
 @dataclass(frozen=True)
+class CompactSpeed:
+    """The compacted model (:func:`lightning_sparsity.compact`) against the masked one.
+
+    Whole forwards on the same input, timed in the same interleaved runs as
+    :attr:`SpeedReport.dense_ms`; onnxruntime (CPU provider) runs both models exported to
+    ONNX the same way, each checked against torch's output first.
+
+    Attributes:
+        flops_dense: the masked model's dense FLOPs, per batch.
+        flops_compact: the compacted model's dense FLOPs, per batch (what
+            ``FlopCounterMode`` counts on it).
+        eager_dense_ms: median forward of the masked model in eager torch (the same number
+            as :attr:`SpeedReport.dense_ms`).
+        eager_compact_ms: the same for the compacted model.
+        ort_dense_ms: median run of the masked model's ONNX in onnxruntime; ``None`` when
+            onnxruntime was not timed (``ort_note`` says why).
+        ort_compact_ms: the same for the compacted model.
+        ort_dense_gap: the largest difference of onnxruntime's outputs from torch's for the
+            masked model, in multiples of the tolerance (``<= 1``: equal); ``None`` if not
+            compared.
+        ort_compact_gap: the same for the compacted model.
+        ort_note: why onnxruntime was not timed (not installed, not on the CPU, an output
+            that differs from torch's, an export that failed), else empty.
+    """
+
+    flops_dense: int | float
+    flops_compact: int | float
+    eager_dense_ms: float
+    eager_compact_ms: float
+    ort_dense_ms: float | None = None
+    ort_compact_ms: float | None = None
+    ort_dense_gap: float | None = None
+    ort_compact_gap: float | None = None
+    ort_note: str = ""
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """``flops_dense / flops_compact``: how many times fewer FLOPs (``None`` if 0)."""
+        return self.flops_dense / self.flops_compact if self.flops_compact else None
+
+    @property
+    def eager_speedup(self) -> float:
+        """Measured ``eager_dense_ms / eager_compact_ms``."""
+        return self.eager_dense_ms / self.eager_compact_ms
+
+    @property
+    def ort_speedup(self) -> float | None:
+        """Measured ``ort_dense_ms / ort_compact_ms`` (``None`` if onnxruntime was not timed)."""
+        if self.ort_dense_ms is None or self.ort_compact_ms is None:
+            return None
+        return self.ort_dense_ms / self.ort_compact_ms
+
+    @property
+    def clause(self) -> str:
+        """Its part of :attr:`SpeedReport.summary`."""
+        ort = "" if self.ort_speedup is None else f", {self.ort_speedup:.2f}× in onnxruntime"
+        return (
+            f"; compacted: dense FLOPs {number(self.flops_ratio, '.2f', unit='×')} fewer,"
+            f" a measured speed-up of {self.eager_speedup:.2f}× in eager torch{ort}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, with the derived ratios."""
+        return {
+            **asdict(self),
+            "flops_ratio": self.flops_ratio,
+            "eager_speedup": self.eager_speedup,
+            "ort_speedup": self.ort_speedup,
+        }
+
+    def to_markdown(self) -> list[str]:
+        """Its table (onnxruntime's columns only where it was timed) and a line on onnxruntime."""
+        head = ["model", "dense FLOPs", "FLOPs dense/compacted", "eager ms", "speed-up (eager)"]
+        masked = ["masked (as is)", count(self.flops_dense), "1.00×"]
+        masked += [number(self.eager_dense_ms, ".3g"), "1.00×"]
+        small = ["compacted", count(self.flops_compact), number(self.flops_ratio, ".2f", unit="×")]
+        small += [number(self.eager_compact_ms, ".3g"), f"{self.eager_speedup:.2f}×"]
+        if self.ort_speedup is None:
+            ort = f"onnxruntime not timed: {self.ort_note}."
+        else:
+            head += ["onnxruntime ms", "speed-up (onnxruntime)"]
+            masked += [number(self.ort_dense_ms, ".3g"), "1.00×"]
+            small += [number(self.ort_compact_ms, ".3g"), f"{self.ort_speedup:.2f}×"]
+            ort = (
+                "onnxruntime (CPU provider) runs both models exported to ONNX; their outputs"
+                " equal torch's on the example input (largest differences"
+                f" {number(self.ort_dense_gap, '.2g')} and {number(self.ort_compact_gap, '.2g')}"
+                " of the tolerance)."
+            )
+        table = [head, masked, small]
+        lines = ["| " + " | ".join(row) + " |" for row in table]
+        lines.insert(1, "|" + "---|" * len(head))
+        return ["", *lines, "", ort]
+
+
+@dataclass(frozen=True)
 class SpeedReport:
     """Measured dense and sparse forward times beside the FLOP ratios.
 
@@ -137,6 +249,8 @@ class SpeedReport:
         flops_ratio: the whole model's sparse / dense FLOPs.
         realizable_ratio: its realizable / dense FLOPs.
         notes: sentences on what was not accelerated and why.
+        compact: with ``speed(..., compact=True)``, the compacted model's times beside its
+            FLOP ratio; else ``None``.
     """
 
     device: str
@@ -150,6 +264,7 @@ class SpeedReport:
     flops_ratio: float | None
     realizable_ratio: float | None
     notes: tuple[str, ...] = ()
+    compact: CompactSpeed | None = None
 
     @property
     def accelerated(self) -> list[str]:
@@ -166,22 +281,24 @@ class SpeedReport:
         """One sentence: what was accelerated and the measured speed-up beside the FLOPs."""
         kind = self.device.split(":")[0]
         flops = _flops_clause(self.flops_ratio, self.realizable_ratio)
+        compacted = "" if self.compact is None else self.compact.clause
         if not self.accelerated:
             return (
                 f"no layer runs faster with a sparse kernel on {kind}: the measured speed-up"
-                f" is 1.00×{flops}"
+                f" is 1.00×{flops}{compacted}"
             )
         kernels = sorted({row.kernel for row in self.layers if row.kernel != "dense"})
         return (
             f"{len(self.accelerated)} of {len(self.layers)} layers run a sparse kernel"
             f" ({', '.join(kernels)}): the forward takes {self.sparse_ms:.3g} ms instead of"
             f" {self.dense_ms:.3g} ms, a measured speed-up of {self.speedup:.2f}×{flops}"
-        )
+        ) + compacted
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data (with the derived speed-ups)."""
         return {
             **{k: v for k, v in asdict(self).items() if k != "layers"},
+            "compact": None if self.compact is None else self.compact.to_dict(),
             "notes": list(self.notes),
             "speedup": self.speedup,
             "accelerated": self.accelerated,
@@ -222,6 +339,8 @@ class SpeedReport:
             self.summary[0].upper() + self.summary[1:] + ".",
             *self.notes,
         ]
+        if self.compact is not None:
+            lines += self.compact.to_markdown()
         return "\n".join(lines)
 
 
@@ -260,43 +379,10 @@ class _Csr:
         return out.t().reshape(*x.shape[:-1], -1)
 
 
-class _SemiStructured:
-    """``F.linear`` with a 2:4 semi-structured weight (cuSPARSELt or CUTLASS)."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        from torch.sparse import to_sparse_semi_structured
-
-        self.weight = to_sparse_semi_structured(weight.detach().contiguous())
-        self.bias = None if bias is None else bias.detach()
-
-    def __call__(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
-        return F.linear(flat, self.weight, self.bias).reshape(*x.shape[:-1], -1)
-
-
 _BUILDERS: dict[Kernel, Callable[[Tensor, Tensor | None], KernelFn]] = {
-    "2:4": _SemiStructured,
+    "2:4": SemiStructuredLinear,
     "csr": _Csr,
 }
-
-
-def _semi_structured_problem(weight: Tensor) -> str | None:
-    """Why the 2:4 kernels cannot run ``weight`` (``None`` if they can)."""
-    if weight.device.type != "cuda":
-        return "2:4 kernels run on CUDA only"
-    if torch.cuda.get_device_capability(weight.device) < (8, 0):
-        return "2:4 kernels need compute capability 8.0+ (Ampere or later)"
-    if weight.dtype not in _HALF:
-        return (
-            f"2:4 kernels take float16/bfloat16 here, the weight is {weight.dtype} (cast the"
-            " model with .half() or .bfloat16() to time them)"
-        )
-    problem = kernel_problem(weight, (2, 4))
-    if problem is not None:
-        return f"not 2:4: {problem}"
-    if not bool(conforms(weight, (2, 4))):
-        return "not 2:4: some group of 4 weights holds more than 2 nonzeros"
-    return None
 
 
 def _csr_problem(weight: Tensor) -> str | None:
@@ -323,7 +409,7 @@ def _candidates(module: nn.Linear) -> tuple[list[Kernel], list[str]]:
     reasons: list[str] = []
     device_kernels: list[tuple[Kernel, Callable[[Tensor], str | None]]] = [("csr", _csr_problem)]
     if weight.device.type == "cuda":
-        device_kernels.insert(0, ("2:4", _semi_structured_problem))
+        device_kernels.insert(0, ("2:4", semi_structured_problem))
     for kernel, problem_of in device_kernels:
         problem = problem_of(weight)
         if problem is None:
@@ -385,12 +471,12 @@ Contender = tuple[Mapping[nn.Module, KernelFn], Callable[[], object]]
 
 
 def _race(
-    contenders: Sequence[Contender], repeats: int, warmup: int, device: torch.device
-) -> list[float]:
+    contenders: Mapping[str, Contender], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
     """Median milliseconds of each ``fn`` run with its kernels swapped in, runs interleaved."""
-    times: list[list[float]] = [[] for _ in contenders]
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for i in range(warmup + repeats):
-        for (forwards, fn), out in zip(contenders, times, strict=True):
+        for name, (forwards, fn) in contenders.items():
             with _swapped(forwards):
                 _sync(device)
                 start = time.perf_counter()
@@ -398,8 +484,29 @@ def _race(
                 _sync(device)
                 elapsed = time.perf_counter() - start
             if i >= warmup:
-                out.append(elapsed)
-    return [statistics.median(t) * 1e3 for t in times]
+                times[name].append(elapsed)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def medians(
+    runs: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of each run, the runs interleaved (drifting load hits all alike).
+
+    The timing :func:`speed` uses, for callers timing their own functions
+    (``benchmarks/bench_compact.py``).
+
+    Args:
+        runs: what to time, by name.
+        repeats: timed runs of each.
+        warmup: untimed runs of each before them.
+        device: a CUDA device to synchronize around each run (``None``: the CPU, none).
+    """
+    contenders: dict[str, Contender] = {name: ({}, fn) for name, fn in runs.items()}
+    return _race(contenders, repeats, warmup, device or torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------- speed()
@@ -445,6 +552,84 @@ def _device_of(model: nn.Module, example_input: Any) -> torch.device:
     return next((t.device for t in leaves if isinstance(t, Tensor)), torch.device("cpu"))
 
 
+class _CompactRuns:
+    """With ``compact=True``: the compacted model, its FLOPs, and the onnxruntime sessions."""
+
+    def __init__(self, model: nn.Module, example_input: Any, device: torch.device) -> None:
+        self.notes: list[str] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.small = compact_model(model, example_input)
+        for w in caught:  # compact's own warnings (layers kept dense) become notes
+            if str(w.message).startswith("compact:"):
+                self.notes.append(f"{w.message}.")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.flops = measure(self.small, example_input, per="batch").total.flops
+        self.sessions: dict[str, OrtRun] = {}
+        self.gaps: dict[str, float | None] = {}
+        self.ort_note = self._onnxruntime(model, example_input, device)
+
+    def _onnxruntime(self, model: nn.Module, example_input: Any, device: torch.device) -> str:
+        """Load both models in onnxruntime and check them; why not timed (``""``: timed)."""
+        absent = missing()
+        if absent is not None:
+            return absent
+        if device.type != "cpu":
+            return f"it is timed on the CPU only, the model is on {device}"
+        inputs = [example_input] if isinstance(example_input, Tensor) else example_input
+        if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, Tensor) for t in inputs):
+            return (
+                "it is fed a Tensor or a tuple of Tensors (positional inputs), the example"
+                f" input is a {type(example_input).__name__}"
+            )
+        problems = []
+        sessions = {}
+        for label, which in (("dense", model), ("compacted", self.small)):
+            try:
+                sessions[label] = ort_run(which, inputs, threads=torch.get_num_threads())
+                self.gaps[label] = gap = sessions[label].gap()
+            except Exception as err:  # what the exporter or onnxruntime refuses
+                problems.append(
+                    f"the {label} model failed in ONNX export or onnxruntime:"
+                    f" {type(err).__name__}: {one_line(err)}"
+                )
+                continue
+            if gap is None:
+                problems.append(f"onnxruntime's outputs of the {label} model are not torch's")
+            elif gap > 1:
+                problems.append(
+                    f"onnxruntime's output of the {label} model differs from torch's by"
+                    f" {gap:.3g} times the tolerance"
+                )
+        if problems:
+            return "; ".join(problems)
+        self.sessions = sessions
+        return ""
+
+    def contenders(self, example_input: Any) -> dict[str, Contender]:
+        """The compacted forward and the sessions, to time beside the dense forward."""
+        small = functools.partial(call_model, self.small, example_input)
+        return {
+            "compacted": ({}, small),
+            **{f"ort {k}": ({}, run) for k, run in self.sessions.items()},
+        }
+
+    def result(self, flops_dense: float, ms: Mapping[str, float]) -> CompactSpeed:
+        """The report's part, from the medians of the race (by contender name)."""
+        return CompactSpeed(
+            flops_dense=flops_dense,
+            flops_compact=self.flops,
+            eager_dense_ms=ms["dense"],
+            eager_compact_ms=ms["compacted"],
+            ort_dense_ms=ms.get("ort dense"),
+            ort_compact_ms=ms.get("ort compacted"),
+            ort_dense_gap=self.gaps.get("dense"),
+            ort_compact_gap=self.gaps.get("compacted"),
+            ort_note=self.ort_note,
+        )
+
+
 _META = "speed() needs real weights to time; the model is on the meta device"
 
 
@@ -458,14 +643,16 @@ def check_real(model: nn.Module) -> None:
         raise ValueError(_META)
 
 
-def _validate(model: object, repeats: object, warmup: object, per_layer: object) -> None:
+def _validate(
+    model: object, repeats: object, warmup: object, per_layer: object, compact: object
+) -> None:
     type_errors: list[str] = []
     value_errors: list[str] = []
     if not isinstance(model, nn.Module):
         type_errors.append(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     check_int("repeats", repeats, value_errors, 1)
     check_int("warmup", warmup, value_errors)
-    check_bools({"per_layer": per_layer}, type_errors)
+    check_bools({"per_layer": per_layer, "compact": compact}, type_errors)
     if type_errors or value_errors:
         message = "; ".join(type_errors + value_errors)
         raise TypeError(message) if type_errors else ValueError(message)
@@ -478,36 +665,53 @@ def speed(
     repeats: int = 20,
     warmup: int = 3,
     per_layer: bool = True,
+    compact: bool = False,
 ) -> SpeedReport:
     """Time the forward with dense kernels and with the sparse kernels the device has.
+
+    With ``compact``, also the compacted model (:func:`lightning_sparsity.compact`) against
+    the masked one as it is, whole forwards in eager torch and, where ``onnxruntime`` is
+    installed and the model is on the CPU, both exported to ONNX and run in onnxruntime (CPU
+    provider, torch's thread count), each session's outputs first checked against torch's
+    on ``example_input``: one that differs (or fails to export or load) is reported in
+    :attr:`CompactSpeed.ort_note`, and onnxruntime is not timed.
 
     Args:
         model: the model; left as found (weights, parameter objects, mode flags, hooks).
         example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs,
-            on the model's device.
+            on the model's device (onnxruntime takes Tensor inputs only: a Tensor or a
+            tuple/list of them).
         repeats: timed runs per median, >= 1.
         warmup: untimed runs before them, >= 0.
         per_layer: time each ``nn.Linear`` alone both ways and keep a sparse kernel only
             where it is faster; ``False``: give every layer that can take one its sparse
             kernel and keep them all only if the whole forward is faster (cheaper: no
             per-layer timings).
+        compact: also time the compacted model (:attr:`SpeedReport.compact`), in the same
+            interleaved runs as the whole forward.
 
     Returns:
         The report: per layer and for the whole forward, measured times and speed-ups beside
-        the sparse and realizable FLOP ratios of :func:`lightning_sparsity.measure`.
+        the sparse and realizable FLOP ratios of :func:`lightning_sparsity.measure`; with
+        ``compact``, the compacted model's times beside its FLOP ratio.
 
     Raises:
-        TypeError: if ``model`` is not a module, ``per_layer`` not a bool, or
+        TypeError: if ``model`` is not a module, ``per_layer`` or ``compact`` not a bool, or
             ``example_input`` not a supported type.
         ValueError: for ``repeats`` < 1 or ``warmup`` < 0 (or not ints), a model on the
-            meta device, or an empty batch (``example_input`` of no examples: nothing to
-            time, FLOP ratios 0/0).
+            meta device, an empty batch (``example_input`` of no examples: nothing to
+            time, FLOP ratios 0/0), and with ``compact`` what :func:`~lightning_sparsity.compact`
+            refuses (a sharded model, a compacted copy that computes something else).
         MeasureError: if the forward fails on ``example_input``.
     """
-    _validate(model, repeats, warmup, per_layer)
+    _validate(model, repeats, warmup, per_layer, compact)
     check_real(model)
     counts = measure(model, example_input, per="batch")
     device = _device_of(model, example_input)
+    notes: list[str] = []
+    small = _CompactRuns(model, example_input, device) if compact else None
+    if small is not None:
+        notes += small.notes
     with (
         _eval_mode(model),
         torch.inference_mode(),
@@ -516,28 +720,30 @@ def speed(
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
         layers = _captured(model, example_input)
         rows, chosen = _decide(layers, counts, repeats, warmup, device, per_layer)
-        notes: list[str] = []
 
         def forward() -> object:
             return call_model(model, example_input)
 
+        contenders: dict[str, Contender] = {"dense": ({}, forward)}
         if chosen:
-            dense_ms, sparse_ms = _race([({}, forward), (chosen, forward)], repeats, warmup, device)
-            if not per_layer and sparse_ms >= dense_ms:
-                notes.append(
-                    f"With every sparse kernel swapped in, the forward took {sparse_ms:.3g} ms,"
-                    f" dense {dense_ms:.3g} ms: kept dense."
-                )
-                rows = [_dense(row, "slower as a set: kept dense") for row in rows]
-                sparse_ms = dense_ms
-            elif sparse_ms >= dense_ms:
-                notes.append(
-                    "The layers whose sparse kernel won alone did not win together: their"
-                    " margins are within the timing noise here (kept, and measured as such)."
-                )
-        else:
-            (dense_ms,) = _race([({}, forward)], repeats, warmup, device)
+            contenders["sparse"] = (chosen, forward)
+        if small is not None:
+            contenders.update(small.contenders(example_input))
+        ms = _race(contenders, repeats, warmup, device)
+        dense_ms = ms["dense"]
+        sparse_ms = ms.get("sparse", dense_ms)
+        if chosen and not per_layer and sparse_ms >= dense_ms:
+            notes.append(
+                f"With every sparse kernel swapped in, the forward took {sparse_ms:.3g} ms,"
+                f" dense {dense_ms:.3g} ms: kept dense."
+            )
+            rows = [_dense(row, "slower as a set: kept dense") for row in rows]
             sparse_ms = dense_ms
+        elif chosen and sparse_ms >= dense_ms:
+            notes.append(
+                "The layers whose sparse kernel won alone did not win together: their"
+                " margins are within the timing noise here (kept, and measured as such)."
+            )
     if any(isinstance(layer.module, _CONVS) for layer in layers):
         notes.append("Convolutions run dense: no torch sparse kernel runs them (counted as dense).")
     return SpeedReport(
@@ -552,6 +758,7 @@ def speed(
         flops_ratio=counts.total.flops_ratio,
         realizable_ratio=counts.total.realizable_ratio,
         notes=tuple(notes),
+        compact=None if small is None else small.result(counts.total.flops, ms),
     )
 
 
@@ -596,18 +803,17 @@ def _decide(
         pick: Kernel = "dense"
         if per_layer:
             run = functools.partial(module, x)
-            contenders: list[Contender] = [
-                ({}, run),
-                *(({module: fn}, run) for fn in kernels.values()),
-            ]
-            dense_ms, *times = _race(contenders, repeats, warmup, device)
+            contenders: dict[str, Contender] = {"dense": ({}, run)}
+            contenders.update({kernel: ({module: fn}, run) for kernel, fn in kernels.items()})
+            times = _race(contenders, repeats, warmup, device)
+            dense_ms = times.pop("dense")
             if times:
-                best = min(range(len(times)), key=times.__getitem__)
-                tried, sparse_ms = list(kernels)[best], times[best]
+                best: Kernel = min(kernels, key=times.__getitem__)
+                tried, sparse_ms = best, times[best]
                 if sparse_ms < dense_ms:
-                    pick = tried
+                    pick = best
                 else:
-                    notes.append(f"{tried} is slower here: kept dense")
+                    notes.append(f"{best} is slower here: kept dense")
         elif kernels:
             tried = pick = next(iter(kernels))
         if pick != "dense":

@@ -139,6 +139,31 @@ def test_the_flop_curve_and_the_cubic_schedule_move_at_the_same_epochs() -> None
     assert budget.scheduled(1) == 1000  # neither moves before the end of epoch t0 + 1
 
 
+def test_an_adjust_budget_is_judged_against_its_curve_before_the_deadline() -> None:
+    # before: epoch 0 of a run exactly on its curve said "over" with slack -4 (the dense
+    # model against the final limit), though the curve allows the dense model there
+    budget = ls.FlopBudget("20%", by_epoch=4, action="adjust")
+    budget.check_reachable(dense=1000, floor=0)
+    # allowed after t epochs: 1000, 537.5, 300, 212.5, then the limit 200
+    on_curve = [budget.evaluate(v, t) for t, v in enumerate([1000, 537.0, 300, 212.5])]
+    assert [d.status for d in on_curve] == ["on_schedule"] * 4
+    # slack = (allowed - value) / allowed: (537.5 - 537) / 537.5 at epoch 1
+    assert [d.slack for d in on_curve] == [0.0, 0.5 / 537.5, 0.0, 0.0]
+    assert on_curve[1].message == (
+        "on schedule: 537 <= 537.5 sparse FLOPs allowed at epoch 1 (limit 200 by epoch 4)"
+    )
+    assert budget.reached_epoch is None  # the limit itself is not met yet
+    behind = budget.evaluate(600, 1)
+    assert behind.status == "over"
+    assert behind.slack == pytest.approx((537.5 - 600) / 537.5)
+    assert behind.message == (
+        "over budget: 600 > 537.5 sparse FLOPs allowed at epoch 1 (limit 200 by epoch 4)"
+    )
+    within = budget.evaluate(200, 4)
+    assert (within.status, within.slack) == ("within", 0.0)
+    assert budget.evaluate(300, 5).slack == -0.5  # the limit in force after the deadline
+
+
 def test_stop_freezes_at_first_epoch_within_and_stops_after_finetune() -> None:
     budget = ls.FlopBudget(500.0, finetune_epochs=2)
     budget.check_reachable(dense=1000, floor=0)

@@ -89,12 +89,10 @@ def test_tensorboard_curves_equal_measure_at_each_epoch(tmp_path: Path) -> None:
         [r.layer("conv1").density for r in recorder.reports]
     )
 
-    # custom-scalars layout: dense and sparse FLOPs share one chart
+    # custom-scalars layout: the FLOP series (sibling runs of one tag) share one chart
     charts = layout_charts(acc)
-    assert charts["FLOPs: dense vs sparse vs budget"] == [
-        "sparsity/flops_dense_per_example",
-        KEY,
-        "sparsity/flops_realizable_per_example",
+    assert charts["FLOPs per example: dense, sparse, realizable, budget limit"] == [
+        "^sparsity/flops_per_example$"
     ]
     # the per-layer table as text at epochs 0 and 2, and at fit end (step 3)
     texts = acc.Tensors("sparsity/layers/text_summary")
@@ -255,20 +253,22 @@ def test_hparams_with_final_metrics_and_budget_on_the_flops_chart(tmp_path: Path
     assert final == pytest.approx(callback.history[-1].flops_ratio)
 
     charts = layout_charts(acc)
-    assert charts["FLOPs: dense vs sparse vs budget"] == [
-        "sparsity/flops_dense_per_example",
-        KEY,
-        "sparsity/flops_realizable_per_example",
-        "budget/limit",
-        "budget/scheduled",
+    assert charts["FLOPs per example: dense, sparse, realizable, budget limit"] == [
+        "^sparsity/flops_per_example$"
     ]
-    assert charts["sparsity: pruned weights vs schedule"] == [
-        "sparsity/pruned_sparsity",
-        "sparsity/target_sparsity",
-        "sparsity/param_sparsity",
+    assert charts["sparsity: pruned weights, schedule target, all parameters"] == [
+        "^sparsity/pruned_sparsity$",
+        "^sparsity/target_sparsity$",
+        "^sparsity/param_sparsity$",
     ]
     limit = [e.value for e in acc.Scalars("budget/limit")]
     assert limit == pytest.approx([0.5 * callback.history[0].flops] * 4)
+    # the chart's limit line: the `limit` sibling run (action="stop": the final limit)
+    drawn = [
+        e.value
+        for e in scalars(Path(logger.log_dir) / "limit").Scalars("sparsity/flops_per_example")
+    ]
+    assert drawn == pytest.approx(limit)
 
 
 class CrashesInEpoch2(DigitsCNN):

@@ -221,8 +221,45 @@ def test_a_status_line_per_point(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     ]
     assert len(lines) == 3  # the start and two epochs
     assert lines[0].startswith("lightning_sparsity: epoch 0: sparse FLOPs 648,448 per example")
-    assert "budget over, slack -100.0%" in lines[0]
+    assert "budget over, slack -1.000" in lines[0]  # a stop budget: against its limit
     assert "pruning pruned" in lines[1]
+
+
+def test_the_status_lines_of_an_adjust_budget_say_what_happened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = ls.FlopBudget("25%", by_epoch=2, action="adjust")
+    callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, per_layer=False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(tmp_path, [callback], 4, logger=logger).fit(Wide())
+    lines = [
+        r.getMessage() for r in caplog.records if "lightning_sparsity: epoch" in r.getMessage()
+    ]
+    assert len(lines) == 5
+    # epoch 0: the dense model, where the FLOP curve starts; was "budget over, slack -300.0%"
+    assert "budget on schedule, slack +0.000" in lines[0]
+    assert "budget within" in lines[2]
+    # the limit is met at the deadline: the pruner holds it and prunes nothing more; every
+    # line said "pruning pruned"
+    assert [p.pruning for p in callback.history] == [None, "pruned", "pruned", None, None]
+    assert ["pruning pruned" in line for line in lines] == [False, True, True, False, False]
+    # one unit: the fraction of the limit in force, in TensorBoard as in the terminal
+    logged = [e.value for e in events(logger.log_dir).Scalars("budget/slack")]
+    assert logged == pytest.approx([p.budget_slack for p in callback.history])
+    printed = [float(line.split("slack ")[1].split(",")[0]) for line in lines]
+    assert printed == pytest.approx(logged, abs=5e-4)
+
+
+def test_a_one_batch_check_does_not_warn_about_the_deadline(tmp_path: Path) -> None:
+    # a sweep's pre-check (fast_dev_run: max_epochs becomes 1) warned "FlopBudget(by_epoch=4)
+    # is after the fit's last epoch (max_epochs=1)" before every sweep
+    budget = ls.FlopBudget("50%", by_epoch=4, action="adjust")
+    callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*after the fit's last epoch.*")
+        quiet_trainer(tmp_path, [callback], 4, fast_dev_run=1).fit(Wide())
+    assert [p.epoch for p in callback.history] == [0, 1]
 
 
 # ------------------------------------------------------------------ HParams
@@ -262,11 +299,11 @@ def test_one_hparams_entry_holds_the_module_data_and_sparsity_settings(tmp_path:
     assert hparams["budget/by_epoch"].number_value == 1
     tags = [m.name.tag for m in plugin("_hparams_/experiment").experiment.metric_infos]
     assert tags == [
+        "val_acc",  # the checkpoint's monitor first: the HParams table ticks five metrics
         "sparsity/final_flops_ratio",
         "sparsity/final_param_sparsity",
         "sparsity/final_flops_sparse_per_example",
         "budget/final_slack",
-        "val_acc",  # the checkpoint's monitor
     ]
     for tag in tags:
         assert acc.Scalars(tag), tag  # each metric has a value to show

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 
 import lightning_sparsity as ls
 from lightning_sparsity.cli import main
 from lightning_sparsity.demo import DigitsCNN
+from tests.fits import WIDE_DENSE
 
 SCRIPT = Path(sys.executable).parent / "lightning-sparsity"
 
@@ -110,7 +113,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # the default budget, 20% of dense, reached at the deadline (after 2 of 3 epochs), kept
     limit = 0.2 * history[0]["flops"]
     assert history[-1]["budget_limit"] == pytest.approx(limit)
-    assert [row["budget_status"] for row in history[1:]] == ["over", "within", "within"]
+    # on its FLOP curve after the first epoch (was "over": judged against the final limit)
+    assert [row["budget_status"] for row in history[1:]] == ["on_schedule", "within", "within"]
     assert limit * 0.995 < history[-1]["flops_sparse"] <= limit
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
@@ -274,10 +278,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
     ],
 )
-def test_count_unusable_checkpoint_is_one_line(
-    checkpoints: dict[str, Path], name: str, message: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", [["count"], ["speed", "--compact"]])
+def test_unusable_checkpoint_is_one_line(
+    checkpoints: dict[str, Path],
+    name: str,
+    message: str,
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = ["count", "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"]
+    # count and speed load a checkpoint the same way: the same one-line errors
+    args = [*command, "lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"]
     assert main([*args, "--checkpoint", str(checkpoints[name])]) == 2
     err = capsys.readouterr().err
     (line,) = err.splitlines()
@@ -295,6 +305,43 @@ def test_count_checkpoint_rebuilds_from_its_hyperparameters(
     data = json.loads(capsys.readouterr().out)
     expected = ls.measure(DigitsCNN(channels=(8, 8, 8)), torch.zeros(1, 1, 8, 8))
     assert data["total"]["params"] == expected.total.params
+
+
+def test_speed_compact_from_the_checkpoint_of_a_pruning_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.fits import Wide, quiet_trainer
+
+    torch.manual_seed(0)
+    pruner = ls.MagnitudePruner(structured=True, schedule=ls.schedules.Constant(0.5))
+    trainer = quiet_trainer(tmp_path, [ls.SparsityCallback(pruner, verbose=False)], 1)
+    trainer.fit(Wide())
+    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    args = ["speed", "tests.fits:Wide", "--input-shape", "2,3,16,16", "--repeats", "2"]
+    assert main([*args, "--checkpoint", str(tmp_path / "pruned.ckpt"), "--compact"]) == 0
+    out = capsys.readouterr().out
+    # the FLOPs FlopCounterMode counts on the checkpoint's model and on its compacted copy;
+    # the input the command makes (seed 0) does not change them
+    x = torch.randn(2, 3, 16, 16)
+    loaded = Wide.load_from_checkpoint(tmp_path / "pruned.ckpt").eval()
+    small = ls.compact(loaded, x)
+    flops = []
+    for model in (loaded, small):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(x)
+        flops.append(counter.get_total_flops())
+    dense, compacted = flops
+    assert dense == 2 * WIDE_DENSE  # dense FLOPs: zeros or not, per example WIDE_DENSE
+    assert compacted < dense  # rows the fit pruned are gone
+    assert f"| masked (as is) | {dense:,} | 1.00× |" in out
+    assert f"| compacted | {compacted:,} | {dense / compacted:.2f}× |" in out
+    assert "their outputs equal torch's on the example input" in out
+    # the fresh model, without the checkpoint, has nothing to remove
+    assert main([*args, "--compact"]) == 0
+    assert f"| compacted | {dense:,} | 1.00× |" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- LightningCLI errors
@@ -401,3 +448,120 @@ def test_fit_resumes_from_ckpt_path(tmp_path: Path) -> None:
         "epoch=0-step=2.ckpt",
         "epoch=1-step=4.ckpt",
     ]
+
+
+def hparams_runs(root: Path) -> list[str]:
+    """The runs under ``root`` that TensorBoard's HParams dashboard lists (one row each)."""
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(root))
+    multiplexer.Reload()
+    runs = multiplexer.PluginRunToTagToContent("hparams")
+    return sorted(run for run, tags in runs.items() if "_hparams_/session_start_info" in tags)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize(
+    ("logger", "name"),
+    [("--trainer.logger.init_args.save_dir={}", "digits_budget"), ("--trainer.logger=true", None)],
+)
+def test_fit_resume_continues_the_run_it_resumes(
+    tmp_path: Path, logger: str, name: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = ["fit", "--config", str(CONFIGS / "digits_budget.yaml"), logger.format(tmp_path)]
+    args += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    args += [f"--trainer.default_root_dir={tmp_path}"]
+    assert main([*args, "--trainer.max_epochs=1"]) == 0
+    root = tmp_path / (name or "lightning_logs")  # the default logger's name
+    run = root / "version_0"
+    (ckpt,) = run.glob("checkpoints/*.ckpt")
+    # the README's resume command wrote version_1: two runs (0-1, 2) and two HParams rows
+    assert main([*args, "--trainer.max_epochs=2", "--ckpt_path", str(ckpt)]) == 0
+    assert [p.name for p in root.iterdir()] == ["version_0"]
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert sorted(e.step for e in acc.Scalars("sparsity/flops_ratio")) == [0, 1, 2]
+    assert hparams_runs(tmp_path) == [f"{root.name}/version_0"]
+    history = json.loads((run / "sparsity_history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert (run / "sparsity_report.md").is_file()
+    if name is None:
+        return
+    # the finished run: one line says so; no new version directory
+    (last,) = run.glob("checkpoints/epoch=1-*.ckpt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):  # the demo quiets it
+        assert main([*args, "--trainer.max_epochs=2", "--ckpt_path", str(last)]) == 0
+    said = [r.getMessage() for r in caplog.records if "lightning_sparsity" in r.getMessage()]
+    assert said == [
+        "lightning_sparsity: the run is finished (max_epochs=2 reached at epoch 2): nothing to"
+        f" train; its logs are in {run}; raise max_epochs to train on"
+    ]
+    assert [p.name for p in root.iterdir()] == ["version_0"]
+
+
+# ---------------------------------------------------------------- papercuts (issue 17, 7)
+
+
+def test_console_script_imports_a_target_from_the_working_directory(tmp_path: Path) -> None:
+    # `python -m` puts the working directory on the import path; the console script did not
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\n\ndef mlp():\n    return nn.Sequential(nn.Linear(8, 4))\n"
+    )
+    done = run("count", "mymodels:mlp", "--input-shape", "1,8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| **total** |  | 36 | " in done.stdout  # 8·4 + 4 parameters
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"lightning-sparsity {ls.__version__}\n"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_fit_budget_without_percent_is_one_line_and_leaves_no_version_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was the good hint inside a 72-line traceback, exit 1, and an empty version_0
+    text = (CONFIGS / "digits_budget.yaml").read_text()
+    config = tmp_path / "budget20.yaml"
+    config.write_text(text.replace("target: 20%", "target: 20").replace("sparsity_runs", "runs"))
+    args = ["fit", "--config", str(config), *FAST[:3]]
+    args.append(f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("lightning-sparsity: error: FlopBudget: target 20")
+    assert "did you mean '20%'?" in line
+    assert not (tmp_path / "runs" / "digits_budget" / "version_0").exists()
+    # a version directory that was there before the fit is kept
+    (tmp_path / "runs" / "digits_budget" / "version_0").mkdir(parents=True)
+    (tmp_path / "runs" / "digits_budget" / "version_0" / "mine.txt").write_text("mine")
+    assert main(args) == 2
+    capsys.readouterr()
+    versions = sorted(p.name for p in (tmp_path / "runs" / "digits_budget").iterdir())
+    assert versions == ["version_0"]
+
+
+def test_report_says_when_it_lists_fewer_runs_than_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(7):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "sparsity_history.json").write_text("[]")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.rstrip().endswith(
+        "these subdirectories do: run0, run1, run2, run3, run4 and 2 more"
+    ), err
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_demo_settings_cause_no_lightning_notice(tmp_path: Path) -> None:
+    # `Trainer(limit_train_batches=1.0)` was configured so 100% of the batches ...,
+    # and log_every_n_steps=50 above the 23 batches of an epoch
+    done = run("demo", "--epochs", "1", "--output", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    assert "limit_train_batches" not in done.stderr
+    assert "limit_val_batches" not in done.stderr
+    assert "log_every_n_steps" not in done.stderr

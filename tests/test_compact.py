@@ -8,6 +8,7 @@ For each family, channel-pruned: the compacted copy's output equals the masked m
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -128,10 +129,13 @@ def test_a_residual_cnn_with_trained_batchnorm() -> None:
 
 def test_dead_channels_leave_through_a_batchnorm_at_its_initial_statistics() -> None:
     # bn1's constant for a dead channel is 0 (mean 0, bias 0): conv1's dead channels leave
-    # through bn1 (sliced) into conv2; conv2 feeds the residual add: its rows go back
+    # through bn1 (sliced) into conv2; conv2 feeds the residual add, whose channels leave
+    # only where the stem's rows are dead too
     torch.manual_seed(0)
     model = residual()
     prune_rows(model, 0.4, allocation="uniform")
+    stem_dead = model[0].weight.abs().sum((1, 2, 3)) == 0
+    conv2_dead = model[3].conv2.weight.abs().sum((1, 2, 3)) == 0
     _, small = check(model, torch.randn(2, 3, 16, 16))
     block = small[3]
     live = block.conv1.live[0]
@@ -140,7 +144,9 @@ def test_dead_channels_leave_through_a_batchnorm_at_its_initial_statistics() -> 
     assert block.bn1.num_features == live
     assert block.conv2.layer.in_channels == live
     assert block.conv2.inputs is None  # and conv2 reads them all
-    assert block.bn2.num_features == 16  # the residual add keeps its width
+    width = int((~(stem_dead & conv2_dead)).sum())
+    assert 0 < width < 16  # the residual add narrows to the channels some branch holds
+    assert block.bn2.num_features == small[1].num_features == width
 
 
 def test_a_vgg_style_net_through_flatten() -> None:
@@ -220,6 +226,27 @@ def test_refusals_name_what_cannot_be_compacted() -> None:
     assert small[2].weight is small[0].weight  # still tied: nothing compacted
     with pytest.raises(ValueError, match="meta device"):
         ls.compact(nn.Linear(8, 4, device="meta"), torch.randn(2, 8))
+
+
+def test_a_layer_whose_forward_is_set_on_the_instance_is_kept() -> None:
+    # the same output as nn.Linear's on the example input, another one on large inputs: a
+    # rebuilt plain Linear would pass compact's check and compute something else
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    dead_rows(model[0], slice(0, 4))
+    layer = model[0]
+    plain = nn.Linear.forward
+
+    def clipped(x: torch.Tensor) -> torch.Tensor:
+        return plain(layer, x.clamp(-100, 100))
+
+    layer.forward = clipped
+    x = torch.randn(2, 8)
+    with pytest.warns(UserWarning, match=r"0.weight \(its forward is set on the instance\)"):
+        small = ls.compact(model, x)
+    big = torch.full((1, 8), 1000.0)
+    with torch.no_grad():
+        torch.testing.assert_close(small(big), model(big))
 
 
 def pruned_mlp() -> nn.Module:
@@ -306,7 +333,7 @@ class Scaled(nn.Linear):
         return super().forward(x) * 2
 
 
-def dead_rows(layer: nn.Module, rows: slice) -> None:
+def dead_rows(layer: nn.Module, rows: slice | torch.Tensor) -> None:
     with torch.no_grad():
         layer.weight[rows] = 0.0
         if layer.bias is not None:
@@ -395,22 +422,244 @@ def test_a_module_held_under_two_names_is_compacted_under_both() -> None:
     check(model, torch.randn(3, 8))  # FlopCounterMode == realizable (was 2x: head kept)
 
 
-def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
-    from dataclasses import dataclass
+@dataclass
+class Out:
+    y: torch.Tensor
 
-    @dataclass
-    class Out:
-        y: torch.Tensor
 
-    class Boxed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+class Boxed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
 
-        def forward(self, x: torch.Tensor) -> Out:
-            return Out(self.b(torch.relu(self.a(x))))
+    def forward(self, x: torch.Tensor) -> Out:
+        return Out(self.b(torch.relu(self.a(x))))
 
+
+def boxed_model() -> nn.Module:
+    """A model whose output compact cannot compare (a factory for the speed command too)."""
     model = Boxed()
     dead_rows(model.a, slice(0, 4))
+    return model
+
+
+def test_an_output_that_cannot_be_compared_is_refused_with_its_reason() -> None:
     with pytest.raises(ValueError, match=r"its output \(Out\) cannot be compared"):
-        ls.compact(model, torch.randn(3, 8))
+        ls.compact(boxed_model(), torch.randn(3, 8))
+
+
+# ---- constants folded into the consumer's bias (issue #16) ----
+
+
+class ConstantInto(nn.Module):
+    """A conv with live biases, a trained BatchNorm and an activation, then a reader.
+
+    A dead row of ``first`` outputs its bias, the BatchNorm and the activation map it to
+    another constant: ``after`` reads it as one value at every position.
+    """
+
+    def __init__(self, reader: str, act: str) -> None:
+        super().__init__()
+        self.reader = reader
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.act = {"gelu": nn.GELU(), "sigmoid": nn.Sigmoid()}[act]
+        self.pool = nn.AvgPool2d(3, 1, padding=1) if reader == "avgpool-padded" else nn.Identity()
+        self.after = {
+            "linear": nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
+            "conv1x1": nn.Conv2d(8, 5, 1, bias=False),
+            "conv3x3-valid": nn.Conv2d(8, 5, 3),
+            "conv3x3-reflect": nn.Conv2d(8, 5, 3, padding=1, padding_mode="reflect"),
+            "conv3x3-zeros": nn.Conv2d(8, 5, 3, padding=1),
+            "avgpool-padded": nn.Conv2d(8, 5, 1),
+        }[reader]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(self.pool(self.act(self.norm(self.first(x)))))
+
+
+@pytest.mark.parametrize("act", ["gelu", "sigmoid"])
+@pytest.mark.parametrize(
+    ("reader", "folds"),
+    [
+        ("linear", True),  # every feature reads the constant: weight · c joins the bias
+        ("conv1x1", True),  # no bias before: compact gives it one
+        ("conv3x3-valid", True),  # no padding: every tap of every output reads c
+        ("conv3x3-reflect", True),  # the padding copies c
+        ("conv3x3-zeros", False),  # the border reads the padding's zeros, not c
+        ("avgpool-padded", False),  # the border averages zeros in: not one constant
+    ],
+)
+def test_a_dead_rows_constant_folds_where_the_reader_takes_it_exactly(
+    reader: str, act: str, folds: bool
+) -> None:
+    from tests.test_realizable import dead_inputs_are_dead
+
+    torch.manual_seed(0)
+    model = ConstantInto(reader, act)
+    trained_norms(model)
+    with torch.no_grad():
+        model.first.weight[::2] = 0.0  # rows 0, 2, 4, 6 dead; their biases stay
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    # the count by brute force: inputs that are one constant over random batches (and zero
+    # where the reader pads zeros), all of them and only them
+    dead = dead_inputs_are_dead(model, x, complete=True)
+    name = "after.2.weight" if reader == "linear" else "after.weight"
+    assert dead == ({name: 4 * (4 if reader == "linear" else 1)} if folds else {})
+    report = ls.measure(model, x, per="batch")
+    # the report names what stays and why: 4 dead channels read as a value it cannot drop
+    assert report.constants_kept == ({} if folds else {name: 4})
+    assert ("Kept: after.weight reads 4 dead channels" in report.to_markdown()) is not folds
+    if not folds:  # nothing compacts: the model is its own compaction
+        # first: 2 FLOPs · 2 examples · 6·6 positions · 8 rows · 3·3·3 taps = 31104, half of
+        # its rows gone; the reader keeps every input
+        assert report.total.flops - report.total.flops_realizable == 31104 // 2
+        return
+    _, small = check(model, x)
+    layer = small.after[2] if reader == "linear" else small.after
+    assert isinstance(layer, Compacted)
+    assert layer.live[1] == (16 if reader == "linear" else 4)
+    assert layer.layer.bias is not None  # the constants' share, folded
+
+
+def test_a_transformer_mlp_with_live_biases_folds_them() -> None:
+    # fc1's pruned hidden units keep their biases: GELU(b) reaches fc2 as a constant, folded
+    torch.manual_seed(0)
+    model = Mlp()
+    prune_rows(model, 0.5, include=[r"fc1"])
+    assert model.fc1.bias.ne(0).all()
+    _, small = check(model, torch.randn(4, 5, 16))
+    assert small.fc2.extra_repr() == "rows 16/16, inputs 32/64"
+    assert small.fc1.layer.out_features == small.fc2.layer.in_features == 32
+
+
+def test_a_residual_stream_narrows_where_every_branch_is_dead() -> None:
+    # channels pruned across the residual stream as Torch-Pruning's coupled groups do: the
+    # stem's and every block's last conv (and shortcut) lose the same rows, so each block's
+    # input, the sum, and the head lose them; trained statistics with a zero shift there
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        Block(16, 16, 1), Block(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+    trained_norms(model)
+    stream = torch.tensor([0, 3, 5, 6, 9, 12])
+    with torch.no_grad():
+        for conv, norm in [(model[0], model[1]), (model[3].conv2, model[3].bn2),
+                           (model[4].conv2, model[4].bn2)]:  # fmt: skip
+            conv.weight[stream] = 0.0
+            norm.bias[stream] = 0.0  # so a dead channel stays 0 through the norm ...
+            norm.running_mean[stream] = 0.0  # ... bias − weight·mean/√(var+eps) = 0
+    report, small = check(model, torch.randn(2, 3, 8, 8))
+    for i in (3, 4):
+        assert small[i].conv1.layer.in_channels == 10  # reads the 10 live stream channels
+        assert small[i].conv2.layer.out_channels == 10
+        assert small[i].bn2.num_features == 10
+    assert small[1].num_features == 10
+    assert small[7].layer.in_features == 10
+    assert report.forms["7.weight"] == "rows 10/10, inputs 10/16"
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_a_depthwise_row_goes_with_the_channel_it_reads_only_if_that_is_zero(shift: float) -> None:
+    # expand's rows 0, 2, ... dead; bn1 maps them to `shift`. The depthwise conv pads zeros:
+    # a row reading 0 outputs 0 (no bias) and leaves with the channel; a row reading 0.3
+    # computes 0.3·Σw inside and less at the border, so it stays
+    torch.manual_seed(0)
+    model = Depthwise()
+    trained_norms(model)
+    with torch.no_grad():
+        model.expand.weight[::2] = 0.0
+        model.bn1.bias[::2] = shift
+        model.bn1.running_mean[::2] = 0.0
+    _, small = check(model, torch.randn(2, 8, 8, 8))
+    rows = small.depthwise.live[0] if isinstance(small.depthwise, Compacted) else 32
+    assert rows == (16 if shift == 0.0 else 32)
+
+
+class Inception(nn.Module):
+    """Two branches concatenated, a BatchNorm over the concatenation, then a reader."""
+
+    def __init__(self, reader: str) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(14)
+        self.reader = nn.Conv2d(14, 5, 1) if reader == "conv1x1" else nn.Conv2d(14, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reader(F.gelu(self.norm(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+@pytest.mark.parametrize("reader", ["conv1x1", "conv3x3-zeros"])
+def test_a_concatenation_carries_each_branchs_dead_channels_to_its_range(reader: str) -> None:
+    # a's rows 1, 3, 5 and b's rows 0, 4 dead (live biases): the reader's inputs 1, 3, 5 and
+    # 8, 12. A 1×1 reader folds their constants; a zero-padded 3×3 takes only those the norm
+    # maps to 0 (bias and mean zeroed there: a's 3 and b's 4, inputs 3 and 12)
+    torch.manual_seed(0)
+    model = Inception(reader)
+    trained_norms(model)
+    with torch.no_grad():
+        model.a.weight[[1, 3, 5]] = 0.0
+        model.b.weight[[0, 4]] = 0.0
+        for channel, producer, row in [(3, model.a, 3), (12, model.b, 4)]:
+            producer.bias[row] = 0.0
+            model.norm.bias[channel] = 0.0
+            model.norm.running_mean[channel] = 0.0
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    from tests.test_realizable import dead_inputs_are_dead
+
+    expected = 5 if reader == "conv1x1" else 2
+    assert dead_inputs_are_dead(model, x, complete=True) == {"reader.weight": expected}
+    report, small = check(model, x)
+    assert small.reader.live[1] == 14 - expected
+    # each branch's dead rows go back in place for the concatenation (a scatter): the norm
+    # keeps its 14 channels
+    assert small.norm.num_features == 14
+    assert report.constants_kept == ({} if reader == "conv1x1" else {"reader.weight": 3})
+
+
+# ---- 2:4 Linears on torch's semi-structured kernels (CUDA only) ----
+
+
+def test_semi_structured_needs_cuda_and_says_so() -> None:
+    model = Mlp()
+    prune_rows(model, 0.5, include=[r"fc1"])
+    with pytest.raises(ValueError, match=r"need CUDA; the model's parameters are on cpu"):
+        ls.compact(model, torch.randn(2, 16), semi_structured=True)
+
+
+def test_semi_structured_names_why_each_linear_stays() -> None:
+    # the bookkeeping, on CPU: every Linear named, none swapped (the kernels are CUDA only)
+    from lightning_sparsity.compact import _to_semi_structured
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    _to_semi_structured(model)
+    why = "2:4 kernels run on CUDA only"
+    assert model.semi_structured == {"0": why, "2": why}
+    assert all(type(m) is nn.Linear for m in (model[0], model[2]))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="the 2:4 kernels (to_sparse_semi_structured) need a CUDA GPU of compute"
+    " capability 8.0+ (Ampere or later); none here",
+)
+def test_semi_structured_runs_two_four_linears_on_the_kernels() -> None:
+    from lightning_sparsity.patterns import SemiStructuredLinear
+    from tests.test_speed import two_of_four
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 128))
+    two_of_four(model[0].weight)  # 2:4; model[2] stays dense
+    model = model.half().cuda().eval()
+    x = torch.randn(64, 512, device="cuda", dtype=torch.float16)
+    small = ls.compact(model, x, semi_structured=True)
+    assert isinstance(small[0], SemiStructuredLinear)
+    assert small.semi_structured["0"] == "2:4"
+    assert small.semi_structured["2"].startswith("not 2:4")
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-2, atol=1e-2)

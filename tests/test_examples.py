@@ -26,3 +26,10 @@ def test_budget_fit_stops_three_epochs_after_the_budget_is_met(
     assert trainer.current_epoch == met + 3 < 20
     assert callback.stopping_reason == "finetune_done"
     assert (tmp_path / "sparsity_runs" / "budget_fit").is_dir()
+
+
+def test_count_model_ends_with_readable_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(ROOT / "examples" / "count_model.py"))
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert not last.startswith("LayerStats("), last  # was the dataclass's repr
+    assert last.startswith("on 8 random inputs: sparse FLOPs"), last

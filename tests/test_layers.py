@@ -5,7 +5,7 @@ Layers, lowest first (README, "Where things live"):
 
 0. helpers: ``_checks``, ``_settings``, ``_shards``, ``_text``, ``_files``;
 1. measure and prune: ``counting/``, ``pruning/``, ``patterns``, ``schedules``, ``speed``,
-   ``compact``;
+   ``compact``, ``ort``;
 2. decide: ``control/``;
 3. the Lightning side: ``callback``, ``lightning``, ``_lightning``, ``lightning_cli``,
    ``loggers/``, ``averaging``;
@@ -26,7 +26,7 @@ PACKAGE = "lightning_sparsity"
 
 LAYERS = {
     0: ("_checks", "_settings", "_shards", "_text", "_files"),
-    1: ("counting", "pruning", "patterns", "schedules", "speed", "compact"),
+    1: ("counting", "pruning", "patterns", "schedules", "speed", "compact", "ort"),
     2: ("control",),
     3: ("callback", "lightning", "_lightning", "lightning_cli", "loggers", "averaging"),
     4: ("demo", "sweeps", "cli"),

@@ -96,11 +96,21 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(
     assert json.loads((run / "sparsity_history.json").read_text()) == expected
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
-    ours = [t for t in acc.Tags()["scalars"] if t.startswith(("sparsity/", "budget/"))]
+    prefixes = ("sparsity/", "budget/", "sparsity_global_step/")
+    ours = [t for t in acc.Tags()["scalars"] if t.startswith(prefixes)]
     assert len(ours) >= 10
+    assert "sparsity_global_step/flops_ratio" in ours  # at the global step: its own cut-off
     for tag in ours:
         steps = [e.step for e in acc.Scalars(tag)]
         assert len(steps) == len(set(steps)), f"{tag} has two points at one step: {steps}"
+    for series in ("dense", "sparse", "realizable", "limit"):  # the FLOP chart's sibling runs
+        sibling = EventAccumulator(str(run / series), size_guidance={"scalars": 0})
+        sibling.Reload()
+        steps = sorted(e.step for e in sibling.Scalars("sparsity/flops_per_example"))
+        assert steps == [p["step"] for p in expected], series
+        if series != "sparse":
+            at_global = sibling.Scalars("sparsity_global_step/flops_ratio")
+            assert sorted(e.step for e in at_global) == [p["global_step"] for p in expected]
     # TensorBoard reads event files in name order (start second, host, pid): a resume in the
     # same second as the kill, with a lower pid, is read first, so order by step
     curve = sorted(acc.Scalars("sparsity/flops_sparse_per_example"), key=lambda e: e.step)

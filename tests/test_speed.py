@@ -7,21 +7,26 @@ model is left as found, and the FLOP ratios are the closed forms.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lightning_sparsity as ls
 from lightning_sparsity.cli import CliError
 from lightning_sparsity.cli.commands import speed_command
+from lightning_sparsity.patterns import SemiStructuredLinear
 from lightning_sparsity.speed import (
+    CompactSpeed,
     LayerSpeed,
     SpeedReport,
     _Csr,
-    _SemiStructured,
     format_speed,
     speed,
 )
+from tests.test_compact import Mlp, dead_rows, flop_counter_flops
 
 FAST = {"repeats": 3, "warmup": 1}
 
@@ -226,6 +231,7 @@ def test_csr_kernel_computes_the_linear_layer(bias: bool, shape: tuple[int, ...]
         ({"repeats": 0}, ValueError, r"`repeats` must be an int >= 1, got 0"),
         ({"warmup": -1, "repeats": 2.5}, ValueError, r"`repeats`.*2\.5.*`warmup`.*-1"),
         ({"per_layer": "yes"}, TypeError, r"`per_layer` must be a bool, got 'yes'"),
+        ({"compact": 1}, TypeError, r"`compact` must be a bool, got 1"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
@@ -254,8 +260,9 @@ def test_an_empty_batch_is_refused_not_timed() -> None:
     assert report.flops_ratio == pytest.approx(kept / (2 * 8_192 + 2 * 1_280))
 
 
-def test_report_data_round_trip() -> None:
-    report = speed(small_model(), torch.randn(8, 64), **FAST)
+@pytest.mark.parametrize("compact", [False, True])
+def test_report_data_round_trip(compact: bool) -> None:
+    report = speed(small_model(), torch.randn(8, 64), compact=compact, **FAST)
     data = report.to_dict()
     assert data["speedup"] == report.speedup
     assert data["accelerated"] == report.accelerated
@@ -268,9 +275,13 @@ def test_report_data_round_trip() -> None:
                 for row in data["layers"]
             ),
             "notes": tuple(data["notes"]),
+            "compact": None
+            if data["compact"] is None
+            else CompactSpeed(**{k: data["compact"][k] for k in CompactSpeed.__dataclass_fields__}),
         }
     )
     assert rebuilt == report
+    assert (data["compact"] is None) == (not compact)
 
 
 def test_speed_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -294,6 +305,186 @@ def test_speed_command_errors(
 ) -> None:
     with pytest.raises(CliError, match=match):
         speed_command(*args, **kwargs)
+
+
+# ------------------------------------------------------------- the compacted model
+
+
+def half_mlp() -> nn.Module:
+    """The MLP with 48 of fc1's 64 hidden units dead (a factory for the command too)."""
+    torch.manual_seed(0)
+    model = Mlp()
+    dead_rows(model.fc1, slice(0, 48))
+    return model
+
+
+def convnet() -> nn.Module:
+    """Conv 3→16 (10 rows dead), BatchNorm at its initial statistics, ReLU, conv 16→8."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3)
+    )
+    dead_rows(model[0], slice(0, 10))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "dense", "compacted"),
+    [
+        # 10 tokens of 2·(16·64 + 64·16) = 40,960 FLOPs; 16 of 64 hidden units live: a quarter
+        (half_mlp, (2, 5, 16), 40_960, 10_240),
+        # 2 examples: conv0 2·3·9·16 per position · 100 positions = 86,400 and conv3
+        # 2·16·9·8 · 64 = 147,456, per example 233,856; 6 of conv0's 16 rows live and conv3
+        # reads only those (a dead channel is 0 after BatchNorm at its initial statistics):
+        # 6/16 of each
+        (convnet, (2, 3, 10, 10), 2 * 233_856, 2 * 233_856 * 6 // 16),
+    ],
+)
+def test_compact_times_the_compacted_model_and_counts_its_flops_as_flop_counter_mode(
+    build: object, shape: tuple[int, ...], dense: int, compacted: int
+) -> None:
+    model = build()  # type: ignore[operator]
+    x = torch.randn(shape)
+    report = speed(model, x, compact=True, **FAST)
+    small = ls.compact(model, x)  # built again: what the report's FLOPs must describe
+    result = report.compact
+    assert result is not None
+    assert result.flops_compact == flop_counter_flops(small.eval(), x)
+    assert result.flops_dense == flop_counter_flops(model.eval(), x)
+    assert (result.flops_dense, result.flops_compact) == (dense, compacted)
+    assert result.flops_ratio == dense / compacted
+    assert result.eager_dense_ms == report.dense_ms  # one race: the same dense forward
+    assert result.eager_compact_ms > 0
+    assert result.eager_speedup == result.eager_dense_ms / result.eager_compact_ms
+    # onnxruntime ran both, checked against torch first: equal within the tolerance
+    assert result.ort_note == ""
+    assert result.ort_dense_gap is not None
+    assert result.ort_dense_gap <= 1
+    assert result.ort_compact_gap is not None
+    assert result.ort_compact_gap <= 1
+    assert result.ort_dense_ms is not None
+    assert result.ort_compact_ms is not None
+    assert result.ort_speedup == result.ort_dense_ms / result.ort_compact_ms
+    table = report.to_markdown()
+    assert f"| compacted | {result.flops_compact:,} | {result.flops_ratio:.2f}× |" in table
+    assert "| onnxruntime ms | speed-up (onnxruntime) |" in table
+    assert "their outputs equal torch's on the example input" in table
+    assert f"compacted: dense FLOPs {result.flops_ratio:.2f}× fewer" in report.summary
+    assert f"{result.ort_speedup:.2f}× in onnxruntime" in report.summary
+    data = report.to_dict()["compact"]
+    assert data["flops_ratio"] == result.flops_ratio
+    assert data["ort_speedup"] == result.ort_speedup
+
+
+class ExportsOtherwise(nn.Module):
+    """Adds 1 to its output while torch.onnx exports it: its ONNX computes something else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return y + 1 if torch.onnx.is_in_onnx_export() else y
+
+
+def test_onnxruntime_output_that_differs_from_torch_is_reported_not_timed() -> None:
+    torch.manual_seed(0)
+    model = ExportsOtherwise()
+    dead_rows(model.fc1, slice(0, 16))
+    report = speed(model, torch.randn(4, 16), compact=True, **FAST)
+    result = report.compact
+    assert result is not None
+    assert result.eager_compact_ms > 0  # torch's compacted model is right: timed
+    assert result.ort_dense_ms is None
+    assert result.ort_compact_ms is None
+    assert result.ort_speedup is None
+    # off by 1 where the outputs are about 0.3: far beyond the tolerance
+    assert result.ort_dense_gap is not None
+    assert result.ort_dense_gap > 1000
+    assert result.ort_compact_gap is not None
+    assert result.ort_compact_gap > 1000
+    assert result.ort_note.startswith(
+        "onnxruntime's output of the dense model differs from torch's by"
+    )
+    assert "onnxruntime's output of the compacted model differs" in result.ort_note
+    table = report.to_markdown()
+    assert "onnxruntime ms" not in table
+    assert f"onnxruntime not timed: {result.ort_note}." in table.splitlines()
+    assert "in onnxruntime" not in report.summary
+
+
+class Keywords(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(
+    ("case", "why", "row"),
+    [
+        (
+            "not installed",
+            "onnxruntime is not installed (pip install 'lightning-sparsity[onnx]')",
+            "| compacted | 2,048 | 4.00× |",  # 2 tokens of 4,096 FLOPs, a quarter kept
+        ),
+        (
+            "keywords",
+            "it is fed a Tensor or a tuple of Tensors (positional inputs), the example input is"
+            " a dict",
+            "| compacted | 256 | 2.00× |",  # 2 examples of 2·16·8 = 256 FLOPs, half kept
+        ),
+    ],
+)
+def test_without_onnxruntime_its_columns_are_absent_and_one_line_says_why(
+    case: str, why: str, row: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if case == "not installed":  # as if it were: its import fails
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+        model: nn.Module = half_mlp()
+        example: object = torch.randn(2, 16)
+    else:
+        model = Keywords()
+        dead_rows(model.fc, slice(0, 4))
+        example = {"x": torch.randn(2, 16)}
+    report = speed(model, example, compact=True, **FAST)
+    assert report.compact is not None
+    assert report.compact.ort_note == why
+    assert (report.compact.ort_dense_ms, report.compact.ort_dense_gap) == (None, None)
+    lines = report.to_markdown().splitlines()
+    assert lines[-1] == f"onnxruntime not timed: {why}."
+    assert lines[-3].startswith(row)
+    assert lines[-3].count("|") == 6  # model, FLOPs, ratio, eager ms, speed-up: no more
+    assert "onnxruntime" not in "\n".join(lines[:-1])
+
+
+def test_compact_leaves_the_model_as_found() -> None:
+    model = convnet().train()
+    x = torch.randn(2, 3, 10, 10)
+    before = snapshot(model)
+    speed(model, x, compact=True, **FAST)
+    after = snapshot(model)
+    assert all(a is b for (_, a), (_, b) in zip(after["params"], before["params"], strict=True))
+    for key, value in before["values"].items():
+        assert torch.equal(after["values"][key], value), key  # BatchNorm statistics too
+    assert after["flags"] == before["flags"]
+    assert after["attrs"] == before["attrs"]
+
+
+def test_the_speed_subcommand_with_compact(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_sparsity.cli import main
+
+    args = ["speed", "tests.test_speed:half_mlp", "--input-shape", "2,5,16", "--repeats", "2"]
+    assert main([*args, "--compact"]) == 0
+    out = capsys.readouterr().out
+    # 10 tokens: dense 40,960 FLOPs, compacted 10,240 (see the closed forms above)
+    assert "| masked (as is) | 40,960 | 1.00× |" in out
+    assert "| compacted | 10,240 | 4.00× |" in out
+    assert "their outputs equal torch's on the example input" in out
 
 
 # ------------------------------------------------------------------------- CUDA: 2:4
@@ -323,7 +514,7 @@ def test_2_4_kernel_on_cuda() -> None:
     model = model.half().cuda()
     x = torch.randn(64, 512, device="cuda", dtype=torch.float16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kernel = _SemiStructured(model[0].weight, model[0].bias)
+    kernel = SemiStructuredLinear(model[0].weight, model[0].bias)
     with torch.inference_mode():
         torch.testing.assert_close(
             kernel(x), F.linear(x, model[0].weight, model[0].bias), rtol=1e-2, atol=1e-2
@@ -364,6 +555,31 @@ def test_float32_on_cuda_says_2_4_takes_half_precision() -> None:
         (
             ["tests.test_speed:small_model", "--input-shape", "8,64", "--device", "mps"],
             "--device must be cpu or cuda (cuda:N), got 'mps'",
+        ),
+        # --checkpoint and --compact
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--checkpoint", "m.ckpt"],
+            "--checkpoint needs a LightningModule class, 'tests.test_speed:half_mlp' is not one",
+        ),
+        (
+            [
+                *("lightning_sparsity.demo:DigitsCNN", "--input-shape", "1,1,8,8"),
+                *("--checkpoint", "missing.ckpt", "--compact"),
+            ],
+            "checkpoint 'missing.ckpt' does not exist",
+        ),
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,16", "--compact", "--repeats", "0"],
+            "`repeats` must be an int >= 1, got 0",
+        ),
+        (
+            ["tests.test_speed:half_mlp", "--input-shape", "2,15", "--compact"],
+            "forward failed on the example input",
+        ),
+        (
+            ["tests.test_compact:boxed_model", "--input-shape", "3,8", "--compact"],
+            "compact: the compacted model does not reproduce the masked model on the example"
+            " input (its output (Out) cannot be compared)",
         ),
     ],
 )

@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lightning_sparsity.cli import main
-from lightning_sparsity.sweeps import SweepError, frontier_rows, plan, sweep
+from lightning_sparsity.sweeps import RunSpec, SweepError, frontier_rows, plan, sweep
+from tests.tb_views import experiment_shown, layout_shown, ticked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,10 +157,27 @@ def test_sweep_of_two_budgets_two_seeds_and_a_baseline(tmp_path: Path) -> None:
         assert hparams["sweep/seed"].number_value == run["seed"]
         assert hparams["sweep/label"].string_value == run["label"]
         assert hparams["lr"].number_value == 0.01
-        if run["budget"] is not None:
-            assert hparams["budget/target"].string_value == run["budget"]
-        else:
-            assert "budget/target" not in hparams
+        # the baseline too holds the column the sweep varies: one type in every run
+        assert hparams["budget/target"].string_value == (run["budget"] or "none")
+    # what TensorBoard serves for the whole sweep, through its own plugins: one FLOP chart
+    # (one layout for the baseline and the budget runs), the varying settings and the
+    # monitored metric first in HParams (its page ticks five of each)
+    layout = layout_shown(out)
+    assert [c.title for cat in layout.category for c in cat.chart] == [
+        "FLOPs per example: dense, sparse, realizable, budget limit",
+        "sparsity: pruned weights, schedule target, all parameters",
+    ]
+    experiment = experiment_shown(out)
+    columns, metrics = ticked(experiment)
+    assert columns[:3] == ["budget/target", "sweep/label", "sweep/seed"]
+    assert metrics[0] == "val_acc"
+    names = [i.name for i in experiment.hparam_infos]
+    assert not [name for name in names if name.startswith("_")]  # LightningCLI's internals
+    # TensorBoard takes the columns from any one run with an experiment: never the
+    # baseline's, which lack the pruner's and the budget's
+    assert {"pruning/type", "budget/by_epoch"} <= set(names)
+    baseline = scalars(out / "runs" / "baseline_seed0").PluginTagToContent("hparams")
+    assert set(baseline) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
     rows = {r["label"]: r for r in frontier["rows"]}
     assert list(rows) == ["dense", "50%", "20%"]
     for label in ("50%", "20%"):
@@ -343,3 +361,78 @@ def test_sweep_killed_in_its_second_run_and_restarted_equals_an_uninterrupted_on
     assert rows == json.loads((whole / "frontier.json").read_text())["rows"]
     history = json.loads((out / "runs" / "budget50%_seed0" / "sparsity_history.json").read_text())
     assert [p["epoch"] for p in history] == [0, 1, 2]  # resumed: no gap, no duplicate
+
+
+def test_an_unknown_flag_is_the_parsers_error_and_poisons_nothing(tmp_path: Path, capsys) -> None:
+    # was: blamed on the config ("the config does not make a run"), sweep.json written, and
+    # the next, correct command refused ("holds a sweep with other overrides")
+    out = refused(
+        tmp_path,
+        capsys,
+        ["--budgets", "50%", "--bogus-flag"],
+        r"error: unrecognized arguments: --bogus-flag: neither an option of sweep nor of the"
+        r" config's LightningCLI \(see lightning-sparsity sweep --help\)$",
+    )
+    assert not out.exists()
+    refused(tmp_path, capsys, ["--budgets", "50%", "--trainer.max_epochs=x"], r"max_epochs: exp")
+    assert not out.exists()
+    assert main(["sweep", "--config", str(config(tmp_path)), "--output", str(out),
+                 "--budgets", "50%", "--plan"]) == 0  # fmt: skip
+    assert "1 runs" not in capsys.readouterr().out  # "2 runs": the baseline and 50%
+
+
+def test_a_refused_sweep_writes_nothing(tmp_path: Path, capsys) -> None:
+    # the monitor is found missing by the one-batch check: nothing may be there before it
+    out = refused(
+        tmp_path, capsys, ["--budgets", "50%", "--monitor", "val_accuracy"], "never logged"
+    )
+    assert not out.exists()
+
+
+def test_plan_lists_runs_differences_and_finished_runs_and_writes_nothing(
+    tmp_path: Path, capsys
+) -> None:
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    done = RunSpec("budget50%_seed0", 0, budget="50%")
+    failed = RunSpec("budget20%_seed1", 1, budget="20%")
+    for spec, fields in [
+        (done, {"status": "done", "metric": 0.98126}),
+        (failed, {"status": "failed", "error": "ValueError: boom"}),
+    ]:
+        (spec.directory(out)).mkdir(parents=True)
+        (spec.directory(out) / "sweep_run.json").write_text(json.dumps(spec.record(**fields)))
+    started = RunSpec("budget50%_seed1", 1, budget="50%").directory(out) / "checkpoints"
+    started.mkdir(parents=True)
+    (started / "last.ckpt").write_bytes(b"")
+    before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    args = ["sweep", "--config", str(cfg), "--output", str(out), "--budgets", "50%,20%",
+            "--seeds", "0,1", "--monitor", "val_acc", "--trainer.max_epochs=3"]  # fmt: skip
+    assert main([*args, "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert main([*args, "--dry-run"]) == 0  # the flag a user reaches for
+    assert capsys.readouterr().out == text
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    lines = text.splitlines()
+    assert lines[0] == "sweep plan: 5 runs, 2 finished, 3 to run (nothing run, nothing written)"
+    assert lines[2] == "  overrides: --trainer.max_epochs=3"
+    assert "  trainer.logger: None -> TensorBoardLogger(save_dir='OUTPUT', name='runs'," in text
+    budget = "      trainer.callbacks.SparsityCallback.budget"
+    assert text.split("the runs (status, then how each differs from the config):\n")[1] == (
+        "  baseline_seed0   to run\n"
+        f"{budget.rsplit('.', 1)[0]}.pruning: MagnitudePruner -> None\n"
+        f"{budget}: FlopBudget -> None\n"
+        f"{budget.rsplit('.', 1)[0]}.hparams_experiment: True -> False\n"
+        "  budget50%_seed0  done (val_acc 0.9813)\n"
+        f"{budget}.target: '20%' -> '50%'\n"
+        "  budget50%_seed1  started (resumes from runs/budget50%_seed1/checkpoints/last.ckpt)\n"
+        "      seed_everything: 0 -> 1\n"
+        f"{budget}.target: '20%' -> '50%'\n"
+        "  budget20%_seed0  to run\n"
+        "  budget20%_seed1  failed (ValueError: boom; kept; --retry-failed runs it again)\n"
+        "      seed_everything: 0 -> 1\n"
+    )
+    # what the sweep refuses, the plan refuses too
+    (out / "sweep.json").write_text(json.dumps({"config": str(cfg), "monitor": "val_loss"}))
+    assert main([*args, "--plan"]) == 2
+    assert "holds a sweep with other monitor" in capsys.readouterr().err

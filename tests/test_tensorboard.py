@@ -69,7 +69,7 @@ def dead_run(log_dir: Path, suffix: str = "") -> Path:
     """What the killed process left: our tags at epochs 0..5, train_loss at global steps 0..40."""
     existing = set(event_files(log_dir))
     writer = SummaryWriter(log_dir, filename_suffix=suffix)
-    writer.add_custom_scalars(layout(["sparsity/a"], ["budget/b"]))
+    writer.add_custom_scalars(layout())
     for step in range(41):
         writer.add_scalar("train_loss", 1.0 / (step + 1), step)
     log_ours(writer, range(6), offset=0)

@@ -88,28 +88,34 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start."""
-    from lightning_sparsity.sweeps import SweepError, sweep
+    """The ``sweep`` subcommand: exit 1 if a run failed, 2 if the sweep cannot start.
+
+    ``--plan`` (``--dry-run``) prints what the sweep would do and exits 0.
+    """
+    from lightning_sparsity.sweeps import SweepError, sweep, sweep_plan
 
     overrides = list(args.overrides)
     bad = [o for o in overrides if not o.startswith("--")]
     if bad:
         raise CliError(f"unrecognized arguments {bad}: LightningCLI overrides start with --")
+    options: dict[str, Any] = {
+        "sparsities": args.sparsities,
+        "seeds": args.seeds,
+        "monitor": args.monitor,
+        "mode": args.mode,
+        "baseline": not args.no_baseline,
+        "output": args.output,
+        "overrides": overrides,
+        "backend": args.backend,
+        "address": args.address,
+        "retry_failed": args.retry_failed,
+    }
     try:
+        if args.plan:
+            print(sweep_plan(args.config, args.budgets, **options).to_text(), end="")
+            return 0
         results = sweep(
-            args.config,
-            args.budgets,
-            sparsities=args.sparsities,
-            seeds=args.seeds,
-            monitor=args.monitor,
-            mode=args.mode,
-            baseline=not args.no_baseline,
-            output=args.output,
-            overrides=overrides,
-            backend=args.backend,
-            address=args.address,
-            retry_failed=args.retry_failed,
-            echo=lambda line: print(line, flush=True),
+            args.config, args.budgets, **options, echo=lambda line: print(line, flush=True)
         )
     except SweepError as err:
         raise CliError(str(err)) from err
@@ -136,22 +142,28 @@ def speed_command(
     *,
     device: str = "cpu",
     dtype: str | None = None,
+    checkpoint: str | None = None,
+    compact: bool = False,
 ) -> int:
     """``lightning-sparsity speed TARGET --input-shape ...``: print the table, return 0.
 
-    The model comes from ``package.module:factory`` (as ``count``), the input is
-    ``torch.randn(input_shape)`` (seed 0) in the model's dtype.
+    The model comes from TARGET as for ``count`` (``package.module:factory``, or a
+    LightningModule class with ``checkpoint``), the input is ``torch.randn(input_shape)``
+    (seed 0) in the model's dtype.
 
     Args:
-        target: ``package.module:factory``.
+        target: ``package.module:factory``, or a LightningModule class.
         input_shape: the input's shape, batch first.
         repeats: timed runs per median.
         device: where to time (``"cpu"``, ``"cuda"``).
         dtype: cast the model first (``"float16"``, ``"bfloat16"``: what the 2:4 kernels take).
+        checkpoint: a Lightning checkpoint to load the LightningModule class ``target`` from.
+        compact: also time the compacted model (eager torch, and onnxruntime where installed).
 
     Raises:
-        CliError: if the target cannot be loaded or builds on the meta device, an option is
-            bad, or the forward fails.
+        CliError: if the target or checkpoint cannot be loaded or the target builds on the
+            meta device, an option is bad, the forward fails, or (``compact``) the model
+            cannot be compacted.
     """
     from lightning_sparsity.counting.trace import MeasureError
     from lightning_sparsity.speed import check_real, format_speed, speed
@@ -172,7 +184,7 @@ def speed_command(
             f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
             f" (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
         )
-    model = load_target(target)
+    model = load_target(target, checkpoint)
     try:  # before .to(), which cannot copy out of meta
         check_real(model)
     except ValueError as err:
@@ -184,7 +196,7 @@ def speed_command(
     generator = torch.Generator().manual_seed(0)
     x = _input(torch.randn, input_shape, generator=generator, dtype=floating or torch.float32)
     try:
-        report = speed(model, x.to(where), repeats=repeats)
+        report = speed(model, x.to(where), repeats=repeats, compact=compact)
     except (MeasureError, ValueError) as err:
         raise CliError(str(err)) from err
     print(format_speed(report))
@@ -197,17 +209,14 @@ def export(args: argparse.Namespace) -> int:
 
     from lightning_sparsity.compact import compact
     from lightning_sparsity.counting import MeasureError, measure
+    from lightning_sparsity.ort import export_onnx, missing
 
     to = Path(args.to)
     if to.suffix not in (".onnx", ".pt"):
         raise CliError(f"--to must name a .onnx or .pt file, got {args.to!r}")
-    if to.suffix == ".onnx":
-        try:
-            import onnx  # noqa: F401  (torch.onnx writes through it)
-        except ImportError as err:
-            raise CliError(
-                f"--to {args.to!r} needs the onnx package: pip install 'lightning-sparsity[onnx]'"
-            ) from err
+    absent = missing("onnx") if to.suffix == ".onnx" else None  # torch.onnx writes through it
+    if absent is not None:
+        raise CliError(f"--to {args.to!r}: {absent}")
     model = load_target(args.target, args.checkpoint).eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = _input(torch.randn, args.input_shape, generator=torch.Generator().manual_seed(0))
@@ -224,17 +233,7 @@ def export(args: argparse.Namespace) -> int:
     if to.suffix == ".pt":
         torch.save(small, to)
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on the exporter it uses
-            torch.onnx.export(
-                small,
-                (x,),
-                str(to),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
+        export_onnx(small, (x,), to)
     for w in kept:
         print(f"note: {w.message}")
     print(
@@ -248,7 +247,13 @@ def export(args: argparse.Namespace) -> int:
 def run_speed(args: argparse.Namespace) -> int:
     """The ``speed`` subcommand."""
     return speed_command(
-        args.target, args.input_shape, args.repeats, device=args.device, dtype=args.dtype
+        args.target,
+        args.input_shape,
+        args.repeats,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoint=args.checkpoint,
+        compact=args.compact,
     )
 
 

@@ -8,14 +8,19 @@
 * ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 * ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
-  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`).
+  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`);
+  ``--plan`` (``--dry-run``) lists the runs, their configs' differences and what is finished.
 * ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
   written again from the files in LOGDIR (:mod:`lightning_sparsity.cli.render`).
 * ``lightning-sparsity export TARGET --input-shape 1,3,224,224 --to model.onnx``: the
   compacted model (:func:`lightning_sparsity.compact`) as ONNX (the ``onnx`` extra) or ``.pt``.
 * ``lightning-sparsity speed TARGET --input-shape 64,4096 [--repeats 20] [--device cuda
-  --dtype float16]``: dense vs sparse-kernel forward times beside the FLOP ratios (CSR on CPU,
-  2:4 on CUDA; :mod:`lightning_sparsity.speed`).
+  --dtype float16] [--checkpoint CKPT] [--compact]``: dense vs sparse-kernel forward times
+  beside the FLOP ratios (CSR on CPU, 2:4 on CUDA; :mod:`lightning_sparsity.speed`); with
+  ``--compact`` the compacted model's too, in eager torch and onnxruntime.
+
+The working directory is on the import path, as with ``python -m`` (a TARGET or a config's
+``class_path`` in the user's own folder); ``--version`` prints the version.
 
 User errors (a bad option or config value, an unreadable or unfitting checkpoint) are one line
 ``lightning-sparsity: error: ...`` on stderr and exit status 2. Errors raised while training
@@ -29,6 +34,7 @@ builds TARGET's model, :mod:`.render` is ``report``; the LightningCLI of ``fit``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +72,27 @@ def _list(kind: type) -> Any:
     return parse
 
 
+def _version() -> str:
+    """The installed distribution's version (``lightning_sparsity.__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightning-sparsity")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
+
+
+def _working_directory_importable() -> None:
+    """Put the working directory first on the import path, as ``python -m`` does.
+
+    So ``count mymodels:mlp`` and a config's ``class_path: mymodels.Net`` find a user's own
+    module from the console script too (its ``sys.path[0]`` is the script's folder).
+    """
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     top = argparse.ArgumentParser(
@@ -73,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
         description="Exact sparse FLOPs and nonzero parameters for pruning (2 FLOPs = 1 MAC).",
         epilog="fit / validate / test / predict --config FILE: LightningCLI (see configs/)",
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     c = sub.add_parser("count", help="per-layer table of a model's FLOPs and nonzero parameters")
     c.add_argument("target", help="package.module:factory, or a LightningModule class")
@@ -115,6 +143,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess")
     w.add_argument("--address", help="with --backend ray: the cluster (ray.init(address=...))")
     w.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    w.add_argument(
+        "--plan",
+        "--dry-run",
+        dest="plan",
+        action="store_true",
+        help="list the runs, how each config differs and what is finished; run and write nothing",
+    )
     w.set_defaults(func=commands.run_sweep)
     r = sub.add_parser(
         "report",
@@ -135,8 +170,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "speed", help="time the forward with dense vs sparse kernels (CSR on CPU, 2:4 on CUDA)"
     )
-    s.add_argument("target", help="package.module:factory")
+    s.add_argument("target", help="package.module:factory, or a LightningModule class")
     s.add_argument("--input-shape", type=_shape, required=True, help="e.g. 64,4096")
+    s.add_argument("--checkpoint", help="a Lightning checkpoint for the LightningModule TARGET")
+    s.add_argument(
+        "--compact",
+        action="store_true",
+        help="also time the compacted model (eager torch; onnxruntime with the onnx extra)",
+    )
     s.add_argument("--repeats", type=int, default=20, help="timed runs per median (20)")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     s.add_argument(
@@ -151,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lightning-sparsity``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _working_directory_importable()
     try:
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
             return commands.lightning_cli(None if argv is None else args)

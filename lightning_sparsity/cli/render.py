@@ -6,7 +6,8 @@ Two kinds of LOGDIR:
   ``.json`` / ``.md`` / ``.png`` are written again from the runs' results, exactly as the sweep
   writes them (:func:`lightning_sparsity.sweeps.frontier.write_frontier`);
 * one run's log directory (``sparsity_history.json``, written after every epoch, and
-  ``sparsity_report.json`` once the fit ended): ``sparsity_curves.png`` from the history and
+  ``sparsity_report.json`` once the fit ended): ``sparsity_curves.png`` from the history (and
+  the ``val*`` metrics of its TensorBoard files) and
   ``sparsity_report.md`` from the report, as the callback writes them at fit end; a run that
   crashed has only the history, and its ``sparsity_report.md`` is a table of the finished
   points instead.
@@ -24,7 +25,7 @@ from typing import Any
 from lightning_sparsity._text import count, number, one_line, si
 from lightning_sparsity.control.controller import HistoryPoint
 from lightning_sparsity.counting.report import SparsityReport
-from lightning_sparsity.loggers.history import plot_history
+from lightning_sparsity.loggers.history import metric_series, plot_history
 from lightning_sparsity.sweeps.frontier import write_frontier
 from lightning_sparsity.sweeps.runs import RunSpec, collect_results
 
@@ -121,7 +122,7 @@ def render_run(directory: str | Path) -> list[Path]:
         raise ReportError(f"{directory / HISTORY} is not a sparsity history: {err}") from err
     if not points:
         raise ReportError(f"{directory / HISTORY} holds no points")
-    png = plot_history(points, directory / "sparsity_curves.png")
+    png = plot_history(points, directory / "sparsity_curves.png", metrics=metric_series(directory))
     if (directory / REPORT).is_file():
         data = _read_json(directory / REPORT)
         try:
@@ -157,7 +158,8 @@ def render(logdir: str | Path) -> list[Path]:
         for pattern in (f"*/{SWEEP}", f"*/{HISTORY}", f"*/*/{HISTORY}")
         for path in logdir.glob(pattern)
     )
-    hint = f"; these subdirectories do: {', '.join(below[:5])}" if below else ""
+    more = f" and {len(below) - 5} more" if len(below) > 5 else ""
+    hint = f"; these subdirectories do: {', '.join(below[:5])}{more}" if below else ""
     raise ReportError(
         f"{str(logdir)!r} holds neither a sweep ({SWEEP}) nor a run's history ({HISTORY}){hint}"
     )

@@ -34,12 +34,12 @@ from lightning_sparsity.pruning.schedules import Curve, ramp
 if TYPE_CHECKING:
     from lightning_sparsity.counting import CostModel, SparsityReport
 
-__all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "parse_flops"]
+__all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "parse_flops", "slack"]
 
 Action = Literal["stop", "adjust"]
 Count = Literal["sparse", "realizable", "effective", "params"]
 OnDeadline = Literal["stop", "raise", "warn"]
-Status = Literal["over", "within", "missed"]
+Status = Literal["over", "on_schedule", "within", "missed"]
 
 _ACTIONS = ("stop", "adjust")
 _COUNTS = ("sparse", "realizable", "effective", "params")
@@ -103,16 +103,25 @@ class BudgetError(ValueError):
     """
 
 
+def slack(value: float, allowed: float) -> float:
+    """``(allowed - value) / allowed``: the fraction of what is allowed left (negative: over)."""
+    return (allowed - value) / allowed
+
+
 @dataclass(frozen=True)
 class BudgetDecision:
     """What the budget says at one point.
 
     Attributes:
         epoch: completed epochs at the point.
-        status: ``"over"``, ``"within"`` or ``"missed"`` (over, deadline passed).
+        status: ``"within"`` (at or below the limit), ``"on_schedule"`` (``adjust``, before
+            the limit is met: at or below the curve's value at this point), ``"over"`` (above
+            what is allowed at this point, the deadline not passed) or ``"missed"`` (over,
+            the deadline passed).
         value: the measured value.
         limit: the limit in absolute units (FLOPs, or nonzero parameters).
-        scheduled: for ``adjust``, the value allowed at this point; else ``None``.
+        scheduled: for ``adjust``, the value allowed at this point (the limit from the
+            deadline on); else ``None``.
         freeze_pruning: stop changing the masks from now on.
         stop_training: stop the fit after this point.
         reason: machine-readable stop reason (``"finetune_done"``, ``"deadline_missed"``)
@@ -131,9 +140,17 @@ class BudgetDecision:
     message: str
 
     @property
+    def allowed(self) -> float:
+        """The limit in force at this point: the curve's value with ``adjust``, else the limit."""
+        return self.limit if self.scheduled is None else self.scheduled
+
+    @property
     def slack(self) -> float:
-        """``(limit - value) / limit``: the fraction of the limit left (negative: over)."""
-        return (self.limit - self.value) / self.limit
+        """``(allowed - value) / allowed``: the fraction of :attr:`allowed` left (negative: over).
+
+        A fraction (``-0.25``: 25% over), in the files, TensorBoard and messages alike.
+        """
+        return slack(self.value, self.allowed)
 
 
 class FlopBudget(Settings):
@@ -499,8 +516,19 @@ class FlopBudget(Settings):
             return BudgetDecision(
                 epoch, "missed", value, limit, scheduled, False, stop, "deadline_missed", message
             )
-        message = "over budget: " + numbers.format(">")
-        return BudgetDecision(epoch, "over", value, limit, scheduled, False, False, None, message)
+        if scheduled is None:
+            message = "over budget: " + numbers.format(">")
+            return BudgetDecision(
+                epoch, "over", value, limit, scheduled, False, False, None, message
+            )
+        # adjust, before the deadline: what the curve allows now is the limit in force
+        status: Status = "on_schedule" if value <= scheduled else "over"
+        message = (
+            f"{'on schedule' if status == 'on_schedule' else 'over budget'}: {count(value)}"
+            f" {'<=' if status == 'on_schedule' else '>'} {count(scheduled)} {self.unit} allowed"
+            f" at epoch {epoch} (limit {count(limit)} by epoch {self.by_epoch})"
+        )
+        return BudgetDecision(epoch, status, value, limit, scheduled, False, False, None, message)
 
     # ------------------------------------------------------------------ checkpoints
 

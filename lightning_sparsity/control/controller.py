@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
-from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
+from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, slack
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.pruning import MagnitudePruner
@@ -66,13 +66,15 @@ class HistoryPoint:
         pruned_sparsity: the fraction of zeros among the pruner's weights.
         pruning: what the pruner did at this point: ``"pruned"``, ``"paused"`` (the guard
             held it), ``"restored"`` (the guard restored the last good masks), ``"frozen"``
-            (the budget froze the masks) or ``None`` (nothing due).
+            (the budget froze the masks) or ``None`` (nothing pruned: not due, or the masks
+            already where the schedule or the budget asks).
         guard_value: the guarded metric when the guard was asked.
         budget_count: what the budget counts (``"sparse"``, ``"effective"``, ``"params"``).
         budget_value: the budget's measured value.
         budget_limit: the budget's limit.
         budget_scheduled: with ``action="adjust"``, the value allowed at this point.
-        budget_status: ``"over"``, ``"within"`` or ``"missed"``.
+        budget_status: ``"within"``, ``"on_schedule"``, ``"over"`` or ``"missed"`` (see
+            :class:`~lightning_sparsity.BudgetDecision`).
     """
 
     VERSION: ClassVar[int] = 2
@@ -108,10 +110,14 @@ class HistoryPoint:
 
     @property
     def budget_slack(self) -> float | None:
-        """``(limit - value) / limit``: the fraction of the budget left (negative: over)."""
+        """The fraction of the limit in force left (negative: over); see ``BudgetDecision``.
+
+        The limit in force is the scheduled value with ``action="adjust"``, else the limit.
+        """
         if self.budget_limit is None or self.budget_value is None:
             return None
-        return (self.budget_limit - self.budget_value) / self.budget_limit
+        allowed = self.budget_limit if self.budget_scheduled is None else self.budget_scheduled
+        return slack(self.budget_value, allowed)
 
     _DERIVED: ClassVar[tuple[str, ...]] = ("flops_ratio", "param_sparsity", "budget_slack")
 
@@ -433,7 +439,15 @@ class SparsityController:
         if self.pruning is not None and self.prune_every_n_steps is None:
             pruning, check = self._prune(model, epoch, metrics or {}, agree, gather)
         report = self._meter().measure()
+        if pruning == "pruned" and not self._pruned_more(model, report):
+            pruning = None  # the masks were already there (a budget met and held)
         return self._record(model, report, epoch, global_step, step, pruning, check)
+
+    def _pruned_more(self, model: nn.Module, report: SparsityReport) -> bool:
+        """Whether the pruner's weights hold another number of zeros than at the last point."""
+        assert self.pruning is not None
+        last = self.history[-1].pruned_sparsity if self.history else None
+        return last is None or report.sparsity_of(self.pruning.target_names(model)) != last
 
     def prune_step(
         self,

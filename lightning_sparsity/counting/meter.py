@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
 from lightning_sparsity._shards import is_sharded, local, reduce_counts
-from lightning_sparsity.counting.channels import ChannelFlow, dead_inputs_of, dead_rows
+from lightning_sparsity.counting.channels import ChannelFlow, dead_channels, kept_constants
 from lightning_sparsity.counting.params import Slot, find_slots
 from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
@@ -564,6 +564,8 @@ class _Counts:
     live: list[tuple[Tensor, Tensor] | None] | None = None
     # every channel read, with the producer's channels dead where it reads them
     reads: list[tuple[ChannelFlow, Tensor | None]] = field(default_factory=list)
+    # per consumer slot: channels dead in every producer that it still reads (not 0)
+    kept: dict[int, int] = field(default_factory=dict)
 
 
 def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Counts:
@@ -575,6 +577,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         tensors = [slot.value() for slot in slots]
         dead: dict[int, Tensor] = {}
         reads: list[tuple[ChannelFlow, Tensor | None]] = []
+        kept_counts: list[tuple[int, Tensor]] = []
         flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
         with on_calling_thread(tensors):  # the rest: bytes and small tensors
             if patterns is not None:
@@ -585,8 +588,14 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
                 if current.flows and not any(is_sharded(t) for t in tensors):
                     uses = Counter(u.slot for u in current.uses)
                     rows = [None if p is None else p.live_rows for p in probes]
-                    reads = [(flow, dead_rows(flow, tensors, rows)) for flow in current.flows]
-                    dead = dead_inputs_of(reads, uses, tensors)
+                    reads, dead, rows = dead_channels(current.flows, uses, tensors, rows)
+                    for found, alive in zip(probes, rows, strict=True):
+                        if found is not None and alive is not None:
+                            found.live_rows = alive  # a depthwise row reading zeros only: dead
+                    for flow, read_dead in reads:
+                        left = kept_constants(flow, rows, read_dead)
+                        if left is not None:
+                            kept_counts.append((flow.consumer, left.count_nonzero()))
             # a probed weight's count comes with its probes; the others' from the same read
             counts: list[Tensor] = [
                 found.nnz if found is not None else _count(flags, t)
@@ -601,6 +610,7 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
                 scalars, held = found.scalars(dead.get(i))
                 counts += scalars
                 holders += held
+        counts += [n for _, n in kept_counts]  # (never sharded: no reads then)
     if any(is_sharded(t) for t in tensors):  # per-shard counts summed: one all-reduce
         device = counts[0].device
         stacked = torch.stack([c.to(device) for c in counts])
@@ -626,7 +636,10 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
             probe_values = [next(rest) for _ in range(2 + len(found.violations))]
             forms.append(found.form(probe_values, nnz_slot[i], current.numels[i]))
             live.append((found.live_rows.bool(), found.live_inputs_after(dead.get(i))))
-    return _Counts(nnz_slot, nnz_use, numel_use, forms, live, reads)
+    kept: dict[int, int] = {}
+    for consumer, _ in kept_counts:
+        kept[consumer] = kept.get(consumer, 0) + next(rest)
+    return _Counts(nnz_slot, nnz_use, numel_use, forms, live, reads, kept)
 
 
 def _count(flags: ZeroFlags, t: Tensor) -> Tensor:
@@ -650,9 +663,11 @@ def _report(
     nnz_slot: list[int] = []
     realizable: list[Fraction] | None = None
     forms: list[Form | None] | None = None
+    kept: dict[int, int] = {}
     if not meta:
         counted = _nonzeros(current, patterns)
         nnz_slot, nnz_use, forms = counted.nnz_slot, counted.nnz_use, counted.forms
+        kept = counted.kept
         sparse = [Fraction(f) for f in current.fixed]
         for use, nnz in zip(current.uses, nnz_use, strict=True):
             sparse[use.row] += use.coef * nnz
@@ -713,4 +728,5 @@ def _report(
             for slot, form in zip(slots, forms or [], strict=False)
             if form is not None
         },
+        constants_kept={slots[i].name: n for i, n in kept.items() if n},
     )

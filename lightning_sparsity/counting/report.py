@@ -101,6 +101,10 @@ class SparsityReport:
         forms: with realizable FLOPs, what each weight of 2+ dims realizes: ``"dense"``,
             ``"2:4"``, ``"rows 48/64, inputs 16/16"`` (compacted), ``"unstructured"``,
             ``"zero"``.
+        constants_kept: with realizable FLOPs, per weight, the input channels whose producing
+            rows are all dead but which it still reads, so they count: a nonzero constant a
+            convolution reads through zero padding (folding it into the bias would not be
+            exact at the border), or a trail that does not keep it one constant.
     """
 
     layers: tuple[LayerStats, ...]
@@ -110,6 +114,7 @@ class SparsityReport:
     unsupported: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     forms: dict[str, str] = field(default_factory=dict)
+    constants_kept: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_layers(
@@ -122,6 +127,7 @@ class SparsityReport:
         known: frozenset[str] = frozenset({"params_nonzero", "flops_sparse"}),
         parameters: dict[str, tuple[int, int | None]] | None = None,
         forms: dict[str, str] | None = None,
+        constants_kept: dict[str, int] | None = None,
     ) -> SparsityReport:
         """Build a report, summing ``layers`` into ``total``.
 
@@ -152,6 +158,7 @@ class SparsityReport:
             dict(unsupported or {}),
             dict(parameters or {}),
             dict(forms or {}),
+            dict(constants_kept or {}),
         )
 
     @classmethod
@@ -206,6 +213,7 @@ class SparsityReport:
             "unsupported": dict(self.unsupported),
             "parameters": {name: list(v) for name, v in self.parameters.items()},
             "forms": dict(self.forms),
+            "constants_kept": dict(self.constants_kept),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -274,6 +282,14 @@ class SparsityReport:
             lines.append(
                 "Realizable: " + ", ".join(f"{n} {f}" for n, f in shaped.items()) + "; other"
                 " zeros are unstructured (no dense kernel skips them)."
+            )
+        if self.constants_kept:
+            lines.append(
+                "Kept: "
+                + ", ".join(f"{n} reads {k} dead channels" for n, k in self.constants_kept.items())
+                + " that it cannot drop (a nonzero constant through zero padding, which reads 0"
+                " at the border, or not one constant after an average over zero padding), so"
+                " they count."
             )
         if self.unsupported:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))

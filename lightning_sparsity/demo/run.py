@@ -93,22 +93,24 @@ def run_demo(
         epochs=epochs, budget=budget, final_sparsity=final_sparsity, pattern=pattern
     )
     pl.seed_everything(seed, verbose=False)
+    logging.getLogger(pl.__name__).setLevel(logging.WARNING)  # before the Trainer's notes
     logger = submodule("loggers").TensorBoardLogger(str(output), name="demo")
-    limit = limit_batches if limit_batches is not None else 1.0
+    # None, not 1.0, for all batches, and a logging interval within an epoch (23 batches):
+    # Lightning's notices about those settings are not news to a demo's user
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         logger=logger,
         callbacks=[callback],
-        limit_train_batches=limit,
-        limit_val_batches=limit,
+        limit_train_batches=limit_batches,
+        limit_val_batches=limit_batches,
+        log_every_n_steps=min(10, limit_batches or 10),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
         deterministic=True,
     )
-    logging.getLogger(pl.__name__).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(DigitsCNN(), DigitsDataModule())

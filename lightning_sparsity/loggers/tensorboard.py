@@ -1,7 +1,15 @@
-"""TensorBoard extras: a custom-scalars layout, the per-layer text table, hparams.
+"""TensorBoard extras: FLOP series as sibling runs, a custom-scalars layout, hparams.
 
 Works on any logger whose ``experiment`` is a ``SummaryWriter`` (Lightning's
 ``TensorBoardLogger`` from either ``pytorch_lightning`` or ``lightning``).
+
+TensorBoard colours and names a chart's series by *run* (the custom-scalars chart names a
+series ``"tag (run)"`` and colours it by its run; the Scalars dashboard overlays runs in one
+card per tag). So series meant to be told apart in one chart are one tag written into sibling
+run directories, as Keras writes ``train`` and ``validation``: :class:`SeriesWriters` writes
+``sparsity/flops_per_example`` into ``<run>/dense``, ``<run>/sparse``, ``<run>/realizable``
+and ``<run>/limit``. The layout (:func:`layout`) is the same for every run, so a sweep's
+runs merge into one chart per title.
 
 Two helpers take plain inputs (a directory, a ``SummaryWriter``, a dict) and need no
 Lightning: :func:`drop_events_after` removes our stale points from a run directory after a
@@ -32,8 +40,13 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+    from lightning_sparsity.control.controller import HistoryPoint
+
 __all__ = [
+    "FLOPS_SERIES",
+    "SeriesWriters",
     "drop_events_after",
+    "flops_series",
     "is_tensorboard",
     "layout",
     "tensorboard_writers",
@@ -65,22 +78,121 @@ def tensorboard_writers(loggers: Iterable[Any]) -> list[Any]:
     return writers
 
 
-def layout(flops_tags: list[str], sparsity_tags: list[str]) -> dict[str, Any]:
-    """The custom-scalars layout: one chart of FLOPs (dense, sparse, budget), one of sparsity.
+def layout(per: str = "example") -> dict[str, Any]:
+    """The custom-scalars layout: one chart of the FLOP series, one of sparsity.
+
+    The same for every run (with or without pruner or budget): TensorBoard merges the layouts
+    of all runs under its log directory and shows a chart once per distinct content, so runs
+    of one sweep that wrote different layouts showed the chart twice.
 
     Args:
-        flops_tags: scalar tags drawn together on the FLOPs chart.
-        sparsity_tags: scalar tags drawn together on the sparsity chart.
+        per: ``"example"`` or ``"batch"``, what the FLOPs are counted for.
 
     Returns:
-        The layout for ``SummaryWriter.add_custom_scalars``.
+        The layout for ``SummaryWriter.add_custom_scalars`` (tags as anchored regexes).
     """
     return {
         "sparsity": {
-            "FLOPs: dense vs sparse vs budget": ["Multiline", flops_tags],
-            "sparsity: pruned weights vs schedule": ["Multiline", sparsity_tags],
+            f"FLOPs per {per}: dense, sparse, realizable, budget limit": [
+                "Multiline",
+                [f"^{flops_tag(per)}$"],
+            ],
+            "sparsity: pruned weights, schedule target, all parameters": [
+                "Multiline",
+                [
+                    f"^sparsity/{name}$"
+                    for name in ("pruned_sparsity", "target_sparsity", "param_sparsity")
+                ],
+            ],
         }
     }
+
+
+# ---------------------------------------------------------------------- FLOP series
+
+#: the sibling runs of the FLOP chart, in legend order
+FLOPS_SERIES = ("dense", "sparse", "realizable", "limit")
+#: budget counts whose limit is in FLOPs (drawn as the ``limit`` series)
+_FLOP_COUNTS = ("sparse", "realizable", "effective")
+
+
+def flops_tag(per: str) -> str:
+    """The one tag of every FLOP series: ``sparsity/flops_per_example`` (or ``_per_batch``)."""
+    return f"sparsity/flops_per_{per}"
+
+
+def flops_series(point: HistoryPoint) -> dict[str, float]:
+    """The FLOP series of one point: series name -> FLOPs (absent series left out).
+
+    ``limit`` is what the budget allows at this point: the scheduled value with
+    ``action="adjust"``, else the final limit; only for a budget on FLOPs.
+    """
+    series: dict[str, float] = {"dense": float(point.flops), "sparse": float(point.flops_sparse)}
+    if point.flops_realizable is not None:
+        series["realizable"] = float(point.flops_realizable)
+    if point.budget_count in _FLOP_COUNTS:
+        limit = point.budget_scheduled if point.budget_scheduled is not None else point.budget_limit
+        if limit is not None:
+            series["limit"] = float(limit)
+    return series
+
+
+class SeriesWriters:
+    """One ``SummaryWriter`` per FLOP series, in sibling runs ``<run>/<series>``.
+
+    Each series gets the FLOP tag (:func:`flops_tag`); ``dense``, ``realizable`` and ``limit``
+    also ``sparsity/flops_ratio`` (their fraction of dense), so the run's own ratio card
+    shows them beside it: the dense reference at 1.0 keeps the start of the curve inside the
+    y range TensorBoard keeps when it ignores outliers (the 5th to 95th percentile of the
+    card's values). With ``global_step``, the ratio also goes to ``ratio_at_global_step``
+    at that step, for the run's copy of its ratio on that axis.
+    """
+
+    def __init__(self) -> None:
+        self._writers: dict[tuple[str, str], SummaryWriter] = {}
+
+    def write(
+        self,
+        run: SummaryWriter,
+        point: HistoryPoint,
+        *,
+        global_step: int | None = None,
+        ratio_at_global_step: str = "",
+    ) -> None:
+        """Write one point's series beside the run of ``run`` (a ``SummaryWriter``)."""
+        series = flops_series(point)
+        dense = series["dense"]
+        for name, value in series.items():
+            writer = self._writer(run.log_dir, name)
+            writer.add_scalar(flops_tag(point.per), value, point.step)
+            if name != "sparse":  # the run's own ratio is the sparse one
+                ratio = value / dense if dense else 1.0
+                writer.add_scalar("sparsity/flops_ratio", ratio, point.step)
+                if global_step is not None:
+                    writer.add_scalar(ratio_at_global_step, ratio, global_step)
+            writer.flush()
+
+    def _writer(self, log_dir: str, name: str) -> SummaryWriter:
+        key = (str(log_dir), name)
+        if key not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[key] = SummaryWriter(os.path.join(log_dir, name))
+        return self._writers[key]
+
+    def directories(self, log_dir: str | os.PathLike[str]) -> list[Path]:
+        """The sibling runs of ``log_dir`` that exist (written now or by a former process)."""
+        return [Path(log_dir) / name for name in FLOPS_SERIES if (Path(log_dir) / name).is_dir()]
+
+    def live_files(self) -> list[Path]:
+        """The event files this object's writers have open."""
+        return [Path(w._get_file_writer().event_writer._file_name) for w in self._writers.values()]
+
+    def close(self) -> None:
+        """Close every writer (a later point opens new ones)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 # ---------------------------------------------------------------------- resumed runs
@@ -205,7 +317,12 @@ def _rewrite(path: Path, sizes: list[int], changed: dict[int, bytes | None]) -> 
 
 
 def write_hparams(
-    writer: SummaryWriter, hparams: Mapping[str, Any], metric_tags: Sequence[str]
+    writer: SummaryWriter,
+    hparams: Mapping[str, Any],
+    metric_tags: Sequence[str],
+    *,
+    varying: Sequence[str] = (),
+    experiment: bool = True,
 ) -> None:
     """Write one HParams entry (experiment, session start, session end) into a run.
 
@@ -217,19 +334,39 @@ def write_hparams(
     Unlike ``SummaryWriter.add_hparams``, this writes into ``writer``'s own run directory (not
     a new subdirectory), so the metrics logged there as scalars are the session's metrics.
 
+    What the dashboard shows first: its server orders the hparams by ``differs`` (set here
+    for ``varying``), then by name; its page ticks the first five hparams and the first five
+    metrics. So the settings an experiment is about go in ``varying`` and its metric first
+    in ``metric_tags``.
+
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter`` (e.g. a ``TensorBoardLogger``'s
             ``experiment``).
-        hparams: the hyperparameters. Nested mappings are flattened with ``"/"``; ``bool`` is
-            kept as a boolean, other real numbers (``int``, ``float``, NumPy scalars) as
-            numbers, ``str`` as strings, and anything else (``None`` included) as
-            ``str(value)``.
-        metric_tags: the scalar tags declared as the experiment's metrics; log their values
-            with ``writer.add_scalar`` (any step, the last value is shown).
+        hparams: the hyperparameters. Nested mappings are flattened with ``"/"``; a name with
+            a part starting with ``_`` (LightningCLI's ``_class_path``, ``_instantiator``) is
+            left out. ``bool`` is kept as a boolean, other real numbers (``int``, ``float``,
+            NumPy scalars) as numbers, ``str`` as strings, a tuple or list as the string of
+            a list (``(16, 32)`` and ``[16, 32]`` are both ``"[16, 32]"``), and anything else
+            (``None`` included) as ``str(value)``.
+        metric_tags: the scalar tags declared as the experiment's metrics, in this order; log
+            their values with ``writer.add_scalar`` (any step, the last value is shown).
+        varying: names of ``hparams`` that differ between the runs compared (a sweep's
+            budget, seed and label): listed first and marked ``differs``.
+        experiment: write the experiment (columns, their order, the metrics); ``False``
+            writes the session only, for a run whose columns another run of the same
+            TensorBoard directory declares (TensorBoard takes the experiment of any one run
+            that has one).
     """
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    flat = {
+        name: value
+        for name, value in _flatten(hparams).items()
+        if not any(part.startswith("_") for part in name.split("/"))
+    }
+    first = [name for name in dict.fromkeys(varying) if name in flat]
     infos = []
-    for name, value in _flatten(hparams).items():
+    for name in [*first, *(name for name in flat if name not in first)]:
+        value = flat[name]
         if isinstance(value, bool):
             start.hparams[name].bool_value = value
             kind = api_pb2.DATA_TYPE_BOOL
@@ -237,18 +374,19 @@ def write_hparams(
             start.hparams[name].number_value = float(value)
             kind = api_pb2.DATA_TYPE_FLOAT64
         else:
-            start.hparams[name].string_value = value if isinstance(value, str) else str(value)
+            start.hparams[name].string_value = _as_string(value)
             kind = api_pb2.DATA_TYPE_STRING
-        infos.append(api_pb2.HParamInfo(name=name, type=kind))
-    experiment = api_pb2.Experiment(
+        infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=name in first))
+    declared = api_pb2.Experiment(
         hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags],
     )
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
     file_writer = writer._get_file_writer()
-    file_writer.add_summary(
-        _hparams_summary(hparams_metadata.EXPERIMENT_TAG, experiment=experiment)
-    )
+    if experiment:
+        file_writer.add_summary(
+            _hparams_summary(hparams_metadata.EXPERIMENT_TAG, experiment=declared)
+        )
     file_writer.add_summary(
         _hparams_summary(hparams_metadata.SESSION_START_INFO_TAG, session_start_info=start)
     )
@@ -256,6 +394,19 @@ def write_hparams(
         _hparams_summary(hparams_metadata.SESSION_END_INFO_TAG, session_end_info=end)
     )
     writer.flush()
+
+
+def _as_string(value: Any) -> str:
+    """One string per value whatever its container: a tuple is written as the list it equals."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        return str([_plain(v) for v in value])
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _hparams_summary(tag: str, **content: Any) -> Any:

@@ -16,18 +16,21 @@ from lightning_sparsity.sweeps.runs import (
     plan,
     run_one,
 )
-from lightning_sparsity.sweeps.sweep import sweep
+from lightning_sparsity.sweeps.sweep import PlannedRun, SweepPlan, sweep, sweep_plan
 
 __all__ = [
     "SEEDS",
+    "PlannedRun",
     "RunSpec",
     "SweepError",
+    "SweepPlan",
     "collect_results",
     "format_clock",
     "frontier_rows",
     "plan",
     "run_one",
     "sweep",
+    "sweep_plan",
     "write_frontier",
     "write_json",
 ]

@@ -8,17 +8,27 @@ difference to the dense baseline, and the Pareto front; written as ``frontier.cs
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity._files import write_json, write_text
 from lightning_sparsity._text import count, number
 from lightning_sparsity.sweeps.runs import Mode
 
-__all__ = ["frontier_markdown", "frontier_rows", "plot_frontier", "write_frontier"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "frontier_figure",
+    "frontier_markdown",
+    "frontier_rows",
+    "plot_frontier",
+    "write_frontier",
+]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -114,22 +124,37 @@ def frontier_markdown(
     return "\n".join(lines) + "\n"
 
 
-def plot_frontier(
-    rows: Sequence[dict[str, Any]], path: Path, monitor: str | None, mode: Mode
-) -> None:
-    """Metric against sparse FLOPs (log x) with error bars, the dense point, the Pareto front."""
+def _bounds(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """The metric's range: ``[0, 1]`` sides for a metric all of whose means are fractions."""
+    means = [r["metric_mean"] for r in rows if r["metric_mean"] is not None]
+    low = 0.0 if means and min(means) >= 0 else -math.inf
+    high = 1.0 if means and max(means) <= 1 else math.inf
+    return low, high
+
+
+def _clipped(rows: Sequence[dict[str, Any]], low: float, high: float) -> list[list[float]]:
+    """Error bars (below, above) of mean ± std that stay in ``[low, high]``."""
+    below = [min(r["metric_std"], r["metric_mean"] - low) for r in rows]
+    above = [min(r["metric_std"], high - r["metric_mean"]) for r in rows]
+    return [below, above]
+
+
+def frontier_figure(rows: Sequence[dict[str, Any]], monitor: str | None, mode: Mode) -> Figure:
+    """The figure of :func:`plot_frontier` (matplotlib objects, to read back in tests)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    name = monitor or "metric"
     done = [r for r in rows if r["metric_mean"] is not None and r["flops_sparse"]]
+    low, high = _bounds(done)
     pruned = [r for r in done if r["label"] != "dense"]
     ax.errorbar(
         [r["flops_sparse"] for r in pruned],
         [r["metric_mean"] for r in pruned],
-        yerr=[r["metric_std"] for r in pruned],
+        yerr=_clipped(pruned, low, high),
         fmt="o",
         capsize=3,
         label="budgets (mean ± std over seeds)",
@@ -144,9 +169,14 @@ def plot_frontier(
         )
     dense = [r for r in done if r["label"] == "dense"]
     if dense:
+        ax.axhline(
+            dense[0]["metric_mean"], linestyle=":", color="black", linewidth=1,
+            label=f"dense reference ({name} {dense[0]['metric_mean']:.4f})",
+        )  # fmt: skip
         ax.errorbar(
-            [dense[0]["flops_sparse"]], [dense[0]["metric_mean"]], yerr=[dense[0]["metric_std"]],
-            fmt="s", color="black", capsize=3, label="dense baseline",
+            [dense[0]["flops_sparse"]], [dense[0]["metric_mean"]],
+            yerr=_clipped(dense[:1], low, high), fmt="s", color="black", capsize=3,
+            label="dense baseline",
         )  # fmt: skip
     front = sorted((r for r in done if r["pareto"]), key=lambda r: r["flops_sparse"])
     if len(front) > 1:
@@ -159,12 +189,22 @@ def plot_frontier(
         )
     ax.set_xscale("log")
     better = "higher" if mode == "max" else "lower"
-    ax.set(
-        xlabel="sparse FLOPs per example (log)",
-        ylabel=f"{monitor or 'metric'} ({better} is better)",
-    )
+    ax.set(xlabel="sparse FLOPs per example (log)", ylabel=f"{name} ({better} is better)")
     ax.set_title("accuracy–FLOPs frontier")
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_frontier(
+    rows: Sequence[dict[str, Any]], path: Path, monitor: str | None, mode: Mode
+) -> None:
+    """Metric against sparse FLOPs (log x), the dense point and reference line, the front.
+
+    Error bars are mean ± std over seeds, clipped to the metric's range (see ``_bounds``).
+    """
+    import matplotlib.pyplot as plt
+
+    fig = frontier_figure(rows, monitor, mode)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -8,6 +8,7 @@ failed; the sweep (:mod:`.sweep`) and the frontier (:mod:`.frontier`) read those
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from lightning_sparsity._files import write_json
 from lightning_sparsity._text import count
 from lightning_sparsity.control.budget import parse_flops
-from lightning_sparsity.lightning_cli import sparsity_cli
+from lightning_sparsity.lightning_cli import CliError, sparsity_cli
 
 __all__ = [
     "RESULT",
@@ -32,6 +33,7 @@ __all__ = [
     "collect_results",
     "edit_config",
     "load_result",
+    "parse_config",
     "plan",
     "run_one",
 ]
@@ -211,6 +213,51 @@ def build_cli(config: str, args: Sequence[str], edit: Callable[[Any], None]) -> 
         sys.argv = argv
 
 
+_FABRIC = ("lightning_fabric", "lightning.fabric")
+
+
+class _Parsed(Exception):
+    """Carries the parsed config out of LightningCLI before anything is built."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__("parsed")
+        self.config = config
+
+
+def parse_config(config: str, overrides: Sequence[str]) -> Any:
+    """The config with ``overrides`` as LightningCLI parses it; nothing is built or written.
+
+    Raises:
+        SweepError: if an override is not an option of the config's LightningCLI
+            (``unrecognized arguments: --dry-run``) or a value does not parse.
+    """
+
+    def stop(parsed: Any) -> None:
+        raise _Parsed(parsed)
+
+    # LightningCLI seeds before it builds: its "Seed set to N" is not news here
+    seed_logs = [logging.getLogger(f"{p}.utilities.seed") for p in _FABRIC]
+    levels = [log.level for log in seed_logs]
+    try:
+        for log in seed_logs:
+            log.setLevel(logging.WARNING)
+        build_cli(config, overrides, stop)
+    except _Parsed as parsed:
+        return parsed.config
+    except CliError as err:
+        hint = (
+            ": neither an option of sweep nor of the config's LightningCLI (see"
+            " lightning-sparsity sweep --help)"
+            if str(err).startswith("unrecognized arguments")
+            else ""
+        )
+        raise SweepError(f"{err}{hint}") from err
+    finally:
+        for log, level in zip(seed_logs, levels, strict=True):
+            log.setLevel(level)
+    raise AssertionError("LightningCLI built the objects without calling edit")  # pragma: no cover
+
+
 def _ns(class_path: str, **init_args: Any) -> Any:
     from jsonargparse import Namespace
 
@@ -261,7 +308,13 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
             )
         key = "sparsity" if str(schedule.class_path).endswith("Constant") else "final_sparsity"
         schedule.init_args[key] = spec.sparsity
-    args.hparams = {"sweep/run": spec.name, "sweep/seed": spec.seed, "sweep/label": spec.label}
+    # the settings the sweep varies, in every run (the baseline too) with one type each:
+    # TensorBoard's HParams dashboard takes its columns from one run's experiment, and the
+    # callback lists these first (the run's name is the session's name already)
+    args.hparams = {"sweep/seed": spec.seed, "sweep/label": spec.label}
+    if spec.budget is not None or spec.baseline:
+        args.hparams["budget/target"] = spec.budget if spec.budget is not None else "none"
+    args.hparams_experiment = not spec.baseline  # its columns lack the pruner's and budget's
     loggers = submodule("loggers").__name__
     config["trainer.logger"] = _ns(
         f"{loggers}.TensorBoardLogger",
