@@ -638,3 +638,24 @@ def test_every_parameters_nonzeros_equal_a_brute_count(realizable: bool | list[s
         for name, p in model.named_parameters()
     }
     assert report.parameters == brute
+
+
+def test_a_meter_counts_a_weight_that_had_no_zero_as_a_fresh_measure() -> None:
+    # 1.weight's first 8 rows and biases zero: 3.weight (dense) reads 24 of its 32 inputs;
+    # dense FLOPs 2·16·32 = 1,024 and 2·32·8 = 512: realizable 1,024·24/32 + 512·24/32 = 1,152
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    with torch.no_grad():
+        model[1].weight[:8] = 0
+        model[1].bias[:8] = 0
+    x = torch.zeros(1, 16)
+    meter = ls.SparsityMeter(model, x)
+    first, second = meter.measure(), meter.measure()  # the second counts 3.weight only
+    assert first == second == ls.measure(model, x)
+    assert second.forms["3.weight"] == "rows 8/8, inputs 24/32"
+    assert second.total.flops_realizable == 1_152
+    with torch.no_grad():  # zeros where there were none: probed again, in full
+        model[3].weight[:, 8:16] = 0
+        model[3].weight[4:] = 0
+    assert meter.measure() == ls.measure(model, x)
+    assert meter.measure().forms["3.weight"] == "rows 4/8, inputs 16/32"

@@ -137,3 +137,21 @@ def test_each_weight_is_read_once_on_the_callers_threads(monkeypatch: pytest.Mon
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_recount_reads_twice_only_where_a_weight_without_zeros_gained_some() -> None:
+    # a weight with no zero at the last count is counted only; when zeros appear there, its
+    # probes run after all: one more read, at that count only, whatever the layers
+    reads = []
+    for layers in (4, 40):
+        model = mlp(layers)
+        meter = ls.SparsityMeter(model, torch.zeros(1, 32))
+        counts = []
+        for prune in (False, False, True, False):
+            if prune:
+                ls.MagnitudePruner().apply(model, 0.5)
+            with count_reads() as calls:
+                meter.measure()
+            counts.append(len(calls))
+        reads.append(counts)
+    assert reads == [[1, 1, 2, 1], [1, 1, 2, 1]]

@@ -37,6 +37,7 @@ from lightning_sparsity.counting.realizable import (
     Probe,
     ZeroFlags,
     count_ones,
+    dense_probe,
     on_calling_thread,
     probe,
 )
@@ -337,6 +338,7 @@ class SparsityMeter:
         self._trace: Trace | None = None
         self._signature: tuple[Any, ...] | None = None
         self._warned = False
+        self._known: tuple[Trace, list[int | None]] | None = None
         self._ensure_trace(find_slots(model))
 
     def _ensure_trace(self, slots: list[Slot]) -> Trace:
@@ -363,9 +365,16 @@ class SparsityMeter:
         self._trace = None
 
     def measure(self) -> SparsityReport:
-        """Count the model as it is now (re-tracing only if its structure changed)."""
+        """Count the model as it is now (re-tracing only if its structure changed).
+
+        What the last count of the same trace found tells the probes what they can skip
+        (:func:`_nonzeros`).
+        """
         current = self._ensure_trace(find_slots(self.model))
-        return _report(current, self.per, self._divisor, self.batch_size, self.patterns)
+        known = self._known[1] if self._known is not None and self._known[0] is current else None
+        report = _report(current, self.per, self._divisor, self.batch_size, self.patterns, known)
+        self._known = (current, [report.parameters[s.name][1] for s in current.slots])
+        return report
 
     def cost_model(self) -> CostModel:
         """The per-parameter cost of the current trace (for FLOP-targeted pruning).
@@ -568,8 +577,29 @@ class _Counts:
     kept: dict[int, int] = field(default_factory=dict)
 
 
-def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Counts:
-    """Nonzeros of every slot and use's operand (and the realizable probes), one host sync."""
+def _dense_before(tensors: Sequence[Tensor], known: Sequence[int | None] | None) -> list[bool]:
+    """Per slot, whether it had no zero at the previous recount (``known``: its nonzeros).
+
+    Not for sharded weights: every rank must probe alike.
+    """
+    if known is None or any(is_sharded(t) for t in tensors):
+        return [False] * len(tensors)
+    return [t.dim() > 1 and nnz == t.numel() > 0 for t, nnz in zip(tensors, known, strict=True)]
+
+
+def _nonzeros(
+    current: Trace,
+    patterns: Sequence[Pattern] | None = None,
+    known: Sequence[int | None] | None = None,
+) -> _Counts:
+    """Nonzeros of every slot and use's operand (and the realizable probes), one host sync.
+
+    ``known``: every slot's nonzeros at the previous recount of this trace. A weight that had
+    no zero is counted only: if it still has none, every row and input lives and no N:M
+    pattern fits (:func:`.realizable.dense_probe`); should zeros have appeared since (the
+    first count after pruning it), the count runs again probing every weight, with a second
+    host sync.
+    """
     slots = current.slots
     partial = [u for u in current.uses if u.chain is not None]
     probes: list[Probe | None] = [None] * len(slots)
@@ -580,10 +610,13 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         kept_counts: list[tuple[int, Tensor]] = []
         flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
         with on_calling_thread(tensors):  # the rest: bytes and small tensors
+            dense = _dense_before(tensors, known if patterns is not None else None)
             if patterns is not None:
                 probes = [
-                    probe(s.module, t, patterns, flags.read(t))
-                    for s, t in zip(slots, tensors, strict=True)
+                    dense_probe(s.module, t, _count(flags, t), patterns)
+                    if was_dense
+                    else probe(s.module, t, patterns, flags.read(t))
+                    for s, t, was_dense in zip(slots, tensors, dense, strict=True)
                 ]
                 if current.flows and not any(is_sharded(t) for t in tensors):
                     uses = Counter(u.slot for u in current.uses)
@@ -617,6 +650,8 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         counts = list(reduce_counts(stacked, holders).unbind())
     values = _gather(counts)
     nnz_slot = values[: len(slots)]
+    if any(was and n != all_ for was, n, all_ in zip(dense, nnz_slot, current.numels, strict=True)):
+        return _nonzeros(current, patterns)  # zeros where there were none: probe them
     nnz_partial = iter(values[len(slots) : len(slots) + len(parts)])
     rest = iter(values[len(slots) + len(parts) :])
     nnz_use = [nnz_slot[u.slot] if u.chain is None else next(nnz_partial) for u in current.uses]
@@ -654,6 +689,7 @@ def _report(
     div: int,
     batch_size: int | None,
     patterns: Sequence[Pattern] | None = None,
+    previous: Sequence[int | None] | None = None,
 ) -> SparsityReport:
     slots = current.slots
     n_rows = len(current.rows)
@@ -665,7 +701,7 @@ def _report(
     forms: list[Form | None] | None = None
     kept: dict[int, int] = {}
     if not meta:
-        counted = _nonzeros(current, patterns)
+        counted = _nonzeros(current, patterns, previous)
         nnz_slot, nnz_use, forms = counted.nnz_slot, counted.nnz_use, counted.forms
         kept = counted.kept
         sparse = [Fraction(f) for f in current.fixed]

@@ -52,6 +52,7 @@ __all__ = [
     "Probe",
     "ZeroFlags",
     "count_ones",
+    "dense_probe",
     "on_calling_thread",
     "probe",
     "zero_flags",
@@ -288,8 +289,8 @@ def probe(
     most: dict[int, Tensor] = {}
     for m in sizes:  # group counts of other sizes before the words overwrite the bytes
         if m not in words:
-            groups = rows.view(rows_n, rows.shape[1] // m, m)
-            most[m] = groups.sum(2, dtype=torch.uint8 if m < 256 else torch.int32).amax(1)
+            cut = rows.view(rows_n, rows.shape[1] // m, m)
+            most[m] = cut.sum(2, dtype=torch.uint8 if m < 256 else torch.int32).amax(1)
     for m in words:
         most[m] = _most_per_group(rows, m, overwrite=m == words[-1])
     live_rows = next(iter(most.values())) if most else rows.amax(1)
@@ -303,3 +304,29 @@ def probe(
             violations.append(torch.ones((), dtype=torch.int64, device=device))
             holders.append(_ONCE)
     return Probe(nnz, live_rows, live_inputs, violations, holders, weight, rows_n, inputs_n, usable)
+
+
+def dense_probe(
+    module: nn.Module, weight: Tensor, nnz: Tensor, patterns: Sequence[Pattern] = DEFAULT_PATTERNS
+) -> Probe | None:
+    """The probes of a weight without zeros, read off nothing but ``nnz`` (unsharded).
+
+    Every row and input lives and no pattern fits; the caller checks after the read that
+    ``nnz`` is indeed the weight's size.
+    """
+    if weight.dim() < 2 or weight.numel() == 0:
+        return None
+    rows_n, inputs_n = weight.shape[:2]
+    device = weight.device
+    usable = tuple(patterns) if layout_problem(module) is None else ()
+    return Probe(
+        nnz,
+        torch.ones(rows_n, dtype=torch.uint8, device=device),
+        torch.ones(inputs_n, dtype=torch.bool, device=device),
+        [torch.ones((), dtype=torch.int64, device=device) for _ in usable],
+        [_ONCE for _ in usable],
+        weight,
+        rows_n,
+        inputs_n,
+        usable,
+    )
