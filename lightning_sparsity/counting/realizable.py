@@ -27,7 +27,8 @@ same host sync; sharded (``DTensor``) weights are probed on their shards.
 
 Each weight's values are read once, as a bare ``count_nonzero`` sweep reads them: cast to
 0/1 bytes, input dimension last (:func:`zero_flags`); the nonzero count, live rows, live
-inputs and N:M conformity all come from those bytes (:func:`probe`).
+inputs and N:M conformity all come from those bytes (:func:`probe`). A weight without zeros
+needs only its count (:func:`dense_probe`).
 """
 
 from __future__ import annotations
