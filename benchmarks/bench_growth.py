@@ -7,11 +7,13 @@ The ladder (``--sizes`` picks a subset; ``growth_models.py`` says what each one 
 Images are 224×224, GPT inputs 1,024 tokens (GPT-2's context), MLP inputs one vector.
 Per size, each phase in a fresh process (so RSS readings start clean):
 
-* ``count``: the first trace, a fresh ``SparsityMeter(model, x)``, against
-  ``torch.utils.flop_counter.FlopCounterMode`` under ``no_grad`` on the same input; the cached
-  ``meter.measure()`` against a bare ``sum(p.count_nonzero() for p in params).item()``
-  sweep, on the dense model and after ``MagnitudePruner().apply(model, 0.8)``; the dense
-  and sparse FLOPs the meter reports, and ``FlopCounterMode``'s dense count.
+* ``count``: the trace, a fresh ``SparsityMeter(model, x)``, and the first count, a fresh
+  ``SparsityMeter(model, x).measure()`` (what ``ls.measure`` costs), against
+  ``torch.utils.flop_counter.FlopCounterMode`` under ``no_grad`` on the same input and a bare
+  forward under ``no_grad``; the cached ``meter.measure()`` against a bare
+  ``sum(p.count_nonzero() for p in params).item()`` sweep, on the dense model and after
+  ``MagnitudePruner().apply(model, 0.8)``; the dense and sparse FLOPs the meter reports, and
+  ``FlopCounterMode``'s dense count.
 * ``prune``: global magnitude pruning to 80 % of the weights ``MagnitudePruner()`` chooses
   (conv + linear ``weight`` s) with ``MagnitudePruner().apply`` against
   ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured)`` on the same weights
@@ -30,10 +32,11 @@ which the tools' runs alternate), ratios between runs in the same process. A pha
 would not fit in the RAM available is skipped before it starts, saying how much it needs
 (from the bytes per weight measured on smaller sizes); as a backstop a child caps its
 address space at what is available, so an underestimate ends in an allocation error, not
-the OOM killer. ``--busy N`` runs the timing phases with N processes spinning on the CPU.
+the OOM killer. ``--busy N`` runs the timing phases with N processes spinning on the CPU;
+``--phases count`` runs only the counting phase.
 
     python benchmarks/bench_growth.py [--sizes resnet18,gpt2] [--quick] [--repeats N]
-        [--busy N] [--threads N]
+        [--busy N] [--threads N] [--phases count,prune,mem-ours,mem-torch]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_counter import flop_counter, sweep, time_group
+from bench_counter import flop_counter, forward, sweep, time_group
 from growth_models import (
     GPT2_MEDIUM_PARAMS,
     GPT2_PARAMS,
@@ -254,7 +257,12 @@ def phase_count(size: Size, repeats: int) -> dict[str, Any]:
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in targets(model))
 
     times = time_group(
-        {"fcm": lambda: flop_counter(model, x), "trace": lambda: ls.SparsityMeter(model, x)},
+        {
+            "fcm": lambda: flop_counter(model, x),
+            "forward": lambda: forward(model, x),
+            "trace": lambda: ls.SparsityMeter(model, x),
+            "first": lambda: ls.SparsityMeter(model, x).measure(),
+        },
         repeats,
         warmup=1,
     )
@@ -274,7 +282,9 @@ def phase_count(size: Size, repeats: int) -> dict[str, Any]:
         "weights": n_weights,
         "zeros_at_init": zeros,
         "trace_s": times["trace"],
+        "first_s": times["first"],
         "fcm_s": times["fcm"],
+        "forward_s": times["forward"],
         "sweep_dense_s": dense["sweep"],
         "measure_dense_s": dense["measure"],
         "sweep_sparse_s": sparse["sweep"],
@@ -392,21 +402,24 @@ def measure_size(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if not ok:
         out["notes"].append(f"skipped: the model and its masks do not fit ({why})")
         return out
+    phases = args.phases.split(",")
     methods = ["ours"]
     ok, why = fits("mem-torch", size)
     if ok:
         methods.append("torch")
-    else:
+    elif "mem-torch" in phases or "prune" in phases:
         out["notes"].append(f"torch's global_unstructured skipped: {why}")
     with busy(args.busy):
         out["count"] = run_child(name, "count", repeats, args.threads)
         for method in methods:
-            out[f"mem-{method}"] = run_child(name, f"mem-{method}", 1, args.threads)
+            if f"mem-{method}" in phases:
+                out[f"mem-{method}"] = run_child(name, f"mem-{method}", 1, args.threads)
         # not the memory processes' calls: their malloc hands every block over 64 KiB back to
         # the OS, and the page faults slow ours 2.5x (ViT-L/16: 5.2 s there, 2.1 s here)
-        joined = ",".join(methods)
-        out["prune"] = run_child(name, "prune", prune_repeats, args.threads, methods=joined)
-        out["prune"]["single"] = prune_repeats == 1
+        if "prune" in phases:
+            joined = ",".join(methods)
+            out["prune"] = run_child(name, "prune", prune_repeats, args.threads, methods=joined)
+            out["prune"]["single"] = prune_repeats == 1
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -432,33 +445,8 @@ def big(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 10**9 else f"{n / 1e6:.1f}M"
 
 
-def print_tables(results: list[dict[str, Any]]) -> None:
-    ok = [r for r in results if "error" not in r.get("count", {"error": ""})]
-    print(
-        "\n### Counting (ms, medians): the first trace vs FlopCounterMode; the cached recount"
-        " (default `measure()`, and with `realizable=False`: nonzero counts only) vs a bare"
-        " nonzero sweep, × = ratio to the sweep\n"
-    )
-    print(
-        "| model | params | pruned weights | trace | FlopCounterMode | ratio | sweep dense"
-        " | measure dense | realizable=False | sweep 80% | measure 80% | realizable=False |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in ok:
-        c = r["count"]
-
-        def vs(key: str, base: str, c: dict[str, Any] = c) -> str:
-            return f"{ms(c[key])} ({ratio(c[key], c[base])})"
-
-        print(
-            f"| {SIZES[r['name']].title} | {big(c['params'])} | {big(c['weights'])}"
-            f" | {ms(c['trace_s'])} | {ms(c['fcm_s'])} | {ratio(c['trace_s'], c['fcm_s'])}"
-            f" | {ms(c['sweep_dense_s'])} | {vs('measure_dense_s', 'sweep_dense_s')}"
-            f" | {vs('lean_dense_s', 'sweep_dense_s')} | {ms(c['sweep_sparse_s'])}"
-            f" | {vs('measure_sparse_s', 'sweep_sparse_s')}"
-            f" | {vs('lean_sparse_s', 'sweep_sparse_s')} |"
-        )
-
+def print_pruning(ok: list[dict[str, Any]]) -> None:
+    """The pruning table: time against torch, bytes per weight kept and at the peak."""
     print(
         f"\n### Global magnitude pruning to {SPARSITY:.0%}: time (ms, medians) and memory"
         " (bytes per pruned weight: persistent = RSS after − before, peak = VmHWM − RSS"
@@ -488,6 +476,54 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         )
 
     print("\n† one call each (on a fresh model) instead of a median")
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    ok = [r for r in results if "error" not in r.get("count", {"error": ""})]
+    print(
+        "\n### The first count (ms, medians): the trace (`SparsityMeter(model, x)`) and the"
+        " first count (`SparsityMeter(model, x).measure()`, as `ls.measure`) vs"
+        " FlopCounterMode and a bare forward, both under `no_grad`\n"
+    )
+    print(
+        "| model | params | forward | FlopCounterMode | trace | × FlopCounterMode | × forward"
+        " | first count | × FlopCounterMode | × forward |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in ok:
+        c = r["count"]
+        print(
+            f"| {SIZES[r['name']].title} | {big(c['params'])} | {ms(c['forward_s'])}"
+            f" | {ms(c['fcm_s'])} | {ms(c['trace_s'])} | {ratio(c['trace_s'], c['fcm_s'])}"
+            f" | {ratio(c['trace_s'], c['forward_s'])} | {ms(c['first_s'])}"
+            f" | {ratio(c['first_s'], c['fcm_s'])} | {ratio(c['first_s'], c['forward_s'])} |"
+        )
+    print(
+        "\n### The cached recount (ms, medians): default `measure()`, and with"
+        " `realizable=False` (nonzero counts only), vs a bare nonzero sweep, × = ratio to the"
+        " sweep\n"
+    )
+    print(
+        "| model | pruned weights | sweep dense | measure dense | realizable=False | sweep 80%"
+        " | measure 80% | realizable=False |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in ok:
+        c = r["count"]
+
+        def vs(key: str, base: str, c: dict[str, Any] = c) -> str:
+            return f"{ms(c[key])} ({ratio(c[key], c[base])})"
+
+        print(
+            f"| {SIZES[r['name']].title} | {big(c['weights'])}"
+            f" | {ms(c['sweep_dense_s'])} | {vs('measure_dense_s', 'sweep_dense_s')}"
+            f" | {vs('lean_dense_s', 'sweep_dense_s')} | {ms(c['sweep_sparse_s'])}"
+            f" | {vs('measure_sparse_s', 'sweep_sparse_s')}"
+            f" | {vs('lean_sparse_s', 'sweep_sparse_s')} |"
+        )
+
+    if any(phase in r for r in ok for phase in PHASES[1:]):
+        print_pruning(ok)
     print(
         "\n### FLOPs per example (G, 2 per MAC): ours dense / sparse, FlopCounterMode's dense,"
         " and the checks\n"
@@ -554,6 +590,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="override every size's")
     parser.add_argument("--busy", type=int, default=0, help="spinning processes while timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
+    )
     parser.add_argument("--child", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=sorted(SIZES), help=argparse.SUPPRESS)
     parser.add_argument("--methods", default="ours,torch", help=argparse.SUPPRESS)
@@ -568,6 +607,9 @@ def main() -> None:
     unknown = [n for n in names if n not in SIZES]
     if unknown:
         parser.error(f"unknown sizes {unknown}; choose from {list(SIZES)}")
+    odd = [p for p in args.phases.split(",") if p not in PHASES]
+    if odd:
+        parser.error(f"unknown phases {odd}; choose from {list(PHASES)}")
     print(
         f"machine: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__},"
         f" {torch.get_num_threads()} intra-op threads, Python {platform.python_version()},"

@@ -3,6 +3,7 @@ zeros not; checked against a hand count."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
 from lightning_sparsity.counting.channels import dead_inputs
-from lightning_sparsity.counting.realizable import probe
+from lightning_sparsity.counting.realizable import ZeroFlags, probe
 from lightning_sparsity.counting.trace import trace
 from lightning_sparsity.patterns import group_view, kernel_problem
 from tests.fits import Wide, quiet_trainer
@@ -538,3 +539,102 @@ def test_a_pool_carries_dead_channels_only_where_its_window_leaves_their_axis(
         model.first.weight[1::2] = 0.0  # channels 1, 3, 5, 7 dead
         model.first.bias[1::2] = 0.0
     assert dead_inputs_are_dead(model, x) == expected
+
+
+def random_groups(shape: tuple[int, ...], m: int, seed: int) -> torch.Tensor:
+    """A weight whose groups of ``m`` (along dim 1 at each kernel position) hold 0 to ``m``
+    nonzeros at random, with two rows and two inputs entirely zero."""
+    g = torch.Generator().manual_seed(seed)
+    k, c, *kernel = shape
+    moved = (k, *kernel, c // m, m)  # groups last, as the runtimes lay them out
+    counts = torch.randint(0, m + 1, moved[:-1], generator=g)[..., None]
+    ranks = torch.rand(moved, generator=g).argsort(-1).argsort(-1)
+    values = torch.randn(moved, generator=g) * (ranks < counts)
+    w = values.reshape(k, *kernel, c).movedim(-1, 1).contiguous()
+    w[[1, k - 2]] = 0
+    w[:, [0, c - 1]] = 0
+    return w
+
+
+PROBED_LAYERS = {
+    "linear": lambda: nn.Linear(96, 32),
+    "conv1d": lambda: nn.Conv1d(48, 8, 5),
+    "conv2d": lambda: nn.Conv2d(48, 16, 3),
+    "conv2d-1x1": lambda: nn.Conv2d(96, 16, 1),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(PROBED_LAYERS))
+@pytest.mark.parametrize("m", [2, 4, 6, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_probes_equal_a_position_by_position_count(
+    layer: str, m: int, dtype: torch.dtype
+) -> None:
+    module = PROBED_LAYERS[layer]().to(dtype)
+    shape = tuple(module.weight.shape)
+    with torch.no_grad():
+        module.weight.copy_(random_groups(shape, m, seed=m))
+    w = module.weight.detach()
+    patterns = [(n, m) for n in range(1, m)]
+    found = probe(module, w, patterns)
+    assert found is not None
+    # the truths, one position at a time
+    k, c = shape[:2]
+    kernel = list(itertools.product(*[range(s) for s in shape[2:]]))
+    nonzero = {
+        (r, i, *p): bool(w[(r, i, *p)] != 0) for r in range(k) for i in range(c) for p in kernel
+    }
+    assert int(found.nnz) == sum(nonzero.values())
+    rows = [any(nonzero[(r, i, *p)] for i in range(c) for p in kernel) for r in range(k)]
+    inputs = [any(nonzero[(r, i, *p)] for r in range(k) for p in kernel) for i in range(c)]
+    assert (found.live_rows != 0).tolist() == rows
+    assert found.live_inputs.tolist() == inputs
+    most = [
+        max(sum(nonzero[(r, g + j, *p)] for j in range(m)) for g in range(0, c, m) for p in kernel)
+        for r in range(k)
+    ]
+    for (n, _), violations in zip(patterns, found.violations, strict=True):
+        # rows holding a group of more than N nonzeros; a weight no kernel takes: one
+        taken = kernel_problem(w, (n, m)) is None
+        assert int(violations) == (sum(most_r > n for most_r in most) if taken else 1)
+
+
+def test_probes_read_from_a_shared_buffer_equal_fresh_ones() -> None:
+    # the recount reads every weight's zeros into one buffer, the largest weight's size
+    layers = [nn.Conv2d(48, 16, 3), nn.Linear(96, 32), nn.Conv2d(96, 16, 1)]
+    weights = [
+        random_groups(tuple(layer.weight.shape), 4, seed=i) for i, layer in enumerate(layers)
+    ]
+    flags = ZeroFlags(weights)
+    for layer, w in zip(layers, weights, strict=True):
+        shared, fresh = probe(layer, w, flags=flags.read(w)), probe(layer, w)
+        assert shared is not None
+        assert fresh is not None
+        assert int(shared.nnz) == int(fresh.nnz) == int(w.count_nonzero())
+        assert torch.equal(shared.live_rows, fresh.live_rows)
+        assert torch.equal(shared.live_inputs, fresh.live_inputs)
+        assert [int(v) for v in shared.violations] == [int(v) for v in fresh.violations]
+
+
+@pytest.mark.parametrize("realizable", [True, False, ["2:4", "1:4", "3:8"]])
+def test_every_parameters_nonzeros_equal_a_brute_count(realizable: bool | list[str]) -> None:
+    # the default count reads them off the probes' bytes, realizable=False off a read of
+    # its own; the last weight's 257 entries (a prime) fold no two rows' bytes together
+    model = nn.Sequential(
+        pruned_model(),
+        nn.Linear(10, 13 * 11),
+        nn.Unflatten(1, (13, 11)),
+        nn.Conv1d(13, 1, 11),
+        nn.Flatten(),
+        nn.Linear(1, 257),
+    )
+    with torch.no_grad():
+        model[1].weight[::3] = 0
+        model[3].weight[:, :, ::2] = 0
+        model[5].weight[::2] = 0
+    report = ls.measure(model, torch.zeros(1, 8, 8, 8), realizable=realizable)
+    brute = {
+        name: (p.numel(), sum(1 for v in p.detach().flatten().tolist() if v != 0))
+        for name, p in model.named_parameters()
+    }
+    assert report.parameters == brute

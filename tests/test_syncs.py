@@ -113,3 +113,27 @@ def test_the_probes_run_on_the_calling_thread_and_the_thread_count_is_restored(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_each_weight_is_read_once_on_the_callers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the one pass over a weight's values (a cast to bool) runs on every thread, as a bare
+    # count_nonzero sweep does: one OpenMP region per weight; the probes read its bytes on one
+    import lightning_sparsity.counting.realizable as realizable
+
+    seen: list[int] = []
+    real = realizable.zero_flags
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(realizable, "zero_flags", spy)
+    threads = torch.get_num_threads()
+    meter = ls.SparsityMeter(mlp(4), torch.zeros(1, 32))
+    try:
+        torch.set_num_threads(2)
+        meter.measure()
+        assert seen == [2, 2, 2, 2]  # the four weights, not the biases
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -324,18 +324,21 @@ class ChannelTracker:
         return tuple(tensors)
 
     def _escape(self, args: Any, kept: tuple[Any, ...]) -> None:
-        """Every followed tensor among ``args`` but ``kept`` leaves the trail: escaped."""
-        leaves, _ = tree_flatten(args)
-        for leaf in leaves:
-            if any(leaf is k for k in kept):
-                continue
-            found = self.lookup(leaf)
-            if found is not None:
-                self.escaped.update(s.producer for part in found.parts for s in part)
+        """Every followed tensor among an op's ``args`` but ``kept`` leaves the trail: escaped.
+
+        An aten op's arguments nest one level at most (``Tensor[]``).
+        """
+        for arg in args:
+            for leaf in arg if isinstance(arg, (list, tuple)) else (arg,):
+                if any(leaf is k for k in kept):
+                    continue
+                found = self.lookup(leaf)
+                if found is not None:
+                    self.escaped.update(s.producer for part in found.parts for s in part)
 
     def escape_outputs(self, outputs: Any) -> None:
         """The model's outputs leave the model: their producers' channels escaped."""
-        self._escape(outputs, ())
+        self._escape(tree_flatten(outputs)[0], ())
 
     def _carry(
         self, src: _Channels, func: torch._ops.OpOverload, args: tuple[Any, ...], out: Any, row: int

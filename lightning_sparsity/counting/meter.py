@@ -35,6 +35,8 @@ from lightning_sparsity.counting.realizable import (
     DEFAULT_PATTERNS,
     Form,
     Probe,
+    ZeroFlags,
+    count_ones,
     on_calling_thread,
     probe,
 )
@@ -299,7 +301,7 @@ class SparsityMeter:
             tensors given as the first argument, else dim 0 of the first input tensor (then
             re-inferred when ``example_input`` is replaced).
         realizable: also count realizable FLOPs at each :meth:`measure` (``True``: 2:4; a
-            list of ``"N:M"``; ``False``: skip them, a few reads of the weights fewer).
+            list of ``"N:M"``; ``False``: skip them, the bytes read off each weight only counted).
 
     Warns:
         UserWarning: once per meter, if the inferred batch size disagrees with the batch
@@ -343,7 +345,7 @@ class SparsityMeter:
             # the example input may have been replaced: its number of examples with it (an
             # empty batch fails before the trace)
             examples = _examples(self.example_input, self.per, self._batch_size_arg)
-            self._trace = trace(self.model, self.example_input)
+            self._trace = trace(self.model, self.example_input, slots=slots)
             self._signature = signature
             self.traces += 1
             self._divisor, self.batch_size, doubt = _settle(self.per, examples, self._trace.batches)
@@ -576,25 +578,29 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
         dead: dict[int, Tensor] = {}
         reads: list[tuple[ChannelFlow, Tensor | None]] = []
         kept_counts: list[tuple[int, Tensor]] = []
-        if patterns is not None:
-            with on_calling_thread(tensors):
-                probes = [probe(s.module, t, patterns) for s, t in zip(slots, tensors, strict=True)]
-            if current.flows and not any(is_sharded(t) for t in tensors):
-                uses = Counter(u.slot for u in current.uses)
-                rows = [None if p is None else p.live_rows for p in probes]
-                reads, dead, rows = dead_channels(current.flows, uses, tensors, rows)
-                for found, alive in zip(probes, rows, strict=True):
-                    if found is not None and alive is not None:
-                        found.live_rows = alive  # a depthwise row reading zeros only: dead
-                for flow, read_dead in reads:
-                    left = kept_constants(flow, rows, read_dead)
-                    if left is not None:
-                        kept_counts.append((flow.consumer, left.count_nonzero()))
-        # a probed weight's count comes with its probes; the others' here
-        counts: list[Tensor] = [
-            found.nnz if found is not None else local(t).count_nonzero()
-            for t, found in zip(tensors, probes, strict=True)
-        ]
+        flags = ZeroFlags(tensors)  # the values read on every thread, as a sweep reads them
+        with on_calling_thread(tensors):  # the rest: bytes and small tensors
+            if patterns is not None:
+                probes = [
+                    probe(s.module, t, patterns, flags.read(t))
+                    for s, t in zip(slots, tensors, strict=True)
+                ]
+                if current.flows and not any(is_sharded(t) for t in tensors):
+                    uses = Counter(u.slot for u in current.uses)
+                    rows = [None if p is None else p.live_rows for p in probes]
+                    reads, dead, rows = dead_channels(current.flows, uses, tensors, rows)
+                    for found, alive in zip(probes, rows, strict=True):
+                        if found is not None and alive is not None:
+                            found.live_rows = alive  # a depthwise row reading zeros only: dead
+                    for flow, read_dead in reads:
+                        left = kept_constants(flow, rows, read_dead)
+                        if left is not None:
+                            kept_counts.append((flow.consumer, left.count_nonzero()))
+            # a probed weight's count comes with its probes; the others' from the same read
+            counts: list[Tensor] = [
+                found.nnz if found is not None else _count(flags, t)
+                for t, found in zip(tensors, probes, strict=True)
+            ]
         # a part of a sharded weight is replayed on the whole one (rare: a sliced use)
         parts = [replay(whole(tensors[u.slot]), u.chain) for u in partial]  # type: ignore[arg-type]
         counts += [p.count_nonzero() for p in parts]
@@ -634,6 +640,12 @@ def _nonzeros(current: Trace, patterns: Sequence[Pattern] | None = None) -> _Cou
     for consumer, _ in kept_counts:
         kept[consumer] = kept.get(consumer, 0) + next(rest)
     return _Counts(nnz_slot, nnz_use, numel_use, forms, live, reads, kept)
+
+
+def _count(flags: ZeroFlags, t: Tensor) -> Tensor:
+    """The nonzeros of ``t`` (its local part): a weight's from one read, a vector's directly."""
+    read = flags.read(t, inputs_last=False)
+    return local(t).count_nonzero() if read is None else count_ones(read)
 
 
 def _report(

@@ -24,10 +24,16 @@ Per weight the cheaper of the two counts; unstructured zeros realize nothing. Us
 in slices (a packed projection with different query and key lengths) and ops without a
 weight count dense. The probes are device scalars read back with the nonzero counts, in the
 same host sync; sharded (``DTensor``) weights are probed on their shards.
+
+Each weight's values are read once, as a bare ``count_nonzero`` sweep reads them: cast to
+0/1 bytes, input dimension last (:func:`zero_flags`); the nonzero count, live rows, live
+inputs and N:M conformity all come from those bytes (:func:`probe`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +44,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_sparsity._shards import is_sharded, local, shard_group
-from lightning_sparsity.patterns import Pattern, group_view, kernel_problem, layout_problem
+from lightning_sparsity.patterns import Pattern, kernel_problem, layout_problem
 
-__all__ = ["DEFAULT_PATTERNS", "Form", "Probe", "on_calling_thread", "probe"]
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "Form",
+    "Probe",
+    "ZeroFlags",
+    "count_ones",
+    "on_calling_thread",
+    "probe",
+    "zero_flags",
+]
 
 DEFAULT_PATTERNS: tuple[Pattern, ...] = ((2, 4),)
 _ONCE = torch.empty(0)  # a holder for values every rank computes whole (not summed)
@@ -66,9 +81,9 @@ class Probe:
     """Device tensors of one weight, decoded into a :class:`Form` after the host sync."""
 
     nnz: Tensor  # the (local) weight's nonzeros, counted from the same flags
-    live_rows: Tensor  # uint8 per (local) row: 1 where the row holds a nonzero
+    live_rows: Tensor  # per (local) row: nonzero where the row holds a nonzero
     live_inputs: Tensor  # bool per input, OR-ed over the ranks when sharded
-    violations: list[Tensor]  # per usable pattern: groups holding more than N nonzeros
+    violations: list[Tensor]  # per usable pattern: rows with a group of more than N nonzeros
     holders: list[Tensor]  # what each violation count was counted over
     weight: Tensor
     rows: int
@@ -135,44 +150,153 @@ def on_calling_thread(tensors: Iterable[Tensor]) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class ZeroFlags:
+    """Reads each weight's zeros once into a buffer that the next weight reuses.
+
+    :meth:`read` is the recount's one pass over a weight's values, on the intra-op threads
+    there were when this was made, as a bare ``count_nonzero`` sweep reads them (one OpenMP
+    region per weight), also inside :func:`on_calling_thread`, where the probe then reads
+    the bytes. One buffer per device, as large as the largest (local) weight: no allocation
+    (and no page faults) per weight.
+
+    Args:
+        tensors: the weights that will be read (their sizes set the buffers').
+    """
+
+    def __init__(self, tensors: Iterable[Tensor]) -> None:
+        sizes: dict[torch.device, int] = {}
+        for t in tensors:
+            if t.dim() >= 2:
+                part = local(t)
+                sizes[part.device] = max(sizes.get(part.device, 0), part.numel())
+        self._sizes = sizes
+        self._buffers: dict[torch.device, Tensor] = {}
+        self._threads = torch.get_num_threads()
+
+    def read(self, weight: Tensor, *, inputs_last: bool = True) -> Tensor | None:
+        """:func:`zero_flags` of ``weight`` in the buffer (valid until the next read)."""
+        if weight.dim() < 2 or weight.numel() == 0:
+            return None
+        device = local(weight).device
+        buffer = self._buffers.get(device)
+        if buffer is None:
+            buffer = torch.empty(self._sizes[device], dtype=torch.bool, device=device)
+            self._buffers[device] = buffer
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            return zero_flags(weight, buffer, inputs_last=inputs_last)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def zero_flags(weight: Tensor, buffer: Tensor | None = None, *, inputs_last: bool = True) -> Tensor:
+    """``weight != 0`` (its local part) as contiguous 0/1 bytes laid out ``(K, *kernel, C)``.
+
+    The input dimension last, as :func:`lightning_sparsity.patterns.group_view` sees the
+    weight: a group of M is M consecutive bytes (``inputs_last=False``: the weight's own
+    order, cheaper for a kernel of several positions, enough to count). Written into the
+    front of ``buffer`` (bool, at least as long as the weight) when given; the one read of
+    the weight's values.
+    """
+    part = local(weight).detach()
+    moved = part.movedim(1, -1) if inputs_last else part
+    if buffer is None:
+        out = torch.empty(moved.shape, dtype=torch.bool, device=part.device)
+    else:
+        out = buffer[: moved.numel()].view(moved.shape)
+    # a cast to bool is ``!= 0`` (NaN included); on CPU it runs 4x faster than ``torch.ne``
+    # and twice as fast as ``count_nonzero`` on a dense weight (5x on a pruned one)
+    out.copy_(moved)
+    return out.view(torch.uint8)
+
+
+# the integer that holds a group of M 0/1 bytes as one word
+_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _most_per_group(rows: Tensor, m: int, *, overwrite: bool) -> Tensor:
+    """Per row of 0/1 bytes ``(K, L)``, the most ones in a group of ``m`` consecutive bytes.
+
+    Each group read as one little-endian word ``b0 + 256·b1 + …``, times ``1 + 256 + 256² +
+    …`` (``m`` terms): byte ``m − 1`` of the product is ``b0 + … + b(m−1)``, the group's
+    count (every partial sum is at most ``m``, so no byte carries), and the bytes below it
+    are less than one unit of it, so a row's largest product holds its largest count.
+    ``overwrite``: multiply in place (``rows`` is not read again).
+    """
+    # NB: the product overflows the word; its low bits are what two's complement keeps (the
+    # vector units and CUDA's integer multiply discard the high bits, as here)
+    words = rows.view(_WORDS[m])
+    spread = sum(256**i for i in range(m))
+    product = words.mul_(spread) if overwrite else words * spread
+    return product.amax(1) >> 8 * (m - 1)
+
+
+@functools.cache
+def _fold(numel: int) -> int:
+    """The largest divisor of ``numel`` up to 255: as many 0/1 bytes summed stay in a byte."""
+    return next(a for a in range(255, 0, -1) if numel % a == 0)
+
+
+def count_ones(flags: Tensor) -> Tensor:
+    """The number of ones in 0/1 bytes: byte sums of up to 255 rows first, vector-wide."""
+    return flags.view(_fold(flags.numel()), -1).sum(0, dtype=torch.uint8).sum()
+
+
 def probe(
-    module: nn.Module, weight: Tensor, patterns: Sequence[Pattern] = DEFAULT_PATTERNS
+    module: nn.Module,
+    weight: Tensor,
+    patterns: Sequence[Pattern] = DEFAULT_PATTERNS,
+    flags: Tensor | None = None,
 ) -> Probe | None:
     """The probes of one weight (no host sync), or ``None`` for a weight of under 2 dims.
 
-    Sharded weights: rows and pattern violations are counted on the shard (summed over ranks
-    later); the inputs' liveness is OR-ed over ranks here, with one all-reduce.
+    ``flags``: the weight's :func:`zero_flags` if read already; the probe overwrites them.
+    Everything else reads those bytes: the inputs' liveness and the nonzero count first,
+    then each group of M as one integer word whose largest product per row gives the rows'
+    liveness and the most nonzeros a group holds (:func:`_most_per_group`). Sharded weights:
+    rows and pattern violations are counted on the shard (summed over ranks later); the
+    inputs' liveness is OR-ed over ranks here, with one all-reduce.
     """
     if weight.dim() < 2 or weight.numel() == 0:
         return None
-    part = local(weight).detach()
-    # every reduction reads the 0/1 bytes of one ``!= 0``: max over bytes and counting
-    # nonzero bytes run at memory speed, where ``any`` over bools and a float
-    # ``count_nonzero`` (branchy on a mix of zeros) cost 5-10x more on CPU
-    flags = (part != 0).view(torch.uint8)
-    nnz = flags.count_nonzero()
-    rows_n, inputs_n = part.shape[0], part.shape[1]
-    live_rows = flags.reshape(rows_n, -1).amax(1)
-    per_input = flags.reshape(rows_n, inputs_n, -1)
-    if per_input.shape[2] > 1:  # kernel positions folded first (a view when 1)
-        per_input = per_input.amax(2)
-    live_inputs = per_input.reshape(rows_n, inputs_n).amax(0).bool()
+    if flags is None:
+        flags = zero_flags(weight)
+    rows_n, inputs_n = local(weight).shape[:2]
+    device = flags.device
+    if flags.numel() == 0:  # a shard of no rows
+        live_inputs = torch.zeros(inputs_n, dtype=torch.bool, device=device)
+    else:
+        # the maximum over 0/1 bytes and byte sums run at memory speed, where ``any`` over
+        # bools and ``count_nonzero`` cost several times more on CPU
+        live_inputs = flags.view(-1, inputs_n).amax(0).bool()
+    nnz = count_ones(flags)
     if is_sharded(weight):
         flags_in = live_inputs.to(torch.int32)
         dist.all_reduce(flags_in, op=dist.ReduceOp.MAX, group=shard_group([weight]))
         live_inputs = flags_in.bool()
+    usable = tuple(patterns) if layout_problem(module) is None else ()
+    # the pruner's rule (shape and dtype of the whole weight: no device work); a shard
+    # holds whole rows, so whole groups
+    takes = {p: kernel_problem(weight, p) is None for p in usable}
+    rows = flags.view(rows_n, math.prod(flags.shape[1:]))
+    sizes = list(dict.fromkeys(m for (n, m) in usable if takes[(n, m)]))
+    words = [m for m in sizes if m in _WORDS]
+    most: dict[int, Tensor] = {}
+    for m in sizes:  # group counts of other sizes before the words overwrite the bytes
+        if m not in words:
+            groups = rows.view(rows_n, rows.shape[1] // m, m)
+            most[m] = groups.sum(2, dtype=torch.uint8 if m < 256 else torch.int32).amax(1)
+    for m in words:
+        most[m] = _most_per_group(rows, m, overwrite=m == words[-1])
+    live_rows = next(iter(most.values())) if most else rows.amax(1)
     violations: list[Tensor] = []
     holders: list[Tensor] = []
-    usable = tuple(patterns) if layout_problem(module) is None else ()
     for n, m in usable:
-        # the pruner's rule (shape and dtype of the whole weight: no device work); a shard
-        # holds whole rows, so whole groups
-        if kernel_problem(weight, (n, m)) is not None:
-            # no kernel runs it: one violation, counted once
-            violations.append(torch.ones((), dtype=torch.int64, device=part.device))
-            holders.append(_ONCE)
-        else:  # groups holding more than N nonzeros, summed over the shards
-            per_group = group_view(flags, m).sum(1, dtype=torch.uint8)  # 1 byte per group
-            violations.append((per_group > n).count_nonzero())
+        if takes[(n, m)]:  # rows holding a group of more than N nonzeros, summed over shards
+            violations.append((most[m] > n).count_nonzero())
             holders.append(weight)
+        else:  # no kernel runs it: one violation, counted once
+            violations.append(torch.ones((), dtype=torch.int64, device=device))
+            holders.append(_ONCE)
     return Probe(nnz, live_rows, live_inputs, violations, holders, weight, rows_n, inputs_n, usable)

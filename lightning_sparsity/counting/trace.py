@@ -145,7 +145,9 @@ class _CountingMode(TorchDispatchMode):
         self.channels = ChannelTracker(modules, self.whole_weight)
 
     def mark(self, tensor: Tensor, slot: int) -> None:
-        self.prov[id(tensor)] = _Provenance(weakref.ref(tensor), slot, (), True)
+        found = self.prov.get(id(tensor))
+        if found is None or found.ref() is not tensor or found.slot != slot or found.chain:
+            self.prov[id(tensor)] = _Provenance(weakref.ref(tensor), slot, (), True)
 
     def source(self, value: Any) -> _Provenance | None:
         """Where ``value`` comes from, if it is (a view of) a weight."""
@@ -300,14 +302,26 @@ def _readers(model: nn.Module, slots: Sequence[Slot]) -> dict[int, list[Reader]]
             if i is not None:
                 held.setdefault(id(module), []).append((module, attr, i))
     out: dict[int, list[Reader]] = {}
-    for module in model.modules():
-        below = [entry for m in module.modules() for entry in held.get(id(m), ())]
-        if below:
-            out[id(module)] = below
-    return out
+
+    def below(module: nn.Module) -> list[Reader]:  # its subtree's, each module once
+        if id(module) not in out:
+            found = dict.fromkeys(held.get(id(module), ()))
+            for child in module.children():
+                found.update(dict.fromkeys(below(child)))
+            out[id(module)] = list(found)
+        return out[id(module)]
+
+    below(model)
+    return {key: entries for key, entries in out.items() if entries}
 
 
-def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> Trace:
+def trace(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    effective: bool = False,
+    slots: list[Slot] | None = None,
+) -> Trace:
     """Run one forward pass of ``model`` on ``example_input`` and record its costs.
 
     The model is left as found: train/eval flags, gradients, running statistics, hooks.
@@ -316,6 +330,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
         model: the model.
         example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
         effective: also count multiplications with both operands nonzero.
+        slots: ``find_slots(model)`` if the caller has them.
 
     Returns:
         The trace.
@@ -323,7 +338,7 @@ def trace(model: nn.Module, example_input: Any, *, effective: bool = False) -> T
     Raises:
         MeasureError: if the forward pass raises; the message shows the input's shapes.
     """
-    slots = find_slots(model)
+    slots = find_slots(model) if slots is None else slots
     modules = list(model.named_modules())
     row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
     mode = _CountingMode([m for _, m in modules], effective)
