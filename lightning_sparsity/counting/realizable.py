@@ -233,9 +233,9 @@ def _most_per_group(rows: Tensor, m: int, *, overwrite: bool) -> Tensor:
 
 
 @functools.cache
-def _fold(numel: int) -> int:
-    """The largest divisor of ``numel`` up to 255: as many 0/1 bytes summed stay in a byte."""
-    return next(a for a in range(255, 0, -1) if numel % a == 0)
+def _fold(n: int) -> int:
+    """The largest divisor of ``n`` up to 255: as many 0/1 bytes summed stay in a byte."""
+    return next(a for a in range(255, 0, -1) if n % a == 0)
 
 
 def count_ones(flags: Tensor) -> Tensor:
@@ -252,11 +252,12 @@ def probe(
     """The probes of one weight (no host sync), or ``None`` for a weight of under 2 dims.
 
     ``flags``: the weight's :func:`zero_flags` if read already; the probe overwrites them.
-    Everything else reads those bytes: the inputs' liveness and the nonzero count first,
-    then each group of M as one integer word whose largest product per row gives the rows'
-    liveness and the most nonzeros a group holds (:func:`_most_per_group`). Sharded weights:
-    rows and pattern violations are counted on the shard (summed over ranks later); the
-    inputs' liveness is OR-ed over ranks here, with one all-reduce.
+    Everything else reads those bytes: first the rows summed up to 255 at a time (a byte
+    holds each sum), whose sums give the nonzero count and the inputs' liveness; then each
+    group of M as one integer word whose largest product per row gives the rows' liveness
+    and the most nonzeros a group holds (:func:`_most_per_group`). Sharded weights: rows and
+    pattern violations are counted on the shard (summed over ranks later); the inputs'
+    liveness is OR-ed over ranks here, with one all-reduce.
     """
     if weight.dim() < 2 or weight.numel() == 0:
         return None
@@ -264,13 +265,16 @@ def probe(
         flags = zero_flags(weight)
     rows_n, inputs_n = local(weight).shape[:2]
     device = flags.device
-    if flags.numel() == 0:  # a shard of no rows
+    rows = flags.view(rows_n, math.prod(flags.shape[1:]))
+    # byte sums run at memory speed, where ``any`` over bools and ``count_nonzero`` cost
+    # several times more on CPU
+    fold = _fold(rows_n)
+    sums = rows.view(rows_n // fold, fold, rows.shape[1]).sum(1, dtype=torch.uint8)
+    nnz = sums.sum()
+    if rows_n == 0:  # a shard of no rows
         live_inputs = torch.zeros(inputs_n, dtype=torch.bool, device=device)
     else:
-        # the maximum over 0/1 bytes and byte sums run at memory speed, where ``any`` over
-        # bools and ``count_nonzero`` cost several times more on CPU
-        live_inputs = flags.view(-1, inputs_n).amax(0).bool()
-    nnz = count_ones(flags)
+        live_inputs = sums.view(-1, inputs_n).amax(0).bool()
     if is_sharded(weight):
         flags_in = live_inputs.to(torch.int32)
         dist.all_reduce(flags_in, op=dist.ReduceOp.MAX, group=shard_group([weight]))
@@ -279,7 +283,6 @@ def probe(
     # the pruner's rule (shape and dtype of the whole weight: no device work); a shard
     # holds whole rows, so whole groups
     takes = {p: kernel_problem(weight, p) is None for p in usable}
-    rows = flags.view(rows_n, math.prod(flags.shape[1:]))
     sizes = list(dict.fromkeys(m for (n, m) in usable if takes[(n, m)]))
     words = [m for m in sizes if m in _WORDS]
     most: dict[int, Tensor] = {}
