@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-__all__ = ["check_bools", "check_choice", "check_int"]
+__all__ = ["binds", "check_bools", "check_choice", "check_int", "import_path"]
 
 
 def check_int(
@@ -33,3 +35,21 @@ def check_bools(flags: Mapping[str, object], errors: list[str]) -> None:
     errors += [
         f"`{k}` must be a bool, got {v!r}" for k, v in flags.items() if not isinstance(v, bool)
     ]
+
+
+def binds(fn: Callable[..., Any], count: int) -> bool:
+    """Whether ``fn`` takes ``count`` positional arguments (true when its signature is unknown)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without one
+        return True
+    try:
+        signature.bind(*([None] * count))
+    except TypeError:
+        return False
+    return True
+
+
+def import_path(fn: Callable[..., Any]) -> str:
+    """A function by its import path (``module.qualname``), as settings record it."""
+    return f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"

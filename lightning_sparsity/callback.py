@@ -504,6 +504,7 @@ class SparsityCallbackLogic:
         pruner = self.pruning
         if pruner is not None:
             self._handles = [h for opt in trainer.optimizers for h in pruner.attach(opt)]
+            self._handles += pruner.observe(pl_module)  # what score= ranks by, if anything
             self._averages = AveragedCopies(pl_module, lambda: pruner._masked)
             for name in self._averages.attach(trainer.callbacks):
                 rank_zero_warn(
@@ -556,6 +557,8 @@ class SparsityCallbackLogic:
         if not self.controller.bound or (self.controller.last_epoch or 0) >= epoch:
             return  # no batch ran and no input was given; or this point is recorded
         self._reapply(pl_module, f"at the end of epoch {epoch}")
+        if self.pruning is not None and trainer.world_size > 1:
+            self.pruning.sync_scores()  # before the prune and the epoch's checkpoint
         outcome = self.controller.epoch_end(
             pl_module,
             epoch=epoch,

@@ -183,6 +183,7 @@ def flop_target(
     group: dist.ProcessGroup | None = None,
     floors: Sequence[int] | None = None,
     whole: Sequence[Tensor] | None = None,
+    scores: Sequence[Tensor] | None = None,
 ) -> FlopKeeps:
     """Keep masks whose sparse FLOPs land closest to ``target_flops`` (one global cut).
 
@@ -212,6 +213,9 @@ def flop_target(
             what pruning can reach.
         whole: The weights as the model holds them (``DTensor`` s when sharded), for the
             floors' counts over all ranks; default ``trained``.
+        scores: What the weights are ranked by, one tensor of each weight's shape
+            (:mod:`.scores`); default ``trained`` (magnitude). The FLOPs count ``trained``'s
+            nonzeros.
 
     Returns:
         The keep masks and the sparse FLOPs they give.
@@ -224,12 +228,13 @@ def flop_target(
     else:
         remove = fixed_flops + others + weight_flops - target_flops
     extra = [others] if isinstance(others, Tensor) else []
+    ranked = list(trained) if scores is None else list(scores)
     if norm is not None:
-        sources = _row_sources(trained, masks, costs, norm, group)
+        sources = _row_sources(ranked, masks, costs, norm, group)
         # rows over all ranks: entries / row length
         units = [n // max(1, math.prod(t.shape[1:])) for n, t in zip(sizes, trained, strict=True)]
     else:
-        sources = select.make_sources(trained, masks, None, costs, group=group)
+        sources = select.make_sources(ranked, masks, None, costs, group=group)
         units = sizes
     floors = [0] * len(trained) if floors is None else list(floors)
     # NB: a layer already below its floor keeps less than this (the warning only)
@@ -265,7 +270,7 @@ def flop_target(
         keeps = [k.to(mask_dtype(o)) for k, o in zip(unit_keeps, trained, strict=True)]
     fill = not_above and norm is None
     limit = max(costs, default=0.0) if fill and cut_found.key > 0 else 0.0
-    nnz, offers = _offers(trained, masks, keeps, costs, limit, sizes, group)
+    nnz, offers = _offers(trained, ranked, masks, keeps, costs, limit, sizes, group)
     kept = sum(c * z for c, z in zip(costs, nnz, strict=True))
     if fill:
         gap = target_flops - fixed_flops - other - kept
@@ -318,6 +323,7 @@ def _largest(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _offers(
     trained: Sequence[Tensor],
+    ranked: Sequence[Tensor],
     masks: Sequence[Tensor | None],
     keeps: Sequence[Tensor],
     costs: Sequence[float],
@@ -327,14 +333,17 @@ def _offers(
 ) -> tuple[list[int], _Offers]:
     """Read the nonzeros ``keeps`` leave and the candidates to keep back, in one host sync.
 
-    Per tensor: the nonzeros over all ranks, and from every rank the largest weights this
-    step pruned, as many as a gap of ``limit`` could hold (one all-gather when sharded).
+    Per tensor: the nonzeros over all ranks, and from every rank the highest ranked
+    (``|ranked|``) weights this step pruned, as many as a gap of ``limit`` could hold (one
+    all-gather when sharded).
     """
     device = trained[0].device
     parts: list[Tensor] = []
     sizes: list[int] = []
     chunk = chunk_size(device)
-    for weight, mask, keep, cost, numel in zip(trained, masks, keeps, costs, numels, strict=True):
+    for weight, rank_by, mask, keep, cost, numel in zip(
+        trained, ranked, masks, keeps, costs, numels, strict=True
+    ):
         parts.append(count_nonzero(weight, keep).to(torch.float64).reshape(1))
         # the same on every rank: offers are all-gathered
         k = min(numel, int(limit // cost) + 1) if 0 < cost <= limit else 0
@@ -342,6 +351,7 @@ def _offers(
         if k == 0:
             continue
         flat, kept = weight.detach().reshape(-1), keep.reshape(-1)
+        by = rank_by.detach().reshape(-1)
         before = None if mask is None else mask.reshape(-1)
         values = [torch.full((0,), -1.0, dtype=torch.float64, device=device)]
         index = [torch.zeros(0, dtype=torch.int64, device=device)]
@@ -350,7 +360,7 @@ def _offers(
             newly = (kept[a : a + chunk] == 0) & (w != 0)
             if before is not None:
                 newly &= before[a : a + chunk] != 0
-            scores = torch.where(newly, w.abs().to(torch.float64), -1.0)
+            scores = torch.where(newly, by[a : a + chunk].abs().to(torch.float64), -1.0)
             v, i = _largest(scores, k)
             values.append(v)
             index.append(i + a)
@@ -443,5 +453,5 @@ def fill_gap(
         group: The process group the weights are sharded over, or ``None``.
     """
     sizes = [t.numel() for t in trained]  # sharded: enough while a tensor's cost > 0
-    _, offers = _offers(trained, masks, keeps, costs, gap, sizes, group)
+    _, offers = _offers(trained, trained, masks, keeps, costs, gap, sizes, group)
     _keep_back(keeps, costs, offers, gap)

@@ -17,7 +17,6 @@ the current sparsity prunes nothing more (with a warning).
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 import weakref
@@ -30,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lightning_sparsity._checks import check_bools, check_choice, check_int
+from lightning_sparsity._checks import binds, check_bools, check_choice, check_int, import_path
 from lightning_sparsity._settings import Settings
 from lightning_sparsity._shards import nonfinite, shard_group
 from lightning_sparsity.patterns import (
@@ -57,6 +56,7 @@ from lightning_sparsity.pruning.floors import allowed, entry_floors, floor_count
 from lightning_sparsity.pruning.masks import STORAGES, Storage, param_name
 from lightning_sparsity.pruning.rows import expand_rows, row_scales, row_scores
 from lightning_sparsity.pruning.schedules import Schedule
+from lightning_sparsity.pruning.scores import SCORES, ScoreFn, ScoreName, Scores
 from lightning_sparsity.pruning.select import Cut, Source
 
 __all__ = ["DEFAULT_INCLUDE_TYPES", "DEFAULT_MIN_DENSITY", "MagnitudePruner", "erk_densities"]
@@ -133,19 +133,6 @@ def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
     return whole, shard_group(whole)
 
 
-def _takes_two(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn(name, parameter)`` binds (true when its signature cannot be read)."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin without one
-        return True
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        return False
-    return True
-
-
 def _fraction(value: object, *, closed: bool) -> bool:
     """Whether ``value`` is a number in ``[0, 1]`` (``closed``) or ``[0, 1)``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -165,6 +152,34 @@ def _per_layer_groups(
         ([src], min(round(s * n), n - k))
         for src, s, n, k in zip(sources, per_layer, sizes, floors, strict=True)
     ]
+
+
+def _after_grads(scorer: Scores, stepped: set[int]) -> Callable[..., Any]:
+    """A step pre-hook that accumulates ``scorer`` once the step's gradients are final.
+
+    ``optimizer.step()`` after ``backward()``: right away. ``optimizer.step(closure)`` (what
+    Lightning calls; the closure runs the forward and backward): after the closure, so the
+    gradients are this step's (Lightning's gradient clipping included). A step that AMP's
+    scaler skips never calls the optimizer: nothing is added.
+    """
+
+    def hook(optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # torch passes step's own arguments, the optimizer first
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            scorer.accumulate(stepped)
+            return None
+
+        def then_accumulate() -> Any:
+            loss = closure()
+            scorer.accumulate(stepped)
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": then_accumulate}
+        return (args[0], then_accumulate, *args[2:]), kwargs
+
+    return hook
 
 
 class _Forget:
@@ -246,6 +261,14 @@ class MagnitudePruner(Settings):
             ``{regex: number}`` over parameter FQNs (matched in full, the first match wins;
             like Torch-Pruning's ``pruning_ratio_dict``); a layer's floor is then
             ``max(min_density, 1 - cap)``.
+        score: What weights are ranked by (lowest pruned first), in every allocation,
+            granularity and FLOP target: ``"magnitude"`` (default), ``"random"`` (seeded),
+            ``"taylor"`` (``Σ|w·g|`` over the steps since the last prune), ``"movement"``
+            (``−Σ w·g``), ``"wanda"`` (``|w|·‖x‖₂`` of the layer inputs seen), or a function
+            ``(fqn, weight, state) -> scores``; see :mod:`lightning_sparsity.pruning.scores`.
+            The accumulating ones need :meth:`observe` and :meth:`attach` (the callback
+            calls both).
+        seed: The seed of ``score="random"`` (an int >= 0).
 
     Raises:
         ValueError: If any argument is invalid; all problems are reported at once.
@@ -268,6 +291,8 @@ class MagnitudePruner(Settings):
         pattern: str | None = None,
         min_density: float = DEFAULT_MIN_DENSITY,
         max_sparsity: float | Mapping[str, float] | None = None,
+        score: ScoreName | ScoreFn = "magnitude",
+        seed: int = 0,
     ) -> None:
         errors: list[str] = []
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -305,7 +330,7 @@ class MagnitudePruner(Settings):
         if not isinstance(parameter_name, str) or not parameter_name.isidentifier():
             errors.append(f"`parameter_name` must be an identifier, got {parameter_name!r}")
         named: list[re.Pattern[str]] = []
-        if callable(parameters) and not _takes_two(parameters):
+        if callable(parameters) and not binds(parameters, 2):
             errors.append(
                 "`parameters` as a function must take (name, parameter) and return a bool;"
                 f" {getattr(parameters, '__name__', parameters)!r} does not take two arguments"
@@ -375,6 +400,16 @@ class MagnitudePruner(Settings):
                 f" {pattern!r} at most {(m - n) / m:g} of the weights can be pruned"
                 f" ({m - n} of every {m})"
             )
+        if callable(score):
+            if not binds(score, 3):
+                errors.append(
+                    "`score` as a function must take (fqn, weight, state) and return the"
+                    f" scores; {getattr(score, '__name__', score)!r} does not take three"
+                    " arguments"
+                )
+        else:
+            check_choice("score", score, SCORES, errors)
+        check_int("seed", seed, errors)
         if errors:
             raise ValueError("MagnitudePruner: " + "; ".join(errors))
         self.schedule = schedule
@@ -394,6 +429,9 @@ class MagnitudePruner(Settings):
         self.max_sparsity = (
             dict(max_sparsity) if isinstance(max_sparsity, Mapping) else max_sparsity
         )
+        self.score = score
+        self.seed = seed
+        self._scorer = Scores(score, seed)
         self._caps = caps
         self._pattern = parsed
         self._include = patterns["include"]
@@ -624,18 +662,27 @@ class MagnitudePruner(Settings):
     ) -> None:
         tensors, current = _split(targets)
         whole, process_group = _whole(targets)
+        scores = self._scorer.of(targets, tensors, process_group)
         numels = [w.numel() for w in whole]  # over all ranks: the same scales
         scales = self._flop_scales(targets, numels, flops_per_nonzero)
         per_layer = layer_sparsities(self.allocation, sparsity, [tuple(w.shape) for w in whole])
         densities = self._floor_densities(targets)
         if self._pattern is not None:
-            keeps = self._pattern_keeps(tensors, current, sparsity, whole, process_group, densities)
+            keeps = self._pattern_keeps(scores, current, sparsity, whole, process_group, densities)
         elif self.structured:
             keeps = self._structured_keeps(
-                tensors, current, sparsity, scales, per_layer, whole, process_group, densities
+                tensors,
+                scores,
+                current,
+                sparsity,
+                scales,
+                per_layer,
+                whole,
+                process_group,
+                densities,
             )
         else:
-            sources = select.make_sources(tensors, current, scales, None, group=process_group)
+            sources = select.make_sources(scores, current, scales, None, group=process_group)
             floors = entry_floors(densities, whole)
             wanted = round(sparsity * sum(numels))
 
@@ -653,6 +700,7 @@ class MagnitudePruner(Settings):
             if per_layer is None:
                 self._warn_floors(allowed(wanted, sources, numels, protected), wanted, "entries")
         self._install(model, [(m, n) for _, m, n in targets], keeps)
+        self._scorer.reset()
 
     def _cap(self, name: str) -> float | None:
         """The ``max_sparsity`` of a parameter FQN: the first regex matching it in full."""
@@ -852,6 +900,7 @@ class MagnitudePruner(Settings):
     def _structured_keeps(
         self,
         tensors: list[Tensor],
+        scores: list[Tensor],
         current: list[Tensor | None],
         sparsity: float,
         scales: list[float] | None,
@@ -860,13 +909,13 @@ class MagnitudePruner(Settings):
         process_group: Any,
         densities: list[float],
     ) -> list[Tensor]:
-        """Row (dim 0) masks from the effective weights' row norms."""
-        scores, row_keeps, row_sizes = row_scores(tensors, current, self.norm)
+        """Row (dim 0) masks from the row norms of the effective entries' ``scores``."""
+        norms, row_keeps, row_sizes = row_scores(scores, current, self.norm)
         rows = [w.shape[0] if w.dim() else 1 for w in whole]
         floors = [floor_count(d, n) for d, n in zip(densities, rows, strict=True)]
         if per_layer is not None:
             groups = _per_layer_groups(
-                select.make_sources(scores, row_keeps, None, None, group=process_group),
+                select.make_sources(norms, row_keeps, None, None, group=process_group),
                 per_layer,
                 rows,
                 floors,
@@ -879,7 +928,7 @@ class MagnitudePruner(Settings):
                 factors = [a * b for a, b in zip(factors, scales, strict=True)]
             wanted = round(sparsity * sum(w.numel() for w in whole))
             weights = [float(n) for n in row_sizes]
-            sources = select.make_sources(scores, row_keeps, factors, weights, group=process_group)
+            sources = select.make_sources(norms, row_keeps, factors, weights, group=process_group)
 
             def cut(protected: list[int]) -> list[Tensor]:
                 target = allowed(wanted, sources, rows, protected)
@@ -961,6 +1010,7 @@ class MagnitudePruner(Settings):
         names = [param_name(fqn, name) for fqn, _, name in targets]
         tensors, current = _split(targets)
         whole, process_group = _whole(targets)
+        scores = self._scorer.of(targets, tensors, process_group)
         costs = [float(flops_per_nonzero.get(n, 0.0)) for n in names]
         if self._pattern is not None:  # whole groups: each removes M - N weights' FLOPs
             others = flops.other_flops(model, flops_per_nonzero, set(names), group=process_group)
@@ -969,7 +1019,7 @@ class MagnitudePruner(Settings):
                 fixed_flops + others + sum(c * w.numel() for c, w in zip(costs, whole, strict=True))
             )
             sources = self._group_sources(
-                tensors, current, [(m - n) * c for c in costs], process_group
+                scores, current, [(m - n) * c for c in costs], process_group
             )
             counts = [w.numel() // m for w in whole]
             floors = self._group_floors(self._floor_densities(targets), counts)
@@ -981,9 +1031,10 @@ class MagnitudePruner(Settings):
                 return select.keep_masks(sources, found)
 
             kept, _ = floored(sources, counts, floors, whole, cut)
-            keeps = self._to_pattern(tensors, current, [~keep for keep in kept])
+            keeps = self._to_pattern(scores, current, [~keep for keep in kept])
             params = [(m_, n_) for _, m_, n_ in targets]
             self._install(model, params, keeps)
+            self._scorer.reset()
             nnz = storage.nonzero_counts(params)
             return fixed_flops + others + sum(c * z for c, z in zip(costs, nnz, strict=True))
         densities = self._floor_densities(targets)
@@ -1003,8 +1054,10 @@ class MagnitudePruner(Settings):
             if self.structured
             else entry_floors(densities, whole),
             whole=whole,
+            scores=scores,
         )
         self._install(model, [(m, n) for _, m, n in targets], result.keeps)
+        self._scorer.reset()
         return result.flops
 
     # ------------------------------------------------------------------ masks and state
@@ -1182,10 +1235,41 @@ class MagnitudePruner(Settings):
         ref = weakref.ref(optimizer)
         self._attached.append(ref)
         storage.mask_state([optimizer], self._masked)
-        return [
+        handles = [
             optimizer.register_step_post_hook(lambda *_: self.enforce()),
             _Forget(self._attached, ref),
         ]
+        if self._scorer.accumulates:
+            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            handles.append(optimizer.register_step_pre_hook(_after_grads(self._scorer, stepped)))
+        return handles
+
+    def observe(self, model: nn.Module) -> list[Any]:
+        """Start collecting what ``score`` ranks by on ``model`` (nothing for the others).
+
+        ``"taylor"`` / ``"movement"``: the accumulators of the pruned weights, filled by the
+        step pre-hook :meth:`attach` registers; ``"wanda"``: forward pre-hooks on the pruned
+        layers summing their inputs' squares (in training mode). What a checkpoint's state
+        held (:meth:`load_state_dict`) continues here. The callback calls it at train start.
+
+        Returns:
+            The hook handles; ``handle.remove()`` on each stops the collection.
+
+        Raises:
+            ValueError: if the score cannot rank a chosen parameter (``"wanda"``: layers
+                other than Linear and convolutions), naming it.
+        """
+        if not self._scorer.accumulates:
+            return []
+        return self._scorer.observe(self._targets_or_raise(model), storage.trained)
+
+    def sync_scores(self) -> None:
+        """Sum what the ranks collected (``"wanda"``'s input norms) so rank 0 holds it.
+
+        Every DDP rank must call it (the callback does at each epoch end, before checkpoints
+        are written); a no-op in one process and for the other scores.
+        """
+        self._scorer.sync()
 
     def _optimizers(self) -> list[Any]:
         """The optimizers attached now (alive, not detached)."""
@@ -1203,13 +1287,18 @@ class MagnitudePruner(Settings):
         """
         model = self._model() if self._model is not None else None
         if model is None:
-            return {"last_sparsity": self.last_sparsity, **self._loaded}
+            kept = {"last_sparsity": self.last_sparsity, **self._loaded}
+            scores = self._scorer.state_dict()
+            return {**kept, "scores": scores} if scores else kept
         state: dict[str, Any] = {
             "last_sparsity": self.last_sparsity,
             "mask_storage": self.mask_storage,
         }
         if self._pattern is not None:  # the grouping the N:M masks were made in
             state["pattern_layout"] = PATTERN_LAYOUT
+        scores = self._scorer.state_dict()
+        if scores:
+            state["scores"] = scores
         if self.mask_storage == "prune":
             state["masks"] = {k: m.cpu() for k, m in self.masks(model).items()}
         else:
@@ -1224,6 +1313,7 @@ class MagnitudePruner(Settings):
         self._model = None
         self._masked = []
         self._loaded = {}
+        self._scorer = Scores(self.score, self.seed)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Read a :meth:`state_dict`; call :meth:`restore` to put its masks on a model.
@@ -1234,6 +1324,8 @@ class MagnitudePruner(Settings):
         self.last_sparsity = state_dict.get("last_sparsity")
         keys = ("masks", "masked", "pattern_layout")
         self._loaded = {k: v for k, v in state_dict.items() if k in keys}
+        if state_dict.get("scores"):
+            self._scorer.load_state_dict(state_dict["scores"])
 
     _SETTINGS = (
         "schedule",
@@ -1251,6 +1343,8 @@ class MagnitudePruner(Settings):
         "pattern",
         "min_density",
         "max_sparsity",
+        "score",
+        "seed",
     )
 
     def settings(self) -> dict[str, Any]:
@@ -1260,8 +1354,8 @@ class MagnitudePruner(Settings):
         for key in ("include_types", "include", "exclude"):
             out[key] = None if out[key] is None else list(out[key])
         if callable(self.parameters):  # a function, by its import path
-            fn = self.parameters
-            out["parameters"] = f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
+            out["parameters"] = import_path(self.parameters)
         elif self.parameters is not None:
             out["parameters"] = list(self.parameters)
+        out["score"] = self._scorer.name
         return out
