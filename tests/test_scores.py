@@ -27,6 +27,14 @@ SCORES = ["magnitude", "random", "taylor", "movement", "wanda"]
 NAMES = ["0.weight", "2.weight"]
 
 
+def _effective(layer: nn.Module) -> torch.Tensor:
+    """The weight the layer computes with now (``"prune"`` storage's ``layer.weight`` is
+    only recomputed at the next forward)."""
+    if hasattr(layer, "weight_orig"):
+        return (layer.weight_orig * layer.weight_mask).detach()
+    return layer.weight.detach()
+
+
 def _model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
@@ -47,15 +55,16 @@ def _train(model: nn.Sequential, opt: Any, record: Record, steps: int, gen: torc
     for _ in range(steps):
         x = torch.randn(9, 32, generator=gen)
         with torch.no_grad():  # the layer inputs, by hand
-            h = torch.relu(x @ model[0].weight.T + model[0].bias)
+            h = torch.relu(x @ _effective(model[0]).T + model[0].bias)
         for name, inp in zip(NAMES, (x, h), strict=True):
             record.sq[name] += (inp.double().numpy() ** 2).sum(0)
         loss = (model(x) - 1.0).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         for name, layer in zip(NAMES, (model[0], model[2]), strict=True):
-            w = layer.weight.detach().numpy().astype(np.float32)
-            g = layer.weight.grad.numpy().astype(np.float32)
+            trained = getattr(layer, "weight_orig", layer.weight)  # mask_storage="prune"
+            w = trained.detach().numpy().astype(np.float32)
+            g = trained.grad.numpy().astype(np.float32)
             record.wg[name].append(w * g)
         opt.step()
 
@@ -64,7 +73,7 @@ def _reference(score: str, model: nn.Sequential, record: Record, seed: int) -> l
     """Each weight's scores from the criterion's definition."""
     out = []
     for name, layer in zip(NAMES, (model[0], model[2]), strict=True):
-        w = layer.weight.detach().numpy().astype(np.float64)
+        w = _effective(layer).numpy().astype(np.float64)
         if score == "magnitude":
             s = np.abs(w)
         elif score == "random":
@@ -131,7 +140,7 @@ def _two_four(scores: np.ndarray, keep: np.ndarray, fraction: float) -> np.ndarr
 
 
 def _masks(model: nn.Sequential) -> list[np.ndarray]:
-    return [(layer.weight.detach() != 0).numpy() for layer in (model[0], model[2])]
+    return [(_effective(layer) != 0).numpy() for layer in (model[0], model[2])]
 
 
 def _two_rounds(score: str, make: Callable[[Any], ls.MagnitudePruner], prune: Any, brute: Any):
@@ -151,14 +160,17 @@ def _two_rounds(score: str, make: Callable[[Any], ls.MagnitudePruner], prune: An
         record.reset()
 
 
+@pytest.mark.parametrize("storage", ["inplace", "prune"])
 @pytest.mark.parametrize("score", SCORES)
-def test_global_entries_equal_a_brute_force(score: str) -> None:
+def test_global_entries_equal_a_brute_force(score: str, storage: str) -> None:
     def brute(scores: list[np.ndarray], keeps: list[np.ndarray], s: float) -> list[np.ndarray]:
         return _brute_global(scores, keeps, round(s * sum(x.size for x in scores)))
 
     _two_rounds(
         score,
-        lambda _: ls.MagnitudePruner(score=score, seed=7, min_density=0.0),
+        lambda _: ls.MagnitudePruner(
+            score=score, seed=7, min_density=0.0, mask_storage=storage  # type: ignore[arg-type]
+        ),
         lambda p, m, s: p.apply(m, s),
         brute,
     )
@@ -404,3 +416,18 @@ def test_a_fit_ranks_by_the_gradients_each_step_stepped_with(tmp_path: Path, sco
     expected = _brute_global(scores, [np.ones(s.shape, bool) for s in scores], round(0.5 * total))
     for e, layer in zip(expected, (model.fc1, model.fc2), strict=True):
         assert np.array_equal(e, (layer.weight.detach() != 0).numpy())
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(
+    "score", ["taylor", "wanda", pytest.param("random", marks=pytest.mark.slow)]
+)
+def test_ddp_ranks_with_different_data_prune_the_same_weights(tmp_path: Path, score: str) -> None:
+    """Each rank trains on its half of the data: taylor's gradients are averaged by DDP
+    before the step, wanda's input norms are summed over the ranks at the prune, random
+    draws from the seed and the name: identical masks, 70% of 640 weights pruned."""
+    from tests.fits import run_ranks
+
+    ranks = run_ranks("scores_ddp.py", tmp_path, score, timeout=300)
+    assert ranks[0]["masks_sha"] == ranks[1]["masks_sha"]
+    assert ranks[0]["pruned"] == round(0.7 * (16 * 32 + 32 * 4))

@@ -1,0 +1,86 @@
+"""A real DDP fit (gloo, 2 CPU processes) pruning by ``score=`` (argv[2]).
+
+Run as ``python scores_ddp.py OUT_DIR SCORE``; Lightning's ``ddp`` launcher re-runs this
+script for rank 1. The ranks see different halves of the data (DistributedSampler), so
+their layer inputs differ; each writes ``rank<N>.json`` with a digest of its masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_sparsity as ls
+
+
+class Net(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        # the second half of the examples 5x larger in the last 8 features: each rank's
+        # half gives other input norms
+        x = torch.randn(64, 16, generator=g)
+        x[1::2, 8:] *= 5.0
+        return DataLoader(TensorDataset(x, torch.arange(64) % 4), batch_size=8)
+
+
+def main(out: Path, score: str) -> None:
+    warnings.filterwarnings("ignore")
+    pl.seed_everything(0, verbose=False)
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.4, 0.7])
+    pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=5)
+    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    model = Net()
+    trainer.fit(model)
+    masks = torch.cat([m.flatten() for m in pruner.masks(model).values()]).to(torch.uint8)
+    result = {
+        "rank": trainer.global_rank,
+        "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
+        "pruned": int((masks == 0).sum()),
+    }
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    os._exit(0)  # see ddp_fit.py: no interpreter teardown under gloo
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
