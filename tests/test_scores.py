@@ -169,7 +169,10 @@ def test_global_entries_equal_a_brute_force(score: str, storage: str) -> None:
     _two_rounds(
         score,
         lambda _: ls.MagnitudePruner(
-            score=score, seed=7, min_density=0.0, mask_storage=storage  # type: ignore[arg-type]
+            score=score,
+            seed=7,
+            min_density=0.0,
+            mask_storage=storage,  # type: ignore[arg-type]
         ),
         lambda p, m, s: p.apply(m, s),
         brute,
