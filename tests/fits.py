@@ -108,6 +108,17 @@ class TinyMLP(TinyMixin, pl.LightningModule):
     """The model of ``tests/data/v1_tiny_mlp.ckpt`` (see make_v1_checkpoint.py there)."""
 
 
+class Learning(TinyMLP):
+    """TinyMLP, seeded, that learns (SGD 0.1, momentum 0.9): what gradient scores rank by."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -53,12 +53,27 @@ def pattern_budget() -> ls.SparsityCallback:
     return ls.SparsityCallback(pruner, budget, write_files=False, verbose=False)
 
 
+def scored(score: str):
+    """The schedule case ranking by ``score``: random draws per parameter name and seed
+    (each rank its rows of the same draw); wanda's input norms summed over the ranks equal
+    one process's over all the data."""
+
+    def case() -> ls.SparsityCallback:
+        schedule = ls.schedules.Cubic(0.8, start_epoch=0, end_epoch=3)
+        pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=4)
+        return ls.SparsityCallback(pruner, write_files=False, verbose=False)
+
+    return case
+
+
 CASES = {
     "schedule": schedule,
     "uniform": uniform,
     "adjust": adjust,
     "pattern": pattern,
     "pattern_budget": pattern_budget,
+    "random": scored("random"),
+    "wanda": scored("wanda"),
 }
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sparsity as ls
+from tests.fits import Learning
 
 SCORES = ["magnitude", "random", "taylor", "movement", "wanda"]
 NAMES = ["0.weight", "2.weight"]
@@ -315,23 +315,7 @@ def test_wanda_on_a_grouped_convolution_equals_its_definition() -> None:
 # ---------------------------------------------------------------------------- a real fit
 
 
-class Net(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
+class Net(Learning):
     def train_dataloader(self) -> DataLoader:
         """Other data each epoch (reloaded every epoch): a resume that lost what earlier
         epochs accumulated ranks differently, also for wanda's input norms."""
@@ -434,3 +418,23 @@ def test_ddp_ranks_with_different_data_prune_the_same_weights(tmp_path: Path, sc
     ranks = run_ranks("scores_ddp.py", tmp_path, score, timeout=300)
     assert ranks[0]["masks_sha"] == ranks[1]["masks_sha"]
     assert ranks[0]["pruned"] == round(0.7 * (16 * 32 + 32 * 4))
+
+
+def test_a_schedule_pruning_before_the_first_step_is_refused_at_fit_start(tmp_path: Path) -> None:
+    """Constant(s, start_epoch=0) prunes before training: taylor has nothing to rank by yet;
+    refused when the fit starts, before any epoch, naming the schedule."""
+    schedule = ls.schedules.Constant(0.5, start_epoch=0)
+    pruner = ls.MagnitudePruner(schedule=schedule, score="taylor")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ls.SparsityCallback(pruner, write_files=False, verbose=False)],
+    )
+    model = Net()
+    with pytest.raises(ValueError, match=r"prunes at epoch 0, before any step; start it at"):
+        trainer.fit(model)
+    assert trainer.global_step == 0

@@ -565,10 +565,19 @@ class MagnitudePruner(Settings):
 
         Raises:
             ValueError: If no parameter is chosen (saying which rule left out those that
-                matched), or the schedule asks for more sparsity than the per-layer floors
-                leave prunable.
+                matched), the schedule asks for more sparsity than the per-layer floors
+                leave prunable, or a ``score`` that collects during training cannot score a
+                chosen layer or would prune before the first step.
         """
         targets = self._targets_or_raise(model)
+        if self._scorer.accumulates:
+            self._scorer.problems_or_raise(targets)
+            if self.schedule is not None and self.schedule.first_prune(0) == 0:
+                raise ValueError(
+                    f"MagnitudePruner: score={self.score!r} ranks by what training collects,"
+                    f" but the schedule {self.schedule!r} prunes at epoch 0, before any step;"
+                    " start it at epoch 1 or later, or use score='magnitude' or 'random'"
+                )
         peak = None if self.schedule is None else self.schedule.peak()
         if peak is None or not peak:
             return

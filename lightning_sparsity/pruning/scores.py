@@ -36,8 +36,9 @@ Distributed: under DDP the gradients are averaged before the step, so ``taylor``
 ``movement`` accumulate the same values on every rank; ``wanda``'s input norms differ per
 rank and are all-reduced (summed) at each prune and by :meth:`Scores.sync` (the callback
 calls it at every epoch end, before checkpoints are written, so a resumed run holds the sum).
-Sharded (FSDP2) weights accumulate their local chunks; their accumulators are not kept in
-checkpoints (a resume starts them again, with a warning).
+Sharded (FSDP2) weights accumulate ``taylor``/``movement`` on their local chunks; those
+accumulators are not kept in checkpoints (a resume starts them again, with a warning);
+``wanda``'s per-feature sums are whole on every rank and summed over all of them.
 
 Signed scores (``movement``, callables) are shifted by the smallest score over all pruned
 weights (in ``float64``) before ranking: the order is kept, the ranking sees values ``>= 0``.
@@ -149,6 +150,15 @@ class Scores:
                 out.append(f"{_pname(fqn, name)}: {why}")
         return out
 
+    def problems_or_raise(self, targets: Sequence[Target]) -> None:
+        """Raise a ValueError naming the targets this criterion cannot score."""
+        bad = self.problems(targets)
+        if bad:
+            raise ValueError(
+                f"MagnitudePruner: score={self.name!r} cannot score {'; '.join(bad)}; prune"
+                " those with another score, or leave them out (exclude=, include_types=)"
+            )
+
     # ------------------------------------------------------------------ accumulation
     def observe(
         self, targets: Sequence[Target], trained: Callable[[nn.Module, str], Any]
@@ -162,18 +172,13 @@ class Scores:
         """
         if not self.accumulates:
             return []
-        bad = self.problems(targets)
-        if bad:
-            raise ValueError(
-                f"MagnitudePruner: score='wanda' cannot score {'; '.join(bad)}; prune those"
-                " with another score, or leave them out (exclude=, include_types=)"
-            )
+        self.problems_or_raise(targets)
         handles = []
         sums: dict[str, Tensor] = {}
         for fqn, module, name in targets:
             key = _pname(fqn, name)
             param = trained(module, name)
-            self._sharded |= is_sharded(param)
+            self._sharded |= self.score in _GRADS and is_sharded(param)  # local chunks
             self._params[key] = param
             self._modules[key] = module
             mine = local(param.detach())
@@ -237,10 +242,10 @@ class Scores:
             self.steps += 1
 
     def sync(self) -> None:
-        """Sum ``wanda``'s input norms over the DDP ranks: rank 0 holds the sum, others 0.
+        """Sum ``wanda``'s input norms over the ranks: rank 0 holds the sum, others 0.
 
-        Idempotent in the sum; a no-op in one process, for other criteria and sharded models.
-        Every rank must call it.
+        Idempotent in the sum; a no-op in one process and for the other criteria. Every
+        rank must call it.
         """
         if self.score not in _INPUTS or not self._sums or not _world():
             return
@@ -292,7 +297,7 @@ class Scores:
                 " come after a training step"
             )
         if self.score in _INPUTS:
-            if _world() and not self._sharded:
+            if _world():  # input features are whole on every rank (DDP and FSDP2)
                 self._summed_inputs()
             return [
                 _wanda(m, t, self._sums[_pname(f, n)], _first_row(m, n))
