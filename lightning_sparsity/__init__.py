@@ -28,7 +28,7 @@ from lightning_sparsity.counting import (
     measure,
 )
 from lightning_sparsity.loggers.resume import resume_version
-from lightning_sparsity.pruning import MagnitudePruner
+from lightning_sparsity.pruning import SET, MagnitudePruner, RigL
 from lightning_sparsity.speed import SpeedReport, speed
 from lightning_sparsity.sweeps import sweep
 
@@ -40,6 +40,7 @@ _moved.install()  # lightning_sparsity.budget, .guard, .controller, .oneshot, .s
 __version__ = "0.1.0"
 
 __all__ = [
+    "SET",
     "BudgetDecision",
     "BudgetError",
     "CostModel",
@@ -49,6 +50,7 @@ __all__ = [
     "MagnitudePruner",
     "MeasureError",
     "MetricGuard",
+    "RigL",
     "SparsityCallback",
     "SparsityController",
     "SparsityMeter",

@@ -12,6 +12,7 @@ step ``t`` (or at the global step with ``step="global_step"``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -504,7 +505,10 @@ class SparsityCallbackLogic:
         pruner = self.pruning
         if pruner is not None:
             self._handles = [h for opt in trainer.optimizers for h in pruner.attach(opt)]
-            self._handles += pruner.observe(pl_module)  # what score= ranks by, if anything
+            total = trainer.estimated_stepping_batches
+            steps = int(total) if math.isfinite(total) else None
+            # what score= ranks by, if anything; RigL's first masks and update plan
+            self._handles += pruner.observe(pl_module, steps)
             self._averages = AveragedCopies(pl_module, lambda: pruner._masked)
             for name in self._averages.attach(trainer.callbacks):
                 rank_zero_warn(

@@ -200,6 +200,12 @@ def check_pieces(
             "a FlopBudget with action='adjust' steers the pruner; pass"
             " `pruning=MagnitudePruner(...)` too"
         )
+    elif adjust and isinstance(pruning, MagnitudePruner) and not pruning.takes_targets:
+        value_errors.append(
+            f"a FlopBudget with action='adjust' sets pruning targets, but {pruning!r} keeps its"
+            " sparsity and moves connections: pass a budget with action='stop', or a"
+            " MagnitudePruner"
+        )
     elif adjust and isinstance(pruning, MagnitudePruner) and pruning.schedule is not None:
         value_errors.append(
             "a FlopBudget with action='adjust' sets the pruning targets itself; the"

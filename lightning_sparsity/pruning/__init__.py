@@ -1,12 +1,14 @@
 """Magnitude pruning: schedules, the exact global threshold, and the pruner.
 
-Modules: ``pruner`` (MagnitudePruner), ``select`` (exact global magnitude cuts), ``masks``
+Modules: ``pruner`` (MagnitudePruner), ``scores`` (what it ranks by), ``dynamic`` (RigL and
+SET: dynamic sparse training), ``select`` (exact global magnitude cuts), ``masks``
 (how a mask is stored on a module), ``allocation`` (a sparsity spread over layers), ``rows``
 (structured row scores), ``flops`` (pruning to a FLOP target), ``schedules``, ``chunks``
 (the slice size of every pass over the weights).
 """
 
 from lightning_sparsity.pruning import schedules, select
+from lightning_sparsity.pruning.dynamic import SET, RigL
 from lightning_sparsity.pruning.pruner import DEFAULT_INCLUDE_TYPES, MagnitudePruner, erk_densities
 from lightning_sparsity.pruning.schedules import (
     Constant,
@@ -29,6 +31,7 @@ from lightning_sparsity.pruning.select import (
 
 __all__ = [
     "DEFAULT_INCLUDE_TYPES",
+    "SET",
     "Constant",
     "Cubic",
     "Cut",
@@ -36,6 +39,7 @@ __all__ = [
     "FromCallable",
     "Linear",
     "MagnitudePruner",
+    "RigL",
     "Schedule",
     "Step",
     "erk_densities",

@@ -244,9 +244,12 @@ class _MaskGrad:
         self.module: Any = weakref.ref(module)
         self.param: Any = weakref.ref(param)
         self.name = name
+        self.dense = False  # let the whole gradient through (RigL's growth step)
         self.handle: Any = param.register_post_accumulate_grad_hook(self)
 
     def __call__(self, param: Tensor) -> None:
+        if self.dense:
+            return
         module = self.module()
         keep = None if module is None else module._buffers.get(self.name + _KEEP)
         if keep is None or param.grad is None or self.param() is not param:
@@ -269,6 +272,7 @@ class _MaskGrad:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.name = state["name"]
+        self.dense = False
         self.module = self.param = lambda: None
         self.handle = None
 
@@ -284,6 +288,18 @@ def _hook_grads(module: nn.Module, name: str) -> None:
         hook.remove()
     if param is not None and param.requires_grad:
         hooks[name] = _MaskGrad(module, name, param)
+
+
+def dense_grads(params: Iterable[tuple[nn.Module, str]], on: bool) -> None:
+    """Let backward's whole gradients through the ``"inplace"`` masks of ``params`` (or not).
+
+    While on, pruned entries keep their gradients (what RigL grows by); the caller zeroes
+    them before the optimizer steps (:func:`mask_grads`).
+    """
+    for module, name in params:
+        hook = module.__dict__.get(_GRAD_HOOKS, {}).get(name)
+        if hook is not None:
+            hook.dense = on
 
 
 def _unhook_grads(module: nn.Module, name: str) -> None:

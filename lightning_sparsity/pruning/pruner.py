@@ -22,7 +22,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.distributed as dist
@@ -133,7 +133,7 @@ def _whole(targets: list[Target]) -> tuple[list[Tensor], Any]:
     return whole, shard_group(whole)
 
 
-def _fraction(value: object, *, closed: bool) -> bool:
+def fraction(value: object, *, closed: bool) -> bool:
     """Whether ``value`` is a number in ``[0, 1]`` (``closed``) or ``[0, 1)``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -154,8 +154,8 @@ def _per_layer_groups(
     ]
 
 
-def _after_grads(scorer: Scores, stepped: set[int]) -> Callable[..., Any]:
-    """A step pre-hook that accumulates ``scorer`` once the step's gradients are final.
+def after_grads(then: Callable[[], None]) -> Callable[..., Any]:
+    """A step pre-hook that calls ``then()`` once the step's gradients are final.
 
     ``optimizer.step()`` after ``backward()``: right away. ``optimizer.step(closure)`` (what
     Lightning calls; the closure runs the forward and backward): after the closure, so the
@@ -167,17 +167,17 @@ def _after_grads(scorer: Scores, stepped: set[int]) -> Callable[..., Any]:
         # torch passes step's own arguments, the optimizer first
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            scorer.accumulate(stepped)
+            then()
             return None
 
-        def then_accumulate() -> Any:
+        def closure_then() -> Any:
             loss = closure()
-            scorer.accumulate(stepped)
+            then()
             return loss
 
         if "closure" in kwargs:
-            return args, {**kwargs, "closure": then_accumulate}
-        return (args[0], then_accumulate, *args[2:]), kwargs
+            return args, {**kwargs, "closure": closure_then}
+        return (args[0], closure_then, *args[2:]), kwargs
 
     return hook
 
@@ -361,7 +361,7 @@ class MagnitudePruner(Settings):
                     f"`pattern={pattern!r}` takes allocation 'global' or 'uniform', got"
                     f" {allocation!r}"
                 )
-        if not _fraction(min_density, closed=False):
+        if not fraction(min_density, closed=False):
             errors.append(f"`min_density` must be a number in [0, 1), got {min_density!r}")
         caps: list[tuple[re.Pattern[str], float]] = []
         if isinstance(max_sparsity, Mapping):
@@ -374,14 +374,14 @@ class MagnitudePruner(Settings):
                 except re.error as err:
                     errors.append(f"`max_sparsity` holds an invalid regex {regex!r}: {err}")
                     continue
-                if not _fraction(cap, closed=True):
+                if not fraction(cap, closed=True):
                     errors.append(
                         f"`max_sparsity[{regex!r}]` must be a number in [0, 1], got {cap!r}"
                     )
                     continue
                 caps.append((compiled, float(cap)))
         elif max_sparsity is not None:
-            if _fraction(max_sparsity, closed=True):
+            if fraction(max_sparsity, closed=True):
                 caps.append((re.compile(".*"), float(max_sparsity)))
             else:
                 errors.append(
@@ -1250,11 +1250,17 @@ class MagnitudePruner(Settings):
         ]
         if self._scorer.accumulates:
             stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            handles.append(optimizer.register_step_pre_hook(_after_grads(self._scorer, stepped)))
+            scorer = self._scorer
+            hook = after_grads(lambda: scorer.accumulate(stepped))
+            handles.append(optimizer.register_step_pre_hook(hook))
         return handles
 
-    def observe(self, model: nn.Module) -> list[Any]:
+    def observe(self, model: nn.Module, total_steps: int | None = None) -> list[Any]:
         """Start collecting what ``score`` ranks by on ``model`` (nothing for the others).
+
+        ``total_steps``: the optimizer steps the fit will run, when known (the callback
+        passes Lightning's estimate); dynamic sparse training (:class:`RigL`) ends its
+        updates at a fraction of it.
 
         ``"taylor"`` / ``"movement"``: the accumulators of the pruned weights, filled by the
         step pre-hook :meth:`attach` registers; ``"wanda"``: forward pre-hooks on the pruned
@@ -1336,7 +1342,10 @@ class MagnitudePruner(Settings):
         if state_dict.get("scores"):
             self._scorer.load_state_dict(state_dict["scores"])
 
-    _SETTINGS = (
+    #: whether a budget with ``action="adjust"`` may set this pruner's targets
+    takes_targets: ClassVar[bool] = True
+
+    _SETTINGS: ClassVar[tuple[str, ...]] = (
         "schedule",
         "allocation",
         "structured",
@@ -1359,12 +1368,14 @@ class MagnitudePruner(Settings):
     def settings(self) -> dict[str, Any]:
         """The constructor arguments (the schedule as its own settings; compared on resume)."""
         out = super().settings()
-        out["schedule"] = None if self.schedule is None else self.schedule.settings()
+        if "schedule" in out:
+            out["schedule"] = None if self.schedule is None else self.schedule.settings()
         for key in ("include_types", "include", "exclude"):
             out[key] = None if out[key] is None else list(out[key])
         if callable(self.parameters):  # a function, by its import path
             out["parameters"] = import_path(self.parameters)
         elif self.parameters is not None:
             out["parameters"] = list(self.parameters)
-        out["score"] = self._scorer.name
+        if "score" in out:
+            out["score"] = self._scorer.name
         return out

@@ -58,7 +58,15 @@ from torch import Tensor, nn
 from lightning_sparsity._checks import import_path
 from lightning_sparsity._shards import is_sharded, local
 
-__all__ = ["SCORES", "ScoreFn", "ScoreName", "ScoreState", "Scores", "random_scores"]
+__all__ = [
+    "SCORES",
+    "ScoreFn",
+    "ScoreName",
+    "ScoreState",
+    "Scores",
+    "random_scores",
+    "rows_of_rank",
+]
 
 ScoreName = Literal["magnitude", "random", "taylor", "movement", "wanda"]
 SCORES: tuple[ScoreName, ...] = ("magnitude", "random", "taylor", "movement", "wanda")
@@ -94,7 +102,7 @@ def random_scores(seed: int, fqn: str, shape: Sequence[int], device: torch.devic
     return torch.rand(tuple(shape), generator=generator, device=device, dtype=torch.float32)
 
 
-def _rows_of_rank(whole: Tensor) -> tuple[int, int]:
+def rows_of_rank(whole: Tensor) -> tuple[int, int]:
     """The first row and the row count of this rank's ``Shard(0)`` chunk (``torch.chunk``)."""
     rows = whole.shape[0]
     mesh = whole.device_mesh  # type: ignore[attr-defined]
@@ -321,7 +329,7 @@ class Scores:
         whole = _trained_param(module, name)
         key = _pname(fqn, name)
         if whole is not None and is_sharded(whole):
-            first, rows = _rows_of_rank(whole)
+            first, rows = rows_of_rank(whole)
             full = random_scores(self.seed, key, tuple(whole.shape), tensor.device)
             return full[first : first + rows]
         return random_scores(self.seed, key, tuple(tensor.shape), tensor.device)
@@ -408,7 +416,7 @@ def _in_features(module: nn.Module) -> int:
 def _first_row(module: nn.Module, name: str) -> int:
     """The first row this rank holds of a ``Shard(0)`` weight (0 for a whole one)."""
     whole = _trained_param(module, name)
-    return _rows_of_rank(whole)[0] if whole is not None and is_sharded(whole) else 0
+    return rows_of_rank(whole)[0] if whole is not None and is_sharded(whole) else 0
 
 
 def _wanda(module: nn.Module, weight: Tensor, squares: Tensor, first: int) -> Tensor:

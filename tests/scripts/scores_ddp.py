@@ -1,4 +1,4 @@
-"""A real DDP fit (gloo, 2 CPU processes) pruning by ``score=`` (argv[2]).
+"""A real DDP fit (gloo, 2 CPU processes) pruning by ``score=`` (argv[2]), or RigL / SET.
 
 Run as ``python scores_ddp.py OUT_DIR SCORE``; Lightning's ``ddp`` launcher re-runs this
 script for rank 1. The ranks see different halves of the data (DistributedSampler), so
@@ -36,8 +36,13 @@ class Net(Learning):
 def main(out: Path, score: str) -> None:
     warnings.filterwarnings("ignore")
     pl.seed_everything(0, verbose=False)
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.4, 0.7])
-    pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=5)
+    pruner: ls.MagnitudePruner
+    if score in ("rigl", "set"):  # 4 steps an epoch per rank: updates at 2, 4, 6
+        cls = ls.RigL if score == "rigl" else ls.SET
+        pruner = cls(0.7, allocation="uniform", delta_t=2, end_step=7, seed=5)
+    else:
+        schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.4, 0.7])
+        pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=5)
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
     trainer = pl.Trainer(
         strategy="ddp",
@@ -58,6 +63,7 @@ def main(out: Path, score: str) -> None:
         "rank": trainer.global_rank,
         "masks_sha": hashlib.sha256(masks.numpy().tobytes()).hexdigest(),
         "pruned": int((masks == 0).sum()),
+        "updates": getattr(pruner, "updates", None),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
     dist.barrier()
