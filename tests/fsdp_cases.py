@@ -66,6 +66,12 @@ def scored(score: str):
     return case
 
 
+def rigl() -> ls.SparsityCallback:
+    """RigL, an update every step until step 3 (each rank's batch: one step an epoch)."""
+    pruner = ls.RigL(0.8, allocation="uniform", delta_t=1, end_step=3, seed=4)
+    return ls.SparsityCallback(pruner, write_files=False, verbose=False)
+
+
 CASES = {
     "schedule": schedule,
     "uniform": uniform,
@@ -74,7 +80,10 @@ CASES = {
     "pattern_budget": pattern_budget,
     "random": scored("random"),
     "wanda": scored("wanda"),
+    "rigl": rigl,
 }
+#: cases whose sharded fit equals one process (RigL's steps see other batches there)
+SAME_AS_ONE_PROCESS = [c for c in CASES if c != "rigl"]
 
 
 def masks_digest(masks: dict[str, torch.Tensor]) -> str:

@@ -143,7 +143,36 @@ def rows_count_case(layers: int = 4) -> Case:
     return run
 
 
+def live_zeros_case() -> Case:
+    """Counts that land among live exact zeros (RigL's grown weights start at 0): the cut's
+    threshold is 0, its ties split, below the already pruned zeros. A rank subtracting the
+    already pruned of all ranks at every radix level counted those ties negative."""
+
+    def run(shard: Shard, group: dist.ProcessGroup | None, _: int) -> list[Tensor]:
+        g = torch.Generator().manual_seed(7)
+        full, prior = [], []
+        for shape in SHAPES[:4]:
+            t = torch.randn(shape, generator=g)
+            keep = torch.rand(shape, generator=g) < 0.5
+            grown = ~keep & (torch.rand(shape, generator=g) < 0.3)
+            keep |= grown
+            full.append(torch.where(keep & ~grown, t, torch.zeros(())))
+            prior.append(keep)
+        already = sum(int((~k).sum()) for k in prior)
+        zeros = sum(int(((t == 0) & k).sum()) for t, k in zip(full, prior, strict=True))
+        assert zeros > 6
+        out: list[Tensor] = []
+        for k in (already + 1, already + zeros // 3, already + zeros - 1):
+            out += select.masks_for_count(
+                [shard(t) for t in full], k, masks=_each(shard, prior), group=group
+            )
+        return out
+
+    return run
+
+
 CASES: dict[str, Case] = {
+    "live-zeros": live_zeros_case(),
     "count-float32": count_case(torch.float32),
     "count-float16": count_case(torch.float16),
     "count-bfloat16": count_case(torch.bfloat16),

@@ -472,13 +472,14 @@ class _Histogram:
         level 0 their counts ride along with the all-reduce (sharded sources), after the
         rows. Off-prefix entries, in the overflow bins, are out of the running sums.
         """
-        self.counts.index_add_(0, self.starts, -(state.excluded * state.at_zero))
+        # this process's pruned entries: the counts are all-reduced after (at every level)
+        self.counts.index_add_(0, self.starts, -(state.mine * state.at_zero))
         if self.weighted:
-            self.hist.index_add_(0, self.starts, -(state.excluded_weight * state.at_zero))
+            self.hist.index_add_(0, self.starts, -(state.mine_weight * state.at_zero))
         if level == 0:
-            self.counts[self.size :].copy_(state.excluded)
+            self.counts[self.size :].copy_(state.mine)
             if self.weighted:
-                self.hist[self.size :].copy_(state.excluded_weight)
+                self.hist[self.size :].copy_(state.mine_weight)
         group = self.sources[0].group
         if group is not None:
             dist.all_reduce(self.counts, group=group)
@@ -494,6 +495,8 @@ class _State:
     target: Tensor
     excluded: Tensor  # already pruned count: this process's until level 0's all-reduce
     excluded_weight: Tensor
+    mine: Tensor  # this process's already pruned count (what its histograms hold)
+    mine_weight: Tensor
     rem: Tensor  # what is left to take inside the chosen prefix: a count, or a weight
     prefix: Tensor  # the digits chosen so far, as one integer
     at_zero: Tensor  # 1 while every digit chosen is 0
@@ -534,6 +537,8 @@ class _State:
             target=target,
             excluded=excl_count,
             excluded_weight=excl_weight,
+            mine=excl_count,
+            mine_weight=excl_weight,
             rem=zero,
             prefix=torch.zeros(n, dtype=torch.int64, device=device),
             at_zero=torch.ones(n, dtype=torch.int64, device=device),

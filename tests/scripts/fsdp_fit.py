@@ -58,10 +58,13 @@ def main(out: Path, case: str) -> None:
         limit_val_batches=0,
     )
     trainer.fit(model)
+    whole = whole_masks(callback.pruning, model)
     result = {
         "rank": trainer.global_rank,
         "history": [p.to_dict() for p in callback.history],
-        "masks": masks_digest(whole_masks(callback.pruning, model)),
+        "masks": masks_digest(whole),
+        "live": [int(whole[name].sum()) for name in sorted(whole, key=list(whole).index)],
+        "updates": getattr(callback.pruning, "updates", None),
         "state_on_pruned": state_on_pruned(trainer.optimizers[0], callback.pruning, model),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
