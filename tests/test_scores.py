@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sparsity as ls
-from tests.fits import Learning
+from tests.score_fit import Net, fit
 
 SCORES = ["magnitude", "random", "taylor", "movement", "wanda"]
 NAMES = ["0.weight", "2.weight"]
@@ -315,43 +313,14 @@ def test_wanda_on_a_grouped_convolution_equals_its_definition() -> None:
 # ---------------------------------------------------------------------------- a real fit
 
 
-class Net(Learning):
-    def train_dataloader(self) -> DataLoader:
-        """Other data each epoch (reloaded every epoch): a resume that lost what earlier
-        epochs accumulated ranks differently, also for wanda's input norms."""
-        g = torch.Generator().manual_seed(self.current_epoch)
-        x = torch.randn(48, 16, generator=g) * torch.rand(16, generator=g) * 3
-        return DataLoader(TensorDataset(x, torch.arange(48) % 4), batch_size=16)
-
-
-def _fit(root: Path, score: str, epochs: int, ckpt: str | None = None) -> Net:
-    schedule = ls.schedules.Step(milestones=[2, 4], sparsities=[0.4, 0.7])
-    pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=3)
-    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        reload_dataloaders_every_n_epochs=1,
-    )
-    model = Net()
-    trainer.fit(model, ckpt_path=ckpt)
-    return model
-
-
 @pytest.mark.parametrize("score", ["taylor", "wanda"])
 def test_a_resume_between_prunes_continues_the_accumulation(tmp_path: Path, score: str) -> None:
     """Stopped after epoch 3 (accumulating since the prune at 2), resumed from its checkpoint
     to epoch 5: the masks and weights equal an uninterrupted run's. A resume that lost the
     accumulators would rank by epoch 4's steps alone."""
-    whole = _fit(tmp_path / "whole", score, 5)
-    _fit(tmp_path / "cut", score, 3)
-    resumed = _fit(tmp_path / "cut", score, 5, ckpt=str(tmp_path / "cut" / "ckpt" / "last.ckpt"))
+    whole = fit(tmp_path / "whole", score, 5)
+    fit(tmp_path / "cut", score, 3)
+    resumed = fit(tmp_path / "cut", score, 5, ckpt=str(tmp_path / "cut" / "ckpt" / "last.ckpt"))
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a.detach() != 0, b.detach() != 0)
         torch.testing.assert_close(a, b)
@@ -438,3 +407,32 @@ def test_a_schedule_pruning_before_the_first_step_is_refused_at_fit_start(tmp_pa
     with pytest.raises(ValueError, match=r"prunes at epoch 0, before any step; start it at"):
         trainer.fit(model)
     assert trainer.global_step == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("score", ["taylor", "wanda"])
+def test_a_fit_killed_mid_accumulation_resumes_as_if_never_killed(tmp_path: Path, score: str):
+    """SIGKILL after the first step of epoch 4 (steps since the prune at epoch 2 in the
+    accumulators); resumed from the last epoch-end checkpoint, Lightning runs epoch 4 again
+    from its start: masks and weights equal an uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fits import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "tests" / "scripts" / "kill_scores.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cut"), score],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr[-3000:]
+    whole = fit(tmp_path / "whole", score, 5)
+    resumed = fit(tmp_path / "cut", score, 5, ckpt=str(tmp_path / "cut" / "ckpt" / "last.ckpt"))
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
