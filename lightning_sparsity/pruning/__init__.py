@@ -14,6 +14,7 @@ from lightning_sparsity.pruning.schedules import (
     Exponential,
     FromCallable,
     Linear,
+    LotteryTicket,
     Schedule,
     Step,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Exponential",
     "FromCallable",
     "Linear",
+    "LotteryTicket",
     "MagnitudePruner",
     "Schedule",
     "Step",
