@@ -14,4 +14,13 @@ from lightning_sparsity.pruning.schedules import (
     Step,
 )
 
-__all__ = ["Constant", "Cubic", "Exponential", "FromCallable", "Linear", "LotteryTicket", "Schedule", "Step"]
+__all__ = [
+    "Constant",
+    "Cubic",
+    "Exponential",
+    "FromCallable",
+    "Linear",
+    "LotteryTicket",
+    "Schedule",
+    "Step",
+]

@@ -71,11 +71,8 @@ def effective(model: nn.Module) -> list[Tensor]:
     out = []
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            weight = getattr(module, "weight_orig", None)
-            if weight is not None:
-                weight = weight * module.weight_mask
-            else:
-                weight = module.weight
+            orig = getattr(module, "weight_orig", None)
+            weight = module.weight if orig is None else orig * module.weight_mask
             out += [weight.detach().clone(), module.bias.detach().clone()]
     return out
 
@@ -141,7 +138,9 @@ def hand_imp(k: int, epochs: int, rewind_optimizer: bool) -> dict[str, Any]:
             pruned = torch.topk(scores, n_prune, largest=False).indices
             flat = alive.clone()
             flat[pruned] = False
-            keeps = [part.view_as(w) for part, w in zip(flat.split([400, 100]), weights)]
+            keeps = [
+                part.view_as(w) for part, w in zip(flat.split([400, 100]), weights, strict=True)
+            ]
             mask_momentum()  # a prune clears the state of what it prunes
             # rewind every parameter to epoch k; pruned entries stay zero
             assert saved is not None
@@ -249,12 +248,11 @@ def test_resume_mid_round_equals_an_uninterrupted_fit(tmp_path: Path) -> None:
     k, epochs = 1, 9
     whole, whole_model = lightning_imp(tmp_path / "whole", k, epochs, True)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    lightning_imp(
-        tmp_path / "first", k, 4, True, callbacks=[checkpoint], enable_checkpointing=True
-    )
+    lightning_imp(tmp_path / "first", k, 4, True, callbacks=[checkpoint], enable_checkpointing=True)
     last = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(last, weights_only=False)["callbacks"]["SparsityCallback"]["rewind"]
-    assert state["epoch"] == k and all(t.device.type == "cpu" for t in state["weights"].values())
+    assert state["epoch"] == k
+    assert all(t.device.type == "cpu" for t in state["weights"].values())
     resumed, resumed_model = lightning_imp(
         tmp_path / "second", k, epochs, True, ckpt_path=str(last)
     )
@@ -338,7 +336,8 @@ def test_lottery_ticket_targets_and_epochs() -> None:
     want = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.2, 4: 0.2, 5: 0.36, 6: 0.36, 7: 0.488, 8: 0.488}
     assert {t: schedule(t) for t in want} == pytest.approx(want)
     assert [t for t in range(12) if schedule.is_pruning_epoch(t)] == [3, 5, 7]
-    assert schedule.last_epoch == 7 and schedule.peak() == pytest.approx(0.488)
+    assert schedule.last_epoch == 7
+    assert schedule.peak() == pytest.approx(0.488)
     assert schedule.first_prune(10) == 3
     assert ls.schedules.LotteryTicket(0.5, 2, 3).first_prune(10) == 3  # k = 0
     with pytest.raises(ValueError, match=r"`rate` must be a float in \(0, 1\), got 1.*`rounds`"):
@@ -371,7 +370,10 @@ LOTTERY = ls.schedules.LotteryTicket(0.2, 3, 2, rewind_epoch=1)
             r"`rewind_epoch=2` contradicts the schedule's LotteryTicket\(rewind_epoch=1\)",
         ),
         (
-            {"pruning": ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.5, 0, 4)), "rewind_epoch": 1},
+            {
+                "pruning": ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.5, 0, 4)),
+                "rewind_epoch": 1,
+            },
             ValueError,
             "`rewind_epoch=1` must come before the schedule's first prune, but Cubic prunes at"
             " epoch 1",
@@ -399,22 +401,37 @@ def test_bad_rewind_settings_are_refused(kwargs: dict, error: type, match: str) 
 
 def test_rewind_epoch_on_the_callback_with_another_schedule() -> None:
     same = ls.SparsityCallback(ls.MagnitudePruner(schedule=LOTTERY), rewind_epoch=1)
-    assert same.controller.rewind is not None and same.controller.rewind.epoch == 1
+    assert same.controller.rewind is not None
+    assert same.controller.rewind.epoch == 1
     step = ls.MagnitudePruner(schedule=ls.schedules.Step([3, 6], [0.5, 0.75]))
     callback = ls.SparsityCallback(step, rewind_epoch=2)
-    assert callback.controller.rewind is not None and callback.controller.rewind.epoch == 2
+    assert callback.controller.rewind is not None
+    assert callback.controller.rewind.epoch == 2
     plain = ls.SparsityCallback(ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.5, 0, 4)))
-    assert plain.controller.rewind is None and "rewind_epoch" not in plain.settings()
+    assert plain.controller.rewind is None
+    assert "rewind_epoch" not in plain.settings()
 
 
 def test_resume_without_the_copy_is_refused(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(ls.MagnitudePruner(schedule=LOTTERY))
     state = callback.state_dict()
-    state["history"] = [{"epoch": 2, "step": 2, "global_step": 8, "per": "example", "flops": 1,
-                         "flops_sparse": 1, "params": 1, "params_nonzero": 1}]
+    state["history"] = [
+        {
+            "epoch": 2,
+            "step": 2,
+            "global_step": 8,
+            "per": "example",
+            "flops": 1,
+            "flops_sparse": 1,
+            "params": 1,
+            "params_nonzero": 1,
+        }
+    ]
     state["rewind"] = {"epoch": 1}
     with pytest.raises(ValueError, match="holds no copy of the weights of that epoch"):
         callback.load_state_dict(state)
     state["rewind"] = {"epoch": 2, "weights": {}}
-    with pytest.raises(ValueError, match=r"holds the weights after 2 epochs .* keep rewind_epoch=2"):
+    with pytest.raises(
+        ValueError, match=r"holds the weights after 2 epochs .* keep rewind_epoch=2"
+    ):
         callback.load_state_dict(state)

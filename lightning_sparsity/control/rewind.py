@@ -41,7 +41,7 @@ from lightning_sparsity.pruning import masks as storage
 from lightning_sparsity.pruning.masks import param_name
 from lightning_sparsity.pruning.schedules import LotteryTicket
 
-__all__ = ["Rewind", "check_rewind", "rewind_epoch_of", "model_state"]
+__all__ = ["Rewind", "check_rewind", "model_state", "rewind_epoch_of"]
 
 Masked = Sequence[tuple[nn.Module, str]]
 
@@ -160,7 +160,7 @@ class Rewind:
 
     Lightning-free: :class:`~lightning_sparsity.SparsityController` calls :meth:`take` at
     the point of ``epoch`` and :meth:`apply` right after each prune; ``SparsityCallback``
-    :meth:`bind`\\ s the trainer's optimizers and LR schedulers.
+    gives it the trainer's optimizers and LR schedulers (:meth:`bind`).
 
     Args:
         epoch: ``k``: completed epochs after which the copy is taken (``0``: at fit start).
