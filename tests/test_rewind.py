@@ -348,14 +348,26 @@ def test_lottery_ticket_from_a_config() -> None:
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser()
-    parser.add_argument("--schedule", type=ls.schedules.Schedule)
-    config = {
-        "class_path": "lightning_sparsity.schedules.LotteryTicket",
-        "init_args": {"rate": 0.2, "rounds": 5, "epochs_per_round": 4, "rewind_epoch": 1},
-    }
-    cfg = parser.parse_object({"schedule": config})
-    schedule = parser.instantiate_classes(cfg).schedule
-    assert schedule == ls.schedules.LotteryTicket(0.2, 5, 4, 1)
+    parser.add_argument("--callback", type=ls.SparsityCallback)
+    config = parser.parse_string(
+        """
+        callback:
+          class_path: lightning_sparsity.SparsityCallback
+          init_args:
+            rewind_optimizer: true
+            pruning:
+              class_path: lightning_sparsity.MagnitudePruner
+              init_args:
+                schedule:
+                  class_path: lightning_sparsity.schedules.LotteryTicket
+                  init_args: {rate: 0.2, rounds: 5, epochs_per_round: 4, rewind_epoch: 1}
+        """
+    )
+    callback = parser.instantiate(config).callback
+    assert callback.pruning.schedule == ls.schedules.LotteryTicket(0.2, 5, 4, 1)
+    rewind = callback.controller.rewind
+    assert rewind is not None
+    assert (rewind.epoch, rewind.optimizer) == (1, True)
 
 
 LOTTERY = ls.schedules.LotteryTicket(0.2, 3, 2, rewind_epoch=1)
