@@ -1051,13 +1051,16 @@ class SparsityCallbackLogic:
         return final
 
     def _hparams(self) -> dict[str, Any]:
-        """The pruner, schedule, budget and guard settings, flat, for HParams."""
+        """The pruner, schedule, budget, guard and rewind settings, flat, for HParams."""
         pieces = {"pruning": self.pruning, "budget": self.budget, "guard": self.guard}
         out: dict[str, Any] = dict(self.hparams)
         for prefix, piece in pieces.items():
             if piece is not None:
                 out[f"{prefix}/type"] = type(piece).__name__
                 out.update(_flatten(piece.settings(), f"{prefix}/"))
+        rewind = self.controller.rewind
+        if rewind is not None:
+            out["rewind/epoch"], out["rewind/optimizer"] = rewind.epoch, rewind.optimizer
         return out
 
     def _write_hparams(self, trainer: Any, pl_module: Any) -> None:

@@ -419,6 +419,7 @@ def test_rewind_epoch_on_the_callback_with_another_schedule() -> None:
     callback = ls.SparsityCallback(step, rewind_epoch=2)
     assert callback.controller.rewind is not None
     assert callback.controller.rewind.epoch == 2
+    assert callback._hparams()["rewind/epoch"] == 2
     plain = ls.SparsityCallback(ls.MagnitudePruner(schedule=ls.schedules.Cubic(0.5, 0, 4)))
     assert plain.controller.rewind is None
     assert "rewind_epoch" not in plain.settings()
