@@ -253,8 +253,15 @@ def test_resume_mid_round_equals_an_uninterrupted_fit(tmp_path: Path) -> None:
     state = torch.load(last, weights_only=False)["callbacks"]["SparsityCallback"]["rewind"]
     assert state["epoch"] == k
     assert all(t.device.type == "cpu" for t in state["weights"].values())
+    again = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)  # the run goes on
     resumed, resumed_model = lightning_imp(
-        tmp_path / "second", k, epochs, True, ckpt_path=str(last)
+        tmp_path / "second",
+        k,
+        epochs,
+        True,
+        ckpt_path=str(last),
+        callbacks=[again],
+        enable_checkpointing=True,
     )
     for t in (5, 7):
         assert_same(resumed.masks[t], whole.masks[t], f"masks at epoch {t}")
