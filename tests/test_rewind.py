@@ -455,3 +455,24 @@ def test_resume_without_the_copy_is_refused(tmp_path: Path) -> None:
         ValueError, match=r"holds the weights after 2 epochs .* keep rewind_epoch=2"
     ):
         callback.load_state_dict(state)
+
+
+def test_taking_and_writing_back_the_copy_read_nothing_to_the_host() -> None:
+    """No host sync at all, whatever the number of layers (each would wait on a GPU)."""
+    from tests.test_syncs import count_reads
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)])
+    optimizer, scheduler = optimizer_and_scheduler(net.parameters())
+    net(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    pruner = ls.MagnitudePruner(schedule=ls.schedules.LotteryTicket(0.5, 1, 1))
+    pruner.attach(optimizer)
+    rewind = Rewind(0, optimizer=True)
+    rewind.bind([optimizer], [scheduler])
+    with count_reads() as calls:
+        rewind.take(net)
+    pruner.apply(net, 0.5)
+    with count_reads() as more:
+        rewind.apply(net, pruner._masked)
+    assert calls + more == []
