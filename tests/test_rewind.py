@@ -243,12 +243,17 @@ def test_fit_equals_a_hand_written_imp_loop(
         assert recorder.lrs[PRUNES(k)[0]] == pytest.approx(LR * GAMMA**k)
 
 
-def test_resume_mid_round_equals_an_uninterrupted_fit(tmp_path: Path) -> None:
-    """Stop after epoch 4 (round 2 of prunes at 3, 5, 7), resume from the checkpoint."""
+@pytest.mark.filterwarnings("ignore:.*prunes nothing by the fit's last epoch")  # stop=1
+@pytest.mark.parametrize("stop", [1, 4])
+def test_resume_mid_round_equals_an_uninterrupted_fit(tmp_path: Path, stop: int) -> None:
+    """Stop after epoch ``stop`` (1: the copy just taken; 4: in round 2 of the prunes at 3,
+    5, 7), resume from the checkpoint."""
     k, epochs = 1, 9
     whole, whole_model = lightning_imp(tmp_path / "whole", k, epochs, True)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    lightning_imp(tmp_path / "first", k, 4, True, callbacks=[checkpoint], enable_checkpointing=True)
+    lightning_imp(
+        tmp_path / "first", k, stop, True, callbacks=[checkpoint], enable_checkpointing=True
+    )
     last = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(last, weights_only=False)["callbacks"]["SparsityCallback"]["rewind"]
     assert state["epoch"] == k
@@ -263,11 +268,11 @@ def test_resume_mid_round_equals_an_uninterrupted_fit(tmp_path: Path) -> None:
         callbacks=[again],
         enable_checkpointing=True,
     )
-    for t in (5, 7):
+    for t in [t for t in PRUNES(k) if t > stop]:
         assert_same(resumed.masks[t], whole.masks[t], f"masks at epoch {t}")
         assert_same(resumed.weights[t], whole.weights[t], f"rewound weights at epoch {t}")
     assert_same(effective(resumed_model), effective(whole_model), "final weights")
-    assert resumed.lrs == whole.lrs[4:]
+    assert resumed.lrs == whole.lrs[stop:]
 
 
 # ---------------------------------------------------------------------- the Rewind itself
