@@ -203,6 +203,18 @@ class SparsityCallbackLogic:
             (:func:`lightning_sparsity.compact`, dead rows and channels removed) to
             ``model_compact.pt`` in the run directory, and its table to
             ``model_compact.md``; ``None`` writes nothing. One process only.
+        rewind_epoch: ``k``: right after each prune, write the model's weights back to their
+            values after ``k`` completed epochs (``0``: the initial weights), pruned entries
+            staying zero: iterative magnitude pruning with rewinding (Frankle & Carbin's
+            lottery tickets). The whole model is rewound (biases, norms and their buffers
+            too); the copy is taken at the point of epoch ``k``, kept on the weights' device
+            and in checkpoints. Default: the pruner's
+            :class:`~lightning_sparsity.schedules.LotteryTicket` schedule's ``rewind_epoch``
+            (a different one is refused), else no rewinding. Must come before the
+            schedule's first prune.
+        rewind_optimizer: also restore the optimizers' state (momentum, moments, learning
+            rates) and the LR schedulers' state of epoch ``k`` at each rewind; the pruned
+            entries' state is zeroed again. ``False``: they carry on.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -230,11 +242,22 @@ class SparsityCallbackLogic:
         hparams_experiment: bool = True,
         speed: bool = False,
         export: Literal["compact"] | None = None,
+        rewind_epoch: int | None = None,
+        rewind_optimizer: bool = False,
     ) -> None:
         # every argument checked at once; a wrong type wins over a wrong value
         type_errors: list[str] = []
         value_errors: list[str] = []
-        check_pieces(pruning, budget, guard, prune_every_n_steps, type_errors, value_errors)
+        check_pieces(
+            pruning,
+            budget,
+            guard,
+            prune_every_n_steps,
+            type_errors,
+            value_errors,
+            rewind_epoch,
+            rewind_optimizer,
+        )
         if export is not None:
             check_choice("export", export, ("compact",), value_errors)
         if input_from_batch is not None and not callable(input_from_batch):
@@ -287,8 +310,15 @@ class SparsityCallbackLogic:
         self.hparams_experiment = hparams_experiment
         self.speed = speed
         self.export = export
+        self.rewind_epoch = rewind_epoch
+        self.rewind_optimizer = rewind_optimizer
         self.controller = SparsityController(
-            pruning, budget, guard, prune_every_n_steps=prune_every_n_steps
+            pruning,
+            budget,
+            guard,
+            prune_every_n_steps=prune_every_n_steps,
+            rewind_epoch=rewind_epoch,
+            rewind_optimizer=rewind_optimizer,
         )
         self._dir: Path | None = None
         self._writer: HistoryWriter | None = None
@@ -503,6 +533,9 @@ class SparsityCallbackLogic:
         After a resume, the points it missed.
         """
         pruner = self.pruning
+        if self.controller.rewind is not None:
+            schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+            self.controller.rewind.bind(trainer.optimizers, schedulers)
         if pruner is not None:
             self._handles = [h for opt in trainer.optimizers for h in pruner.attach(opt)]
             total = trainer.estimated_stepping_batches
@@ -1025,13 +1058,16 @@ class SparsityCallbackLogic:
         return final
 
     def _hparams(self) -> dict[str, Any]:
-        """The pruner, schedule, budget and guard settings, flat, for HParams."""
+        """The pruner, schedule, budget, guard and rewind settings, flat, for HParams."""
         pieces = {"pruning": self.pruning, "budget": self.budget, "guard": self.guard}
         out: dict[str, Any] = dict(self.hparams)
         for prefix, piece in pieces.items():
             if piece is not None:
                 out[f"{prefix}/type"] = type(piece).__name__
                 out.update(_flatten(piece.settings(), f"{prefix}/"))
+        rewind = self.controller.rewind
+        if rewind is not None:
+            out["rewind/epoch"], out["rewind/optimizer"] = rewind.epoch, rewind.optimizer
         return out
 
     def _write_hparams(self, trainer: Any, pl_module: Any) -> None:

@@ -9,8 +9,18 @@ from lightning_sparsity.pruning.schedules import (
     Exponential,
     FromCallable,
     Linear,
+    LotteryTicket,
     Schedule,
     Step,
 )
 
-__all__ = ["Constant", "Cubic", "Exponential", "FromCallable", "Linear", "Schedule", "Step"]
+__all__ = [
+    "Constant",
+    "Cubic",
+    "Exponential",
+    "FromCallable",
+    "Linear",
+    "LotteryTicket",
+    "Schedule",
+    "Step",
+]

@@ -38,3 +38,16 @@ def test_ddp_ranks_agree_on_masks_and_stop_and_rank_zero_logs_once(tmp_path: Pat
     history = json.loads((log_dir / "sparsity_history.json").read_text())
     assert [row["epoch"] for row in history] == epochs
     assert (log_dir / "sparsity_curves.png").exists()
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # two processes: about a minute on a busy 2-core machine
+def test_ddp_ranks_rewind_alike(tmp_path: Path) -> None:
+    """LotteryTicket rounds at epochs 3, 5, 7 with rewinding to epoch 1 (and the optimizer)."""
+    ranks = run_ranks("ddp_rewind_fit.py", tmp_path, timeout=300)
+    assert ranks[0]["prunes"] == ranks[1]["prunes"] == [3, 5, 7]
+    assert ranks[0]["masks"] == ranks[1]["masks"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # every epoch end, rewound ones too
+    assert all(ranks[0]["rewound_ok"].values())
+    assert all(ranks[1]["rewound_ok"].values())
+    assert ranks[0]["lrs"] == ranks[1]["lrs"]

@@ -202,6 +202,7 @@ def test_exports():
         "Exponential",
         "FromCallable",
         "Linear",
+        "LotteryTicket",
         "Schedule",
         "Step",
         "Curve",

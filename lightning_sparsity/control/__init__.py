@@ -4,7 +4,9 @@
 - :mod:`.guard`: :class:`MetricGuard` (pause or undo pruning when a metric drops);
 - :mod:`.controller`: :class:`SparsityController`, one point at a time
   (:class:`HistoryPoint`); the callback only calls it;
-- :mod:`.oneshot`: :func:`prune_to_flops`, no training.
+- :mod:`.oneshot`: :func:`prune_to_flops`, no training;
+- :mod:`.rewind`: :class:`~.rewind.Rewind`, the copy of epoch ``k`` written back after each
+  prune (lottery tickets).
 """
 
 from lightning_sparsity.control.budget import BudgetDecision, BudgetError, FlopBudget, parse_flops

@@ -24,6 +24,7 @@ from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, slack
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
+from lightning_sparsity.control.rewind import Rewind, check_rewind, rewind_epoch_of
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
 from lightning_sparsity.pruning import MagnitudePruner
 
@@ -179,12 +180,18 @@ def check_pieces(
     prune_every_n_steps: object,
     type_errors: list[str],
     value_errors: list[str],
+    rewind_epoch: object = None,
+    rewind_optimizer: object = False,
 ) -> None:
     """Append what is wrong with the pieces and how they combine (nothing if all is well).
 
     A FlopBudget with ``action="adjust"`` steers a pruner without a schedule of its own, at
-    epoch ends; a MetricGuard guards a pruner.
+    epoch ends; a MetricGuard guards a pruner; rewinding follows a pruner's schedule (see
+    :func:`~lightning_sparsity.control.rewind.check_rewind`).
     """
+    check_rewind(
+        pruning, rewind_epoch, rewind_optimizer, prune_every_n_steps, type_errors, value_errors
+    )
     if pruning is not None and not isinstance(pruning, MagnitudePruner):
         type_errors.append(
             f"`pruning` must be a MagnitudePruner (or None), got {type(pruning).__name__}"
@@ -230,6 +237,12 @@ class SparsityController:
         guard: the metric guard, asked before each pruning step.
         prune_every_n_steps: the schedule's time counts pruning steps taken by
             :meth:`prune_step` instead of epochs.
+        rewind_epoch: after each prune, the model's weights go back to their values after
+            this many completed epochs, pruned entries staying zero (:attr:`rewind`, a
+            :class:`~lightning_sparsity.control.rewind.Rewind`); default: a LotteryTicket
+            schedule's ``rewind_epoch``, else no rewinding.
+        rewind_optimizer: rewind the optimizers' and LR schedulers' state too (bind them
+            with ``controller.rewind.bind(optimizers, schedulers)``).
     """
 
     def __init__(
@@ -239,10 +252,21 @@ class SparsityController:
         guard: MetricGuard | None = None,
         *,
         prune_every_n_steps: int | None = None,
+        rewind_epoch: int | None = None,
+        rewind_optimizer: bool = False,
     ) -> None:
         type_errors: list[str] = []
         value_errors: list[str] = []
-        check_pieces(pruning, budget, guard, prune_every_n_steps, type_errors, value_errors)
+        check_pieces(
+            pruning,
+            budget,
+            guard,
+            prune_every_n_steps,
+            type_errors,
+            value_errors,
+            rewind_epoch,
+            rewind_optimizer,
+        )
         if type_errors or value_errors:
             message = "SparsityController: " + "; ".join(type_errors + value_errors)
             raise TypeError(message) if type_errors else ValueError(message)
@@ -250,6 +274,8 @@ class SparsityController:
         self.budget = budget
         self.guard = guard
         self.prune_every_n_steps = prune_every_n_steps
+        k = rewind_epoch_of(pruning, rewind_epoch)
+        self.rewind = None if k is None else Rewind(k, rewind_optimizer)
         self.meter: SparsityMeter | None = None
         self.report: SparsityReport | None = None
         self.stopped: BudgetDecision | None = None
@@ -273,7 +299,7 @@ class SparsityController:
         self.meter = None
         self.report = None
         self.stopped = None
-        for piece in (self.budget, self.guard, self.pruning):
+        for piece in (self.budget, self.guard, self.pruning, self.rewind):
             if piece is not None:
                 piece.reset()
 
@@ -322,6 +348,11 @@ class SparsityController:
             "budget": None if self.budget is None else self.budget.settings(),
             "guard": None if self.guard is None else self.guard.settings(),
             "prune_every_n_steps": self.prune_every_n_steps,
+            **(
+                {}
+                if self.rewind is None
+                else {"rewind_epoch": self.rewind.epoch, "rewind_optimizer": self.rewind.optimizer}
+            ),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -338,6 +369,8 @@ class SparsityController:
             state["budget"] = self.budget.state_dict()
         if self.guard is not None:
             state["guard"] = self.guard.state_dict()
+        if self.rewind is not None:
+            state["rewind"] = self.rewind.state_dict()
         if self._state.good is not None:
             state["good"] = {
                 part: {k: t.cpu() for k, t in tensors.items()}
@@ -362,6 +395,20 @@ class SparsityController:
             if guard_state is None and "budget" in state:  # v1 kept the guard in the budget
                 guard_state = {"best": state["budget"].get("best_metric")}
             self.guard.load_state_dict(guard_state or {})
+        if self.rewind is not None:
+            self._load_rewind(state.get("rewind") or {})
+
+    def _load_rewind(self, state: Mapping[str, Any]) -> None:
+        """Read the copy to rewind to; refuse a fit past its epoch that has none."""
+        assert self.rewind is not None
+        self.rewind.load_state_dict(state)
+        last = self.last_epoch
+        if not self.rewind.taken and last is not None and last >= self.rewind.epoch:
+            raise ValueError(
+                f"lightning_sparsity: this fit rewinds to epoch {self.rewind.epoch}, but the"
+                f" checkpoint (epoch {last}) holds no copy of the weights of that epoch (saved"
+                " without rewinding?): start a new fit, or resume without rewinding"
+            )
 
     # ------------------------------------------------------------------ points
 
@@ -411,6 +458,8 @@ class SparsityController:
         ):
             pruning = self._apply_schedule(model, epoch)
             report = meter.measure()
+        if self.rewind is not None and self.rewind.epoch == epoch:
+            self.rewind.take(model)
         return self._record(model, report, epoch, global_step, step, pruning, None)
 
     def epoch_end(
@@ -424,7 +473,10 @@ class SparsityController:
         agree: Agree = _same,
         gather: Gather = _alone,
     ) -> Outcome:
-        """After ``epoch`` completed epochs: prune (if due), measure, evaluate, record.
+        """After ``epoch`` completed epochs: prune (if due), rewind, measure, evaluate, record.
+
+        With rewinding, the copy is taken at the point of its epoch, and written back right
+        after each prune (before the count).
 
         Args:
             model: the model.
@@ -442,8 +494,14 @@ class SparsityController:
         """
         pruning: str | None = None
         check: GuardCheck | None = None
+        rewind = self.rewind
+        if rewind is not None and rewind.epoch == epoch:
+            rewind.take(model)  # before the schedule's first prune (checked)
         if self.pruning is not None and self.prune_every_n_steps is None:
             pruning, check = self._prune(model, epoch, metrics or {}, agree, gather)
+        if rewind is not None and pruning == "pruned":
+            assert self.pruning is not None
+            rewind.apply(model, self.pruning._masked)
         report = self._meter().measure()
         if pruning == "pruned" and not self._pruned_more(model, report):
             pruning = None  # the masks were already there (a budget met and held)

@@ -16,6 +16,7 @@ from lightning_sparsity.pruning.schedules import (
     Exponential,
     FromCallable,
     Linear,
+    LotteryTicket,
     Schedule,
     Step,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Exponential",
     "FromCallable",
     "Linear",
+    "LotteryTicket",
     "MagnitudePruner",
     "RigL",
     "Schedule",

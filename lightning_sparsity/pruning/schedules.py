@@ -42,6 +42,7 @@ __all__ = [
     "Exponential",
     "FromCallable",
     "Linear",
+    "LotteryTicket",
     "Schedule",
     "Step",
     "ramp",
@@ -440,3 +441,67 @@ class FromCallable(Schedule):
     def is_pruning_epoch(self, epoch: int) -> bool:
         """True every epoch up to ``last_epoch`` (every epoch when it is ``None``)."""
         return self.last_epoch is None or epoch <= self.last_epoch
+
+
+@dataclass(frozen=True)
+class LotteryTicket(Schedule):
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
+
+    Each round trains ``epochs_per_round`` epochs past the rewind point, then prunes
+    ``rate`` of the surviving weights; the survivors go back to their values after
+    ``rewind_epoch`` completed epochs (the callback does that, see
+    :class:`~lightning_sparsity.SparsityCallback`), and the next round trains again. Round
+    ``r`` ends at ``t_r = rewind_epoch + r * epochs_per_round`` (so every round's weights
+    have ``rewind_epoch + epochs_per_round`` epochs of training behind them), and the target
+    from ``t_r`` on is ``1 - (1 - rate) ** r``, for ``r = 1 .. rounds``: ``0.0`` before
+    ``t_1``. With a global allocation exactly ``round(target * N)`` of the ``N`` weights are
+    pruned, which is ``rate`` of the survivors up to the rounding of one weight.
+
+    Train to ``rewind_epoch + (rounds + 1) * epochs_per_round`` epochs (``max_epochs``) to
+    train the last ticket once more after its rewind.
+
+    Args:
+        rate: The fraction of the surviving weights each round prunes, in ``(0, 1)``
+            (Frankle & Carbin's ``p``, e.g. ``0.2``).
+        rounds: How many rounds prune, >= 1.
+        epochs_per_round: Epochs trained after each rewind before the next prune, >= 1.
+        rewind_epoch: ``k``: the survivors rewind to their values after ``k`` completed
+            epochs (``0``: the weights the fit starts with, as in the 2019 paper; a few
+            epochs, "late rewinding", as in the 2020 one).
+
+    Raises:
+        ValueError: If an argument is out of range (all are reported at once).
+    """
+
+    rate: float
+    rounds: int
+    epochs_per_round: int
+    rewind_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        if not _is_real(self.rate) or not 0.0 < float(self.rate) < 1.0:
+            errors.append(f"`rate` must be a float in (0, 1), got {self.rate!r}")
+        check_int("rounds", self.rounds, errors, minimum=1)
+        check_int("epochs_per_round", self.epochs_per_round, errors, minimum=1)
+        check_int("rewind_epoch", self.rewind_epoch, errors)
+        _raise(type(self), errors)
+
+    def round_at(self, epoch: int) -> int:
+        """How many rounds have pruned after ``epoch`` completed epochs (``0`` .. ``rounds``)."""
+        done = max(0, epoch - self.rewind_epoch) // self.epochs_per_round
+        return min(done, self.rounds)
+
+    def _target(self, epoch: int) -> float:
+        return 1.0 - (1.0 - float(self.rate)) ** self.round_at(epoch)
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """True at ``rewind_epoch + r * epochs_per_round`` for ``r = 1 .. rounds``."""
+        since = epoch - self.rewind_epoch
+        every = self.epochs_per_round
+        return since > 0 and since % every == 0 and since // every <= self.rounds
+
+    @property
+    def last_epoch(self) -> int:
+        """``rewind_epoch + rounds * epochs_per_round``: the last round's prune."""
+        return self.rewind_epoch + self.rounds * self.epochs_per_round
