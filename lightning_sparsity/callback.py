@@ -118,6 +118,12 @@ def default_input_from_batch(batch: Any) -> Any:
     )
 
 
+def _examples(value: Any) -> int:
+    """The examples in a model input: its first tensor's leading size (1 without one)."""
+    first = next((t for t in tree_flatten(value)[0] if isinstance(t, Tensor) and t.dim()), None)
+    return 1 if first is None else int(first.shape[0])
+
+
 def _first_example(value: Any) -> Any:
     """Slice every tensor to its first example (batch of one)."""
     return tree_map(lambda t: t[:1] if isinstance(t, Tensor) and t.dim() > 0 else t, value)
@@ -196,6 +202,11 @@ class SparsityCallbackLogic:
             besides the run's values. TensorBoard takes it from any one run of its log
             directory: a sweep turns it off in its dense baseline, whose settings lack the
             pruner's and budget's, so the columns are those of a run that has them.
+        train_flops: count the training FLOPs that ran (``sparsity/train_flops`` per epoch,
+            ``sparsity/train_flops_total`` over the fit, dense and sparse: every training
+            batch's examples times its forward and backward at the masks it ran with;
+            :mod:`lightning_sparsity.control.compute`). A model whose training step cannot
+            be traced is warned about once and trains on, uncounted.
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
@@ -240,6 +251,7 @@ class SparsityCallbackLogic:
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
         hparams_experiment: bool = True,
+        train_flops: bool = True,
         speed: bool = False,
         export: Literal["compact"] | None = None,
         rewind_epoch: int | None = None,
@@ -270,6 +282,7 @@ class SparsityCallbackLogic:
             "prog_bar": prog_bar,
             "verbose": verbose,
             "speed": speed,
+            "train_flops": train_flops,
             "hparams_experiment": hparams_experiment,
         }
         check_bools(flags, type_errors)
@@ -309,6 +322,7 @@ class SparsityCallbackLogic:
         self.hparams = dict(hparams or {})
         self.hparams_experiment = hparams_experiment
         self.speed = speed
+        self.train_flops = train_flops
         self.export = export
         self.rewind_epoch = rewind_epoch
         self.rewind_optimizer = rewind_optimizer
@@ -573,11 +587,15 @@ class SparsityCallbackLogic:
             self._begin(trainer, pl_module, batch)
         elif batch_idx == 0:
             self._reapply(pl_module, f"at the start of epoch {int(trainer.current_epoch)}")
+        if self.train_flops and self.controller.bound:
+            self.controller.batch_start(pl_module)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """With ``prune_every_n_steps``: prune every N optimizer steps."""
+        """Count the batch's training FLOPs; with ``prune_every_n_steps``: prune every N steps."""
+        if self.train_flops and self.controller.bound:
+            self.controller.batch_end(_examples(self._from_batch(batch)))
         every = self.prune_every_n_steps
         if every is None or not self.controller.bound or self.frozen:
             return
@@ -930,6 +948,14 @@ class SparsityCallbackLogic:
             "sparsity/params_nonzero": float(point.params_nonzero),
             "sparsity/param_sparsity": point.param_sparsity,
         }
+        if point.train_flops is not None:  # the training steps that ran, all examples
+            for key in (
+                "train_flops",
+                "train_flops_dense",
+                "train_flops_total",
+                "train_flops_dense_total",
+            ):
+                metrics[f"sparsity/{key}"] = float(getattr(point, key))
         if point.target_sparsity is not None:
             metrics["sparsity/target_sparsity"] = point.target_sparsity
         if point.pruned_sparsity is not None:
@@ -1053,6 +1079,8 @@ class SparsityCallbackLogic:
             "sparsity/final_param_sparsity": last.param_sparsity,
             f"sparsity/final_flops_sparse_per_{last.per}": float(last.flops_sparse),
         }
+        if last.train_flops_total is not None:
+            final["sparsity/final_train_flops_total"] = float(last.train_flops_total)
         if last.budget_slack is not None:
             final["budget/final_slack"] = last.budget_slack
         return final

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
+from lightning_sparsity.control.compute import TrainCompute
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, slack
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.control.rewind import Rewind, check_rewind, rewind_epoch_of
@@ -76,6 +77,12 @@ class HistoryPoint:
         budget_scheduled: with ``action="adjust"``, the value allowed at this point.
         budget_status: ``"within"``, ``"on_schedule"``, ``"over"`` or ``"missed"`` (see
             :class:`~lightning_sparsity.BudgetDecision`).
+        train_flops: sparse training FLOPs of the epoch ending at this point (every
+            training batch that ran: examples × the step's forward and backward, over all
+            ranks; :mod:`~lightning_sparsity.control.compute`); ``0`` at the first point.
+        train_flops_dense: the same with dense kernels.
+        train_flops_total: sparse training FLOPs since the fit began (across resumes).
+        train_flops_dense_total: the same with dense kernels.
     """
 
     VERSION: ClassVar[int] = 2
@@ -98,6 +105,10 @@ class HistoryPoint:
     budget_limit: float | None = None
     budget_scheduled: float | None = None
     budget_status: str | None = None
+    train_flops: float | None = None
+    train_flops_dense: float | None = None
+    train_flops_total: float | None = None
+    train_flops_dense_total: float | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -279,6 +290,7 @@ class SparsityController:
         self.meter: SparsityMeter | None = None
         self.report: SparsityReport | None = None
         self.stopped: BudgetDecision | None = None
+        self.compute = TrainCompute()
         self._state = _State()
 
     # ------------------------------------------------------------------ state
@@ -296,6 +308,7 @@ class SparsityController:
     def reset(self) -> None:
         """Forget the history and every decision: a new fit starts clean."""
         self._state = _State()
+        self.compute.reset()
         self.meter = None
         self.report = None
         self.stopped = None
@@ -362,6 +375,7 @@ class SparsityController:
             "history": [p.to_dict() for p in self.history],
             "pruning_steps": self._state.pruning_steps,
             "settings": self.settings(),
+            "compute": self.compute.state_dict(),
         }
         if self.pruning is not None:
             state["pruning"] = self.pruning.state_dict()
@@ -397,6 +411,7 @@ class SparsityController:
             self.guard.load_state_dict(guard_state or {})
         if self.rewind is not None:
             self._load_rewind(state.get("rewind") or {})
+        self.compute.load_state_dict(state.get("compute") or {})
 
     def _load_rewind(self, state: Mapping[str, Any]) -> None:
         """Read the copy to rewind to; refuse a fit past its epoch that has none."""
@@ -409,6 +424,16 @@ class SparsityController:
                 f" checkpoint (epoch {last}) holds no copy of the weights of that epoch (saved"
                 " without rewinding?): start a new fit, or resume without rewinding"
             )
+
+    # ------------------------------------------------------------------ training compute
+
+    def batch_start(self, model: nn.Module) -> None:
+        """A training batch is about to run: the cost of its step (see :class:`TrainCompute`)."""
+        self.compute.begin_batch(self.meter, self.pruning, model)
+
+    def batch_end(self, examples: int) -> None:
+        """The batch ran on ``examples`` examples (this process's)."""
+        self.compute.end_batch(examples)
 
     # ------------------------------------------------------------------ points
 
@@ -460,7 +485,13 @@ class SparsityController:
             report = meter.measure()
         if self.rewind is not None and self.rewind.epoch == epoch:
             self.rewind.take(model)
-        return self._record(model, report, epoch, global_step, step, pruning, None)
+        trained = {
+            "train_flops": 0,
+            "train_flops_dense": 0,
+            "train_flops_total": 0,
+            "train_flops_dense_total": 0,
+        }
+        return self._record(model, report, epoch, global_step, step, pruning, None, trained)
 
     def epoch_end(
         self,
@@ -505,7 +536,8 @@ class SparsityController:
         report = self._meter().measure()
         if pruning == "pruned" and not self._pruned_more(model, report):
             pruning = None  # the masks were already there (a budget met and held)
-        return self._record(model, report, epoch, global_step, step, pruning, check)
+        trained = self.compute.close_epoch(gather)
+        return self._record(model, report, epoch, global_step, step, pruning, check, trained)
 
     def _pruned_more(self, model: nn.Module, report: SparsityReport) -> bool:
         """Whether the pruner's weights hold another number of zeros than at the last point."""
@@ -642,6 +674,7 @@ class SparsityController:
         step: int | None,
         pruning: str | None,
         check: GuardCheck | None,
+        trained: Mapping[str, float] | None = None,
     ) -> Outcome:
         total = report.total
         if total.flops_sparse is None or total.params_nonzero is None:
@@ -677,6 +710,7 @@ class SparsityController:
             pruning=pruning,
             guard_value=None if check is None else check.value,
             **budget_fields,
+            **(trained or {}),
         )
         self.history.append(point)
         self.report = report

@@ -209,7 +209,12 @@ class RigL(MagnitudePruner):
 
     def _arm(self) -> None:
         """Let the next step's gradients through the masks when it updates."""
-        storage.dense_grads(self._params, self.is_update_step(self.step_count + 1))
+        storage.dense_grads(self._params, self.dense_gradients)
+
+    @property
+    def dense_gradients(self) -> bool:
+        """Whether the coming step (``step_count + 1``) updates: its gradients are whole."""
+        return bool(self._params) and self.is_update_step(self.step_count + 1)
 
     # ------------------------------------------------------------------ steps
     def attach(self, optimizer: Any) -> list[Any]:
@@ -261,6 +266,7 @@ class RigL(MagnitudePruner):
                 # this step moves the weights that stayed live only: grown ones start at 0
                 storage.multiply_by_keeps([(param.grad, after_drop)])
             storage.set_mask(module, name, keep, "inplace")
+        self.generation += 1
         self._masked = list(self._params)
         storage.mask_state(self._optimizers(), self._params)
         self.updates += 1

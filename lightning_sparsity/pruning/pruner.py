@@ -438,6 +438,8 @@ class MagnitudePruner(Settings):
         self._exclude = patterns["exclude"]
         self._named = named
         self.last_sparsity: float | None = None
+        #: bumped whenever the masks change (what a cached count of them goes by)
+        self.generation = 0
         self._model: weakref.ReferenceType[nn.Module] | None = None
         self._masked: list[tuple[nn.Module, str]] = []
         self._attached: list[weakref.ReferenceType[Any]] = []  # attach()ed optimizers
@@ -878,6 +880,7 @@ class MagnitudePruner(Settings):
         """Set the masks of ``(module, name)`` pairs; remember the model for :meth:`state_dict`."""
         for (module, name), keep in zip(params, keeps, strict=True):
             storage.set_mask(module, name, keep, self.mask_storage)
+        self.generation += 1
         self._model = weakref.ref(model)
         self._masked = [(m, n) for _, m, n in self.targets(model) if storage.is_masked(m, n)]
         storage.mask_state(self._optimizers(), self._masked)
@@ -1199,6 +1202,12 @@ class MagnitudePruner(Settings):
                 UserWarning,
                 stacklevel=2,
             )
+
+    @property
+    def dense_gradients(self) -> bool:
+        """Whether the coming optimizer step computes every weight gradient (RigL's growth
+        steps); the masks' zeros otherwise have none."""
+        return False
 
     def make_permanent(self, model: nn.Module) -> None:
         """Drop the masks; the zeros stay in the weights (``prune.remove`` for ``"prune"``).

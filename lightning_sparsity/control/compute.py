@@ -1,0 +1,110 @@
+"""Training compute: the FLOPs of the training steps that ran, per epoch and over the run.
+
+Each training batch adds ``examples × cost``, ``cost`` the training step's FLOPs per example
+(:meth:`SparsityMeter.measure_training`: forward and backward) at the masks the batch ran
+with: counted again only when the masks change (the pruner's ``generation``) or the step
+computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``). The
+weight gradients counted are those of the live entries (the pruner's masks), every entry of
+an unpruned weight. A batch whose optimizer step the AMP scaler skips still ran its forward
+and backward: it counts. Under DDP each rank adds its own batches; the epoch's sums are
+gathered over the ranks at its end. Lightning-free.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["TrainCompute"]
+
+Gather = Callable[[float], list[float]]
+
+
+class TrainCompute:
+    """The training FLOPs that ran: dense and sparse, this epoch and in all."""
+
+    def __init__(self) -> None:
+        self.total_dense: float = 0
+        self.total_sparse: float = 0
+        self.epoch_dense: float = 0
+        self.epoch_sparse: float = 0
+        self.failed: str | None = None  # why counting stopped (said once)
+        self._cached: tuple[Any, tuple[float, float]] | None = None
+        self._pending: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        """A new fit: nothing counted."""
+        self.__init__()  # type: ignore[misc]
+
+    def begin_batch(self, meter: Any, pruner: Any, model: nn.Module) -> None:
+        """Choose the cost of the batch about to run (counted again if the masks changed)."""
+        self._pending = None
+        if self.failed is not None or meter is None:
+            return
+        dense = pruner is not None and pruner.dense_gradients
+        key = (id(meter), None if pruner is None else pruner.generation, dense)
+        if self._cached is None or self._cached[0] != key:
+            trainable: Any = "nonzero"
+            if dense:
+                trainable = "all"
+            elif pruner is not None:
+                masks = pruner.masks(model)
+                trainable = masks if masks else "nonzero"
+            try:
+                cost = meter.measure_training(trainable=trainable).total
+            except Exception as err:  # noqa: BLE001 - the fit goes on, uncounted, said once
+                self.failed = f"{type(err).__name__}: {err}"
+                warnings.warn(
+                    f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return
+            sparse = cost.flops if cost.flops_sparse is None else cost.flops_sparse
+            self._cached = (key, (cost.flops, sparse))
+        self._pending = self._cached[1]
+
+    def end_batch(self, examples: int) -> None:
+        """Add the batch that ran: ``examples`` times its step's cost per example."""
+        if self._pending is None:
+            return
+        dense, sparse = self._pending
+        self.epoch_dense += examples * dense
+        self.epoch_sparse += examples * sparse
+        self._pending = None
+
+    def close_epoch(self, gather: Gather) -> dict[str, float] | None:
+        """The epoch's sums over every rank, added to the totals (then zero for the next).
+
+        Returns ``None`` when the training FLOPs are not counted.
+        """
+        if self.failed is not None:
+            return None
+        dense = sum(gather(float(self.epoch_dense)))
+        sparse = sum(gather(float(self.epoch_sparse)))
+        self.total_dense += dense
+        self.total_sparse += sparse
+        self.epoch_dense = self.epoch_sparse = 0
+        return {
+            "train_flops": _plain(sparse),
+            "train_flops_dense": _plain(dense),
+            "train_flops_total": _plain(self.total_sparse),
+            "train_flops_dense_total": _plain(self.total_dense),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals (a resume continues them)."""
+        return {"total_dense": self.total_dense, "total_sparse": self.total_sparse}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Read :meth:`state_dict`."""
+        self.total_dense = state.get("total_dense", 0)
+        self.total_sparse = state.get("total_sparse", 0)
+
+
+def _plain(value: float) -> float:
+    """An integral float as an int (FLOPs of integer costs stay exact in JSON)."""
+    return int(value) if float(value).is_integer() else value
