@@ -578,9 +578,7 @@ def _conv_backward_dense(
     return uses
 
 
-register(aten.convolution_backward.default, effective=_no_effective)(
-    _conv_backward_dense
-)
+register(aten.convolution_backward.default, effective=_no_effective)(_conv_backward_dense)
 
 
 def _rnn_layer_backward_dense(
@@ -595,9 +593,7 @@ def _rnn_layer_backward_dense(
     return [Use(ih, weights=(1,)), Use(hh, weights=(2,)), Use(ih, grad_of=1), Use(hh, grad_of=2)]
 
 
-register(aten.mkldnn_rnn_layer_backward.default, effective=_no_effective)(
-    _rnn_layer_backward_dense
-)
+register(aten.mkldnn_rnn_layer_backward.default, effective=_no_effective)(_rnn_layer_backward_dense)
 
 
 def _sdpa_backward_dense(
