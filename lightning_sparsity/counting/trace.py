@@ -303,7 +303,8 @@ class _CountingMode(TorchDispatchMode):
     ) -> None:
         node = torch._C._current_autograd_node()
         row, operands = self.nodes.get(node, (0, [])) if node is not None else (0, [])
-        for use in formula.dense(*args, **kwargs, result=out):
+        uses = formula.dense(*args, **kwargs, result=out)
+        for index, use in enumerate(uses):
             if use.grad_of is not None:  # a fused kernel's gradient of this operand
                 found = self._weight_operand(args, (use.grad_of,))
                 if found is not None:
@@ -318,8 +319,9 @@ class _CountingMode(TorchDispatchMode):
                 self._use(row, *found, use.flops, GRAD_INPUTS)
                 continue
             # no weight operand: in the node of an op with a weight operand, the product
-            # whose result has that operand's entries is its gradient
-            numel = out.numel() if isinstance(out, Tensor) else -1
+            # whose result has that operand's entries is its gradient (of an op in several
+            # contractions, nn.Bilinear's, the last one: the one that makes the result)
+            numel = out.numel() if isinstance(out, Tensor) and index == len(uses) - 1 else -1
             grad = next((o for o in operands if o[0].numel() == numel), None)
             if grad is not None:
                 self._use(row, *grad, use.flops, GRAD_WEIGHTS)
