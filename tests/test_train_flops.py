@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,12 +32,13 @@ from tests.brute import conv_products, matmul_products, nz, recurrent_products, 
 def step_flops(
     model: nn.Module, x: Any, loss: Callable[[Any], Tensor] | None = None
 ) -> tuple[int, dict[str, int]]:
-    """FlopCounterMode around one real forward + backward (train mode), on a copy."""
-    model = copy.deepcopy(model).train()
+    """FlopCounterMode around one real forward + backward (train mode); grads cleared."""
+    model.train()
     with FlopCounterMode(display=False) as counter:
         out = model(*x) if isinstance(x, tuple) else model(x)
         value = loss(out) if loss is not None else _sum(out)
         value.backward()
+    model.zero_grad(set_to_none=True)
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     return counter.get_total_flops(), counts
 
@@ -123,6 +125,12 @@ class NoGradPart(nn.Module):
         return self.head(F.relu(self.body(h)))
 
 
+def pruned_mlp() -> tuple[nn.Module, Any]:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    torch.nn.utils.prune.l1_unstructured(model[0], "weight", 0.5)
+    return model, torch.randn(3, 8)
+
+
 DENSE_CASES: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "cnn": lambda: (CNN(), torch.randn(2, 3, 8, 8)),
     "attention_by_hand": lambda: (Block(sdpa=False), torch.randn(2, 5, 16)),
@@ -134,6 +142,12 @@ DENSE_CASES: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "frozen": lambda: (Frozen(), torch.randn(2, 2, 6, 6)),
     "no_grad_part": lambda: (NoGradPart(), torch.randn(3, 6)),
     "input_requires_grad": lambda: (CNN(), torch.randn(2, 3, 8, 8, requires_grad=True)),
+    "prune_reparametrized": pruned_mlp,
+    "gru": lambda: (nn.GRU(6, 8), torch.randn(4, 2, 6)),
+    "conv_transpose": lambda: (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1)),
+        torch.randn(2, 3, 6, 6),
+    ),
 }
 
 
@@ -141,8 +155,8 @@ DENSE_CASES: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
 def test_dense_equals_flop_counter_mode(case: str) -> None:
     torch.manual_seed(0)
     model, x = DENSE_CASES[case]()
-    expected, _ = step_flops(model, x)
     found = cost(model, x)
+    expected, _ = step_flops(model, x)
     assert found.total.flops == expected
     parts = found.forward.flops + found.grad_inputs.flops + found.grad_weights.flops
     assert parts == expected
@@ -430,3 +444,71 @@ def test_model_left_as_found() -> None:
     assert not any(m.training for m in model.modules())
     assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
     assert model[0].bias.grad is None
+
+
+class Cross(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
+        return self.attention(q, kv, kv, need_weights=False)[0]
+
+
+def test_cross_attention_slices_of_the_packed_projection() -> None:
+    """Query and key/value lengths differ: the packed in-projection is used in slices."""
+    torch.manual_seed(0)
+    model, q, kv = Cross(), torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    sparsify_(model.attention.in_proj_weight, 0.5)
+    sparsify_(model.attention.out_proj.weight, 0.3)
+    found = cost(model, (q, kv))
+    expected, counts = step_flops(model, (q, kv))
+    attention = 0
+    if not any("flash_attention_for_cpu" in op for op in counts):
+        qs, ks = (2, 2, 5, 8), (2, 2, 7, 8)
+        attention = sdpa_flop_count(qs, ks, ks) + sdpa_backward_flop_count(qs, qs, ks, ks)
+    assert found.total.flops == expected + attention
+    # sparse: the inputs need no gradient, so the in-projection has forward and weight
+    # gradient products only (2 x rows x nonzero entries of each slice), the out-projection
+    # all three; attention stays dense
+    wq, wk, wv = model.attention.in_proj_weight.detach().split(16)
+    wo = model.attention.out_proj.weight.detach()
+    rows_q, rows_kv = 2 * 5, 2 * 7
+    in_proj = sum(
+        linear_products(rows, w, False, w)
+        for rows, w in ((rows_q, wq), (rows_kv, wk), (rows_kv, wv))
+    )
+    out_proj = linear_products(rows_q, wo, True, wo)
+    assert found.total.flops_sparse == in_proj + out_proj + attention
+
+
+def test_trainable_is_checked() -> None:
+    model, x = nn.Sequential(nn.Linear(4, 3)), torch.randn(2, 4)
+    meter = SparsityMeter(model, x)
+    with pytest.raises(ValueError, match="names no parameter"):
+        meter.measure_training({"nope.weight": 3})
+    with pytest.raises(ValueError, match=r"count in \[0, 12\]"):
+        meter.measure_training({"0.weight": 13})
+    with pytest.raises(ValueError, match="has 4 entries"):
+        meter.measure_training({"0.weight": torch.ones(4, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="'nonzero', 'all' or a mapping"):
+        meter.measure_training("dense")  # type: ignore[arg-type]
+
+
+def test_meta_device_dense_only() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    found = cost(model, torch.zeros(3, 8, device="meta"))
+    # forward 2*3*(8*16 + 16*4); grad_x of layer 2 only; both weight gradients
+    assert found.total.flops == 2 * 3 * (2 * (8 * 16 + 16 * 4) + 16 * 4)
+    assert found.total.flops_sparse is None
+
+
+def test_readme_snippet_runs() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Training FLOPs", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    found = scope["cost"]
+    assert found.total.flops * 4 == step_flops(scope["model"], scope["x"], scope["meter"].loss)[0]
