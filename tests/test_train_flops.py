@@ -512,3 +512,19 @@ def test_readme_snippet_runs() -> None:
     exec(code, scope)
     found = scope["cost"]
     assert found.total.flops * 4 == step_flops(scope["model"], scope["x"], scope["meter"].loss)[0]
+
+
+def test_training_cost_model_is_the_sparse_count() -> None:
+    torch.manual_seed(0)
+    model, x = Small(), torch.randn(2, 2, 6, 6)
+    meter = SparsityMeter(model, x)
+    model_cost = meter.cost_model(training=True)
+    for name, p in model.named_parameters():
+        sparsify_(p, 0.6, seed=len(name))
+    nonzero = {n: int(p.count_nonzero()) for n, p in model.named_parameters()}
+    linear = model_cost.fixed_flops + sum(
+        c * nonzero[n] for n, c in model_cost.flops_per_nonzero.items()
+    )
+    assert linear == pytest.approx(meter.measure_training().total.flops_sparse, rel=1e-12)
+    assert model_cost.flops == meter.measure_training().total.flops
+    assert meter.training_traces == 1

@@ -428,6 +428,16 @@ class SparsityMeter:
             TypeError, ValueError: for a bad ``trainable``.
             MeasureError: if the forward, the loss or the backward fails.
         """
+        current = self._ensure_training_trace()
+        known = self._training_known
+        previous = known[1] if known is not None and known[0] is current else None
+        cost, nnz = _training_cost(
+            current, self.per, self._divisor, self.batch_size, self.patterns, trainable, previous
+        )
+        self._training_known = (current, nnz) if nnz is not None else None
+        return cost
+
+    def _ensure_training_trace(self) -> Trace:
         slots = find_slots(self.model)
         self._ensure_trace(slots)  # the number of examples, for a replaced example input
         leaves = tree_flatten(self.example_input)[0]
@@ -441,22 +451,23 @@ class SparsityMeter:
             current = trace_training(self.model, self.example_input, self.loss, slots=slots)
             self._training = (signature, current)
             self.training_traces += 1
-        current = self._training[1]
-        known = self._training_known
-        previous = known[1] if known is not None and known[0] is current else None
-        cost, nnz = _training_cost(
-            current, self.per, self._divisor, self.batch_size, self.patterns, trainable, previous
-        )
-        self._training_known = (current, nnz) if nnz is not None else None
-        return cost
+        return self._training[1]
 
-    def cost_model(self) -> CostModel:
+    def cost_model(self, *, training: bool = False) -> CostModel:
         """The per-parameter cost of the current trace (for FLOP-targeted pruning).
+
+        Args:
+            training: the cost of a training step (:meth:`measure_training`, its default
+                ``trainable="nonzero"``: weight gradients per nonzero entry too) instead
+                of a forward pass.
 
         Raises:
             ValueError: on the meta device (partly used weights need their values).
         """
-        current = self._ensure_trace(find_slots(self.model))
+        if training:
+            current = self._ensure_training_trace()
+        else:
+            current = self._ensure_trace(find_slots(self.model))
         div = self._divisor
         per_nonzero: dict[int, Fraction] = {}
         partial: set[str] = set()
@@ -466,6 +477,8 @@ class SparsityMeter:
                 raise ValueError("cost_model() needs real weights; the model is on meta")
             nnz_use = _nonzeros(current).nnz_use
         for i, use in enumerate(current.uses):
+            if use.frozen:  # a weight gradient of no trained entry
+                continue
             if use.chain is None:
                 per_nonzero[use.slot] = per_nonzero.get(use.slot, Fraction(0)) + use.coef
             else:  # not linear in the parameter's count: counted at its current value

@@ -73,9 +73,14 @@ class LayerStats:
         return self._of_dense(self.flops_sparse)
 
     def _of_dense(self, value: int | float | None) -> float | None:
-        if value is None:
-            return None
-        return value / self.flops if self.flops else 1.0
+        return _of_dense(value, self.flops)
+
+
+def _of_dense(value: int | float | None, dense: int | float) -> float | None:
+    """``value / dense``: 1.0 where there are no FLOPs, ``None`` where it was not counted."""
+    if value is None:
+        return None
+    return value / dense if dense else 1.0
 
 
 _COLUMNS = [f.name for f in fields(LayerStats)]
@@ -317,9 +322,12 @@ class StepFlops:
     @property
     def flops_ratio(self) -> float | None:
         """``flops_sparse / flops`` (1.0 without FLOPs)."""
-        if self.flops_sparse is None:
-            return None
-        return self.flops_sparse / self.flops if self.flops else 1.0
+        return _of_dense(self.flops_sparse, self.flops)
+
+    @property
+    def realizable_ratio(self) -> float | None:
+        """``flops_realizable / flops`` (1.0 without FLOPs)."""
+        return _of_dense(self.flops_realizable, self.flops)
 
 
 @dataclass(frozen=True)
