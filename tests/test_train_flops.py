@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import (
     FlopCounterMode,
     sdpa_backward_flop_count,
@@ -123,6 +124,34 @@ class NoGradPart(nn.Module):
         with torch.no_grad():  # a frozen feature extractor run without autograd
             h = self.embed(x)
         return self.head(F.relu(self.body(h)))
+
+
+class Checkpointed(NoGradPart):
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.embed(x))
+        h = checkpoint(lambda t: F.relu(self.body(t)), h, use_reentrant=False)
+        return self.head(h)
+
+
+def test_recomputed_forward_counts_in_the_forward() -> None:
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(3, 6)
+    found = cost(model, x)
+    assert found.total.flops == step_flops(model, x)[0]
+    embed, body, head = 2 * 3 * 6 * 12, 2 * 3 * 12 * 12, 2 * 3 * 12 * 2
+    assert found.forward.flops == embed + 2 * body + head  # body's forward runs twice
+    assert found.grad_inputs.flops == body + head
+    assert found.grad_weights.flops == embed + body + head
+
+
+def test_an_input_from_the_callers_graph_is_left_alone() -> None:
+    torch.manual_seed(0)
+    model, y = nn.Linear(4, 3), torch.randn(2, 4, requires_grad=True)
+    x = y * 2
+    found = cost(model, x)
+    assert found.grad_inputs.flops == 2 * 2 * 3 * 4  # x requires a gradient
+    x.sum().backward()  # the caller's graph still works
+    assert torch.equal(y.grad, torch.full((2, 4), 2.0))
 
 
 def pruned_mlp() -> tuple[nn.Module, Any]:

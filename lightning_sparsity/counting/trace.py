@@ -30,7 +30,9 @@ node runs it, and split into three parts (:data:`PARTS`):
 What autograd skips is skipped: no ``grad_x`` for an input that does not need it (the
 first layer's input), no ``grad_W`` for a frozen weight, nothing for a ``no_grad`` part.
 A fused kernel that computes a frozen weight's gradient anyway (the CPU LSTM layer) is
-counted dense, and marked ``frozen`` so that sparse FLOPs skip it.
+counted dense, and marked ``frozen`` so that sparse FLOPs skip it. What autograd adds is
+counted: a forward the backward recomputes (activation checkpointing, run with gradients
+on) counts in the forward part, the gradients of its products as above.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_sparsity.counting.channels import ChannelFlow, ChannelTracker
 from lightning_sparsity.counting.formulas import REGISTRY, Formula, is_free
@@ -348,12 +350,16 @@ class _CountingMode(TorchDispatchMode):
     def _count(
         self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
     ) -> None:
-        if self.backward:
+        # a forward op the backward runs with gradients on is a recomputation (activation
+        # checkpointing): counted as the forward counts it
+        if self.backward and not torch.is_grad_enabled():
             self._count_backward(formula, args, kwargs, out)
             return
         row = self.stack[-1]
-        if formula.batch is not None and not (
-            args and self.source(args[0]) is not None
+        if (
+            formula.batch is not None
+            and not self.backward
+            and not (args and self.source(args[0]) is not None)
         ):  # a Python int read off a shape; an op run on a weight says nothing of the batch
             name = f"aten.{formula.op._opname}"
             self.batches.setdefault((row, name), set()).add(formula.batch(*args, **kwargs))
@@ -654,6 +660,11 @@ def trace_training(
     """
     slots = find_slots(model) if slots is None else slots
     mode = _CountingMode([m for m in model.modules()], effective=False, training=True)
+    # an input that is the output of the caller's own graph: a leaf here, that graph untouched
+    example_input = tree_map(
+        lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad else t,
+        example_input,
+    )
     with _train_step(model), _tracking(model, mode, slots, example_input):
         with mode:
             output = call_model(model, example_input)
