@@ -557,3 +557,23 @@ def test_training_cost_model_is_the_sparse_count() -> None:
     assert linear == pytest.approx(meter.measure_training().total.flops_sparse, rel=1e-12)
     assert model_cost.flops == meter.measure_training().total.flops
     assert meter.training_traces == 1
+
+
+def test_recount_reads_the_device_a_constant_number_of_times() -> None:
+    from tests.test_syncs import count_reads
+
+    def reads(layers: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(layers)])
+        meter = SparsityMeter(model, torch.randn(2, 16))
+        meter.measure_training()  # traced; every weight dense
+        for p in model.parameters():
+            sparsify_(p, 0.5)
+        meter.measure_training()  # zeros appeared: probed again
+        masks = {f"{i}.weight": model[i].weight != 0 for i in range(layers)}
+        with count_reads() as calls:
+            meter.measure_training()
+            meter.measure_training(masks)
+        return len(calls)
+
+    assert reads(3) == reads(30) <= 3  # one sweep each, and one for the masks

@@ -426,6 +426,8 @@ class SparsityMeter:
 
         Raises:
             TypeError, ValueError: for a bad ``trainable``.
+            NotImplementedError: for a sharded (FSDP2 / DTensor) model: its backward
+                gathers each weight anew, out of the trace's sight (not counted yet).
             MeasureError: if the forward, the loss or the backward fails.
         """
         current = self._ensure_training_trace()
@@ -438,6 +440,11 @@ class SparsityMeter:
         return cost
 
     def _ensure_training_trace(self) -> Trace:
+        if any(is_sharded(p) for p in self.model.parameters()):
+            raise NotImplementedError(
+                "training FLOPs of a sharded (FSDP2 / DTensor) model are not counted yet:"
+                " its backward gathers each weight anew, out of the trace's sight"
+            )
         slots = find_slots(self.model)
         self._ensure_trace(slots)  # the number of examples, for a replaced example input
         leaves = tree_flatten(self.example_input)[0]
