@@ -154,6 +154,16 @@ def test_an_input_from_the_callers_graph_is_left_alone() -> None:
     assert torch.equal(y.grad, torch.full((2, 4), 2.0))
 
 
+class Autocast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # weights cast on the way
+            return self.body(x).float()
+
+
 def pruned_mlp() -> tuple[nn.Module, Any]:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     torch.nn.utils.prune.l1_unstructured(model[0], "weight", 0.5)
@@ -172,6 +182,7 @@ DENSE_CASES: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "no_grad_part": lambda: (NoGradPart(), torch.randn(3, 6)),
     "input_requires_grad": lambda: (CNN(), torch.randn(2, 3, 8, 8, requires_grad=True)),
     "prune_reparametrized": pruned_mlp,
+    "autocast_bfloat16": lambda: (Autocast(), torch.randn(4, 16)),
     "gru": lambda: (nn.GRU(6, 8), torch.randn(4, 2, 6)),
     "conv_transpose": lambda: (
         nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1)),
@@ -577,3 +588,13 @@ def test_recount_reads_the_device_a_constant_number_of_times() -> None:
         return len(calls)
 
     assert reads(3) == reads(30) <= 3  # one sweep each, and one for the masks
+
+
+def test_autocast_casts_keep_the_weights() -> None:
+    torch.manual_seed(0)
+    model, x = Autocast(), torch.randn(4, 16)
+    sparsify_(model.body[0].weight, 0.5)
+    sparsify_(model.body[2].weight, 0.5)
+    w1, w2 = model.body[0].weight.detach(), model.body[2].weight.detach()
+    expected = linear_products(4, w1, False, w1) + linear_products(4, w2, True, w2)
+    assert cost(model, x).total.flops_sparse == expected
