@@ -427,6 +427,9 @@ def test_recount_equals_retrace() -> None:
     model.qkv.weight.requires_grad_(False)  # a different backward: traced again
     meter.measure_training()
     assert meter.training_traces == 3
+    meter.retrace()
+    meter.measure_training()
+    assert meter.training_traces == 4
 
 
 # --------------------------------------------------------------------------- realizable

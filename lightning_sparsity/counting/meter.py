@@ -309,6 +309,7 @@ class SparsityMeter:
     Example:
         >>> meter = SparsityMeter(model, torch.zeros(1, 3, 224, 224))
         >>> meter.measure().total.flops_sparse  # every epoch: one sweep of nonzero counts
+        >>> meter.measure_training().total.flops_sparse  # one training step, likewise
 
     Args:
         model: the model to count.
@@ -386,9 +387,11 @@ class SparsityMeter:
         """Trace again at the next count.
 
         For changes the meter cannot see: a conv's stride set in place, a Python flag or a
-        data-dependent branch that changes which ops the forward runs.
+        data-dependent branch that changes which ops the forward runs. The training
+        step's trace too (:meth:`measure_training`).
         """
         self._trace = None
+        self._training = None
 
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed).
