@@ -375,22 +375,24 @@ def test_sparse_equals_brute_force() -> None:
         trained = {n: p.detach() for n, p in model.named_parameters()}
         assert found.total.flops_sparse == small_brute(model, x, trained)
     assert meter.training_traces == 1
-    # every entry trained (dense weight gradients), then a mask of the pruner's
+    # a pruner's masks: fc1 trains its nonzero entries and all of row 0 (grown), fc2 any 7
     fc1, fc2 = model.fc1.weight.detach(), model.fc2.weight.detach()
-    dense_grads = meter.measure_training("all")
-    ones = torch.ones_like
     grown = fc1 != 0
     grown[0] = True
+    seven = torch.zeros(fc2.numel())
+    seven[:7] = 1
     masked = meter.measure_training({"fc1.weight": grown, "fc2.weight": 7})
-    base = small_brute(model, x, {"fc1.weight": fc1, "fc2.weight": fc2})
-    extra_fc1 = 2 * 2 * int((grown & (fc1 == 0)).sum())  # 2 rows per newly trained entry
-    assert masked.total.flops_sparse == base + extra_fc1 - 2 * 2 * (int(nz(fc2).sum()) - 7)
-    full = small_brute(model, x, {"fc1.weight": ones(fc1), "fc2.weight": ones(fc2)})
+    trained = {"fc1.weight": grown, "fc2.weight": seven.view_as(fc2)}
+    assert masked.total.flops_sparse == small_brute(model, x, trained)
+    # every entry trained (dense weight gradients); the convolutions' zeros too: one
+    # product per example and output position each
+    dense_grads = meter.measure_training("all")
+    everything = {"fc1.weight": torch.ones_like(fc1), "fc2.weight": torch.ones_like(fc2)}
     conv_zeros = sum(
         2 * rows * int((m.weight == 0).sum())
         for m, rows in ((model.conv1, 2 * 36), (model.conv2, 2 * 4))
     )
-    assert dense_grads.total.flops_sparse == full + conv_zeros
+    assert dense_grads.total.flops_sparse == small_brute(model, x, everything) + conv_zeros
 
 
 def test_lstm_sparse_equals_brute_force() -> None:
