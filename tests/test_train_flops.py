@@ -316,6 +316,18 @@ def test_custom_loss_and_per_example() -> None:
     assert per_example.total.flops * 4 == expected
     assert per_example.batch_size == 4
     assert per_example.per == "example"
+    data = per_example.to_dict()
+    assert data["total"]["flops"] * 4 == expected
+    assert set(data) == {
+        "per",
+        "batch_size",
+        "total",
+        "forward",
+        "grad_inputs",
+        "grad_weights",
+        "unsupported",
+    }
+    assert per_example.total.flops_ratio == 1.0
 
 
 # --------------------------------------------------------------------------- sparse
