@@ -804,7 +804,7 @@ def _trained(current: Trace, counted: _Counts, trainable: Trainable) -> list[int
     lazy: list[tuple[int, Tensor]] = []
     for i, use in enumerate(current.uses):
         given = trainable.get(current.slots[use.slot].name)
-        if given is None:
+        if given is None or use.part != GRAD_WEIGHTS:
             continue
         numel = current.numels[use.slot]
         if isinstance(given, Tensor):
