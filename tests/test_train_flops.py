@@ -615,3 +615,42 @@ def test_autocast_casts_keep_the_weights() -> None:
     w1, w2 = model.body[0].weight.detach(), model.body[2].weight.detach()
     expected = linear_products(4, w1, False, w1) + linear_products(4, w2, True, w2)
     assert cost(model, x).total.flops_sparse == expected
+
+
+def test_backward_plumbing_is_free() -> None:
+    """Activations', norms', pooling's, padding's and losses' gradients: no FLOPs, no op
+    left unknown."""
+    torch.manual_seed(0)
+    layers = [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Hardswish(),
+        nn.Hardsigmoid(),
+        nn.ELU(),
+        nn.LeakyReLU(),
+        nn.Mish(),
+        nn.Softplus(),
+        nn.Hardtanh(),
+        nn.GELU(),
+        nn.SiLU(),
+        nn.Sigmoid(),
+        nn.Tanh(),
+        nn.ReflectionPad2d(1),
+        nn.ReplicationPad2d(1),
+        nn.GroupNorm(2, 4),
+        nn.MaxPool2d(2),
+        nn.Upsample(scale_factor=2),
+        nn.AvgPool2d(2),
+        nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LayerNorm(4),
+        nn.Linear(4, 3),
+        nn.LogSoftmax(-1),
+    ]
+    model, x = nn.Sequential(*layers), torch.randn(2, 3, 8, 8)
+    target = torch.tensor([0, 2])
+    found = cost(model, x, loss=lambda out: F.nll_loss(out, target))
+    assert found.unsupported == {}
+    conv, linear = 2 * 2 * 64 * (4 * 3 * 9), 2 * 2 * 4 * 3
+    assert found.total.flops == 2 * conv + 3 * linear  # conv: no input gradient
