@@ -16,6 +16,13 @@ Each registered aten op has
 * optionally a *batch* function: the batch size the op ran on, for ops whose batch
   dimension is known (a convolution's dim 0), a Python int read off a shape. The meter
   checks the batch size it divides FLOPs by against these.
+
+Backward ops that fuse several products in one kernel (``convolution_backward``, the CPU
+LSTM layer's backward, the attention backwards) have dense formulas too, used by the
+training trace (:func:`lightning_sparsity.counting.trace.trace_training`): a part that
+computes the gradient of an operand names it in :attr:`Use.grad_of`. They have no effective
+formula (effective FLOPs are counted for the forward pass only). Generic products met in
+the backward (mm, bmm, addmm) are the forward's formulas.
 """
 
 from __future__ import annotations
@@ -42,10 +49,13 @@ class Use:
         flops: dense FLOPs of this part (2 per MAC).
         weights: positional indices of operands that may be a weight, in order of
             preference; empty for parts between two activations (attention scores).
+        grad_of: in a backward op, the positional index of the operand whose gradient
+            this part computes (a weight gradient when that operand is a weight).
     """
 
     flops: int
     weights: tuple[int, ...] = ()
+    grad_of: int | None = None
 
 
 DenseFn = Callable[..., list[Use]]
@@ -534,6 +544,80 @@ register(aten.mkldnn_rnn_layer.default, effective=_rnn_layer_effective, batch=_s
 )
 
 
+# --------------------------------------------------------------------------- backward
+#
+# Fused backward kernels (the training trace only). A part with ``grad_of`` computes the
+# gradient of that operand; a part with ``weights`` multiplies by that operand (the
+# activation gradient through a weight). Generic backward products (mm, bmm, addmm) use
+# the forward formulas above.
+
+
+def _no_effective(*_: Any, **__: Any) -> list[Tensor]:
+    raise NotImplementedError("effective FLOPs are counted for the forward pass only")
+
+
+def _conv_backward_dense(
+    grad_output: Tensor, x: Tensor, w: Tensor, bias_sizes: Any, stride: Any, padding: Any,
+    dilation: Any, transposed: bool, output_padding: Any, groups: int,
+    output_mask: Sequence[bool], *_: Any, **__: Any,
+) -> list[Use]:  # fmt: skip
+    # NB: the gradient w.r.t. the input (a transposed convolution of grad_output with w) and
+    # the one w.r.t. the weight (a convolution of x with grad_output) each meet every weight
+    # element once per output position (per input position when transposed): the forward's
+    #   2 * N * prod(spatial) * prod(w.shape)
+    # each, when output_mask asks for it (the bias gradient is a sum, not counted).
+    # FlopCounterMode counts the same, except the weight gradient of a grouped convolution:
+    # it takes all C_in input channels per output channel there, `groups` times this.
+    spatial = x.shape[2:] if transposed else grad_output.shape[2:]
+    flops = 2 * x.shape[0] * math.prod(spatial) * w.numel()
+    uses = []
+    if output_mask[0]:
+        uses.append(Use(flops, weights=(2,)))
+    if output_mask[1]:
+        uses.append(Use(flops, grad_of=2))
+    return uses
+
+
+register(aten.convolution_backward.default, effective=_no_effective)(_conv_backward_dense)
+
+
+def _rnn_layer_backward_dense(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, *_: Any, **__: Any
+) -> list[Use]:  # fmt: skip
+    # aten.mkldnn_rnn_layer_backward (FlopCounterMode: 0): one oneDNN call computes, whatever
+    # needs them, the gradients w.r.t. the input and the initial state (through w_ih and w_hh)
+    # and w.r.t. both weights, each as many products as its forward part:
+    #   2 * T * B * numel(w)  per weight, twice
+    steps_and_batch = x.shape[0] * x.shape[1]
+    ih, hh = 2 * steps_and_batch * w_ih.numel(), 2 * steps_and_batch * w_hh.numel()
+    return [Use(ih, weights=(1,)), Use(hh, weights=(2,)), Use(ih, grad_of=1), Use(hh, grad_of=2)]
+
+
+register(aten.mkldnn_rnn_layer_backward.default, effective=_no_effective)(_rnn_layer_backward_dense)
+
+
+def _sdpa_backward_dense(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, *_: Any, **__: Any
+) -> list[Use]:
+    # FlopCounterMode's attention backward (q [..., L, E], k [..., S, E], v [..., S, Ev]):
+    # the scores again (L*S*E), grad of the probabilities (L*S*Ev), grad_v (S*L*Ev),
+    # grad_q (L*S*E), grad_k (E*L*S) per batch and query head:
+    #   2 * B*H * L * S * (3*E + 2*Ev)
+    batch_heads = math.prod(q.shape[:-2])
+    length, e = q.shape[-2], q.shape[-1]
+    s, ev = k.shape[-2], v.shape[-1]
+    return [Use(2 * batch_heads * length * s * (3 * e + 2 * ev))]
+
+
+register(
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+    aten._scaled_dot_product_flash_attention_backward.default,
+    aten._scaled_dot_product_efficient_attention_backward.default,
+    aten._scaled_dot_product_cudnn_attention_backward.default,
+    effective=_no_effective,
+)(_sdpa_backward_dense)
+
+
 # --------------------------------------------------------------------------- not counted
 
 #: Ops that cost nothing in the dense column besides those tagged pointwise and views (and
@@ -742,6 +826,91 @@ FREE_OPS: frozenset[str] = frozenset(
         "is_same_size",
         "equal",
         "_has_compatible_shallow_copy_type",
+        # the backward's own plumbing (training trace): norms', pooling's, softmax's and
+        # losses' gradients, index and resampling gradients, scatters into a full tensor
+        "_adaptive_avg_pool2d_backward",
+        "_adaptive_avg_pool3d_backward",
+        "_embedding_bag_backward",
+        "_embedding_bag_dense_backward",
+        "_embedding_bag_per_sample_weights_backward",
+        "_log_softmax_backward_data",
+        "_masked_softmax_backward",
+        "_prelu_kernel_backward",
+        "_softmax_backward_data",
+        "_upsample_bicubic2d_aa_backward",
+        "_upsample_bilinear2d_aa_backward",
+        "_upsample_nearest_exact1d_backward",
+        "_upsample_nearest_exact2d_backward",
+        "_upsample_nearest_exact3d_backward",
+        "adaptive_max_pool2d_backward",
+        "adaptive_max_pool3d_backward",
+        "avg_pool2d_backward",
+        "avg_pool3d_backward",
+        "binary_cross_entropy_backward",
+        "cudnn_batch_norm_backward",
+        "diagonal_backward",
+        "embedding_backward",
+        "embedding_dense_backward",
+        "glu_backward",
+        "grid_sampler_2d_backward",
+        "grid_sampler_3d_backward",
+        "hardswish_backward",
+        "huber_loss_backward",
+        "index_select_backward",
+        "l1_loss_backward",
+        "log_sigmoid_backward",
+        "max_pool2d_with_indices_backward",
+        "max_pool3d_with_indices_backward",
+        "miopen_batch_norm_backward",
+        "mse_loss_backward",
+        "native_batch_norm_backward",
+        "native_group_norm_backward",
+        "native_layer_norm_backward",
+        "nll_loss2d_backward",
+        "nll_loss_backward",
+        "select_backward",
+        "slice_backward",
+        "smooth_l1_loss_backward",
+        "unfold_backward",
+        "upsample_bicubic2d_backward",
+        "upsample_bilinear2d_backward",
+        "upsample_linear1d_backward",
+        "upsample_nearest1d_backward",
+        "upsample_nearest2d_backward",
+        "upsample_nearest3d_backward",
+        "upsample_trilinear3d_backward",
+        "as_strided_scatter",
+        "select_scatter",
+        "slice_scatter",
+        "diagonal_scatter",
+        "masked_scatter",
+        "_unsafe_index",
+        "_unsafe_index_put",
+        "elu_backward",
+        "gelu_backward",
+        "hardsigmoid_backward",
+        "hardtanh_backward",
+        "leaky_relu_backward",
+        "mish_backward",
+        "softplus_backward",
+        "rrelu_with_noise_backward",
+        "threshold_backward",
+        "native_dropout_backward",
+        "reflection_pad1d_backward",
+        "reflection_pad2d_backward",
+        "reflection_pad3d_backward",
+        "replication_pad1d_backward",
+        "replication_pad2d_backward",
+        "replication_pad3d_backward",
+        "soft_margin_loss_backward",
+        "masked_scatter_backward",
+        "_weight_norm_interface_backward",
+        "_fused_rms_norm_backward",
+        "_segment_reduce_backward",
+        "_upsample_lanczos2d_aa_backward",
+        "_batch_norm_with_update",
+        "batch_norm_backward",
+        "_batch_norm_no_update",
     ]
 )
 

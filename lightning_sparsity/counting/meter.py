@@ -41,8 +41,22 @@ from lightning_sparsity.counting.realizable import (
     on_calling_thread,
     probe,
 )
-from lightning_sparsity.counting.report import LayerStats, SparsityReport
-from lightning_sparsity.counting.trace import Trace, replay, trace
+from lightning_sparsity.counting.report import (
+    LayerStats,
+    SparsityReport,
+    StepFlops,
+    TrainingCost,
+)
+from lightning_sparsity.counting.trace import (
+    FORWARD,
+    GRAD_WEIGHTS,
+    PARTS,
+    Loss,
+    Trace,
+    replay,
+    trace,
+    trace_training,
+)
 from lightning_sparsity.patterns import Pattern, parse_pattern
 
 __all__ = [
@@ -55,6 +69,8 @@ __all__ = [
 ]
 
 Per = Literal["example", "batch"]
+#: Which entries of a weight receive its gradient (``measure_training(trainable=...)``).
+Trainable = Literal["nonzero", "all"] | Mapping[str, "Tensor | int"]
 
 
 @dataclass(frozen=True)
@@ -293,6 +309,7 @@ class SparsityMeter:
     Example:
         >>> meter = SparsityMeter(model, torch.zeros(1, 3, 224, 224))
         >>> meter.measure().total.flops_sparse  # every epoch: one sweep of nonzero counts
+        >>> meter.measure_training().total.flops_sparse  # one training step, likewise
 
     Args:
         model: the model to count.
@@ -303,6 +320,9 @@ class SparsityMeter:
             re-inferred when ``example_input`` is replaced).
         realizable: also count realizable FLOPs at each :meth:`measure` (``True``: 2:4; a
             list of ``"N:M"``; ``False``: skip them, the bytes read off each weight only counted).
+        loss: for :meth:`measure_training`: the scalar loss from the model's output, e.g.
+            ``lambda out: F.cross_entropy(out, target)`` (its own FLOPs count in the forward
+            part); default: the sum of every floating-point output that requires a gradient.
 
     Warns:
         UserWarning: once per meter, if the inferred batch size disagrees with the batch
@@ -325,8 +345,15 @@ class SparsityMeter:
         per: Per = "example",
         batch_size: int | None = None,
         realizable: bool | Sequence[str] = True,
+        loss: Loss | None = None,
     ) -> None:
         _validate(model, example_input, per, batch_size)
+        if loss is not None and not callable(loss):
+            raise TypeError(f"`loss` must be a callable of the model's output, got {loss!r}")
+        self.loss = loss
+        self.training_traces = 0
+        self._training: tuple[tuple[Any, ...], Trace] | None = None
+        self._training_known: tuple[Trace, list[int | None]] | None = None
         self.patterns = _patterns(realizable)
         self.model = model
         self.example_input = example_input
@@ -360,9 +387,11 @@ class SparsityMeter:
         """Trace again at the next count.
 
         For changes the meter cannot see: a conv's stride set in place, a Python flag or a
-        data-dependent branch that changes which ops the forward runs.
+        data-dependent branch that changes which ops the forward runs. The training
+        step's trace too (:meth:`measure_training`).
         """
         self._trace = None
+        self._training = None
 
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed).
@@ -376,13 +405,79 @@ class SparsityMeter:
         self._known = (current, [report.parameters[s.name][1] for s in current.slots])
         return report
 
-    def cost_model(self) -> CostModel:
+    def measure_training(self, trainable: Trainable = "nonzero") -> TrainingCost:
+        """The FLOPs of one training step on the example input: forward + backward.
+
+        The step is traced once per input shape (and structure, and set of parameters and
+        inputs that require gradients: :func:`.trace.trace_training`), then recounted from
+        the weights' nonzero counts like :meth:`measure` (one host sync; one more for
+        ``trainable`` masks). Dense FLOPs are what ``FlopCounterMode`` counts around a real
+        forward + ``loss.backward()`` (except where it has no formula, and a grouped
+        convolution's weight gradient, which it counts ``groups`` times); the sparse and
+        realizable columns skip what :class:`~.report.TrainingCost` says.
+
+        Args:
+            trainable: the entries whose weight gradients count in ``flops_sparse``:
+                ``"nonzero"`` (the default: a pruned weight's masked entries keep zero
+                gradients), ``"all"`` (dense gradients, e.g. RigL's growth steps), or a
+                mapping of parameter name to a bool mask or a count of trained entries
+                (the others: their nonzero entries). A weight that requires no gradient
+                has none, whatever this says.
+
+        Returns:
+            The step's cost, per example or per batch as the meter counts.
+
+        Raises:
+            TypeError, ValueError: for a bad ``trainable``.
+            NotImplementedError: for a sharded (FSDP2 / DTensor) model: its backward
+                gathers each weight anew, out of the trace's sight (not counted yet).
+            MeasureError: if the forward, the loss or the backward fails.
+        """
+        current = self._ensure_training_trace()
+        known = self._training_known
+        previous = known[1] if known is not None and known[0] is current else None
+        cost, nnz = _training_cost(
+            current, self.per, self._divisor, self.batch_size, self.patterns, trainable, previous
+        )
+        self._training_known = (current, nnz) if nnz is not None else None
+        return cost
+
+    def _ensure_training_trace(self) -> Trace:
+        if any(is_sharded(p) for p in self.model.parameters()):
+            raise NotImplementedError(
+                "training FLOPs of a sharded (FSDP2 / DTensor) model are not counted yet:"
+                " its backward gathers each weight anew, out of the trace's sight"
+            )
+        slots = find_slots(self.model)
+        self._ensure_trace(slots)  # the number of examples, for a replaced example input
+        leaves = tree_flatten(self.example_input)[0]
+        signature = (
+            _signature(self.model, slots, self.example_input),
+            tuple(p.requires_grad for p in self.model.parameters()),
+            tuple(x.requires_grad for x in leaves if isinstance(x, Tensor)),
+            self.loss,
+        )
+        if self._training is None or self._training[0] != signature:
+            current = trace_training(self.model, self.example_input, self.loss, slots=slots)
+            self._training = (signature, current)
+            self.training_traces += 1
+        return self._training[1]
+
+    def cost_model(self, *, training: bool = False) -> CostModel:
         """The per-parameter cost of the current trace (for FLOP-targeted pruning).
+
+        Args:
+            training: the cost of a training step (:meth:`measure_training`, its default
+                ``trainable="nonzero"``: weight gradients per nonzero entry too) instead
+                of a forward pass.
 
         Raises:
             ValueError: on the meta device (partly used weights need their values).
         """
-        current = self._ensure_trace(find_slots(self.model))
+        if training:
+            current = self._ensure_training_trace()
+        else:
+            current = self._ensure_trace(find_slots(self.model))
         div = self._divisor
         per_nonzero: dict[int, Fraction] = {}
         partial: set[str] = set()
@@ -392,6 +487,8 @@ class SparsityMeter:
                 raise ValueError("cost_model() needs real weights; the model is on meta")
             nnz_use = _nonzeros(current).nnz_use
         for i, use in enumerate(current.uses):
+            if use.frozen:  # a weight gradient of no trained entry
+                continue
             if use.chain is None:
                 per_nonzero[use.slot] = per_nonzero.get(use.slot, Fraction(0)) + use.coef
             else:  # not linear in the parameter's count: counted at its current value
@@ -619,7 +716,8 @@ def _nonzeros(
                     for s, t, was_dense in zip(slots, tensors, dense, strict=True)
                 ]
                 if current.flows and not any(is_sharded(t) for t in tensors):
-                    uses = Counter(u.slot for u in current.uses)
+                    # a training trace: its forward uses (the backward reuses each weight)
+                    uses = Counter(u.slot for u in current.uses if u.part == FORWARD)
                     rows = [None if p is None else p.live_rows for p in probes]
                     reads, dead, rows = dead_channels(current.flows, uses, tensors, rows)
                     for found, alive in zip(probes, rows, strict=True):
@@ -681,6 +779,124 @@ def _count(flags: ZeroFlags, t: Tensor) -> Tensor:
     """The nonzeros of ``t`` (its local part): a weight's from one read, a vector's directly."""
     read = flags.read(t, inputs_last=False)
     return local(t).count_nonzero() if read is None else count_ones(read)
+
+
+def _trained(current: Trace, counted: _Counts, trainable: Trainable) -> list[int]:
+    """Per use, the trained entries of its operand (used for the weight-gradient uses).
+
+    Raises:
+        TypeError, ValueError: for a bad ``trainable``.
+    """
+    if trainable == "nonzero":
+        return counted.nnz_use
+    if trainable == "all":
+        return counted.numel_use
+    if not isinstance(trainable, Mapping):
+        raise TypeError(
+            "`trainable` must be 'nonzero', 'all' or a mapping of parameter name to a bool"
+            f" mask or a count, got {trainable!r}"
+        )
+    index = {slot.name: i for i, slot in enumerate(current.slots)}
+    unknown = sorted(set(trainable) - set(index))
+    if unknown:
+        raise ValueError(f"`trainable` names no parameter of the model: {unknown}")
+    out = list(counted.nnz_use)
+    lazy: list[tuple[int, Tensor]] = []
+    for i, use in enumerate(current.uses):
+        given = trainable.get(current.slots[use.slot].name)
+        if given is None or use.part != GRAD_WEIGHTS:
+            continue
+        numel = current.numels[use.slot]
+        if isinstance(given, Tensor):
+            if given.numel() != numel:
+                raise ValueError(
+                    f"`trainable` mask of {current.slots[use.slot].name} has {given.numel()}"
+                    f" entries, the parameter {numel}"
+                )
+            mask = given.reshape(_shape_of(current, use.slot)) if use.chain else given
+            lazy.append((i, replay(mask, use.chain) if use.chain else mask))
+        elif isinstance(given, int) and not isinstance(given, bool) and 0 <= given <= numel:
+            if use.chain is not None:
+                raise ValueError(
+                    f"{current.slots[use.slot].name} is used in parts: give `trainable` a mask"
+                )
+            out[i] = given
+        else:
+            raise ValueError(
+                f"`trainable[{current.slots[use.slot].name!r}]` must be a bool mask or a count"
+                f" in [0, {numel}], got {given!r}"
+            )
+    if lazy:
+        with torch.no_grad():
+            counts = _gather([mask.count_nonzero() for _, mask in lazy])
+        for (i, _), n in zip(lazy, counts, strict=True):
+            out[i] = int(n)
+    return out
+
+
+def _shape_of(current: Trace, slot: int) -> torch.Size:
+    with torch.no_grad(), parametrize.cached():
+        return current.slots[slot].value().shape
+
+
+def _training_cost(
+    current: Trace,
+    per: Per,
+    div: int,
+    batch_size: int | None,
+    patterns: Sequence[Pattern] | None,
+    trainable: Trainable,
+    previous: Sequence[int | None] | None = None,
+) -> tuple[TrainingCost, list[int | None] | None]:
+    """A training trace's cost now, and every slot's nonzeros (``None`` on meta)."""
+    parts = len(PARTS)
+    sparse: list[Fraction] | None = None
+    realizable: list[Fraction] | None = None
+    nnz_slot: list[int | None] | None = None
+    if not any(slot.is_meta() for slot in current.slots):
+        counted = _nonzeros(current, patterns, previous)
+        trained = _trained(current, counted, trainable)
+        nnz_slot = list(counted.nnz_slot)
+        sparse = [Fraction(f) for f in current.part_fixed]
+        if counted.forms is not None:
+            realizable = [Fraction(f) for f in current.part_fixed]
+        for i, use in enumerate(current.uses):
+            if use.part == GRAD_WEIGHTS:
+                n = 0 if use.frozen else trained[i]
+            else:
+                n = counted.nnz_use[i]
+            sparse[use.part] += use.coef * n
+            if realizable is not None and counted.forms is not None:
+                form = counted.forms[use.slot] if use.chain is None else None
+                if form is None:
+                    factor = Fraction(1)
+                else:  # the backward realizes the compaction only (see .realizable)
+                    factor = form.factor if use.part == FORWARD else form.compact
+                realizable[use.part] += use.coef * counted.numel_use[i] * factor
+
+    def step(*picked: int) -> StepFlops:
+        def total(values: list[Fraction] | None) -> int | float | None:
+            if values is None:
+                return None
+            return _as_number(sum((values[p] for p in picked), Fraction(0)) / div)
+
+        return StepFlops(
+            flops=_as_number(Fraction(sum(current.part_dense[p] for p in picked), div)),
+            flops_sparse=total(sparse),
+            flops_realizable=total(realizable),
+        )
+
+    forward, grad_inputs, grad_weights = (step(p) for p in range(parts))
+    cost = TrainingCost(
+        total=step(*range(parts)),
+        forward=forward,
+        grad_inputs=grad_inputs,
+        grad_weights=grad_weights,
+        per=per,
+        batch_size=batch_size,
+        unsupported=dict(current.unsupported),
+    )
+    return cost, nnz_slot
 
 
 def _report(

@@ -20,7 +20,16 @@ Sparse FLOPs skip every zero weight; dense kernels skip none. Two patterns do pa
   zeros into it (:mod:`.channels`: through activations, pooling and an eval BatchNorm
   whose constant for it is zero; not through a residual add).
 
-Per weight the cheaper of the two counts; unstructured zeros realize nothing. Uses of a weight
+Per weight the cheaper of the two counts; unstructured zeros realize nothing.
+
+A training step's backward products (:func:`lightning_sparsity.counting.trace.
+trace_training`) realize the compaction only (:attr:`Form.compact`): the compacted layer's
+gradients are as much smaller as its forward. An N:M weight realizes nothing there. The
+activation gradient ``grad_y · W`` reduces over W's *output* dimension, along which its
+N:M groups do not run (only a transposable mask, N:M along both dimensions, would take
+it; it is not credited), and the weight gradient ``grad_yᵀ · x`` is a dense product whose
+pruned entries are dropped afterwards (a kernel computing only the kept ones, a sampled
+dense-dense product, has no N:M tensor-core form). Uses of a weight
 in slices (a packed projection with different query and key lengths) and ops without a
 weight count dense. The probes are device scalars read back with the nonzero counts, in the
 same host sync; sharded (``DTensor``) weights are probed on their shards.
@@ -72,10 +81,13 @@ class Form:
         text: ``"dense"``, ``"2:4"`` (conforms, in a shape the kernels take), ``"rows 48/64,
             inputs 16/16"`` (compacted), ``"unstructured"`` (zeros no kernel can skip) or
             ``"zero"``.
+        compact: the compaction's factor alone, ``(live rows / rows) · (live inputs /
+            inputs)``: what a training step's backward products realize.
     """
 
     factor: Fraction
     text: str
+    compact: Fraction = Fraction(1)
 
 
 @dataclass
@@ -115,18 +127,20 @@ class Probe:
     def form(self, values: Sequence[int], nnz: int, numel: int) -> Form:
         """The weight's form from its probes' values and its nonzero count."""
         if nnz == 0:
-            return Form(Fraction(0), "zero")
+            return Form(Fraction(0), "zero", Fraction(0))
         live_rows, live_inputs, *violations = values
         # a weight without zeros still compacts where the layer before removes its inputs
-        best = Form(Fraction(1), "dense" if nnz == numel else "unstructured")
         compact = Fraction(live_rows, self.rows) * Fraction(live_inputs, self.inputs)
+        best = Form(Fraction(1), "dense" if nnz == numel else "unstructured", compact)
         if compact < best.factor:
             best = Form(
-                compact, f"rows {live_rows}/{self.rows}, inputs {live_inputs}/{self.inputs}"
+                compact,
+                f"rows {live_rows}/{self.rows}, inputs {live_inputs}/{self.inputs}",
+                compact,
             )
         for (n, m), bad in zip(self.patterns, violations, strict=True):
             if bad == 0 and Fraction(n, m) < best.factor:
-                best = Form(Fraction(n, m), f"{n}:{m}")
+                best = Form(Fraction(n, m), f"{n}:{m}", compact)
         return best
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from lightning_sparsity._text import number, si
 
-__all__ = ["LayerStats", "SparsityReport"]
+__all__ = ["LayerStats", "SparsityReport", "StepFlops", "TrainingCost"]
 
 Per = Literal["example", "batch"]
 
@@ -73,9 +73,14 @@ class LayerStats:
         return self._of_dense(self.flops_sparse)
 
     def _of_dense(self, value: int | float | None) -> float | None:
-        if value is None:
-            return None
-        return value / self.flops if self.flops else 1.0
+        return _of_dense(value, self.flops)
+
+
+def _of_dense(value: int | float | None, dense: int | float) -> float | None:
+    """``value / dense``: 1.0 where there are no FLOPs, ``None`` where it was not counted."""
+    if value is None:
+        return None
+    return value / dense if dense else 1.0
 
 
 _COLUMNS = [f.name for f in fields(LayerStats)]
@@ -295,3 +300,74 @@ class SparsityReport:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(self.unsupported.items()))
             lines.append(f"Not counted (no formula): {ops}.")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of (a part of) one training step, in the inference report's three columns.
+
+    Attributes:
+        flops: dense: what dense kernels execute (the backward as autograd runs it).
+        flops_sparse: skipping every multiplication by a zero weight (forward, activation
+            gradients) and the gradients of entries that are not trained (weight
+            gradients); ``None`` on the meta device.
+        flops_realizable: what N:M kernels and compacted layers execute; ``None`` unless
+            counted (``realizable=``).
+    """
+
+    flops: int | float
+    flops_sparse: int | float | None
+    flops_realizable: int | float | None = None
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """``flops_sparse / flops`` (1.0 without FLOPs)."""
+        return _of_dense(self.flops_sparse, self.flops)
+
+    @property
+    def realizable_ratio(self) -> float | None:
+        """``flops_realizable / flops`` (1.0 without FLOPs)."""
+        return _of_dense(self.flops_realizable, self.flops)
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """What one training step on the example input costs (``SparsityMeter.measure_training``).
+
+    One step is one forward and one backward of the example input; with gradient
+    accumulation an optimizer step runs ``k`` of them. FLOPs are per example or per batch
+    of the example input as ``per`` says, like :class:`SparsityReport`'s.
+
+    Attributes:
+        total: the sum of the three parts.
+        forward: the forward pass (in training mode) and the loss.
+        grad_inputs: backward products passing gradients to activations (through a weight:
+            ``grad_x = grad_y · W``, sparse skips W's zeros; or between activations:
+            attention's, dense in every column).
+        grad_weights: backward products computing weight gradients (``grad_W = grad_yᵀ ·
+            x``); sparse counts the entries that are trained (by default the nonzero ones
+            of every weight that requires a gradient).
+        per: ``"example"`` or ``"batch"``.
+        batch_size: as :attr:`SparsityReport.batch_size`.
+        unsupported: aten ops met in the step with no formula, and how often.
+    """
+
+    total: StepFlops
+    forward: StepFlops
+    grad_inputs: StepFlops
+    grad_weights: StepFlops
+    per: Per = "example"
+    batch_size: int | None = 1
+    unsupported: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: the parts' columns, ``per``, ``batch_size``, ``unsupported``."""
+        return {
+            "per": self.per,
+            "batch_size": self.batch_size,
+            **{
+                part: asdict(getattr(self, part))
+                for part in ("total", "forward", "grad_inputs", "grad_weights")
+            },
+            "unsupported": dict(self.unsupported),
+        }

@@ -11,6 +11,28 @@ which is what makes the per-epoch recount one sweep of nonzero counts.
 Ops whose formula knows their batch dimension (convolution, the CPU LSTM layer, the fused
 multi-head attention) also record the batch size they ran on, the evidence against which
 the meter checks the batch size it divides FLOPs by.
+
+:func:`trace_training` traces one training step the same way: the forward in training
+mode with gradients on, a scalar loss, and the backward autograd runs for it (gradients of
+every leaf the loss depends on, as ``loss.backward()`` would compute them, without
+touching ``.grad``). Each backward product is attributed to the forward op whose autograd
+node runs it, and split into three parts (:data:`PARTS`):
+
+* ``grad_inputs``: products that multiply by a weight to pass the gradient to an
+  activation (``grad_x = grad_y · W``): a use of that weight, FLOPs per nonzero entry as
+  in the forward; and every weight-free backward product (attention), fixed;
+* ``grad_weights``: products that compute a weight's gradient (``grad_W = grad_yᵀ · x``):
+  a use of that weight, FLOPs per *trainable* entry (the meter counts the nonzero ones by
+  default). Inside a forward op's node a product that names no weight operand and whose
+  result has as many entries as the op's weight operand is that weight's gradient; fused
+  kernels name it (:attr:`~lightning_sparsity.counting.formulas.Use.grad_of`).
+
+What autograd skips is skipped: no ``grad_x`` for an input that does not need it (the
+first layer's input), no ``grad_W`` for a frozen weight, nothing for a ``no_grad`` part.
+A fused kernel that computes a frozen weight's gradient anyway (the CPU LSTM layer) is
+counted dense, and marked ``frozen`` so that sparse FLOPs skip it. What autograd adds is
+counted: a forward the backward recomputes (activation checkpointing, run with gradients
+on) counts in the forward part, the gradients of its products as above.
 """
 
 from __future__ import annotations
@@ -19,7 +41,7 @@ import contextlib
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -28,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_sparsity.counting.channels import ChannelFlow, ChannelTracker
 from lightning_sparsity.counting.formulas import REGISTRY, Formula, is_free
@@ -36,7 +58,25 @@ from lightning_sparsity.counting.params import Slot, find_slots
 
 aten = torch.ops.aten
 
-__all__ = ["MeasureError", "Trace", "WeightUse", "call_model", "trace"]
+__all__ = [
+    "FORWARD",
+    "GRAD_INPUTS",
+    "GRAD_WEIGHTS",
+    "PARTS",
+    "MeasureError",
+    "Trace",
+    "WeightUse",
+    "call_model",
+    "default_loss",
+    "graph_leaves",
+    "trace",
+    "trace_training",
+]
+
+#: The parts of a training step (:attr:`WeightUse.part`): the forward pass, the backward
+#: products that pass gradients to activations, those that compute weight gradients.
+PARTS = ("forward", "grad_inputs", "grad_weights")
+FORWARD, GRAD_INPUTS, GRAD_WEIGHTS = range(3)
 
 
 class MeasureError(RuntimeError):
@@ -63,12 +103,19 @@ class WeightUse:
         chain: ``None`` when the operand holds exactly the slot's entries (a transpose,
             reshape or cast), so ``nnz(operand) == nnz(slot)``; otherwise the ops that
             make the operand from the slot's value (a slice, a broadcast).
+        part: :data:`FORWARD`, :data:`GRAD_INPUTS` (the weight multiplies a gradient) or
+            :data:`GRAD_WEIGHTS` (the product computes the operand's gradient: sparse
+            counts it per trainable entry).
+        frozen: a weight gradient a fused kernel computed for a weight that requires no
+            gradient (no trainable entry).
     """
 
     row: int
     slot: int
     coef: Fraction
     chain: tuple[ChainOp, ...] | None
+    part: int = FORWARD
+    frozen: bool = False
 
 
 @dataclass
@@ -92,6 +139,9 @@ class Trace:
     flows: list[ChannelFlow] = field(default_factory=list)
     # producers whose channels also reach something other than those reads
     escaped: frozenset[int] = frozenset()
+    # a training step's trace: dense and weight-free FLOPs per part (PARTS); else empty
+    part_dense: tuple[int, ...] = ()
+    part_fixed: tuple[int, ...] = ()
 
 
 # ops whose output holds exactly the entries of their input (so the same nonzero count)
@@ -129,10 +179,21 @@ class _Provenance(NamedTuple):
     bijective: bool
 
 
+_Operand = tuple[Tensor, int, "tuple[ChainOp, ...] | None"]  # a weight operand and its slot
+
+
 class _CountingMode(TorchDispatchMode):
-    def __init__(self, modules: Sequence[nn.Module], effective: bool) -> None:
+    def __init__(self, modules: Sequence[nn.Module], effective: bool, training: bool = False):
         super().__init__()
         n_rows = len(modules)
+        self.training = training
+        self.backward = False
+        self.part_dense = [0] * len(PARTS)
+        self.part_fixed = [0] * len(PARTS)
+        # training: each counted forward op's output, row and weight operands until the
+        # backward starts; then by the autograd node that computes their gradients
+        self.pending: list[tuple[Any, int, list[_Operand]]] = []
+        self.nodes: dict[Any, tuple[int, list[_Operand]]] = {}
         self.prov: dict[int, _Provenance] = {}
         self.stack: list[int] = [0]
         self.dense = [0] * n_rows
@@ -176,6 +237,8 @@ class _CountingMode(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if self.pending:
+            self._settle()
         out = func(*args, **kwargs)
         kind = self.kinds.get(func)
         if kind is None:
@@ -188,8 +251,84 @@ class _CountingMode(TorchDispatchMode):
                 self._carry(src, func, args, kwargs, out)
         elif kind == _UNKNOWN:
             self.unsupported[str(func)] += 1
-        self.channels.step(func, args, out, self.stack[-1])
+        if not self.backward:
+            self.channels.step(func, args, out, self.stack[-1])
         return out
+
+    def _settle(self) -> None:
+        """Map counted forward ops to their autograd nodes, once autograd has set them.
+
+        Run before each op, so that at most the last op's output is held here; an output
+        without a node yet (none: a ``no_grad`` part) waits for the backward's start.
+        """
+        waiting = []
+        for out, row, operands in self.pending:
+            leaves = out if isinstance(out, (tuple, list)) else (out,)
+            first = next((t for t in leaves if isinstance(t, Tensor)), None)
+            node = None if first is None else first.grad_fn
+            if node is not None:
+                self.nodes[node] = (row, operands)
+            elif first is not None and not self.backward:
+                waiting.append((out, row, operands))
+        self.pending = waiting
+
+    def start_backward(self) -> None:
+        """The forward and the loss are done: what follows is the backward."""
+        self.backward = True
+        self._settle()
+
+    def _add(self, row: int, part: int, flops: int, fixed: bool) -> None:
+        self.dense[row] += flops
+        self.part_dense[part] += flops
+        if fixed:
+            self.fixed[row] += flops
+            self.part_fixed[part] += flops
+
+    def _use(
+        self, row: int, operand: Tensor, slot: int, chain: tuple[ChainOp, ...] | None,
+        flops: int, part: int, frozen: bool = False,
+    ) -> None:  # fmt: skip
+        self._add(row, part, flops, fixed=False)
+        # an empty weight (Linear(0, n)) multiplies nothing: 0 FLOPs per nonzero
+        per = Fraction(flops, operand.numel()) if operand.numel() else Fraction(0)
+        self.uses.append(WeightUse(row, slot, per, chain, part, frozen))
+
+    def _weight_operand(self, args: tuple[Any, ...], positions: Sequence[int]) -> _Operand | None:
+        for pos in positions:
+            src = self.source(args[pos])
+            if src is not None:
+                return args[pos], src.slot, None if src.bijective else src.chain
+        return None
+
+    def _count_backward(
+        self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> None:
+        node = torch._C._current_autograd_node()
+        row, operands = self.nodes.get(node, (0, [])) if node is not None else (0, [])
+        uses = formula.dense(*args, **kwargs, result=out)
+        for index, use in enumerate(uses):
+            if use.grad_of is not None:  # a fused kernel's gradient of this operand
+                found = self._weight_operand(args, (use.grad_of,))
+                if found is not None:
+                    operand, slot, chain = found
+                    frozen = not operand.requires_grad
+                    self._use(row, operand, slot, chain, use.flops, GRAD_WEIGHTS, frozen)
+                else:  # the gradient of an activation operand
+                    self._add(row, GRAD_INPUTS, use.flops, fixed=True)
+                continue
+            found = self._weight_operand(args, use.weights)
+            if found is not None:  # the gradient passed on through a weight
+                self._use(row, *found, use.flops, GRAD_INPUTS)
+                continue
+            # no weight operand: in the node of an op with a weight operand, the product
+            # whose result has that operand's entries is its gradient (of an op in several
+            # contractions, nn.Bilinear's, the last one: the one that makes the result)
+            numel = out.numel() if isinstance(out, Tensor) and index == len(uses) - 1 else -1
+            grad = next((o for o in operands if o[0].numel() == numel), None)
+            if grad is not None:
+                self._use(row, *grad, use.flops, GRAD_WEIGHTS)
+            else:
+                self._add(row, GRAD_INPUTS, use.flops, fixed=True)
 
     def _carry(
         self,
@@ -211,30 +350,29 @@ class _CountingMode(TorchDispatchMode):
     def _count(
         self, formula: Formula, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
     ) -> None:
+        # a forward op the backward runs with gradients on is a recomputation (activation
+        # checkpointing): counted as the forward counts it
+        if self.backward and not torch.is_grad_enabled():
+            self._count_backward(formula, args, kwargs, out)
+            return
         row = self.stack[-1]
-        if formula.batch is not None and not (
-            args and self.source(args[0]) is not None
+        if (
+            formula.batch is not None
+            and not self.backward
+            and not (args and self.source(args[0]) is not None)
         ):  # a Python int read off a shape; an op run on a weight says nothing of the batch
             name = f"aten.{formula.op._opname}"
             self.batches.setdefault((row, name), set()).add(formula.batch(*args, **kwargs))
-        uses = formula.dense(*args, **kwargs, result=out)
-        for use in uses:
-            self.dense[row] += use.flops
-            found = None
-            for pos in use.weights:
-                operand = args[pos]
-                src = self.source(operand)
-                if src is not None:
-                    found = src, operand
-                    break
+        operands: list[_Operand] = []
+        for use in formula.dense(*args, **kwargs, result=out):
+            found = self._weight_operand(args, use.weights)
             if found is None:
-                self.fixed[row] += use.flops
+                self._add(row, FORWARD, use.flops, fixed=True)
                 continue
-            src, operand = found
-            chain = None if src.bijective else src.chain
-            # an empty weight (Linear(0, n)) multiplies nothing: 0 FLOPs per nonzero
-            per = Fraction(use.flops, operand.numel()) if operand.numel() else Fraction(0)
-            self.uses.append(WeightUse(row, src.slot, per, chain))
+            self._use(row, *found, use.flops, FORWARD)
+            operands.append(found)
+        if self.training:
+            self.pending.append((out, row, operands))
         if self.effective is not None:
             counts = formula.effective(*args, **kwargs, result=out)
             total = 2 * (torch.stack(counts).sum() if len(counts) > 1 else counts[0])  # MAC→FLOPs
@@ -315,6 +453,87 @@ def _readers(model: nn.Module, slots: Sequence[Slot]) -> dict[int, list[Reader]]
     return {key: entries for key, entries in out.items() if entries}
 
 
+@contextlib.contextmanager
+def _tracking(
+    model: nn.Module, mode: _CountingMode, slots: Sequence[Slot], example_input: Any
+) -> Iterator[None]:
+    """Module rows and weight marks for ``mode`` while the body runs ``model``.
+
+    The body runs under ``parametrize.cached()``, in the grad mode the caller set (the
+    cached weights are computed in it). A failure becomes a :class:`MeasureError` that
+    shows the input's shapes.
+    """
+    modules = list(model.named_modules())
+    row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
+    readers: dict[int, list[Reader]] = {}
+
+    def pre_hook(module: nn.Module, _: Any) -> None:
+        mode.stack.append(row_of_module[id(module)])
+        # the weights of this module and those below it as its forward will read them: after
+        # prune's own pre-hook (the effective weight), after FSDP2's (the unsharded weight)
+        for owner, attr, i in readers.get(id(module), ()):
+            mode.mark(getattr(owner, attr), i)
+
+    def post_hook(module: nn.Module, _: Any, __: Any) -> None:
+        mode.stack.pop()
+
+    handles = []
+    for _, module in modules:
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook, always_call=True))
+    try:
+        with parametrize.cached():
+            # every weight as any module may read it, also before (or without) its owner's
+            # forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
+            # parametrization cache makes the forward read these very tensors
+            for i, slot in enumerate(slots):
+                mode.mark(getattr(slot.module, slot.attr), i)
+            readers.update(_readers(model, slots))
+            yield
+    except Exception as err:
+        raise MeasureError(
+            f"{type(model).__name__} forward failed on the example input"
+            f" ({describe_input(example_input)}): {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _finish(model: nn.Module, slots: list[Slot], mode: _CountingMode) -> Trace:
+    new = sorted(set(mode.unsupported) - _WARNED)
+    if new:  # once per op and process; the report always lists them
+        _WARNED.update(new)
+        warnings.warn(
+            f"lightning_sparsity: no FLOP formula for {', '.join(new)}; their cost is not"
+            " counted (see SparsityReport.unsupported)",
+            stacklevel=4,
+        )
+    modules = list(model.named_modules())
+    row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
+    row_types = [type(m).__name__ for _, m in modules]
+    batches: dict[str, set[int]] = {}
+    for (row, name), sizes in mode.batches.items():
+        batches.setdefault(f"{row_types[row]} ({name})", set()).update(sizes)
+    return Trace(
+        slots=slots,
+        numels=[slot.numel() for slot in slots],
+        rows=[name for name, _ in modules],
+        row_types=row_types,
+        row_of_slot=[row_of_module[id(s.module)] for s in slots],
+        dense=mode.dense,
+        fixed=mode.fixed,
+        uses=mode.uses,
+        effective=mode.effective,
+        unsupported=dict(mode.unsupported),
+        batches={label: frozenset(sizes) for label, sizes in batches.items()},
+        flows=mode.channels.flows,
+        escaped=frozenset(mode.channels.escaped),
+        part_dense=tuple(mode.part_dense) if mode.training else (),
+        part_fixed=tuple(mode.part_fixed) if mode.training else (),
+    )
+
+
 def trace(
     model: nn.Module,
     example_input: Any,
@@ -339,68 +558,121 @@ def trace(
         MeasureError: if the forward pass raises; the message shows the input's shapes.
     """
     slots = find_slots(model) if slots is None else slots
-    modules = list(model.named_modules())
-    row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
-    mode = _CountingMode([m for _, m in modules], effective)
-    readers: dict[int, list[Reader]] = {}
+    mode = _CountingMode([m for m in model.modules()], effective)
+    with _eval_mode(model), torch.no_grad(), _tracking(model, mode, slots, example_input):
+        with mode:
+            output = call_model(model, example_input)
+        mode.channels.escape_outputs(output)
+    return _finish(model, slots, mode)
 
-    def pre_hook(module: nn.Module, _: Any) -> None:
-        mode.stack.append(row_of_module[id(module)])
-        # the weights of this module and those below it as its forward will read them: after
-        # prune's own pre-hook (the effective weight), after FSDP2's (the unsharded weight)
-        for owner, attr, i in readers.get(id(module), ()):
-            mode.mark(getattr(owner, attr), i)
 
-    def post_hook(module: nn.Module, _: Any, __: Any) -> None:
-        mode.stack.pop()
+Loss = Callable[[Any], Tensor]
 
-    handles = []
-    for _, module in modules:
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(post_hook, always_call=True))
+
+def default_loss(output: Any) -> Tensor | None:
+    """The sum of every floating-point tensor in ``output`` that requires a gradient.
+
+    ``None`` when none does (nothing to differentiate: the step is its forward pass).
+    """
+    leaves = [
+        t
+        for t in tree_flatten(output)[0]
+        if isinstance(t, Tensor) and t.requires_grad and t.is_floating_point()
+    ]
+    if not leaves:
+        return None
+    total = leaves[0].sum()
+    for t in leaves[1:]:
+        total = total + t.sum()
+    return total
+
+
+def graph_leaves(loss: Tensor) -> list[Tensor]:
+    """The leaves whose gradients ``loss.backward()`` would accumulate."""
+    leaves: list[Tensor] = []
+    seen: set[Any] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad
+        if isinstance(variable, Tensor):
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+@contextlib.contextmanager
+def _train_step(model: nn.Module) -> Iterator[None]:
+    """Training mode with gradients, everything the step changes restored after.
+
+    Buffers (running statistics, ``num_batches_tracked``) get their values back, the
+    random generators their states (dropout draws), each module its train/eval flag.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    with torch.no_grad():
+        buffers = [(b, b.clone()) for b in model.buffers() if not b.is_meta]
+    devices = sorted(
+        {t.device.index or 0 for t in (*model.parameters(), *model.buffers())
+         if t.device.type == "cuda"}
+    )  # fmt: skip
     try:
-        with _eval_mode(model), torch.no_grad(), parametrize.cached():
-            # every weight as any module may read it, also before (or without) its owner's
-            # forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
-            # parametrization cache makes the forward read these very tensors
-            for i, slot in enumerate(slots):
-                mode.mark(getattr(slot.module, slot.attr), i)
-            readers.update(_readers(model, slots))
-            with mode:
-                output = call_model(model, example_input)
-            mode.channels.escape_outputs(output)
-    except Exception as err:
-        raise MeasureError(
-            f"{type(model).__name__} forward failed on the example input"
-            f" ({describe_input(example_input)}): {type(err).__name__}: {err}"
-        ) from err
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            model.train()
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
-    new = sorted(set(mode.unsupported) - _WARNED)
-    if new:  # once per op and process; the report always lists them
-        _WARNED.update(new)
-        warnings.warn(
-            f"lightning_sparsity: no FLOP formula for {', '.join(new)}; their cost is not"
-            " counted (see SparsityReport.unsupported)",
-            stacklevel=3,
-        )
-    row_types = [type(m).__name__ for _, m in modules]
-    batches: dict[str, set[int]] = {}
-    for (row, name), sizes in mode.batches.items():
-        batches.setdefault(f"{row_types[row]} ({name})", set()).update(sizes)
-    return Trace(
-        slots=slots,
-        numels=[slot.numel() for slot in slots],
-        rows=[name for name, _ in modules],
-        row_types=row_types,
-        row_of_slot=[row_of_module[id(s.module)] for s in slots],
-        dense=mode.dense,
-        fixed=mode.fixed,
-        uses=mode.uses,
-        effective=mode.effective,
-        unsupported=dict(mode.unsupported),
-        batches={label: frozenset(sizes) for label, sizes in batches.items()},
-        flows=mode.channels.flows,
-        escaped=frozenset(mode.channels.escaped),
+        for module, flag in flags:
+            module.training = flag
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
+
+
+def trace_training(
+    model: nn.Module,
+    example_input: Any,
+    loss: Loss | None = None,
+    *,
+    slots: list[Slot] | None = None,
+) -> Trace:
+    """Trace one training step: the forward in training mode, ``loss``, the backward.
+
+    The backward computes the gradient of every leaf the loss depends on (the parameters
+    that require gradients, inputs that do), as ``loss.backward()`` would, by
+    ``torch.autograd.grad``: ``.grad`` is left as found, and so are the modules' flags,
+    their buffers and the random generators. Hooks on the parameters' gradients run.
+
+    Args:
+        model: the model.
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        loss: the scalar loss from the model's output (its FLOPs count in the forward
+            part); default :func:`default_loss`.
+        slots: ``find_slots(model)`` if the caller has them.
+
+    Returns:
+        The trace; ``uses`` carry their part (:data:`PARTS`), ``part_dense`` and
+        ``part_fixed`` the dense and weight-free FLOPs of each part.
+
+    Raises:
+        MeasureError: if the forward pass, the loss or the backward raises.
+    """
+    slots = find_slots(model) if slots is None else slots
+    mode = _CountingMode([m for m in model.modules()], effective=False, training=True)
+    # an input that is the output of the caller's own graph: a leaf here, that graph untouched
+    example_input = tree_map(
+        lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad else t,
+        example_input,
     )
+    with _train_step(model), _tracking(model, mode, slots, example_input):
+        with mode:
+            output = call_model(model, example_input)
+            value = (default_loss if loss is None else loss)(output)
+            mode.start_backward()
+            if value is not None and value.requires_grad:
+                leaves = graph_leaves(value)
+                if leaves:
+                    torch.autograd.grad(value, leaves, allow_unused=True)
+        mode.channels.escape_outputs(output)
+    return _finish(model, slots, mode)
