@@ -334,6 +334,7 @@ class SparsityCallbackLogic:
             rewind_epoch=rewind_epoch,
             rewind_optimizer=rewind_optimizer,
         )
+        self.controller.compute.enabled = train_flops
         self._dir: Path | None = None
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()

@@ -1,9 +1,13 @@
 """Training compute: the FLOPs of the training steps that ran, per epoch and over the run.
 
 Each training batch adds ``examples × cost``, ``cost`` the training step's FLOPs per example
-(:meth:`SparsityMeter.measure_training`: forward and backward) at the masks the batch ran
-with: counted again only when the masks change (the pruner's ``generation``) or the step
-computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``). The
+(:meth:`SparsityMeter.measure_training`: forward and backward) at the weights the batch ran
+with. Counted again when the masks change (the pruner's ``generation``) or the step
+computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``), and then
+at every batch until two batches in a row cost the same: a weight RigL grows is live at
+zero until its first step, so the nonzeros settle a step after the masks. (A live weight
+that stays exactly zero for several steps and only then moves is counted as zero until the
+next change.) The
 weight gradients counted are those of the live entries (the pruner's masks), every entry of
 an unpruned weight. A batch whose optimizer step the AMP scaler skips still ran its forward
 and backward: it counts. Under DDP each rank adds its own batches; the epoch's sums are
@@ -26,27 +30,29 @@ Gather = Callable[[float], list[float]]
 class TrainCompute:
     """The training FLOPs that ran: dense and sparse, this epoch and in all."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.total_dense: float = 0
         self.total_sparse: float = 0
         self.epoch_dense: float = 0
         self.epoch_sparse: float = 0
         self.failed: str | None = None  # why counting stopped (said once)
         self._cached: tuple[Any, tuple[float, float]] | None = None
+        self._settled = False  # the cached cost held for two batches in a row
         self._pending: tuple[float, float] | None = None
 
     def reset(self) -> None:
         """A new fit: nothing counted."""
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self.enabled)  # type: ignore[misc]
 
     def begin_batch(self, meter: Any, pruner: Any, model: nn.Module) -> None:
         """Choose the cost of the batch about to run (counted again if the masks changed)."""
         self._pending = None
-        if self.failed is not None or meter is None:
+        if not self.enabled or self.failed is not None or meter is None:
             return
         dense = pruner is not None and pruner.dense_gradients
         key = (id(meter), None if pruner is None else pruner.generation, dense)
-        if self._cached is None or self._cached[0] != key:
+        if self._cached is None or self._cached[0] != key or not self._settled:
             trainable: Any = "nonzero"
             if dense:
                 trainable = "all"
@@ -55,7 +61,7 @@ class TrainCompute:
                 trainable = masks if masks else "nonzero"
             try:
                 cost = meter.measure_training(trainable=trainable).total
-            except Exception as err:  # noqa: BLE001 - the fit goes on, uncounted, said once
+            except Exception as err:
                 self.failed = f"{type(err).__name__}: {err}"
                 warnings.warn(
                     f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
@@ -64,7 +70,10 @@ class TrainCompute:
                 )
                 return
             sparse = cost.flops if cost.flops_sparse is None else cost.flops_sparse
-            self._cached = (key, (cost.flops, sparse))
+            value = (cost.flops, sparse)
+            same = self._cached is not None and self._cached[0] == key
+            self._settled = same and self._cached is not None and self._cached[1] == value
+            self._cached = (key, value)
         self._pending = self._cached[1]
 
     def end_batch(self, examples: int) -> None:
@@ -81,7 +90,7 @@ class TrainCompute:
 
         Returns ``None`` when the training FLOPs are not counted.
         """
-        if self.failed is not None:
+        if not self.enabled or self.failed is not None:
             return None
         dense = sum(gather(float(self.epoch_dense)))
         sparse = sum(gather(float(self.epoch_sparse)))

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
-from lightning_sparsity.control.compute import TrainCompute
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, slack
+from lightning_sparsity.control.compute import TrainCompute
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.control.rewind import Rewind, check_rewind, rewind_epoch_of
 from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
@@ -485,12 +485,17 @@ class SparsityController:
             report = meter.measure()
         if self.rewind is not None and self.rewind.epoch == epoch:
             self.rewind.take(model)
-        trained = {
-            "train_flops": 0,
-            "train_flops_dense": 0,
-            "train_flops_total": 0,
-            "train_flops_dense_total": 0,
-        }
+        trained = None
+        if self.compute.enabled:
+            trained = dict.fromkeys(
+                (
+                    "train_flops",
+                    "train_flops_dense",
+                    "train_flops_total",
+                    "train_flops_dense_total",
+                ),
+                0,
+            )
         return self._record(model, report, epoch, global_step, step, pruning, None, trained)
 
     def epoch_end(
@@ -674,7 +679,7 @@ class SparsityController:
         step: int | None,
         pruning: str | None,
         check: GuardCheck | None,
-        trained: Mapping[str, float] | None = None,
+        trained: Mapping[str, Any] | None = None,
     ) -> Outcome:
         total = report.total
         if total.flops_sparse is None or total.params_nonzero is None:

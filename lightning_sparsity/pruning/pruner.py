@@ -1205,8 +1205,10 @@ class MagnitudePruner(Settings):
 
     @property
     def dense_gradients(self) -> bool:
-        """Whether the coming optimizer step computes every weight gradient (RigL's growth
-        steps); the masks' zeros otherwise have none."""
+        """Whether the coming optimizer step computes every weight gradient.
+
+        RigL's growth steps do; otherwise the masks' zeros have none.
+        """
         return False
 
     def make_permanent(self, model: nn.Module) -> None:

@@ -1,0 +1,146 @@
+"""The training FLOPs a fit logs: each epoch's batches times the step's cost, across a resume.
+
+TinyMLP (fc1 16→32, fc2 32→4), 32 examples an epoch in batches of 16 (43 in the uneven
+case: the last batch of 11). Per example, with ``n1``/``n2`` the live weights of fc1/fc2 (FLOPs
+count 2 per multiply-add; the input needs no gradient, so fc1 has no input gradient):
+
+    forward 2·(n1 + n2) + fc2's input gradient 2·n2 + weight gradients 2·(n1 + n2)
+
+Dense: what ``FlopCounterMode`` counts around a real forward and backward (measured here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+import lightning_sparsity as ls
+from tests.fits import Learning
+
+
+class Uneven(Learning):
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(43, 16, generator=g), torch.arange(43) % 4)
+        return DataLoader(data, batch_size=16)  # 16 + 16 + 11
+
+
+def _sparse(n1: int, n2: int) -> int:
+    return 2 * (n1 + n2) + 2 * n2 + 2 * (n1 + n2)
+
+
+def _dense_per_example() -> float:
+    model = Learning()
+    x, y = torch.randn(8, 16), torch.arange(8) % 4
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / 8
+
+
+def _fit(root: Path, epochs: int, ckpt: str | None = None, model: Any = None) -> Any:
+    # uniform: each layer loses round(s · numel): 30% -> fc1 358, fc2 90 live; 60% -> 205, 51
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model or Learning(), ckpt_path=ckpt)
+    return callback
+
+
+def test_the_total_after_a_resumed_fit_is_the_steps_that_ran(tmp_path: Path) -> None:
+    dense = _dense_per_example()
+    assert dense == _sparse(512, 128)  # the closed form above, at full density: 2816
+    _fit(tmp_path, 2)
+    callback = _fit(tmp_path, 4, ckpt=str(tmp_path / "ckpt" / "last.ckpt"))
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51), _sparse(205, 51)]
+    points = callback.history
+    assert [p.epoch for p in points] == [0, 1, 2, 3, 4]
+    assert [p.train_flops for p in points] == [0] + [32 * e for e in epochs]
+    assert [p.train_flops_dense for p in points] == [0] + [32 * dense] * 4
+    assert points[-1].train_flops_total == 32 * sum(epochs)
+    assert points[-1].train_flops_dense_total == 32 * 4 * dense
+
+
+def test_a_short_last_batch_counts_its_examples(tmp_path: Path) -> None:
+    callback = _fit(tmp_path, 2, model=Uneven())
+    assert [p.train_flops for p in callback.history] == [
+        0,
+        43 * _sparse(512, 128),
+        43 * _sparse(358, 90),
+    ]
+
+
+class Nonzeros(pl.Callback):
+    """Before each batch: the nonzero weights of fc1 and fc2, read off the model."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        w1, w2 = pl_module.fc1.weight, pl_module.fc2.weight
+        self.seen.append((int((w1 != 0).sum()), int((w2 != 0).sum())))
+
+
+def test_rigl_growth_steps_count_every_weight_gradient(tmp_path: Path) -> None:
+    """RigL at 70% uniform (fc1 154, fc2 38 live), an update every 3 steps until step 7:
+    steps 3 and 6 compute the whole weight gradient (2·(512 + 128) per example), the others
+    the live entries' (the masks': a grown weight is live at zero). Multiplications count
+    the nonzero weights at each step: a grown weight is zero at the step after its growth
+    (4, 7) and moves then, so step 5 costs more than step 4 with the same masks."""
+    pruner = ls.RigL(0.7, allocation="uniform", delta_t=3, end_step=7)
+    nonzeros = Nonzeros()
+    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[nonzeros, callback],
+    )
+    trainer.fit(Learning())  # 32 examples, 2 batches of 16 an epoch: 8 steps
+    assert pruner.updates == 2
+    live = 154 + 38
+    steps = []
+    for t, (z1, z2) in enumerate(nonzeros.seen, start=1):
+        grads = 2 * (512 + 128) if t in (3, 6) else 2 * live
+        steps.append(2 * (z1 + z2) + 2 * z2 + grads)
+    assert nonzeros.seen[3] != nonzeros.seen[4]  # step 4 starts with the grown zeros
+    assert [p.train_flops for p in callback.history] == [0] + [
+        16 * (steps[i] + steps[i + 1]) for i in (0, 2, 4, 6)
+    ]
+
+
+def test_off_and_refused_quietly(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(ls.MagnitudePruner(), write_files=False, train_flops=False)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Learning())
+    assert callback.history[-1].train_flops is None
+    with pytest.raises(TypeError, match="`train_flops` must be a bool"):
+        ls.SparsityCallback(train_flops=1)  # type: ignore[arg-type]
