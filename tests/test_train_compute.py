@@ -144,3 +144,51 @@ def test_off_and_refused_quietly(tmp_path: Path) -> None:
     assert callback.history[-1].train_flops is None
     with pytest.raises(TypeError, match="`train_flops` must be a bool"):
         ls.SparsityCallback(train_flops=1)  # type: ignore[arg-type]
+
+
+def _budget_fit(root: Path, budget: ls.FlopBudget, epochs: int) -> Any:
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(pruner, budget, write_files=False, verbose=False)
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Learning())
+    return callback
+
+
+def test_a_training_compute_budget_stops_before_the_epoch_that_would_exceed_it(tmp_path: Path):
+    """Epochs cost 32 × (2816, 1972, 1126, 1126, ...) = 90,112, 63,104, 36,032, ...; the
+    running totals 90,112, 153,216, 189,248, 225,280, 261,312, 297,344. "50%" of the dense
+    run over max_epochs=6 (32 · 2816 · 6 = 540,672) is 270,336: after epoch 5 the next
+    epoch would reach 297,344, so the fit ends there."""
+    callback = _budget_fit(tmp_path, ls.FlopBudget("50%", count="train"), 6)
+    points = callback.history
+    assert [p.train_flops_total for p in points] == [
+        0,
+        90_112,
+        153_216,
+        189_248,
+        225_280,
+        261_312,
+    ]
+    assert callback.stopping_reason == "compute_spent"
+    assert points[-1].budget_limit == 270_336
+    assert points[-1].budget_value == 261_312
+    # an absolute target: 200,000 stops after epoch 3 (189,248 + 36,032 > 200,000)
+    callback = _budget_fit(tmp_path / "abs", ls.FlopBudget(200_000, count="train"), 6)
+    assert [p.epoch for p in callback.history][-1] == 3
+
+
+def test_training_budget_settings_that_cannot_work_are_named() -> None:
+    with pytest.raises(ValueError, match=r"count='train' takes action='stop'"):
+        ls.FlopBudget("50%", by_epoch=3, action="adjust", count="train")
+    with pytest.raises(ValueError, match=r"`by_epoch` and `finetune_epochs` do not apply"):
+        ls.FlopBudget("50%", by_epoch=3, count="train")

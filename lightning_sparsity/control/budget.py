@@ -37,12 +37,12 @@ if TYPE_CHECKING:
 __all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "parse_flops", "slack"]
 
 Action = Literal["stop", "adjust"]
-Count = Literal["sparse", "realizable", "effective", "params"]
+Count = Literal["sparse", "realizable", "effective", "params", "train"]
 OnDeadline = Literal["stop", "raise", "warn"]
 Status = Literal["over", "on_schedule", "within", "missed"]
 
 _ACTIONS = ("stop", "adjust")
-_COUNTS = ("sparse", "realizable", "effective", "params")
+_COUNTS = ("sparse", "realizable", "effective", "params", "train")
 _ON_DEADLINE = ("stop", "raise", "warn")
 _CURVES = ("cubic", "linear")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -166,7 +166,12 @@ class FlopBudget(Settings):
         count: which number the limit is on: ``"sparse"`` FLOPs (default),
             ``"realizable"`` FLOPs (what kernels execute for the weights' patterns: 2:4,
             removed rows and channels), ``"effective"`` FLOPs (measured on the example input
-            at each point), or nonzero ``"params"``.
+            at each point), nonzero ``"params"``, or ``"train"``: the sparse training FLOPs
+            of the whole fit (every batch's forward and backward, across resumes; the
+            callback's ``train_flops``), ``"N%"`` of what the dense model's training would
+            cost over ``max_epochs`` (the first epoch's examples each epoch). Its ``stop``
+            ends the fit after the last epoch that fits: when the next epoch (as many
+            examples, at the cost of the weights then) would go past the target.
         finetune_epochs: with ``stop``, epochs to train after the limit is met before the
             fit stops; ``None`` trains to ``max_epochs``.
         on_deadline: past the deadline and still over: ``"stop"`` training, ``"raise"``,
@@ -215,6 +220,17 @@ class FlopBudget(Settings):
         check_int("by_epoch", by_epoch, errors, 1, optional=True)
         check_int("finetune_epochs", finetune_epochs, errors, optional=True)
         check_int("start_epoch", start_epoch, errors)
+        if count == "train" and action != "stop":
+            errors.append(
+                "count='train' takes action='stop' (the fit ends before the next epoch would go"
+                f" past the target); action={action!r} (planning the pruning curve to land on a"
+                " training total) is not built yet"
+            )
+        elif count == "train" and (by_epoch is not None or finetune_epochs is not None):
+            errors.append(
+                "count='train' ends the fit when the compute is spent: `by_epoch` and"
+                f" `finetune_epochs` do not apply (got {by_epoch!r}, {finetune_epochs!r})"
+            )
         if action == "adjust" and count != "sparse":
             errors.append(
                 f"action='adjust' steers the pruner by sparse FLOPs; `count` must be 'sparse',"
@@ -266,6 +282,7 @@ class FlopBudget(Settings):
             "effective": "effective FLOPs",
             "realizable": "realizable FLOPs",
             "params": "nonzero parameters",
+            "train": "training FLOPs",
         }[self.count]
 
     @property
@@ -471,6 +488,38 @@ class FlopBudget(Settings):
         budget freezes that callback's masks too.
         """
         return not (self.action == "stop" and self.reached_epoch is not None)
+
+    def evaluate_training(self, spent: float, next_epoch: float, epoch: int) -> BudgetDecision:
+        """``count="train"``: go on while ``spent + next_epoch`` fits in the limit.
+
+        Args:
+            spent: the training FLOPs of the fit so far.
+            next_epoch: what the next epoch would cost.
+            epoch: completed epochs.
+        """
+        limit = self.limit
+        done = spent + next_epoch > limit
+        if spent > limit:
+            status: Status = "missed"
+            message = f"training compute over budget: {count(spent)} > {count(limit)} FLOPs"
+        else:
+            status = "within"
+            message = f"training compute: {count(spent)} of {count(limit)} FLOPs spent"
+        if done:
+            message += f"; the next epoch ({count(next_epoch)}) would go past the budget, stopping"
+        if done and self.reached_epoch is None:
+            self.reached_epoch = epoch
+        return BudgetDecision(
+            epoch,
+            status,
+            spent,
+            limit,
+            None,
+            False,
+            done,
+            "compute_spent" if done else None,
+            message,
+        )
 
     def evaluate(self, value: float, epoch: int) -> BudgetDecision:
         """Decide after ``epoch`` completed epochs on the measured ``value``.

@@ -36,6 +36,8 @@ class TrainCompute:
         self.total_sparse: float = 0
         self.epoch_dense: float = 0
         self.epoch_sparse: float = 0
+        self.epoch_examples = 0  # the last closed epoch's, over all ranks
+        self._examples = 0  # this epoch's so far, this process's
         self.failed: str | None = None  # why counting stopped (said once)
         self._cached: tuple[Any, tuple[float, float]] | None = None
         self._settled = False  # the cached cost held for two batches in a row
@@ -53,34 +55,51 @@ class TrainCompute:
         dense = pruner is not None and pruner.dense_gradients
         key = (id(meter), None if pruner is None else pruner.generation, dense)
         if self._cached is None or self._cached[0] != key or not self._settled:
-            trainable: Any = "nonzero"
-            if dense:
-                trainable = "all"
-            elif pruner is not None:
-                masks = pruner.masks(model)
-                trainable = masks if masks else "nonzero"
-            try:
-                cost = meter.measure_training(trainable=trainable).total
-            except Exception as err:
-                self.failed = f"{type(err).__name__}: {err}"
-                warnings.warn(
-                    f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
-                    UserWarning,
-                    stacklevel=3,
-                )
+            value = self._measure(meter, pruner, model, dense)
+            if value is None:
                 return
-            sparse = cost.flops if cost.flops_sparse is None else cost.flops_sparse
-            value = (cost.flops, sparse)
             same = self._cached is not None and self._cached[0] == key
             self._settled = same and self._cached is not None and self._cached[1] == value
             self._cached = (key, value)
         self._pending = self._cached[1]
+
+    def _measure(
+        self, meter: Any, pruner: Any, model: nn.Module, dense: bool
+    ) -> tuple[float, float] | None:
+        """``(dense, sparse)`` FLOPs of one step per example now; ``None`` if it failed.
+
+        A model whose step cannot be traced is said once; the fit goes on, uncounted.
+        """
+        trainable: Any = "nonzero"
+        if dense:
+            trainable = "all"
+        elif pruner is not None:
+            masks = pruner.masks(model)
+            trainable = masks if masks else "nonzero"
+        try:
+            cost = meter.measure_training(trainable=trainable).total
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        sparse = cost.flops if cost.flops_sparse is None else cost.flops_sparse
+        return cost.flops, sparse
+
+    def cost_now(self, meter: Any, pruner: Any, model: nn.Module) -> float:
+        """The sparse FLOPs of a plain step per example at the weights now (0 if failed)."""
+        value = self._measure(meter, pruner, model, dense=False)
+        return 0.0 if value is None else value[1]
 
     def end_batch(self, examples: int) -> None:
         """Add the batch that ran: ``examples`` times its step's cost per example."""
         if self._pending is None:
             return
         dense, sparse = self._pending
+        self._examples += examples
         self.epoch_dense += examples * dense
         self.epoch_sparse += examples * sparse
         self._pending = None
@@ -94,9 +113,11 @@ class TrainCompute:
             return None
         dense = sum(gather(float(self.epoch_dense)))
         sparse = sum(gather(float(self.epoch_sparse)))
+        self.epoch_examples = int(sum(gather(float(self._examples))))
         self.total_dense += dense
         self.total_sparse += sparse
         self.epoch_dense = self.epoch_sparse = 0
+        self._examples = 0
         return {
             "train_flops": _plain(sparse),
             "train_flops_dense": _plain(dense),

@@ -291,6 +291,7 @@ class SparsityController:
         self.report: SparsityReport | None = None
         self.stopped: BudgetDecision | None = None
         self.compute = TrainCompute()
+        self._max_epochs: int | None = None
         self._state = _State()
 
     # ------------------------------------------------------------------ state
@@ -336,6 +337,7 @@ class SparsityController:
         pruning goes by steps).
         """
         found: list[str] = []
+        self._max_epochs = max_epochs
         if self.budget is not None:
             deadline = self.budget.deadline_warning(max_epochs)
             if deadline is not None:
@@ -469,7 +471,13 @@ class SparsityController:
         if self.pruning is not None:
             self.pruning.check(model)
         report = meter.measure()
-        if self.budget is not None:
+        if self.budget is not None and self.budget.count == "train":
+            if not self.compute.enabled:
+                raise ValueError(
+                    "FlopBudget(count='train') limits the training FLOPs the callback counts;"
+                    " it needs SparsityCallback(train_flops=True) (the default)"
+                )
+        elif self.budget is not None:
             pruned = None if self.pruning is None else self.pruning.floor_densities(model)
             self.budget.start(self._budget_report(model, report), meter.cost_model(), pruned)
         pruning = None
@@ -544,6 +552,34 @@ class SparsityController:
         trained = self.compute.close_epoch(gather)
         return self._record(model, report, epoch, global_step, step, pruning, check, trained)
 
+    def _training_budget(
+        self, model: nn.Module, epoch: int, trained: Mapping[str, Any] | None
+    ) -> BudgetDecision | None:
+        """``FlopBudget(count="train")``: the fit's training FLOPs against the limit.
+
+        At the first epoch's end the dense reference is set: that epoch's dense training
+        FLOPs times ``max_epochs``. The next epoch is costed at the weights now (after this
+        point's prune): as many examples as this epoch, the step's sparse cost per example.
+        """
+        budget = self.budget
+        assert budget is not None
+        if trained is None or epoch == 0 or not self.compute.epoch_examples:
+            return None
+        if budget.dense is None:
+            epochs = self._max_epochs
+            if epochs is None or epochs < 0:
+                if budget._fraction:
+                    raise ValueError(
+                        f"FlopBudget(count='train', target={budget.target!r}): a percentage"
+                        " of the dense run's training needs the fit's max_epochs; give one, or"
+                        " an absolute target (e.g. '2.5T')"
+                    )
+                epochs = 1
+            budget.check_reachable(float(trained["train_flops_dense"]) * epochs, 0.0)
+        per_example = self.compute.cost_now(self._meter(), self.pruning, model)
+        next_epoch = self.compute.epoch_examples * per_example
+        return budget.evaluate_training(float(trained["train_flops_total"]), next_epoch, epoch)
+
     def _pruned_more(self, model: nn.Module, report: SparsityReport) -> bool:
         """Whether the pruner's weights hold another number of zeros than at the last point."""
         assert self.pruning is not None
@@ -578,6 +614,8 @@ class SparsityController:
         if self.budget is None or not self.history:
             return None
         last = self.history[-1]
+        if self.budget.count == "train":  # decided again at the next epoch's end
+            return None
         if self.budget.dense is None:  # the budget is new to this run
             if self.budget.count == "effective":
                 raise ValueError(
@@ -686,9 +724,13 @@ class SparsityController:
             raise ValueError("lightning_sparsity: cannot record a point on the meta device")
         decision = None
         budget_fields: dict[str, Any] = {}
-        if self.budget is not None:
+        if self.budget is not None and self.budget.count == "train":
+            decision = self._training_budget(model, epoch, trained)
+            value = None if decision is None else decision.value
+        elif self.budget is not None:
             value = self.budget.value(self._budget_report(model, report))
             decision = self.budget.evaluate(value, epoch)
+        if self.budget is not None and decision is not None:
             if decision.stop_training:
                 self.stopped = decision
             budget_fields = {
