@@ -475,6 +475,12 @@ class SparsityCallbackLogic:
         hands the state to :meth:`load_state_dict` (which reads the first version too).
         """
         states = checkpoint.get("callbacks")
+        own = (states or {}).get(self.state_key)
+        if isinstance(own, dict) and trainer.global_rank != 0:
+            compute = own.get("compute")
+            if isinstance(compute, dict) and compute.get("epoch"):
+                # the epoch's training FLOPs so far are every rank's sum: rank 0 adds them
+                own["compute"] = {**compute, "epoch": None}
         if not states or self.state_key in states or self.name is not None:
             return
         legacy = [k for k in states if isinstance(k, str) and k.startswith("SparsityCallback[(")]
@@ -491,6 +497,10 @@ class SparsityCallbackLogic:
         where Lightning's ``WeightAveraging`` moves the model's own state (its averaged
         copy, plain, takes ``state_dict``). The masks travel in this callback's state.
         """
+        own = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if trainer.world_size > 1 and isinstance(own, dict) and "compute" in own:
+            # every rank saves together: the epoch's training FLOPs so far, summed
+            own["compute"]["epoch"] = self.controller.compute.partial(self._gather(trainer))
         if self.pruning is not None and self.pruning.mask_storage == "prune":
             names = self.pruning.target_names(pl_module)
             for key in ("state_dict", "current_model_state"):
@@ -596,7 +606,7 @@ class SparsityCallbackLogic:
     ) -> None:
         """Count the batch's training FLOPs; with ``prune_every_n_steps``: prune every N steps."""
         if self.train_flops and self.controller.bound:
-            self.controller.batch_end(_examples(self._from_batch(batch)))
+            self.controller.batch_end(self._batch_examples(batch))
         every = self.prune_every_n_steps
         if every is None or not self.controller.bound or self.frozen:
             return
@@ -774,6 +784,20 @@ class SparsityCallbackLogic:
             return t.to(device=param.device, dtype=dtype)
 
         return tree_map(to_model, value)
+
+    def _batch_examples(self, batch: Any) -> int:
+        """The examples in a training batch: those of its model input.
+
+        Without ``input_from_batch`` for a batch that is no ``(input, ...)`` (a dict, when
+        ``example_input`` was given), the leading size of its first tensor, as Lightning
+        takes a batch's size.
+        """
+        if self.input_from_batch is default_input_from_batch:
+            try:
+                return _examples(default_input_from_batch(batch))
+            except TypeError:
+                return _examples(batch)
+        return _examples(self._from_batch(batch))
 
     def _from_batch(self, batch: Any) -> Any:
         """``input_from_batch(batch)``, refusing what is no model input.

@@ -409,6 +409,9 @@ def test_input_from_batch_and_dict_inputs(tmp_path: Path) -> None:
         assert [p.flops for p in callback.history] == [WIDE_DENSE, WIDE_DENSE]
         assert callback.report is not None
         assert callback.report.batch_size == 1
+    # the training FLOPs count the dict batches' examples on both paths (all 64 of them)
+    dense = [c.history[-1].train_flops_dense for c in (taken, as_kwargs)]
+    assert dense[0] == dense[1] > 0
 
 
 def test_torch_compiled_modules(tmp_path: Path) -> None:

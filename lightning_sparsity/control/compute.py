@@ -125,14 +125,32 @@ class TrainCompute:
             "train_flops_dense_total": _plain(self.total_dense),
         }
 
+    def partial(self, gather: Gather | None = None) -> list[float]:
+        """The epoch's sums so far, ``[dense, sparse, examples]``: this process's, or with
+        ``gather`` every rank's added (a collective: every rank calls it)."""
+        mine = [self.epoch_dense, self.epoch_sparse, self._examples]
+        return mine if gather is None else [_plain(sum(gather(float(v)))) for v in mine]
+
     def state_dict(self) -> dict[str, Any]:
-        """The totals (a resume continues them)."""
-        return {"total_dense": self.total_dense, "total_sparse": self.total_sparse}
+        """The totals and the epoch so far (a resume continues both).
+
+        A checkpoint taken inside an epoch (on a batch's end, or after validation) is
+        resumed at that epoch's remaining batches or its end: the batches that ran before
+        it are in ``epoch``. Under DDP the caller replaces ``epoch`` with the sums over
+        every rank and gives it to one rank only on resume.
+        """
+        return {
+            "total_dense": self.total_dense,
+            "total_sparse": self.total_sparse,
+            "epoch": self.partial(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Read :meth:`state_dict`."""
         self.total_dense = state.get("total_dense", 0)
         self.total_sparse = state.get("total_sparse", 0)
+        dense, sparse, examples = state.get("epoch") or (0, 0, 0)
+        self.epoch_dense, self.epoch_sparse, self._examples = dense, sparse, int(examples)
 
 
 def _plain(value: float) -> float:
