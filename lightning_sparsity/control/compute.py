@@ -126,8 +126,10 @@ class TrainCompute:
         }
 
     def partial(self, gather: Gather | None = None) -> list[float]:
-        """The epoch's sums so far, ``[dense, sparse, examples]``: this process's, or with
-        ``gather`` every rank's added (a collective: every rank calls it)."""
+        """The epoch's sums so far, ``[dense, sparse, examples]``.
+
+        This process's; with ``gather``, every rank's added (a collective: all call it).
+        """
         mine = [self.epoch_dense, self.epoch_sparse, self._examples]
         return mine if gather is None else [_plain(sum(gather(float(v)))) for v in mine]
 
