@@ -15,7 +15,9 @@ What is compared (each a :class:`Quote`: a pattern in the README, its groups the
   50%,20%,5% --seeds 0,1 --monitor val_acc``), its number of runs and epochs per run; its
   ``frontier.png`` is ``docs/digits_frontier.png``;
 * ``demo --pattern 2:4``: realizable FLOPs over dense at the end, and the final val_acc;
-  ``demo`` (the default 20% budget): the final val_acc.
+  ``demo`` (the default 20% budget): the final val_acc;
+* ``examples/digits_training_compute.py``: its three lines (RigL, a stop and an adjust
+  budget on training compute).
 """
 
 from __future__ import annotations
@@ -41,16 +43,18 @@ SWEEP = [
 ]  # fmt: skip
 
 
-def command(args: list[str], cwd: Path) -> str:
-    """``lightning-sparsity ARGS`` as a fresh process with 2 torch threads: its stdout.
+def command(args: list[str], cwd: Path, script: Path | None = None) -> str:
+    """``lightning-sparsity ARGS`` (or ``python SCRIPT ARGS``) as a fresh process with 2
+    torch threads: its stdout.
 
     Raises:
         RuntimeError: if it exits with an error (its stderr's end).
     """
+    program = ["-m", "lightning_sparsity.cli"] if script is None else [str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "lightning_sparsity.cli", *args],
+        [sys.executable, *program, *args],
         cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=3600,
     )  # fmt: skip
     if done.returncode != 0:
@@ -138,7 +142,23 @@ def demo_quotes(work: Path) -> list[Quote]:
     ]
 
 
-SOURCES: dict[str, Callable[[Path], list[Quote]]] = {"sweep": sweep_quotes, "demo": demo_quotes}
+def training_quotes(work: Path) -> list[Quote]:
+    """``examples/digits_training_compute.py``: its three lines (RigL, two budgets)."""
+    out = command([], work, ROOT / "examples" / "digits_training_compute.py")
+    lines = [line for line in out.splitlines() if " epochs, val_acc " in line]
+    if len(lines) != 3:
+        raise RuntimeError(f"digits_training_compute.py printed {len(lines)} runs:\n{out[-1000:]}")
+    block = "\n".join(lines) + "\n"
+    return [
+        Quote("digits_training_compute.py", r"^(RigL 90% ERK: .*\n(?:magnitude .*\n){2})", (block,))
+    ]
+
+
+SOURCES: dict[str, Callable[[Path], list[Quote]]] = {
+    "sweep": sweep_quotes,
+    "demo": demo_quotes,
+    "training": training_quotes,
+}
 
 
 def quotes(work: Path, only: list[str] | None = None) -> list[Quote]:

@@ -1,4 +1,4 @@
-"""Training compute on the embedded digits data: a RigL run, and a training-compute budget.
+"""Training compute on the embedded digits data: a RigL run, and two training-compute budgets.
 
 python examples/digits_training_compute.py
 
@@ -49,7 +49,13 @@ if __name__ == "__main__":
     # magnitude pruning to 80% by epoch 8, stopped before it spends 30% of a dense run's compute
     schedule = ls.schedules.Cubic(0.8, start_epoch=0, end_epoch=8)
     fit(
-        "magnitude + FlopBudget(count='train', '30%')",
+        "magnitude + FlopBudget('30%', count='train')",
         ls.MagnitudePruner(schedule=schedule),
         ls.FlopBudget("30%", count="train"),
+    )
+    # the pruning curve planned so all 12 epochs together cost 30% of a dense run
+    fit(
+        "magnitude + FlopBudget('30%', by_epoch=6, action='adjust', count='train')",
+        ls.MagnitudePruner(),
+        ls.FlopBudget("30%", by_epoch=6, action="adjust", count="train"),
     )

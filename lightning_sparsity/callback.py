@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_sparsity._checks import check_bools, check_choice, check_int
-from lightning_sparsity._text import count
+from lightning_sparsity._text import count, si
 from lightning_sparsity.averaging import AveragedCopies
 from lightning_sparsity.compact import compact
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
@@ -122,6 +122,18 @@ def _examples(value: Any) -> int:
     """The examples in a model input: its first tensor's leading size (1 without one)."""
     first = next((t for t in tree_flatten(value)[0] if isinstance(t, Tensor) and t.dim()), None)
     return 1 if first is None else int(first.shape[0])
+
+
+def _training_line(last: HistoryPoint) -> str:
+    """The fit's training FLOPs under the report's table (empty when not counted)."""
+    if last.train_flops_total is None:
+        return ""
+    sparse, dense = last.train_flops_total, last.train_flops_dense_total
+    ratio = f" ({sparse / dense:.3f} of dense)" if dense else ""
+    return (
+        f"\n\nTraining FLOPs of the fit (every training example's forward and backward, over"
+        f" {last.epoch} epochs): sparse {si(sparse)}, dense {si(dense)}{ratio}."
+    )
 
 
 def _first_example(value: Any) -> Any:
@@ -655,8 +667,9 @@ class SparsityCallbackLogic:
         if not trainer.is_global_zero or report is None:
             return
         last = self.history[-1]
+        table = report.to_markdown() + _training_line(last)
         for writer in tensorboard_writers(trainer.loggers):
-            writer.add_text("sparsity/layers", report.to_markdown(), global_step=last.step)
+            writer.add_text("sparsity/layers", table, global_step=last.step)
         final = self._final_metrics(last)
         if self.export == "compact":
             self._export_compact(trainer, pl_module)
@@ -668,11 +681,16 @@ class SparsityCallbackLogic:
         directory = self.directory
         if self.write_files and directory is not None:
             report.to_json(directory / "sparsity_report.json")
-            (directory / "sparsity_report.md").write_text(report.to_markdown() + "\n")
+            (directory / "sparsity_report.md").write_text(table + "\n")
             self._plot(trainer, directory)
+            trained = ""
+            if last.train_flops_total is not None and last.train_flops_dense_total:
+                ratio = last.train_flops_total / last.train_flops_dense_total
+                trained = f", training FLOPs {ratio:.3f} of dense"
             rank_zero_info(
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
-                f" sparsity {last.param_sparsity:.3f}; history, report and plot in {directory}"
+                f" sparsity {last.param_sparsity:.3f}{trained}; history, report and plot in"
+                f" {directory}"
             )
 
     def _plot(self, trainer: Any, directory: Path) -> None:

@@ -188,7 +188,94 @@ def test_a_training_compute_budget_stops_before_the_epoch_that_would_exceed_it(t
 
 
 def test_training_budget_settings_that_cannot_work_are_named() -> None:
-    with pytest.raises(ValueError, match=r"count='train' takes action='stop'"):
-        ls.FlopBudget("50%", by_epoch=3, action="adjust", count="train")
     with pytest.raises(ValueError, match=r"`by_epoch` and `finetune_epochs` do not apply"):
         ls.FlopBudget("50%", by_epoch=3, count="train")
+    with pytest.raises(ValueError, match=r"`finetune_epochs` does not apply \(got 2\)"):
+        ls.FlopBudget("50%", by_epoch=3, action="adjust", count="train", finetune_epochs=2)
+    with pytest.raises(ValueError, match=r"or by the fit's training FLOPs \(count='train'\)"):
+        ls.FlopBudget("50%", by_epoch=3, action="adjust", count="params")
+
+
+def _adjust_fit(root: Path, budget: ls.FlopBudget, epochs: int) -> Any:
+    callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False, verbose=False)
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Learning())
+    return callback
+
+
+def test_an_adjust_training_budget_lands_on_its_total(tmp_path: Path) -> None:
+    """40% of the dense run: 0.4 · 6 epochs · 32 examples · 2816 (FlopCounterMode's step)
+    = 216,268.8 training FLOPs. The fit prunes along the cubic curve to epoch 3 and then
+    holds, the level chosen again after every epoch; it lands at or under the total, within
+    1%, and spends less each epoch than the one before it (the sooner sparse, the cheaper)."""
+    callback = _adjust_fit(
+        tmp_path, ls.FlopBudget("40%", by_epoch=3, action="adjust", count="train"), 6
+    )
+    limit = 0.4 * 6 * 32 * _dense_per_example()
+    points = callback.history
+    assert [p.epoch for p in points] == list(range(7))
+    assert points[-1].budget_limit == pytest.approx(limit)
+    total = points[-1].train_flops_total
+    assert 0.99 * limit <= total <= limit, (total, limit)
+    assert total == sum(p.train_flops for p in points)
+    spent = [p.train_flops for p in points[1:]]
+    assert spent[0] == 32 * _dense_per_example()  # nothing pruned before epoch 1 ends
+    assert spent == sorted(spent, reverse=True)
+    assert callback.stopping_reason is None
+
+
+def test_an_unreachable_adjust_training_budget_is_refused_before_training(tmp_path: Path):
+    """The pruner's floor keeps one weight per output row (fc1 32 of 512, fc2 4 of 128): a
+    step at the floors costs 4·32 + 6·4 = 152 FLOPs per example (fc1 4 per weight: forward
+    and weight gradient; fc2 6: also the input gradient), f = 152/2816 of dense. Along the
+    cubic curve from dense at epoch 0 to the floors by epoch 5, a 6-epoch fit costs at
+    least f + (1 - f)·Σ_{t=0..5} (1 - t/5)³ / 6 = f + (1 - f)·1.8/6 = 33.78% of dense."""
+    budget = ls.FlopBudget("25%", by_epoch=5, action="adjust", count="train")
+    with pytest.raises(ls.BudgetError, match=r"lowest reachable target is 33\.78% of dense"):
+        _adjust_fit(tmp_path, budget, 6)
+    with pytest.raises(ValueError, match=r"needs the fit's max_epochs \(got -1\)"):
+        _adjust_fit(tmp_path, ls.FlopBudget("50%", by_epoch=2, action="adjust", count="train"), -1)
+    # an absolute target is checked once the first epoch's examples are known, before the
+    # first prune: 100,000 < 33.78% of 6 · 32 · 2816 = 182,640
+    with pytest.raises(ls.BudgetError, match=r"target 100000 \(100,000 FLOPs\) is unreachable"):
+        _adjust_fit(tmp_path, ls.FlopBudget(100_000, by_epoch=5, action="adjust", count="train"), 6)
+
+
+def test_the_totals_reach_tensorboard_and_the_report(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(pruner, verbose=False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Learning())
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]  # as in the first test
+    total = 32 * sum(epochs)  # 32 · (2816 + 1972 + 1126) = 189,248
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    per_epoch = [e.value for e in acc.Scalars("sparsity/train_flops")]
+    assert per_epoch == [0] + [32 * e for e in epochs]
+    assert [e.value for e in acc.Scalars("sparsity/train_flops_total")][-1] == total
+    assert [e.value for e in acc.Scalars("sparsity/final_train_flops_total")] == [total]
+    report = (Path(logger.log_dir) / "sparsity_report.md").read_text()
+    dense = 3 * 32 * 2816  # 270,336
+    assert f"over 3 epochs): sparse 189K, dense 270K ({total / dense:.3f} of dense)" in report

@@ -34,7 +34,7 @@ from lightning_sparsity.pruning.schedules import Curve, ramp
 if TYPE_CHECKING:
     from lightning_sparsity.counting import CostModel, SparsityReport
 
-__all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "parse_flops", "slack"]
+__all__ = ["BudgetDecision", "BudgetError", "FlopBudget", "TrainingPlan", "parse_flops", "slack"]
 
 Action = Literal["stop", "adjust"]
 Count = Literal["sparse", "realizable", "effective", "params", "train"]
@@ -153,6 +153,21 @@ class BudgetDecision:
         return slack(self.value, self.allowed)
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Where ``FlopBudget(count="train", action="adjust")`` steers the training step.
+
+    Attributes:
+        step: the training step's sparse FLOPs per example to prune to now.
+        end: the step cost the curve ends at (from ``by_epoch`` on).
+        total: the fit's training FLOPs if the plan holds.
+    """
+
+    step: float
+    end: float
+    total: float
+
+
 class FlopBudget(Settings):
     """A FLOP (or nonzero-parameter) limit with an optional deadline and an action.
 
@@ -171,7 +186,12 @@ class FlopBudget(Settings):
             callback's ``train_flops``), ``"N%"`` of what the dense model's training would
             cost over ``max_epochs`` (the first epoch's examples each epoch). Its ``stop``
             ends the fit after the last epoch that fits: when the next epoch (as many
-            examples, at the cost of the weights then) would go past the target.
+            examples, at the cost of the weights then) would go past the target. Its
+            ``adjust`` prunes along a curve of the training step's cost, from dense at
+            ``start_epoch`` to a level held from ``by_epoch`` to ``max_epochs``, the level
+            chosen (again after every epoch) so the whole fit lands on the target: the
+            sooner the model is sparse, the cheaper the run. A target below what pruning
+            to the floors along that curve costs is refused before the first prune.
         finetune_epochs: with ``stop``, epochs to train after the limit is met before the
             fit stops; ``None`` trains to ``max_epochs``.
         on_deadline: past the deadline and still over: ``"stop"`` training, ``"raise"``,
@@ -220,21 +240,21 @@ class FlopBudget(Settings):
         check_int("by_epoch", by_epoch, errors, 1, optional=True)
         check_int("finetune_epochs", finetune_epochs, errors, optional=True)
         check_int("start_epoch", start_epoch, errors)
-        if count == "train" and action != "stop":
+        if count == "train" and action == "stop" and (by_epoch, finetune_epochs) != (None, None):
             errors.append(
-                "count='train' takes action='stop' (the fit ends before the next epoch would go"
-                f" past the target); action={action!r} (planning the pruning curve to land on a"
-                " training total) is not built yet"
+                "count='train' with action='stop' ends the fit when the compute is spent:"
+                f" `by_epoch` and `finetune_epochs` do not apply (got {by_epoch!r},"
+                f" {finetune_epochs!r})"
             )
-        elif count == "train" and (by_epoch is not None or finetune_epochs is not None):
+        elif count == "train" and finetune_epochs is not None:
             errors.append(
-                "count='train' ends the fit when the compute is spent: `by_epoch` and"
-                f" `finetune_epochs` do not apply (got {by_epoch!r}, {finetune_epochs!r})"
+                "count='train' with action='adjust' plans the pruning over the whole fit:"
+                f" `finetune_epochs` does not apply (got {finetune_epochs!r})"
             )
-        if action == "adjust" and count != "sparse":
+        if action == "adjust" and count not in ("sparse", "train"):
             errors.append(
-                f"action='adjust' steers the pruner by sparse FLOPs; `count` must be 'sparse',"
-                f" got {count!r}"
+                "action='adjust' steers the pruner by sparse FLOPs (count='sparse') or by the"
+                f" fit's training FLOPs (count='train'); got count={count!r}"
             )
         if action == "adjust" and by_epoch is None:
             errors.append("`by_epoch` is required with action='adjust' (the deadline to land on)")
@@ -489,22 +509,146 @@ class FlopBudget(Settings):
         """
         return not (self.action == "stop" and self.reached_epoch is not None)
 
-    def evaluate_training(self, spent: float, next_epoch: float, epoch: int) -> BudgetDecision:
+    # ------------------------------------------------------------------ training compute
+
+    def _planned(
+        self, end: float, epoch: int, epochs: int, dense_step: float, step_now: float
+    ) -> list[float]:
+        """The step cost per example of each epoch after ``epoch`` under a plan ending at ``end``.
+
+        The curve runs from ``dense_step`` at ``start_epoch`` to ``end`` at ``by_epoch`` (and
+        stays there); the weights cannot grow back, so no epoch costs more than ``step_now``.
+        """
+        assert self.by_epoch is not None
+        return [
+            min(step_now, ramp(t, self.start_epoch, self.by_epoch, dense_step, end, self.curve))
+            for t in range(epoch, epochs)
+        ]
+
+    def lowest_training_fraction(self, epochs: int, dense_step: float, floor_step: float) -> float:
+        """The least a fit of ``epochs`` epochs can cost, as a fraction of its dense run.
+
+        Pruning along the curve down to the pruner's floors (``floor_step`` per example).
+        """
+        planned = self._planned(floor_step, 0, epochs, dense_step, dense_step)
+        return sum(planned) / (epochs * dense_step)
+
+    def check_training(
+        self, epochs: int, dense_step: float, floor_step: float, epoch_dense: float | None
+    ) -> None:
+        """``count="train"``: set the dense run's total and check the target can be met.
+
+        With ``adjust``, the least the fit can cost is pruning along the curve down to the
+        floors (:meth:`lowest_training_fraction`); with ``stop``, nothing (stopping early).
+
+        Args:
+            epochs: the fit's epochs (``max_epochs``).
+            dense_step: a training step's dense FLOPs per example.
+            floor_step: the same with every pruned weight at the pruner's floor.
+            epoch_dense: the first epoch's dense training FLOPs; ``None`` before it ran
+                (then only a ``"N%"`` target is checked, and no reference is kept).
+
+        Raises:
+            BudgetError: naming the lowest reachable target.
+        """
+        lowest = 0.0
+        if self.action == "adjust":
+            lowest = self.lowest_training_fraction(epochs, dense_step, floor_step)
+        if epoch_dense is None and not self._fraction:
+            return  # an absolute target: checked when the first epoch's examples are known
+        dense = (dense_step if epoch_dense is None else epoch_dense) * epochs
+        limit = self._value * dense if self._fraction else self._value
+        if limit < lowest * dense:
+            given = "" if self._fraction else f" ({count(limit)} FLOPs)"
+            raise BudgetError(
+                f"FlopBudget(count='train', action='adjust'): target {self.target!r}{given} is"
+                f" unreachable: pruning along the {self.curve} curve (dense until epoch"
+                f" {self.start_epoch}, at the pruner's floors from epoch {self.by_epoch} to"
+                f" max_epochs={epochs}) the fit costs at least {lowest:.2%} of its dense"
+                f" run's training ({count(lowest * dense)} FLOPs); the lowest reachable target"
+                f" is {lowest:.2%} of dense: prune sooner (an earlier by_epoch or start_epoch),"
+                " lower the pruner's floors (min_density), or raise the target"
+            )
+        if epoch_dense is not None:
+            self.check_reachable(dense, lowest * dense)
+
+    def plan_training(
+        self,
+        spent: float,
+        epoch: int,
+        examples: int,
+        epochs: int,
+        dense_step: float,
+        step_now: float,
+        floor_step: float,
+    ) -> TrainingPlan:
+        """``count="train"``, ``action="adjust"``: the step cost to prune to after ``epoch``.
+
+        The fit's training FLOPs are ``spent`` so far, and each of the ``epochs - epoch``
+        epochs left runs ``examples`` examples at the step cost of the weights then. The
+        curve's end (the step cost from ``by_epoch`` on) is chosen, between the floor and the
+        dense step, so the whole fit lands on the limit: what was spent is known, the rest
+        planned; decided again after every epoch, so what the past missed the rest makes up.
+
+        Args:
+            spent: training FLOPs so far.
+            epoch: completed epochs.
+            examples: examples per epoch.
+            epochs: the fit's epochs (``max_epochs``).
+            dense_step: a training step's dense FLOPs per example.
+            step_now: its sparse FLOPs per example at the weights now.
+            floor_step: the same with every pruned weight at the pruner's floor.
+        """
+        left = self.limit - spent
+
+        def cost(end: float) -> float:
+            return examples * sum(self._planned(end, epoch, epochs, dense_step, step_now))
+
+        low, high = floor_step, dense_step
+        if cost(high) <= left:
+            end = high
+        elif cost(low) >= left:
+            end = low
+        else:
+            for _ in range(100):  # bisection: the cost grows with the end
+                middle = (low + high) / 2
+                low, high = (middle, high) if cost(middle) <= left else (low, middle)
+            end = low
+        planned = self._planned(end, epoch, epochs, dense_step, step_now)
+        return TrainingPlan(planned[0] if planned else step_now, end, spent + cost(end))
+
+    def evaluate_training(
+        self,
+        spent: float,
+        next_epoch: float,
+        epoch: int,
+        plan: TrainingPlan | None = None,
+        epochs: int | None = None,
+    ) -> BudgetDecision:
         """``count="train"``: go on while ``spent + next_epoch`` fits in the limit.
 
         Args:
             spent: the training FLOPs of the fit so far.
             next_epoch: what the next epoch would cost.
             epoch: completed epochs.
+            plan: with ``adjust``, the plan this epoch's prune followed (for the message).
+            epochs: the fit's epochs, if known: after the last there is no next one.
         """
         limit = self.limit
-        done = spent + next_epoch > limit
+        done = spent + next_epoch > limit and (epochs is None or epoch < epochs)
         if spent > limit:
             status: Status = "missed"
             message = f"training compute over budget: {count(spent)} > {count(limit)} FLOPs"
         else:
             status = "within"
             message = f"training compute: {count(spent)} of {count(limit)} FLOPs spent"
+        if plan is not None:
+            over = plan.total > limit * (1 + 1e-9)
+            message += (
+                f"; planned: {count(plan.total)} in all"
+                + (" (over, even at the pruner's floors)" if over else "")
+                + f", the step at {count(plan.step)} FLOPs per example next"
+            )
         if done:
             message += f"; the next epoch ({count(next_epoch)}) would go past the budget, stopping"
         if done and self.reached_epoch is None:

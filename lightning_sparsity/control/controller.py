@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_sparsity._checks import check_int
 from lightning_sparsity._shards import nonfinite
-from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, slack
+from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, TrainingPlan, slack
 from lightning_sparsity.control.compute import TrainCompute
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.control.rewind import Rewind, check_rewind, rewind_epoch_of
@@ -293,6 +293,7 @@ class SparsityController:
         self.compute = TrainCompute()
         self._max_epochs: int | None = None
         self._state = _State()
+        self._plan: TrainingPlan | None = None  # the training budget's, for its message
 
     # ------------------------------------------------------------------ state
 
@@ -477,6 +478,8 @@ class SparsityController:
                     "FlopBudget(count='train') limits the training FLOPs the callback counts;"
                     " it needs SparsityCallback(train_flops=True) (the default)"
                 )
+            if self.budget.action == "adjust":
+                self.budget.check_training(self._epochs(), *self._train_steps(model), None)
         elif self.budget is not None:
             pruned = None if self.pruning is None else self.pruning.floor_densities(model)
             self.budget.start(self._budget_report(model, report), meter.cost_model(), pruned)
@@ -541,6 +544,9 @@ class SparsityController:
         rewind = self.rewind
         if rewind is not None and rewind.epoch == epoch:
             rewind.take(model)  # before the schedule's first prune (checked)
+        trained = self.compute.close_epoch(gather)
+        if trained is not None and self.budget is not None and self.budget.count == "train":
+            self._train_reference(model, epoch, trained)
         if self.pruning is not None and self.prune_every_n_steps is None:
             pruning, check = self._prune(model, epoch, metrics or {}, agree, gather)
         if rewind is not None and pruning == "pruned":
@@ -549,7 +555,6 @@ class SparsityController:
         report = self._meter().measure()
         if pruning == "pruned" and not self._pruned_more(model, report):
             pruning = None  # the masks were already there (a budget met and held)
-        trained = self.compute.close_epoch(gather)
         return self._record(model, report, epoch, global_step, step, pruning, check, trained)
 
     def _training_budget(
@@ -563,22 +568,68 @@ class SparsityController:
         """
         budget = self.budget
         assert budget is not None
-        if trained is None or epoch == 0 or not self.compute.epoch_examples:
+        if trained is None or epoch == 0 or budget.dense is None:
             return None
-        if budget.dense is None:
-            epochs = self._max_epochs
-            if epochs is None or epochs < 0:
-                if budget._fraction:
-                    raise ValueError(
-                        f"FlopBudget(count='train', target={budget.target!r}): a percentage"
-                        " of the dense run's training needs the fit's max_epochs; give one, or"
-                        " an absolute target (e.g. '2.5T')"
-                    )
-                epochs = 1
-            budget.check_reachable(float(trained["train_flops_dense"]) * epochs, 0.0)
         per_example = self.compute.cost_now(self._meter(), self.pruning, model)
         next_epoch = self.compute.epoch_examples * per_example
-        return budget.evaluate_training(float(trained["train_flops_total"]), next_epoch, epoch)
+        plan, self._plan = self._plan, None
+        spent = float(trained["train_flops_total"])
+        epochs = self._max_epochs if self._max_epochs and self._max_epochs > 0 else None
+        return budget.evaluate_training(spent, next_epoch, epoch, plan, epochs)
+
+    def _epochs(self) -> int:
+        """The fit's ``max_epochs``, which a training budget relative to a dense run needs.
+
+        Raises:
+            ValueError: without one (``max_epochs=-1``, or a fit limited by steps or time).
+        """
+        budget = self.budget
+        assert budget is not None
+        epochs = self._max_epochs
+        if epochs is not None and epochs > 0:
+            return epochs
+        if budget.action == "adjust" or budget._fraction:
+            what = "plan" if budget.action == "adjust" else "a percentage of the dense run's"
+            raise ValueError(
+                f"FlopBudget(count='train', target={budget.target!r}, action={budget.action!r}):"
+                f" {what} training needs the fit's max_epochs (got {epochs!r}); set"
+                " Trainer(max_epochs=...)"
+                + ("" if budget.action == "adjust" else ", or give an absolute target ('2.5T')")
+            )
+        return 1
+
+    def _train_steps(self, model: nn.Module) -> tuple[float, float]:
+        """A training step's dense FLOPs per example, and its cost at the pruner's floors."""
+        cost = self._meter().cost_model(training=True)
+        pruned = None if self.pruning is None else self.pruning.floor_densities(model)
+        return float(cost.flops), float(cost.floor(pruned or {}))
+
+    def _train_reference(self, model: nn.Module, epoch: int, trained: Mapping[str, Any]) -> None:
+        """At the first epoch's end: the dense run's total, and the target checked on it."""
+        budget = self.budget
+        assert budget is not None
+        if budget.dense is not None or epoch == 0 or not self.compute.epoch_examples:
+            return
+        dense_step, floor_step = self._train_steps(model)
+        budget.check_training(
+            self._epochs(), dense_step, floor_step, float(trained["train_flops_dense"])
+        )
+
+    def _plan_training(self, model: nn.Module, t: int) -> TrainingPlan:
+        """Where ``FlopBudget(count="train", action="adjust")`` prunes the step to now."""
+        budget = self.budget
+        assert budget is not None
+        dense_step, floor_step = self._train_steps(model)
+        self._plan = budget.plan_training(
+            spent=self.compute.total_sparse,
+            epoch=t,
+            examples=self.compute.epoch_examples,
+            epochs=self._epochs(),
+            dense_step=dense_step,
+            step_now=self.compute.cost_now(self._meter(), self.pruning, model),
+            floor_step=floor_step,
+        )
+        return self._plan
 
     def _pruned_more(self, model: nn.Module, report: SparsityReport) -> bool:
         """Whether the pruner's weights hold another number of zeros than at the last point."""
@@ -685,9 +736,13 @@ class SparsityController:
                 self._state.good = pruner.snapshot(model)
         if adjust:
             assert budget is not None
-            cost = self._meter().cost_model()
+            training = budget.count == "train"
+            if training and budget.dense is None:
+                return None, check  # no epoch was counted (train_flops off, or it failed)
+            cost = self._meter().cost_model(training=training)
+            target = self._plan_training(model, t).step if training else budget.scheduled(t)
             pruner.apply_flop_target(
-                model, budget.scheduled(t), cost.flops_per_nonzero, cost.fixed_flops, not_above=True
+                model, target, cost.flops_per_nonzero, cost.fixed_flops, not_above=True
             )
             return "pruned", check
         return self._apply_schedule(model, t), check
