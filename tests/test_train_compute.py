@@ -45,12 +45,14 @@ def _dense_per_example() -> float:
     return counter.get_total_flops() / 8
 
 
-def _fit(root: Path, epochs: int, ckpt: str | None = None, model: Any = None) -> Any:
+def _fit(
+    root: Path, epochs: int, ckpt: str | None = None, model: Any = None, **trainer: Any
+) -> Any:
     # uniform: each layer loses round(s · numel): 30% -> fc1 358, fc2 90 live; 60% -> 205, 51
     schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
-    trainer = pl.Trainer(
+    fit = pl.Trainer(
         default_root_dir=root,
         max_epochs=epochs,
         accelerator="cpu",
@@ -58,8 +60,9 @@ def _fit(root: Path, epochs: int, ckpt: str | None = None, model: Any = None) ->
         callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
         enable_progress_bar=False,
         enable_model_summary=False,
+        **trainer,
     )
-    trainer.fit(model or Learning(), ckpt_path=ckpt)
+    fit.fit(model or Learning(), ckpt_path=ckpt)
     return callback
 
 
@@ -84,6 +87,32 @@ def test_a_short_last_batch_counts_its_examples(tmp_path: Path) -> None:
         43 * _sparse(512, 128),
         43 * _sparse(358, 90),
     ]
+
+
+class Manual(Learning):
+    """One optimizer stepped by hand: the same forward and backward per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(F.cross_entropy(self(batch[0]), batch[1]))
+        optimizer.step()
+
+
+@pytest.mark.parametrize("how", ["accumulate 2", "manual optimization"])
+def test_every_micro_batch_counts(tmp_path: Path, how: str) -> None:
+    """Accumulating 2 batches per optimizer step, or stepping by hand: each batch still ran
+    its forward and backward, so the epochs cost what the first test's do."""
+    if how == "accumulate 2":
+        callback = _fit(tmp_path, 3, accumulate_grad_batches=2)
+    else:
+        callback = _fit(tmp_path, 3, model=Manual())
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
+    assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
 
 
 class Nonzeros(pl.Callback):
@@ -279,3 +308,22 @@ def test_the_totals_reach_tensorboard_and_the_report(tmp_path: Path) -> None:
     report = (Path(logger.log_dir) / "sparsity_report.md").read_text()
     dense = 3 * 32 * 2816  # 270,336
     assert f"over 3 epochs): sparse 189K, dense 270K ({total / dense:.3f} of dense)" in report
+
+
+def test_ddp_totals_add_every_rank_and_survive_a_resume(tmp_path: Path) -> None:
+    """Two ranks, 24 and 20 examples an epoch: 44 × (2816, 1972, 1126, 1126) per epoch (the
+    schedule of the first test). The checkpoint of step 9 holds the third epoch's batches
+    (rank 0's 24 and rank 1's 20 examples, summed on save) before its end: the resumed fit
+    counts them once, on one rank, and ends with the same totals on both ranks."""
+    from tests.fits import run_ranks
+
+    ranks = run_ranks("train_ddp.py", tmp_path, timeout=300)
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51), _sparse(205, 51)]
+    expected = [0] + [44 * e for e in epochs]
+    for rank in ranks:
+        for run in ("whole", "resumed"):
+            points = rank[run]
+            assert [p["epoch"] for p in points] == list(range(5)), run
+            assert [p["train_flops"] for p in points] == expected, run
+            assert points[-1]["train_flops_total"] == sum(expected)
+            assert points[-1]["train_flops_dense_total"] == 4 * 44 * 2816
