@@ -245,7 +245,7 @@ def test_one_shot_and_budget_argument_errors() -> None:
     with pytest.raises(ValueError, match="needs real weights to rank; the model is on meta"):
         ls.prune_to_flops(meta, torch.zeros(1, 3, 16, 16, device="meta"), "50%")
     with pytest.raises(
-        ValueError, match=r"action='adjust' .* `count` must be 'sparse', got 'params'"
+        ValueError, match=r"action='adjust' steers .* \(count='train'\); got count='params'"
     ):
         ls.FlopBudget("50%", by_epoch=3, action="adjust", count="params")
     with pytest.raises(ValueError, match="`monitor` must be a metric name"):

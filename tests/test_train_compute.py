@@ -45,6 +45,24 @@ def _dense_per_example() -> float:
     return counter.get_total_flops() / 8
 
 
+def _run(root: Path, epochs: int, *callbacks: Any, model: Any = None, **trainer: Any) -> Any:
+    """A quiet CPU fit of ``model`` (a fresh :class:`Learning`) for ``epochs`` epochs."""
+    ckpt = trainer.pop("ckpt_path", None)
+    settings = {
+        "default_root_dir": root,
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **trainer,
+    }
+    fit = pl.Trainer(callbacks=list(callbacks), **settings)
+    fit.fit(model or Learning(), ckpt_path=ckpt)
+    return fit
+
+
 def _fit(
     root: Path, epochs: int, ckpt: str | None = None, model: Any = None, **trainer: Any
 ) -> Any:
@@ -52,17 +70,17 @@ def _fit(
     schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
-    fit = pl.Trainer(
-        default_root_dir=root,
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    saver = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    _run(
+        root,
+        epochs,
+        callback,
+        saver,
+        model=model,
+        ckpt_path=ckpt,
+        enable_checkpointing=True,
         **trainer,
     )
-    fit.fit(model or Learning(), ckpt_path=ckpt)
     return callback
 
 
@@ -135,17 +153,7 @@ def test_rigl_growth_steps_count_every_weight_gradient(tmp_path: Path) -> None:
     pruner = ls.RigL(0.7, allocation="uniform", delta_t=3, end_step=7)
     nonzeros = Nonzeros()
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[nonzeros, callback],
-    )
-    trainer.fit(Learning())  # 32 examples, 2 batches of 16 an epoch: 8 steps
+    _run(tmp_path, 4, nonzeros, callback)  # 32 examples, 2 batches of 16 an epoch: 8 steps
     assert pruner.updates == 2
     live = 154 + 38
     steps = []
@@ -160,16 +168,7 @@ def test_rigl_growth_steps_count_every_weight_gradient(tmp_path: Path) -> None:
 
 def test_off_and_refused_quietly(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(ls.MagnitudePruner(), write_files=False, train_flops=False)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(Learning())
+    _run(tmp_path, 1, callback)
     assert callback.history[-1].train_flops is None
     with pytest.raises(TypeError, match="`train_flops` must be a bool"):
         ls.SparsityCallback(train_flops=1)  # type: ignore[arg-type]
@@ -179,17 +178,7 @@ def _budget_fit(root: Path, budget: ls.FlopBudget, epochs: int) -> Any:
     schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
     callback = ls.SparsityCallback(pruner, budget, write_files=False, verbose=False)
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(Learning())
+    _run(root, epochs, callback)
     return callback
 
 
@@ -227,17 +216,7 @@ def test_training_budget_settings_that_cannot_work_are_named() -> None:
 
 def _adjust_fit(root: Path, budget: ls.FlopBudget, epochs: int) -> Any:
     callback = ls.SparsityCallback(ls.MagnitudePruner(), budget, write_files=False, verbose=False)
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(Learning())
+    _run(root, epochs, callback)
     return callback
 
 
@@ -287,16 +266,7 @@ def test_the_totals_reach_tensorboard_and_the_report(tmp_path: Path) -> None:
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
     callback = ls.SparsityCallback(pruner, verbose=False)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(Learning())
+    _run(tmp_path, 3, callback, logger=logger)
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]  # as in the first test
     total = 32 * sum(epochs)  # 32 · (2816 + 1972 + 1126) = 189,248
     acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
