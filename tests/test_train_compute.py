@@ -174,11 +174,11 @@ def test_off_and_refused_quietly(tmp_path: Path) -> None:
         ls.SparsityCallback(train_flops=1)  # type: ignore[arg-type]
 
 
-def _budget_fit(root: Path, budget: ls.FlopBudget, epochs: int) -> Any:
+def _budget_fit(root: Path, budget: ls.FlopBudget, epochs: int, **trainer: Any) -> Any:
     schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
     callback = ls.SparsityCallback(pruner, budget, write_files=False, verbose=False)
-    _run(root, epochs, callback)
+    _run(root, epochs, callback, **trainer)
     return callback
 
 
@@ -297,3 +297,15 @@ def test_ddp_totals_add_every_rank_and_survive_a_resume(tmp_path: Path) -> None:
             assert [p["train_flops"] for p in points] == expected, run
             assert points[-1]["train_flops_total"] == sum(expected)
             assert points[-1]["train_flops_dense_total"] == 4 * 44 * 2816
+
+
+def test_an_absolute_training_budget_needs_no_max_epochs(tmp_path: Path) -> None:
+    """A fit bounded by steps (max_epochs=-1, max_steps=6: 3 epochs of 2 steps) under an
+    absolute training target: epochs cost 90,112, 63,104, 36,032 (as above). 200,000
+    holds all three (189,248); 150,000 stops after the first (90,112 + 63,104 > 150,000).
+    It was refused as "above the dense model's" (one epoch taken for the whole fit)."""
+    for target, epochs in ((200_000, 3), (150_000, 1)):
+        callback = _budget_fit(tmp_path, ls.FlopBudget(target, count="train"), -1, max_steps=6)
+        assert [p.epoch for p in callback.history][-1] == epochs
+        assert callback.history[-1].budget_status == "within"
+    assert callback.stopping_reason == "compute_spent"

@@ -534,7 +534,11 @@ class FlopBudget(Settings):
         return sum(planned) / (epochs * dense_step)
 
     def check_training(
-        self, epochs: int, dense_step: float, floor_step: float, epoch_dense: float | None
+        self,
+        epochs: int | None,
+        dense_step: float,
+        floor_step: float,
+        epoch_dense: float | None,
     ) -> None:
         """``count="train"``: set the dense run's total and check the target can be met.
 
@@ -542,7 +546,8 @@ class FlopBudget(Settings):
         floors (:meth:`lowest_training_fraction`); with ``stop``, nothing (stopping early).
 
         Args:
-            epochs: the fit's epochs (``max_epochs``).
+            epochs: the fit's epochs (``max_epochs``); ``None`` for a fit of unknown length
+                (an absolute ``stop`` target: no dense run to compare with).
             dense_step: a training step's dense FLOPs per example.
             floor_step: the same with every pruned weight at the pruner's floor.
             epoch_dense: the first epoch's dense training FLOPs; ``None`` before it ran
@@ -551,6 +556,10 @@ class FlopBudget(Settings):
         Raises:
             BudgetError: naming the lowest reachable target.
         """
+        if epochs is None:
+            if epoch_dense is not None:
+                self.dense = math.inf  # no dense run: an absolute target, nothing above it
+            return
         lowest = 0.0
         if self.action == "adjust":
             lowest = self.lowest_training_fraction(epochs, dense_step, floor_step)

@@ -478,7 +478,7 @@ class SparsityController:
                     "FlopBudget(count='train') limits the training FLOPs the callback counts;"
                     " it needs SparsityCallback(train_flops=True) (the default)"
                 )
-            if self.budget.action == "adjust":
+            if self.budget.action == "adjust":  # a percentage now; absolute after epoch 1
                 self.budget.check_training(self._epochs(), *self._train_steps(model), None)
         elif self.budget is not None:
             pruned = None if self.pruning is None else self.pruning.floor_densities(model)
@@ -577,8 +577,10 @@ class SparsityController:
         epochs = self._max_epochs if self._max_epochs and self._max_epochs > 0 else None
         return budget.evaluate_training(spent, next_epoch, epoch, plan, epochs)
 
-    def _epochs(self) -> int:
+    def _epochs(self) -> int | None:
         """The fit's ``max_epochs``, which a training budget relative to a dense run needs.
+
+        ``None`` when the fit has none and the budget is an absolute ``stop`` target.
 
         Raises:
             ValueError: without one (``max_epochs=-1``, or a fit limited by steps or time).
@@ -596,7 +598,7 @@ class SparsityController:
                 " Trainer(max_epochs=...)"
                 + ("" if budget.action == "adjust" else ", or give an absolute target ('2.5T')")
             )
-        return 1
+        return None
 
     def _train_steps(self, model: nn.Module) -> tuple[float, float]:
         """A training step's dense FLOPs per example, and its cost at the pruner's floors."""
@@ -620,11 +622,13 @@ class SparsityController:
         budget = self.budget
         assert budget is not None
         dense_step, floor_step = self._train_steps(model)
+        epochs = self._epochs()
+        assert epochs is not None  # adjust: refused without one
         self._plan = budget.plan_training(
             spent=self.compute.total_sparse,
             epoch=t,
             examples=self.compute.epoch_examples,
-            epochs=self._epochs(),
+            epochs=epochs,
             dense_step=dense_step,
             step_now=self.compute.cost_now(self._meter(), self.pruning, model),
             floor_step=floor_step,
