@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_sparsity._checks import check_bools, check_choice, check_int
-from lightning_sparsity._text import count, si
+from lightning_sparsity._text import count
 from lightning_sparsity.averaging import AveragedCopies
 from lightning_sparsity.compact import compact
 from lightning_sparsity.control.budget import BudgetDecision, FlopBudget
@@ -35,7 +35,12 @@ from lightning_sparsity.control.controller import (
 )
 from lightning_sparsity.control.guard import MetricGuard
 from lightning_sparsity.counting import SparsityReport, measure
-from lightning_sparsity.loggers.history import HistoryWriter, metric_series, plot_history
+from lightning_sparsity.loggers.history import (
+    HistoryWriter,
+    metric_series,
+    plot_history,
+    training_line,
+)
 from lightning_sparsity.loggers.resume import Logged, logged_versions, same_root
 from lightning_sparsity.loggers.tensorboard import (
     SeriesWriters,
@@ -122,18 +127,6 @@ def _examples(value: Any) -> int:
     """The examples in a model input: its first tensor's leading size (1 without one)."""
     first = next((t for t in tree_flatten(value)[0] if isinstance(t, Tensor) and t.dim()), None)
     return 1 if first is None else int(first.shape[0])
-
-
-def _training_line(last: HistoryPoint) -> str:
-    """The fit's training FLOPs under the report's table (empty when not counted)."""
-    if last.train_flops_total is None:
-        return ""
-    sparse, dense = last.train_flops_total, last.train_flops_dense_total
-    ratio = f" ({sparse / dense:.3f} of dense)" if dense else ""
-    return (
-        f"\n\nTraining FLOPs of the fit (every training example's forward and backward, over"
-        f" {last.epoch} epochs): sparse {si(sparse)}, dense {si(dense)}{ratio}."
-    )
 
 
 def _first_example(value: Any) -> Any:
@@ -667,7 +660,7 @@ class SparsityCallbackLogic:
         if not trainer.is_global_zero or report is None:
             return
         last = self.history[-1]
-        table = report.to_markdown() + _training_line(last)
+        table = report.to_markdown() + training_line(last)
         for writer in tensorboard_writers(trainer.loggers):
             writer.add_text("sparsity/layers", table, global_step=last.step)
         final = self._final_metrics(last)

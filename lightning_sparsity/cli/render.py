@@ -25,7 +25,7 @@ from typing import Any
 from lightning_sparsity._text import count, number, one_line, si
 from lightning_sparsity.control.controller import HistoryPoint
 from lightning_sparsity.counting.report import SparsityReport
-from lightning_sparsity.loggers.history import metric_series, plot_history
+from lightning_sparsity.loggers.history import metric_series, plot_history, training_line
 from lightning_sparsity.sweeps.frontier import write_frontier
 from lightning_sparsity.sweeps.runs import RunSpec, collect_results
 
@@ -126,7 +126,8 @@ def render_run(directory: str | Path) -> list[Path]:
     if (directory / REPORT).is_file():
         data = _read_json(directory / REPORT)
         try:
-            text = SparsityReport.from_dict(data).to_markdown() + "\n"  # as the callback writes it
+            table = SparsityReport.from_dict(data).to_markdown()  # as the callback writes it
+            text = table + training_line(points[-1]) + "\n"
         except (KeyError, TypeError, IndexError) as err:
             raise ReportError(f"{directory / REPORT} is not a sparsity report: {err!r}") from err
     else:

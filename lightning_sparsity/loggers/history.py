@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lightning_sparsity._files import write_json
+from lightning_sparsity._text import si
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lightning_sparsity.control.controller import HistoryPoint
 
-__all__ = ["HistoryWriter", "history_figure", "metric_series", "plot_history"]
+__all__ = [
+    "HistoryWriter",
+    "history_figure",
+    "metric_series",
+    "plot_history",
+    "training_line",
+]
 
 
 class HistoryWriter:
@@ -220,3 +227,15 @@ def plot_history(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def training_line(last: HistoryPoint) -> str:
+    """The fit's training FLOPs, a paragraph under the report's table ("" if not counted)."""
+    if last.train_flops_total is None:
+        return ""
+    sparse, dense = last.train_flops_total, last.train_flops_dense_total
+    ratio = f" ({sparse / dense:.3f} of dense)" if dense else ""
+    return (
+        f"\n\nTraining FLOPs of the fit (every training example's forward and backward, over"
+        f" {last.epoch} epochs): sparse {si(sparse)}, dense {si(dense)}{ratio}."
+    )
