@@ -25,7 +25,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,7 +135,7 @@ def _manifest_of(
         "monitor": monitor,
         "mode": mode,
         "overrides": list(overrides),
-        "runs": [asdict(s) for s in specs],
+        "runs": [s.fields() for s in specs],
     }
 
 
@@ -198,6 +198,7 @@ def sweep(
     *,
     sparsities: Sequence[float] = (),
     seeds: Sequence[int] = (0,),
+    scores: Sequence[str] | None = None,
     monitor: str | None = None,
     mode: Mode = "max",
     baseline: bool = True,
@@ -215,6 +216,10 @@ def sweep(
         budgets: budget targets, one run per budget and seed (``"50%"``, ``"1.2G"``).
         sparsities: instead of budgets, final sparsities of the pruner's schedule.
         seeds: ``seed_everything`` values (ints in ``[0, 2**32 - 1]``), one run each.
+        scores: pruning criteria (names the pruner's ``score=`` takes: ``"magnitude"``,
+            ``"random"``, ``"taylor"``, ...), one run per score, budget and seed, each
+            setting the pruner's ``score`` and its ``seed`` to the run's; ``None``: the
+            config's pruner as it is (run names without a score).
         monitor: the metric the frontier reports (its last value), e.g. ``"val_acc"``.
         mode: ``"max"`` if a higher ``monitor`` is better, ``"min"`` if lower.
         baseline: include a dense run at the first seed (the callback only measures).
@@ -235,7 +240,7 @@ def sweep(
             that holds another sweep, a config without a SparsityCallback and budget, or a
             monitor the model never logs.
     """
-    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
+    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline, scores=scores)
     config, root = _check(config, output, mode, backend, address)
     manifest = _manifest_of(config, monitor, mode, overrides, specs)
     _check_manifest(root, manifest)
@@ -409,6 +414,7 @@ def sweep_plan(
     *,
     sparsities: Sequence[float] = (),
     seeds: Sequence[int] = (0,),
+    scores: Sequence[str] | None = None,
     monitor: str | None = None,
     mode: Mode = "max",
     baseline: bool = True,
@@ -427,7 +433,7 @@ def sweep_plan(
     Raises:
         SweepError: what :func:`sweep` refuses before its one-batch check.
     """
-    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
+    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline, scores=scores)
     config, root = _check(config, output, mode, backend, address)
     _check_manifest(root, _manifest_of(config, monitor, mode, overrides, specs))
     parsed = parse_config(config, overrides)
