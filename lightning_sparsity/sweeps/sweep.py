@@ -4,7 +4,11 @@
 :func:`sweep`) runs, from the same YAML config, a dense baseline at the first seed (the
 :class:`~lightning_sparsity.SparsityCallback` measuring only) and one fit per budget and seed
 with the callback's budget target overridden (``--sparsities`` overrides the pruner's final
-sparsity instead). Every run logs to its own version under one TensorBoard root
+sparsity instead). ``--scores magnitude,random,taylor`` adds an axis: one fit per pruning
+criterion, budget and seed, each with the pruner's ``score`` (and its ``seed``: the run's)
+set, and still one dense baseline; the frontier draws one line per criterion.
+
+Every run logs to its own version under one TensorBoard root
 (``OUTPUT/runs/<run>``) with one HParams entry (budget, seed, pruner, schedule, model and
 data settings) and its final metrics, so TensorBoard's HParams dashboard shows the frontier
 across runs. At the end, and after every run, ``frontier.csv`` / ``.json`` / ``.md`` and
