@@ -45,7 +45,7 @@ def _mean(done: Sequence[dict[str, Any]], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def method(row: dict[str, Any]) -> str | None:
+def _method(row: dict[str, Any]) -> str | None:
     """A row's (or run's) pruning criterion in a sweep across criteria; ``None``: not one."""
     score = row.get("score")
     return None if score in (None, "none") else str(score)
@@ -167,8 +167,8 @@ _COLOURS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9")
 
 def _series(pruned: Sequence[dict[str, Any]]) -> list[tuple[str | None, list[dict[str, Any]]]]:
     """The pruned rows per criterion, in order of first appearance (one ``None``: no axis)."""
-    methods = list(dict.fromkeys(method(r) for r in pruned))
-    return [(m, [r for r in pruned if method(r) == m]) for m in methods]
+    methods = list(dict.fromkeys(_method(r) for r in pruned))
+    return [(m, [r for r in pruned if _method(r) == m]) for m in methods]
 
 
 def _panel(ax: Any, done: Sequence[dict[str, Any]], x: str, name: str, *, front: bool) -> None:
