@@ -2,7 +2,7 @@
 
     python benchmarks/readme_numbers.py            # run the commands, compare, exit 1 on drift
     python benchmarks/readme_numbers.py --write    # put what they print now into README.md,
-                                                   # and the sweep's frontier.png into docs/
+                                                   # and the sweeps' frontier.png into docs/
 
 The commands run as the README gives them (``python -m lightning_sparsity.cli ...``, in a
 temporary directory, 2 torch threads: the README's numbers are from 2 cores, and a CPU fit's
@@ -14,6 +14,8 @@ What is compared (each a :class:`Quote`: a pattern in the README, its groups the
 * the budget sweep's frontier table (``sweep --config configs/digits_sweep.yaml --budgets
   50%,20%,5% --seeds 0,1 --monitor val_acc``), its number of runs and epochs per run; its
   ``frontier.png`` is ``docs/digits_frontier.png``;
+* the same sweep across pruning criteria (``--scores magnitude,random,taylor``): its table,
+  runs and epochs; its ``frontier.png`` is ``docs/digits_frontier_scores.png``;
 * ``demo --pattern 2:4``: realizable FLOPs over dense at the end, and the final val_acc;
   ``demo`` (the default 20% budget): the final val_acc;
 * ``examples/digits_training_compute.py``: its three lines (RigL, a stop and an adjust
@@ -37,10 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 FRONTIER_PNG = ROOT / "docs" / "digits_frontier.png"
+SCORES_PNG = ROOT / "docs" / "digits_frontier_scores.png"
 SWEEP = [
     "sweep", "--config", str(ROOT / "configs" / "digits_sweep.yaml"), "--budgets", "50%,20%,5%",
     "--seeds", "0,1", "--monitor", "val_acc",
 ]  # fmt: skip
+SCORES = [*SWEEP, "--scores", "magnitude,random,taylor"]
+#: each sweep's output folder under the work directory, and where its frontier.png goes
+PLOTS = {"out": FRONTIER_PNG, "scores": SCORES_PNG}
 
 
 def command(args: list[str], cwd: Path, script: Path | None = None) -> str:
@@ -101,20 +107,44 @@ class Quote:
         return text[: match.start()] + "".join(parts) + text[end:]
 
 
-def sweep_quotes(work: Path) -> list[Quote]:
-    """The sweep's table, runs and epochs (and its ``frontier.png`` at ``work/out``)."""
-    command([*SWEEP, "--output", str(work / "out")], work)
-    table = (work / "out" / "frontier.md").read_text().split("\n\n")[0].rstrip("\n")
-    runs = json.loads((work / "out" / "frontier.json").read_text())["runs"]
+def _sweep(work: Path, args: list[str], out: str) -> tuple[str, int, int]:
+    """Run a sweep into ``work/out``: its frontier table, its number of runs, their epochs."""
+    command([*args, "--output", str(work / out)], work)
+    table = (work / out / "frontier.md").read_text().split("\n\n")[0].rstrip("\n")
+    runs = json.loads((work / out / "frontier.json").read_text())["runs"]
     epochs = {r["epochs"] for r in runs}
     if len(epochs) != 1:
         raise RuntimeError(f"the sweep's runs ran {sorted(epochs)} epochs, not one number")
+    return table + "\n", len(runs), epochs.pop()
+
+
+def sweep_quotes(work: Path) -> list[Quote]:
+    """The sweep's table, runs and epochs (and its ``frontier.png`` at ``work/out``)."""
+    table, runs, epochs = _sweep(work, SWEEP, "out")
     return [
-        Quote("sweep table", r"^(\| run \| done \| val_acc .*\|\n(?:\|.*\|\n)+)", (table + "\n",)),
+        Quote("sweep table", r"^(\| run \| done \| val_acc .*\|\n(?:\|.*\|\n)+)", (table,)),
         Quote(
             "sweep runs and epochs",
             r"(\d+) runs in [\d.]+ s \((\d+) epochs each\)",
-            (str(len(runs)), str(epochs.pop())),
+            (str(runs), str(epochs)),
+        ),
+    ]
+
+
+def scores_quotes(work: Path) -> list[Quote]:
+    """The sweep across criteria: table, runs, epochs (its ``frontier.png``: ``work/scores``)."""
+    table, runs, epochs = _sweep(work, SCORES, "scores")
+    return [
+        Quote(
+            "sweep across criteria, table",  # the table whose first pruned row is magnitude's
+            r"^(\| run \| done \| val_acc .*\|\n\|.*\|\n\| dense .*\|\n"
+            r"\| magnitude 50% .*\|\n(?:\|.*\|\n)*)",
+            (table,),
+        ),
+        Quote(
+            "sweep across criteria, runs and epochs",
+            r"(\d+) runs across criteria in [\d.]+ min \((\d+) epochs each\)",
+            (str(runs), str(epochs)),
         ),
     ]
 
@@ -156,6 +186,7 @@ def training_quotes(work: Path) -> list[Quote]:
 
 SOURCES: dict[str, Callable[[Path], list[Quote]]] = {
     "sweep": sweep_quotes,
+    "scores": scores_quotes,
     "demo": demo_quotes,
     "training": training_quotes,
 }
@@ -178,10 +209,10 @@ def check(only: list[str] | None = None) -> list[str]:
 
 
 def write(only: list[str] | None = None) -> list[str]:
-    """Run the commands; put their numbers into the README and the frontier plot into docs/.
+    """Run the commands; put their numbers into the README and the frontier plots into docs/.
 
     Returns:
-        What changed.
+        What changed, then a line per plot written.
     """
     text = README.read_text()
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,9 +220,11 @@ def write(only: list[str] | None = None) -> list[str]:
         changed = [d for q in found if (d := q.drift(text)) is not None]
         for q in found:
             text = q.write(text)
-        png = Path(tmp) / "out" / "frontier.png"
-        if png.is_file():
-            shutil.copyfile(png, FRONTIER_PNG)
+        for out, dest in PLOTS.items():
+            png = Path(tmp) / out / "frontier.png"
+            if png.is_file():
+                shutil.copyfile(png, dest)
+                changed.append(f"{dest} written again")
     README.write_text(text)
     return changed
 
@@ -206,7 +239,8 @@ def main() -> int:
     for line in drift:
         print(line)
     if args.write:
-        print(f"README.md: {len(drift)} quotes updated; {FRONTIER_PNG} written again")
+        quoted = sum(not line.endswith(" written again") for line in drift)
+        print(f"README.md: {quoted} quotes updated")
         return 0
     print("no drift" if not drift else f"{len(drift)} quotes drifted")
     return 1 if drift else 0

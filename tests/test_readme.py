@@ -36,5 +36,5 @@ def test_a_quote_finds_its_numbers_and_writes_new_ones() -> None:
 
 @pytest.mark.slow
 def test_the_readme_numbers_reproduce() -> None:
-    # the sweep (7 runs) and two demos, as the README gives them: a few minutes on 2 cores
+    # the two sweeps (7 and 19 runs) and two demos, as the README gives them: minutes on 2 cores
     assert readme_numbers().check() == []

@@ -11,12 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lightning_sparsity.cli import main
+from lightning_sparsity.pruning.scores import SCORES, random_scores
 from lightning_sparsity.sweeps import RunSpec, SweepError, frontier_rows, plan, sweep
+from lightning_sparsity.sweeps.frontier import frontier_figure
 from tests.tb_views import experiment_shown, layout_shown, ticked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -436,3 +440,210 @@ def test_plan_lists_runs_differences_and_finished_runs_and_writes_nothing(
     (out / "sweep.json").write_text(json.dumps({"config": str(cfg), "monitor": "val_loss"}))
     assert main([*args, "--plan"]) == 2
     assert "holds a sweep with other monitor" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- across pruning criteria
+
+
+def test_plan_across_scores_and_without_them_as_before() -> None:
+    runs = plan(["50%", "20%"], [0, 1], scores=["magnitude", "taylor"])
+    assert [(r.name, r.label) for r in runs] == [
+        ("baseline_seed0", "dense"),
+        ("budget50%_magnitude_seed0", "magnitude 50%"),
+        ("budget50%_magnitude_seed1", "magnitude 50%"),
+        ("budget20%_magnitude_seed0", "magnitude 20%"),
+        ("budget20%_magnitude_seed1", "magnitude 20%"),
+        ("budget50%_taylor_seed0", "taylor 50%"),
+        ("budget50%_taylor_seed1", "taylor 50%"),
+        ("budget20%_taylor_seed0", "taylor 20%"),
+        ("budget20%_taylor_seed1", "taylor 20%"),
+    ]
+    assert [r.score for r in runs] == ["none", *["magnitude"] * 4, *["taylor"] * 4]
+    assert runs[5].record(status="done")["score"] == "taylor"
+    (sparse,) = plan(sparsities=[0.8], scores=["random"], baseline=False)
+    assert (sparse.name, sparse.label) == ("sparsity0.8_random_seed0", "random sparsity 0.8")
+    # no scores: the names, the records and the frontier rows of before (no score key)
+    plain = plan(["50%"], [0])
+    assert [r.name for r in plain] == ["baseline_seed0", "budget50%_seed0"]
+    assert all("score" not in r.record(status="done") for r in plain)
+    rows = frontier_rows([r.record(status="done", metric=0.5, flops_sparse=1.0, flops_ratio=1.0,
+                                   params_nonzero=1) for r in plain])  # fmt: skip
+    assert all("score" not in row for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        # the accepted names are the pruner's own (pruning.scores.SCORES), listed
+        (
+            ["--budgets", "50%", "--scores", "magnitude,tayler"],
+            r"score 'tayler' is not one the pruner takes: " + ", ".join(SCORES) + "$",
+        ),
+        (["--budgets", "50%", "--scores", ""], r"the sweep needs at least one score \(of mag"),
+        (
+            ["--budgets", "50%", "--scores", "random,taylor,random"],
+            r"scores repeat a value: \['random', 'taylor', 'random'\]$",
+        ),
+    ],
+)
+def test_bad_scores_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys, args: list[str], match: str
+) -> None:
+    assert not refused(tmp_path, capsys, args, match).exists()
+
+
+@pytest.mark.parametrize(
+    ("pruning", "match"),
+    [
+        (
+            None,
+            r"--scores sets the pruner's score \('random'\), and the config's"
+            r" SparsityCallback has no pruner",
+        ),
+        (
+            "        pruning:\n          class_path: lightning_sparsity.RigL\n"
+            "          init_args:\n            sparsity: 0.5\n",
+            r"the config's pruner RigL takes no `score`",
+        ),
+    ],
+)
+def test_scores_need_a_pruner_that_takes_one(
+    tmp_path: Path, capsys, pruning: str | None, match: str
+) -> None:
+    old = "        pruning:\n          class_path: lightning_sparsity.MagnitudePruner\n" \
+          "          init_args:\n            keep_first_dense: true\n"  # fmt: skip
+    assert old in CONFIG
+    cfg = config(tmp_path, CONFIG.replace(old, pruning or ""))
+    out = tmp_path / "out"
+    for plan_only in ([], ["--plan"]):  # the plan refuses it too
+        args = ["--budgets", "50%", "--scores", "random", *plan_only]
+        assert main(["sweep", "--config", str(cfg), "--output", str(out), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lightning-sparsity: error:")
+        assert len(err.splitlines()) == 1
+        assert re.search(match, err), err
+        assert not out.exists()
+
+
+def _zeros(run: dict) -> dict[str, torch.Tensor]:
+    """The zero pattern of each pruned weight in a run's last checkpoint."""
+    ckpt = torch.load(Path(run["log_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
+    weights = {k: v for k, v in ckpt["state_dict"].items() if k.endswith("weight") and v.dim() > 1}
+    return {k: v == 0 for k, v in weights.items() if (v == 0).any()}
+
+
+def _out_of_order(zeros: dict[str, torch.Tensor], seed: int) -> int:
+    """Kept weights whose ``random`` score (at ``seed``) is below a pruned one's, per layer."""
+    total = 0
+    for name, pruned in zeros.items():
+        score = random_scores(seed, name, pruned.shape, torch.device("cpu"))
+        total += int((score[~pruned] < score[pruned].max()).sum())
+    return total
+
+
+def test_sweep_across_scores_prunes_by_each_and_draws_a_line_per_method(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    scores = ["magnitude", "random", "taylor"]
+    results = sweep(
+        config(tmp_path), ["20%"], seeds=[1], scores=scores, monitor="val_acc", output=out,
+        echo=lambda line: None,
+    )  # fmt: skip
+    assert [(r["name"], r["status"], r["score"]) for r in results] == [
+        ("baseline_seed1", "done", "none"),
+        ("budget20%_magnitude_seed1", "done", "magnitude"),
+        ("budget20%_random_seed1", "done", "random"),
+        ("budget20%_taylor_seed1", "done", "taylor"),
+    ]
+    base = results[0]
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [r["score"] for r in manifest["runs"]] == ["none", *scores]
+    # each run's HParams: the pruner it ran with, its score and the run's seed
+    for run in results:
+        acc = scalars(Path(run["log_dir"]))
+        content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert hparams["pruning/score"].string_value == run["score"]
+        if run is not base:
+            assert hparams["pruning/seed"].number_value == 1
+            # the budget held, as in the sweep without scores
+            assert run["flops_sparse"] <= 0.2 * base["flops_sparse"]
+            assert run["flops_ratio"] == pytest.approx(0.2, abs=1e-3)
+    columns, _ = ticked(experiment_shown(out))
+    assert columns[:4] == ["budget/target", "pruning/score", "sweep/label", "sweep/seed"]
+    # the masks are the criterion's: in the random run every pruned weight of a layer drew a
+    # lower random score (seed 1, the run's) than every kept one; not so at seed 0, nor in
+    # the magnitude run; taylor's differ from both
+    zeros = {run["score"]: _zeros(run) for run in results[1:]}
+    assert _out_of_order(zeros["random"], 1) == 0
+    assert _out_of_order(zeros["random"], 0) > 1000
+    assert _out_of_order(zeros["magnitude"], 1) > 1000
+    for a, b in [("magnitude", "random"), ("magnitude", "taylor"), ("random", "taylor")]:
+        assert any(bool((zeros[a][k] != zeros[b][k]).any()) for k in zeros[a]), (a, b)
+    # the frontier: a row per (method, budget), the training compute of each run's history
+    frontier = json.loads((out / "frontier.json").read_text())
+    rows = frontier["rows"]
+    assert [(r["label"], r["score"]) for r in rows] == [
+        ("dense", "none"), ("magnitude 20%", "magnitude"), ("random 20%", "random"),
+        ("taylor 20%", "taylor"),
+    ]  # fmt: skip
+
+    def trained(run: dict) -> float:
+        history = json.loads((Path(run["log_dir"]) / "sparsity_history.json").read_text())
+        return float(history[-1]["train_flops_total"])
+
+    for row, run in zip(rows, results, strict=True):
+        assert row["train_flops_total"] == trained(run) == run["train_flops_total"]
+        assert row["train_flops_ratio"] == pytest.approx(trained(run) / trained(base), rel=1e-12)
+    assert rows[0]["train_flops_ratio"] == 1
+    assert 0 < rows[1]["train_flops_ratio"] < 1  # pruned from epoch 1: less compute
+    csv_lines = (out / "frontier.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("label,score,budget,sparsity,runs,failed,pending,metric_mean")
+    assert "train_flops_total,train_flops_ratio" in csv_lines[0]
+    assert len(csv_lines) == 5
+    md = (out / "frontier.md").read_text()
+    assert "| taylor 20% | 1/1 |" in md
+    assert "| training FLOPs | training/dense |" in md
+    # the plot: one coloured line per method, named in both panels' legends
+    fig = frontier_figure(rows, "val_acc", "max")
+    try:
+        flops, compute = fig.axes
+        for ax, key in ((flops, "flops_sparse"), (compute, "train_flops_total")):
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            colours = set()
+            for method in scores:
+                assert f"{method} (mean ± std over seeds)" in legend
+                (row,) = [r for r in rows if r["score"] == method]
+                line = next(c for c in ax.containers if c.get_label().startswith(method))[0]
+                assert list(line.get_xdata()) == [row[key]]
+                assert list(line.get_ydata()) == [row["metric_mean"]]
+                colours.add(line.get_color())
+            assert len(colours) == 3
+            assert "dense baseline" in legend
+            assert f"dense reference (val_acc {base['metric']:.4f})" in lines
+        assert compute.get_xlabel() == "total training FLOPs of the run (log)"
+    finally:
+        plt.close(fig)
+
+
+def test_a_resumed_sweep_with_other_scores_reuses_only_runs_of_its_own_scores(
+    tmp_path: Path, capsys
+) -> None:
+    # the score is in every run's name: a finished magnitude run is not taken for a random
+    # one, nor for a run of the sweep without scores (the config's own pruner)
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    done = RunSpec("budget50%_magnitude_seed0", 0, budget="50%", score="magnitude")
+    done.directory(out).mkdir(parents=True)
+    (done.directory(out) / "sweep_run.json").write_text(
+        json.dumps(done.record(status="done", metric=0.9))
+    )
+    base = ["sweep", "--config", str(cfg), "--output", str(out), "--budgets", "50%",
+            "--monitor", "val_acc", "--no-baseline", "--plan"]  # fmt: skip
+    assert main([*base, "--scores", "magnitude,random"]) == 0
+    text = capsys.readouterr().out
+    assert "  budget50%_magnitude_seed0  done (val_acc 0.9000)\n" in text
+    assert "  budget50%_random_seed0     to run\n" in text
+    assert "pruning.score: 'magnitude' -> 'random'" in text
+    assert main(base) == 0
+    assert "  budget50%_seed0  to run\n" in capsys.readouterr().out

@@ -73,10 +73,26 @@ def test_backend_ray_without_ray_is_one_line_before_any_run(
     assert not list(out.glob("runs/*"))  # no run started
 
 
+def _workers_import_this_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Ray workers import the package from this tree, not an installed copy elsewhere.
+
+    A worker starts a fresh interpreter: without this, an environment whose editable install
+    points at another checkout runs that checkout's code in the trials.
+    """
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+
+
+def _same(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's result less what differs between two backends (its directory, its time)."""
+    return {k: v for k, v in run.items() if k not in ("log_dir", "wall_s")}
+
+
 @pytest.mark.slow  # Ray starts in seconds: in .ci/run's slow suite
 def test_ray_trials_write_the_frontier_of_the_inprocess_sweep(
     tmp_path: Path, ray_tune: Any, monkeypatch
 ) -> None:
+    _workers_import_this_tree(monkeypatch)
     cfg = config(tmp_path)
     monkeypatch.chdir(tmp_path)  # relative config and output, resolved by the sweep
     lines: list[str] = []
@@ -97,14 +113,11 @@ def test_ray_trials_write_the_frontier_of_the_inprocess_sweep(
     finally:
         torch.set_num_threads(threads)
 
-    def same(run: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in run.items() if k not in ("log_dir", "wall_s")}
-
-    assert [same(r) for r in results] == [same(r) for r in expected]
+    assert [_same(r) for r in results] == [_same(r) for r in expected]
     ray_dir, inprocess = tmp_path / "ray", tmp_path / "inprocess"
     frontier = json.loads((ray_dir / "frontier.json").read_text())
     assert frontier["rows"] == json.loads((inprocess / "frontier.json").read_text())["rows"]
-    assert [same(r) for r in frontier["runs"]] == [same(r) for r in expected]
+    assert [_same(r) for r in frontier["runs"]] == [_same(r) for r in expected]
     for name in ("frontier.csv", "frontier.md"):
         assert (ray_dir / name).read_text() == (inprocess / name).read_text()
     assert (ray_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -150,3 +163,30 @@ def test_a_trial_whose_worker_dies_is_recorded_and_the_sweep_goes_on(
     # its last checkpoint (after epoch 0) is there for --retry-failed to resume from
     assert (tmp_path / "out" / "runs" / "budget50%_seed0" / "checkpoints" / "last.ckpt").is_file()
     assert any("budget50%_seed0 died:" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_ray_trials_sweep_across_scores_as_the_inprocess_sweep(
+    tmp_path: Path, ray_tune: Any, monkeypatch
+) -> None:
+    # the plan is the sweep's: the score travels in each trial's RunSpec
+    _workers_import_this_tree(monkeypatch)
+    cfg = config(tmp_path)
+    args: dict[str, Any] = {"seeds": [1], "scores": ["magnitude", "random"], "monitor": "val_acc"}
+    results = sweep(cfg, ["20%"], output=tmp_path / "ray", backend="ray", echo=lambda s: None,
+                    **args)  # fmt: skip
+    assert [(r["name"], r["status"], r["score"]) for r in results] == [
+        ("baseline_seed1", "done", "none"),
+        ("budget20%_magnitude_seed1", "done", "magnitude"),
+        ("budget20%_random_seed1", "done", "random"),
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a trial's torch runs on its 1 CPU
+    try:
+        expected = sweep(cfg, ["20%"], output=tmp_path / "inprocess", echo=lambda s: None, **args)
+    finally:
+        torch.set_num_threads(threads)
+    assert [_same(r) for r in results] == [_same(r) for r in expected]
+    assert results[1]["params_nonzero"] != results[2]["params_nonzero"]  # two criteria
+    for name in ("frontier.csv", "frontier.md"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "inprocess" / name).read_text()

@@ -101,6 +101,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "sparsities": args.sparsities,
         "seeds": args.seeds,
+        "scores": args.scores,
         "monitor": args.monitor,
         "mode": args.mode,
         "baseline": not args.no_baseline,

@@ -8,7 +8,8 @@
 * ``lightning-sparsity fit --config configs/digits_budget.yaml`` (also ``validate``,
   ``test``, ``predict``): LightningCLI, every object built from the YAML config.
 * ``lightning-sparsity sweep --config CFG --budgets 50%,25% --seeds 0,1 --monitor val_acc``:
-  one fit per budget and seed, then the frontier files (:mod:`lightning_sparsity.sweeps`);
+  one fit per budget and seed (``--scores magnitude,random``: and per pruning criterion),
+  then the frontier files (:mod:`lightning_sparsity.sweeps`);
   ``--plan`` (``--dry-run``) lists the runs, their configs' differences and what is finished.
 * ``lightning-sparsity report LOGDIR``: a sweep's frontier files, or a run's curves and report,
   written again from the files in LOGDIR (:mod:`lightning_sparsity.cli.render`).
@@ -136,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
         "--sparsities", type=_list(float), default=[], help="instead: final sparsities, 0.5,0.8"
     )
     w.add_argument("--seeds", type=_list(int), default=[0], help="e.g. 0,1,2 (0)")
+    w.add_argument(
+        "--scores",
+        type=_list(str),
+        default=None,
+        help="pruning criteria, one run each: e.g. magnitude,random,taylor (the config's)",
+    )
     w.add_argument("--monitor", help="the metric the frontier reports, e.g. val_acc")
     w.add_argument("--mode", choices=("max", "min"), default="max", help="better is higher/lower")
     w.add_argument("--no-baseline", action="store_true", help="skip the dense runs")

@@ -1,5 +1,7 @@
 """Budget sweeps: one LightningCLI fit per (budget, seed) of a config, and the frontier.
 
+With ``scores``: one fit per (pruning criterion, budget, seed), one frontier line per criterion.
+
 - :mod:`.runs`: the plan (:class:`RunSpec`), each run's config, one fit, the results on disk;
 - :mod:`.frontier`: the accuracy–FLOPs frontier from those results (rows, table, plot);
 - :mod:`.sweep`: :func:`sweep`, the loop (in this process, or Ray Tune trials: :mod:`.ray`).

@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -328,7 +328,7 @@ def run_ray(
 
         tuner = tune.Tuner(
             trainable,
-            param_space={"run": tune.grid_search([asdict(spec) for spec in specs])},
+            param_space={"run": tune.grid_search([spec.fields() for spec in specs])},
             tune_config=tune.TuneConfig(
                 trial_name_creator=_run_name, trial_dirname_creator=_run_name
             ),

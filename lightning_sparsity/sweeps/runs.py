@@ -22,6 +22,7 @@ from lightning_sparsity._files import write_json
 from lightning_sparsity._text import count
 from lightning_sparsity.control.budget import parse_flops
 from lightning_sparsity.lightning_cli import CliError, sparsity_cli
+from lightning_sparsity.pruning.scores import SCORES
 
 __all__ = [
     "RESULT",
@@ -57,12 +58,16 @@ class RunSpec:
         seed: ``seed_everything`` of the fit.
         budget: the budget target (``"25%"``, ``"1.2G"``), ``None`` for the baseline.
         sparsity: the pruner's final sparsity instead of a budget.
+        score: the pruner's ``score`` (``"taylor"``) in a sweep across criteria (its run name
+            ``budget25%_taylor_seed0``); ``"none"`` for that sweep's baseline; ``None``: the
+            config's own, as a sweep without ``scores``.
     """
 
     name: str
     seed: int
     budget: str | None = None
     sparsity: float | None = None
+    score: str | None = None
 
     @property
     def baseline(self) -> bool:
@@ -70,19 +75,36 @@ class RunSpec:
         return self.budget is None and self.sparsity is None
 
     @property
+    def method(self) -> str | None:
+        """The pruning criterion the sweep set (``None``: the config's, or the baseline)."""
+        return None if self.baseline else self.score
+
+    @property
     def label(self) -> str:
-        """What the frontier groups by: ``"dense"``, the budget, or ``"sparsity 0.8"``."""
+        """What the frontier groups by: ``"dense"``, the budget, or ``"sparsity 0.8"``.
+
+        In a sweep across criteria the criterion comes first: ``"taylor 25%"``.
+        """
         if self.budget is not None:
-            return self.budget
-        return "dense" if self.sparsity is None else f"sparsity {self.sparsity:g}"
+            target = self.budget
+        else:
+            target = "dense" if self.sparsity is None else f"sparsity {self.sparsity:g}"
+        return target if self.method is None else f"{self.method} {target}"
 
     def directory(self, root: str | Path) -> Path:
         """The run's directory, ``root/runs/<name>``."""
         return Path(root) / "runs" / self.name
 
+    def fields(self) -> dict[str, Any]:
+        """The spec as a dict; ``score`` only when set (a sweep without scores is as it was)."""
+        out = asdict(self)
+        if out["score"] is None:
+            del out["score"]
+        return out
+
     def record(self, **fields: Any) -> dict[str, Any]:
         """The run's result record: the spec, its label, and ``fields``."""
-        return {**asdict(self), "label": self.label, **fields}
+        return {**self.fields(), "label": self.label, **fields}
 
 
 #: what ``seed_everything`` takes: Lightning's ``min_seed_value`` / ``max_seed_value``
@@ -131,6 +153,15 @@ def _check_seeds(seeds: Sequence[Any], errors: list[str]) -> None:
             )
 
 
+def _check_scores(scores: Sequence[Any], errors: list[str]) -> None:
+    """Each score is a name the pruner's ``score=`` takes (``pruning.scores.SCORES``)."""
+    if not scores:
+        errors.append(f"the sweep needs at least one score (of {', '.join(SCORES)})")
+    for score in scores:
+        if score not in SCORES:
+            errors.append(f"score {score!r} is not one the pruner takes: {', '.join(SCORES)}")
+
+
 def _check_names(runs: Sequence[RunSpec]) -> None:
     """Two runs of one directory: the second would be skipped as finished.
 
@@ -158,17 +189,24 @@ def plan(
     *,
     sparsities: Sequence[float] = (),
     baseline: bool = True,
+    scores: Sequence[str] | None = None,
 ) -> list[RunSpec]:
     """The runs of a sweep: the dense baseline (first seed), then per budget, per seed.
+
+    With ``scores`` (names the pruner's ``score=`` takes): per score, per budget, per seed,
+    and still one dense baseline.
 
     Raises:
         SweepError: for no budgets and no sparsities, both given, an unparsable budget, two
             budgets of one target (``"50%"``, ``"50.0%"``), a sparsity outside ``[0, 1)``, no
-            seeds, a seed outside ``[0, 2**32 - 1]`` (what ``seed_everything`` takes),
-            repeated values, or two values of one run name.
+            seeds, a seed outside ``[0, 2**32 - 1]`` (what ``seed_everything`` takes), an
+            empty ``scores`` or a score the pruner does not take, repeated values, or two
+            values of one run name.
     """
     errors: list[str] = []
     lists = {"budgets": budgets, "sparsities": sparsities, "seeds": seeds}
+    if scores is not None:
+        lists["scores"] = scores
     for name, values in lists.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             errors.append(f"`{name}` must be a list, got {values!r}")
@@ -185,16 +223,24 @@ def plan(
     if not seeds:
         errors.append("the sweep needs at least one seed")
     _check_seeds(seeds, errors)
+    if scores is not None:
+        _check_scores(scores, errors)
     for name, values in lists.items():
         if _repeated(values):
             errors.append(f"{name} repeat a value: {list(values)}")
     if errors:
         raise SweepError("; ".join(errors))
-    runs = [RunSpec(f"baseline_seed{seeds[0]}", seeds[0])] if baseline else []
-    for budget in budgets:
-        runs += [RunSpec(f"budget{_safe(budget)}_seed{s}", s, budget=budget) for s in seeds]
-    for sp in sparsities:
-        runs += [RunSpec(f"sparsity{sp:g}_seed{s}", s, sparsity=float(sp)) for s in seeds]
+    first = seeds[0]
+    none = None if scores is None else "none"  # the baseline of a sweep across criteria
+    runs = [RunSpec(f"baseline_seed{first}", first, score=none)] if baseline else []
+    for score in [None] if scores is None else scores:
+        part = "" if score is None else f"_{_safe(score)}"
+        for budget in budgets:
+            name = f"budget{_safe(budget)}{part}_seed"
+            runs += [RunSpec(f"{name}{s}", s, budget=budget, score=score) for s in seeds]
+        for sp in sparsities:
+            name = f"sparsity{sp:g}{part}_seed"
+            runs += [RunSpec(f"{name}{s}", s, sparsity=float(sp), score=score) for s in seeds]
     _check_names(runs)
     return runs
 
@@ -269,17 +315,43 @@ def _sparsity_callbacks(config: Any) -> list[Any]:
     return [cb for cb in callbacks if str(cb.get("class_path", "")).endswith(_CALLBACK)]
 
 
+def _set_score(args: Any, spec: RunSpec) -> None:
+    """The pruner's ``score`` and ``seed`` set to the run's.
+
+    Raises:
+        SweepError: if the callback has no pruner, or one without a ``score`` argument.
+    """
+    pruning = args.get("pruning")
+    if pruning is None:
+        raise SweepError(
+            f"--scores sets the pruner's score ({spec.score!r}), and the config's"
+            " SparsityCallback has no pruner: add pruning (class_path"
+            " lightning_sparsity.MagnitudePruner)"
+        )
+    init = pruning.get("init_args")
+    if init is None or "score" not in init:
+        raise SweepError(
+            f"--scores sets the pruner's score ({spec.score!r}), and the config's pruner"
+            f" {str(pruning.class_path).rsplit('.', 1)[-1]} takes no `score`: use"
+            " lightning_sparsity.MagnitudePruner"
+        )
+    init.score = spec.score
+    if "seed" in init:
+        init.seed = spec.seed
+
+
 def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, mode: Mode) -> None:
     """Point the parsed config of a sweep at one run (in place).
 
     The logger becomes a TensorBoardLogger at ``run_dir``; a checkpoint (last, and best by
     ``monitor``) goes to ``run_dir/checkpoints``; the SparsityCallback gets the run's budget
-    or sparsity (the baseline: no pruner, budget or guard) and HParams entries for the
-    sweep.
+    or sparsity (the baseline: no pruner, budget or guard), in a sweep across criteria the
+    pruner's ``score`` and ``seed`` (the run's: each seed draws its own ``random`` scores),
+    and HParams entries for the sweep.
 
     Raises:
         SweepError: if the config has no SparsityCallback, or no budget (pruner schedule) to
-            override.
+            override, or (a run with a score) no pruner that takes ``score``.
     """
     from lightning_sparsity._lightning import submodule
 
@@ -308,12 +380,16 @@ def edit_config(config: Any, spec: RunSpec, run_dir: Path, monitor: str | None, 
             )
         key = "sparsity" if str(schedule.class_path).endswith("Constant") else "final_sparsity"
         schedule.init_args[key] = spec.sparsity
+    if spec.method is not None:
+        _set_score(args, spec)
     # the settings the sweep varies, in every run (the baseline too) with one type each:
     # TensorBoard's HParams dashboard takes its columns from one run's experiment, and the
     # callback lists these first (the run's name is the session's name already)
     args.hparams = {"sweep/seed": spec.seed, "sweep/label": spec.label}
     if spec.budget is not None or spec.baseline:
         args.hparams["budget/target"] = spec.budget if spec.budget is not None else "none"
+    if spec.score is not None:  # beside the budget: the pruner's own entry, "none" for dense
+        args.hparams["pruning/score"] = spec.score
     args.hparams_experiment = not spec.baseline  # its columns lack the pruner's and budget's
     loggers = submodule("loggers").__name__
     config["trainer.logger"] = _ns(
@@ -364,7 +440,9 @@ def run_one(
     Returns:
         The result, also written to ``runs/<name>/sweep_run.json``: status ``"done"`` or
         ``"failed"`` (with the error), the monitored metric, the last point's sparse FLOPs,
-        FLOP ratio and nonzero parameters, epochs, the stopping reason, wall seconds.
+        FLOP ratio and nonzero parameters, epochs, the stopping reason, the total training
+        FLOPs of the fit (sparse and dense kernels; ``None`` with ``train_flops=False``),
+        wall seconds.
     """
     run_dir = spec.directory(root)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +472,8 @@ def run_one(
             param_sparsity=point.param_sparsity,
             epochs=int(trainer.current_epoch),
             stopping_reason=callback.stopping_reason,
+            train_flops_total=point.train_flops_total,
+            train_flops_dense_total=point.train_flops_dense_total,
         )
         if monitor is not None and (metric is None or not math.isfinite(metric)):
             result.update(status="failed", error=f"{monitor} is {metric} at the end of the fit")

@@ -4,7 +4,11 @@
 :func:`sweep`) runs, from the same YAML config, a dense baseline at the first seed (the
 :class:`~lightning_sparsity.SparsityCallback` measuring only) and one fit per budget and seed
 with the callback's budget target overridden (``--sparsities`` overrides the pruner's final
-sparsity instead). Every run logs to its own version under one TensorBoard root
+sparsity instead). ``--scores magnitude,random,taylor`` adds an axis: one fit per pruning
+criterion, budget and seed, each with the pruner's ``score`` (and its ``seed``: the run's)
+set, and still one dense baseline; the frontier draws one line per criterion.
+
+Every run logs to its own version under one TensorBoard root
 (``OUTPUT/runs/<run>``) with one HParams entry (budget, seed, pruner, schedule, model and
 data settings) and its final metrics, so TensorBoard's HParams dashboard shows the frontier
 across runs. At the end, and after every run, ``frontier.csv`` / ``.json`` / ``.md`` and
@@ -25,7 +29,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,7 +139,7 @@ def _manifest_of(
         "monitor": monitor,
         "mode": mode,
         "overrides": list(overrides),
-        "runs": [asdict(s) for s in specs],
+        "runs": [s.fields() for s in specs],
     }
 
 
@@ -198,6 +202,7 @@ def sweep(
     *,
     sparsities: Sequence[float] = (),
     seeds: Sequence[int] = (0,),
+    scores: Sequence[str] | None = None,
     monitor: str | None = None,
     mode: Mode = "max",
     baseline: bool = True,
@@ -215,6 +220,10 @@ def sweep(
         budgets: budget targets, one run per budget and seed (``"50%"``, ``"1.2G"``).
         sparsities: instead of budgets, final sparsities of the pruner's schedule.
         seeds: ``seed_everything`` values (ints in ``[0, 2**32 - 1]``), one run each.
+        scores: pruning criteria (names the pruner's ``score=`` takes: ``"magnitude"``,
+            ``"random"``, ``"taylor"``, ...), one run per score, budget and seed, each
+            setting the pruner's ``score`` and its ``seed`` to the run's; ``None``: the
+            config's pruner as it is (run names without a score).
         monitor: the metric the frontier reports (its last value), e.g. ``"val_acc"``.
         mode: ``"max"`` if a higher ``monitor`` is better, ``"min"`` if lower.
         baseline: include a dense run at the first seed (the callback only measures).
@@ -235,7 +244,7 @@ def sweep(
             that holds another sweep, a config without a SparsityCallback and budget, or a
             monitor the model never logs.
     """
-    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
+    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline, scores=scores)
     config, root = _check(config, output, mode, backend, address)
     manifest = _manifest_of(config, monitor, mode, overrides, specs)
     _check_manifest(root, manifest)
@@ -409,6 +418,7 @@ def sweep_plan(
     *,
     sparsities: Sequence[float] = (),
     seeds: Sequence[int] = (0,),
+    scores: Sequence[str] | None = None,
     monitor: str | None = None,
     mode: Mode = "max",
     baseline: bool = True,
@@ -427,7 +437,7 @@ def sweep_plan(
     Raises:
         SweepError: what :func:`sweep` refuses before its one-batch check.
     """
-    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline)
+    specs = plan(budgets, seeds, sparsities=sparsities, baseline=baseline, scores=scores)
     config, root = _check(config, output, mode, backend, address)
     _check_manifest(root, _manifest_of(config, monitor, mode, overrides, specs))
     parsed = parse_config(config, overrides)
