@@ -227,39 +227,38 @@ def update_vs_prune(name: str, repeats: int, spinners: int) -> list[list[str]]:
     steps(model, optimizer, batch, 2)()  # two updates: Adam's moments exist
     base = with_masks(name, 0.85)
 
-    def backward() -> None:
+    def update() -> Callable[[], object]:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(batch[0]), batch[1]).backward()
+        return lambda: pruner.update(pruner.step_count + 1)
 
-    def prune_step() -> tuple[ls.MagnitudePruner, torch.nn.Module]:
-        copy_model, copy_optimizer = copy.deepcopy(base)
-        fresh = ls.MagnitudePruner()
-        fresh.attach(copy_optimizer)
-        return fresh, copy_model
+    def prune(**options: float) -> Callable[[], Callable[[], object]]:
+        def ready() -> Callable[[], object]:
+            copy_model, copy_optimizer = copy.deepcopy(base)
+            fresh = ls.MagnitudePruner(**options)
+            fresh.attach(copy_optimizer)
+            return lambda: fresh.apply(copy_model, SPARSITY)
 
+        return ready
+
+    variants = {"update": update, "prune": prune(), "bare": prune(min_density=0.0)}
     rows = []
     for load, count in loads(spinners):
-        update_s, prune_s = [], []
+        times: dict[str, list[float]] = {v: [] for v in variants}
         with busy(count):
-            for _ in range(repeats + 1):  # the first of each untimed
-                backward()
-                start = time.perf_counter()
-                pruner.update(pruner.step_count + 1)
-                update_s.append(time.perf_counter() - start)
-                fresh, copy_model = prune_step()
-                start = time.perf_counter()
-                fresh.apply(copy_model, SPARSITY)
-                prune_s.append(time.perf_counter() - start)
+            for repeat in range(repeats + 1):  # interleaved; the first of each untimed
+                for v, ready in variants.items():
+                    call = ready()
+                    start = time.perf_counter()
+                    call()
+                    if repeat:
+                        times[v].append(time.perf_counter() - start)
             load = f"{load} ({loadavg()})"
-        update, prune = statistics.median(update_s[1:]), statistics.median(prune_s[1:])
+        t = {v: statistics.median(times[v]) for v in variants}
         rows.append(
-            [
-                MODELS[name][0],
-                load,
-                f"{update * 1e3:.2f}",
-                f"{prune * 1e3:.2f}",
-                f"{update / prune:.2f}",
-            ]
+            [MODELS[name][0], load]
+            + [f"{t[v] * 1e3:.2f}" for v in variants]
+            + [f"{t['update'] / t['prune']:.2f}", f"{t['update'] / t['bare']:.2f}"]
         )
     return rows
 
@@ -323,9 +322,21 @@ def main() -> None:
         "\n(b) RigL(0.9) against magnitude pruning to 0.9, one call each: update ms ="
         " RigL.update(t) (drop + grow in every layer, Adam attached) after a backward with"
         " whole gradients; prune ms = MagnitudePruner().apply(model, 0.9) from 0.85 on a fresh"
-        " copy; × = update / prune\n"
+        " copy (default floors: every row keeps its largest weight, 1% of each layer); prune"
+        " ms, no floors = the same with min_density=0 (one cut, torch's rule); × = update /"
+        " prune\n"
     )
-    table = [["model", "load", "update ms", "prune ms", "update / prune ×"]]
+    table = [
+        [
+            "model",
+            "load",
+            "update ms",
+            "prune ms",
+            "prune ms, no floors",
+            "update / prune ×",
+            "update / prune, no floors ×",
+        ]
+    ]
     for name in models:
         table += update_vs_prune(name, repeats, args.busy)
     print(markdown(table))
