@@ -73,41 +73,79 @@ def pruner(score: ScoreName) -> ls.MagnitudePruner:
 # ----------------------------------------------------------------------------- plain loop
 
 
-def loop_runs(name: str, n: int) -> dict[str, Callable[[], None]]:
-    """``n`` steps of model ``name`` per variant (the optimizer's hooks hold the pruner)."""
+def instrument(p: ls.MagnitudePruner, calls: Calls) -> None:
+    """Time ``p``'s accumulation into ``calls``: ``Scores.accumulate`` (taylor, movement) and
+    the input hooks ``observe`` registers (wanda). Before ``attach`` and ``observe``."""
+    scorer = p._scorer
+    wrap(scorer, "accumulate", calls.add)
+    make_hook = scorer._input_hook
+
+    def timed_hook(key: str) -> Callable[..., None]:
+        return timing(make_hook(key), calls.add)
+
+    scorer._input_hook = timed_hook  # type: ignore[method-assign]
+
+
+def loop_runs(name: str, n: int) -> dict[str, tuple[Callable[[], None], Calls]]:
+    """``n`` steps of model ``name`` per variant, and the calls that accumulated its score."""
     batch = MODELS[name][2]()
-    runs: dict[str, Callable[[], None]] = {}
+    runs: dict[str, tuple[Callable[[], None], Calls]] = {}
     for score in (NONE, *SCORES):
         model, optimizer = model_and_optimizer(name)
-        run = steps(model, optimizer, batch, n)
+        calls = Calls()
         if score != NONE:
             p = pruner(score)
+            instrument(p, calls)
             p.attach(optimizer)  # what SparsityCallback.on_train_start does, in its order
             p.observe(model)
             steps(model, optimizer, batch, 2)()  # something to rank by
             p.apply(model, SPARSITY)  # the schedule's first prune: masks from now on
-        runs[score] = run
+        runs[score] = steps(model, optimizer, batch, n), calls
     return runs
+
+
+def per_step(calls: Calls, n_steps: int) -> float:
+    """Seconds of accumulation per step: the median call times the calls per step."""
+    if not calls.seconds:
+        return 0.0
+    return statistics.median(calls.seconds) * len(calls.seconds) / n_steps
 
 
 def plain_loop(models: list[str], n: int, repeats: int, spinners: int) -> list[list[str]]:
     rows = [
-        ["model", "load", "magnitude ms/step"]
-        + [f"{s} ×" for s in SCORES if s != "magnitude"]
-        + [f"{NONE} ×"]
+        [
+            "model",
+            "load",
+            "score",
+            "ms/step",
+            "× magnitude",
+            "accumulation ms/step",
+            "accumulation %",
+        ]
     ]
     for name in models:
         runs = loop_runs(name, n)
         for load, count in loads(spinners):
+            for _, calls in runs.values():
+                calls.seconds.clear()
+                calls.ends.clear()
             with busy(count):
-                t = medians(runs, repeats, warmup=1)
+                t = medians({v: run for v, (run, _) in runs.items()}, repeats, warmup=1)
                 load = f"{load} ({loadavg()})"
             base = t["magnitude"]
-            rows.append(
-                [MODELS[name][0], load, f"{base / n:.2f}"]
-                + [f"{t[s] / base:.3f}" for s in SCORES if s != "magnitude"]
-                + [f"{t[NONE] / base:.3f}"]
-            )
+            for v in (*SCORES, NONE):
+                accumulation = per_step(runs[v][1], (repeats + 1) * n) * 1e3  # ms
+                rows.append(
+                    [
+                        MODELS[name][0],
+                        load,
+                        v,
+                        f"{t[v] / n:.2f}",
+                        f"{t[v] / base:.3f}",
+                        f"{accumulation:.3f}",
+                        f"{accumulation / (base / n) * 100:.2f}%",
+                    ]
+                )
     return rows
 
 
@@ -126,14 +164,7 @@ class TimeAccumulation(pl.Callback):
         self.calls = Calls()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        scorer = self.pruner._scorer
-        wrap(scorer, "accumulate", self.calls.add)
-        make_hook = scorer._input_hook
-
-        def timed_hook(key: str) -> Callable[..., None]:
-            return timing(make_hook(key), self.calls.add)
-
-        scorer._input_hook = timed_hook  # type: ignore[method-assign]
+        instrument(self.pruner, self.calls)
 
 
 def fit(score: ScoreName, epochs: int, root: Path) -> tuple[list[float], list[float]]:
@@ -186,9 +217,12 @@ def main() -> None:
         models = models[:1]
     start("bench_scores", args.threads, repeats)
     print(
-        f"\nplain loop, {n} steps per run: magnitude ms/step = one training step (zero_grad,"
-        " forward, loss, backward, Adam.step with the pruner's hooks) with score='magnitude';"
-        " each '×' column = that variant's time for the same steps / magnitude's\n"
+        f"\nplain loop, {n} steps per run: ms/step = one training step (zero_grad, forward,"
+        " loss, backward, Adam.step with the pruner's hooks, 50% masks) with that score (no"
+        " pruner: the dense model, no hooks); × magnitude = its time for the same steps /"
+        " score='magnitude' (whole step, noisy; random accumulates nothing: its distance"
+        " from 1 is the noise); accumulation = the score's own hooks timed inside those steps"
+        " (median call × calls per step), and as % of magnitude's step\n"
     )
     print(markdown(plain_loop(models, n, repeats, args.busy)))
     print(
