@@ -38,13 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
-from load import busy
+from load import busy_beside_others
 from training import (
     MODELS,
     Calls,
     arguments,
     fit_digits,
-    loadavg,
     loads,
     markdown,
     model_and_optimizer,
@@ -129,9 +128,9 @@ def plain_loop(models: list[str], n: int, repeats: int, spinners: int) -> list[l
             for _, calls in runs.values():
                 calls.seconds.clear()
                 calls.ends.clear()
-            with busy(count):
+            with busy_beside_others(count) as others:
                 t = medians({v: run for v, (run, _) in runs.items()}, repeats, warmup=1)
-                load = f"{load} ({loadavg()})"
+            load = f"{load} ({others})"
             base = t["magnitude"]
             for v in (*SCORES, NONE):
                 accumulation = per_step(runs[v][1], (repeats + 1) * n) * 1e3  # ms
@@ -182,14 +181,14 @@ def fits(epochs: int, repeats: int, spinners: int, root: Path, warmup: bool) -> 
     for load, count in loads(spinners):
         epoch_times: dict[str, list[float]] = {s: [] for s in FIT_SCORES}
         accumulation: dict[str, list[float]] = {s: [] for s in FIT_SCORES}
-        with busy(count):
+        with busy_beside_others(count) as others:
             for repeat in range(repeats):
                 shift = repeat % len(FIT_SCORES)
                 for s in FIT_SCORES[shift:] + FIT_SCORES[:shift]:
                     epochs_s, accumulated = fit(s, epochs, root)
                     epoch_times[s] += epochs_s
                     accumulation[s] += accumulated
-            load = f"{load} ({loadavg()})"
+        load = f"{load} ({others})"
         base = statistics.median(epoch_times["magnitude"])
         for s in FIT_SCORES:
             epoch = statistics.median(epoch_times[s])

@@ -47,13 +47,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from load import busy
+from load import busy_beside_others
 from training import (
     MODELS,
     Calls,
     arguments,
     fit_digits,
-    loadavg,
     loads,
     markdown,
     model_and_optimizer,
@@ -139,12 +138,12 @@ def ledger_rows(
         fit(PRUNERS[title], on, 1, root, Ledger())
     for load, count in loads(spinners):
         runs = {v: Ledger() for v in variants}
-        with busy(count):
+        with busy_beside_others(count) as others:
             for repeat in range(repeats):
                 shift = repeat % len(variants)
                 for title, on in variants[shift:] + variants[:shift]:
                     fit(PRUNERS[title], on, epochs, root, runs[(title, on)])
-            load = f"{load} ({loadavg()})"
+        load = f"{load} ({others})"
         for title in PRUNERS:
             on, off = runs[(title, True)], runs[(title, False)]
             base = statistics.median(off.epochs)
@@ -245,7 +244,7 @@ def update_vs_prune(name: str, repeats: int, spinners: int) -> list[list[str]]:
     rows = []
     for load, count in loads(spinners):
         times: dict[str, list[float]] = {v: [] for v in variants}
-        with busy(count):
+        with busy_beside_others(count) as others:
             for repeat in range(repeats + 1):  # interleaved; the first of each untimed
                 for v, ready in variants.items():
                     call = ready()
@@ -253,7 +252,7 @@ def update_vs_prune(name: str, repeats: int, spinners: int) -> list[list[str]]:
                     call()
                     if repeat:
                         times[v].append(time.perf_counter() - start)
-            load = f"{load} ({loadavg()})"
+        load = f"{load} ({others})"
         t = {v: statistics.median(times[v]) for v in variants}
         rows.append(
             [MODELS[name][0], load]
@@ -273,9 +272,9 @@ def per_step(name: str, delta_t: int, repeats: int, spinners: int) -> list[list[
     }
     rows = []
     for load, count in loads(spinners):
-        with busy(count):
+        with busy_beside_others(count) as others:
             t = medians(runs, repeats, warmup=1)
-            load = f"{load} ({loadavg()})"
+        load = f"{load} ({others})"
         rows.append(
             [
                 MODELS[name][0],

@@ -216,15 +216,13 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def loadavg() -> str:
-    """The 1-minute load average now: read at the end of a timed phase, it covers its last
-    minute (our spinners included), so the other work on the machine shows."""
-    return f"load {os.getloadavg()[0]:.1f}"
-
-
 def machine(threads: int) -> str:
     """The CPUs, torch and its threads, and the load average now (other work skews times)."""
-    return f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), {loadavg()}"
+    return (
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), load average"
+        f" {os.getloadavg()[0]:.2f} at the start; 'others' = the cores other processes kept"
+        " busy during a timed phase (/proc/stat, less this process and its spinners)"
+    )
 
 
 def loads(spinners: int) -> list[tuple[str, int]]:
