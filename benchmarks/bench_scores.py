@@ -11,11 +11,17 @@ ratio to ``score="magnitude"`` timed in the same run, on a quiet machine and bes
 * the plain loop: ``--steps`` training steps (zero_grad, forward, cross-entropy, backward,
   ``Adam.step()``) of the digits demo's CNN on its first batch of 64 and of a 5.8M-parameter
   MLP on a random batch of 64, the pruner attached as ``SparsityCallback`` attaches it
-  (``pruner.attach(optimizer)``, then ``pruner.observe(model)``) and pruned once to 50% (a
-  schedule's first prune; the masks then hold through every step, as in a fit). The variants
-  (every score, and the model without a pruner) run interleaved, ``--repeats`` times each,
-  after one untimed run; medians. ``random`` accumulates nothing: its distance from 1.00 is
-  the noise.
+  (``pruner.attach(optimizer)``, then ``pruner.observe(model)``), two steps accumulated, then
+  the masks of a first prune to 50% installed (``apply_masks``; they hold through every step,
+  as in a fit). Every score holds the same masks, those ``score="magnitude"`` chooses, so
+  only the hooks differ: on this CPU ``torch.sqrt`` runs many times slower on zeros
+  scattered at random than on positive values, and Adam takes the square root of its second
+  moments, zero wherever a weight is pruned, so a step's time depends on where its zeros
+  lie (the row ``magnitude, random's masks``: score="magnitude" holding the masks
+  ``"random"`` chooses). The variants (every score, that row, and the model without a
+  pruner) run interleaved, ``--repeats`` times each, after one untimed run; medians. Each
+  score's own hooks are also timed inside the steps: the precise figure. ``random``
+  accumulates nothing: its distance from 1.00 is the noise of the whole-step ratio.
 * a Lightning fit: ``--epochs`` epochs of ``DigitsCNN`` on ``DigitsDataModule`` with
   ``SparsityCallback(MagnitudePruner(schedule=Cubic(0.8, 0, 6), score=...),
   write_files=False)`` and a TensorBoard logger, seeded, ``--repeats`` fits per score
@@ -39,6 +45,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from load import busy_beside_others
+from torch import Tensor
 from training import (
     MODELS,
     Calls,
@@ -60,6 +67,7 @@ from lightning_sparsity.speed import medians
 SCORES: tuple[ScoreName, ...] = ("magnitude", "random", "taylor", "movement", "wanda")
 FIT_SCORES: tuple[ScoreName, ...] = ("magnitude", "taylor", "wanda")
 NONE = "no pruner"
+RANDOM_MASKS = "magnitude, random's masks"
 SPARSITY = 0.5
 
 
@@ -85,21 +93,42 @@ def instrument(p: ls.MagnitudePruner, calls: Calls) -> None:
     scorer._input_hook = timed_hook  # type: ignore[method-assign]
 
 
+def masks_of(name: str, score: ScoreName, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    """The 50% masks ``score`` gives model ``name`` after two steps (a first prune)."""
+    model, optimizer = model_and_optimizer(name)
+    p = pruner(score)
+    p.attach(optimizer)
+    p.observe(model)
+    steps(model, optimizer, batch, 2)()
+    p.apply(model, SPARSITY)
+    return p.masks(model)
+
+
 def loop_runs(name: str, n: int) -> dict[str, tuple[Callable[[], None], Calls]]:
-    """``n`` steps of model ``name`` per variant, and the calls that accumulated its score."""
+    """``n`` steps of model ``name`` per variant, and the calls that accumulated its score.
+
+    Every pruned variant holds the same zeros, so that only the hooks differ: the masks
+    ``score="magnitude"`` chooses (``RANDOM_MASKS``: those ``"random"`` chooses).
+    """
     batch = MODELS[name][2]()
+    masks = {s: masks_of(name, s, batch) for s in ("magnitude", "random")}
+    variants: list[tuple[str, ScoreName | None, ScoreName]] = [
+        (NONE, None, "magnitude"),
+        *((s, s, "magnitude") for s in SCORES),
+        (RANDOM_MASKS, "magnitude", "random"),
+    ]
     runs: dict[str, tuple[Callable[[], None], Calls]] = {}
-    for score in (NONE, *SCORES):
+    for label, score, zeros in variants:
         model, optimizer = model_and_optimizer(name)
         calls = Calls()
-        if score != NONE:
+        if score is not None:
             p = pruner(score)
             instrument(p, calls)
             p.attach(optimizer)  # what SparsityCallback.on_train_start does, in its order
             p.observe(model)
-            steps(model, optimizer, batch, 2)()  # something to rank by
-            p.apply(model, SPARSITY)  # the schedule's first prune: masks from now on
-        runs[score] = steps(model, optimizer, batch, n), calls
+            steps(model, optimizer, batch, 2)()  # accumulated, as before a first prune
+            p.apply_masks(model, masks[zeros])
+        runs[label] = steps(model, optimizer, batch, n), calls
     return runs
 
 
@@ -132,7 +161,7 @@ def plain_loop(models: list[str], n: int, repeats: int, spinners: int) -> list[l
                 t = medians({v: run for v, (run, _) in runs.items()}, repeats, warmup=1)
             load = f"{load} ({others})"
             base = t["magnitude"]
-            for v in (*SCORES, NONE):
+            for v in (*SCORES, RANDOM_MASKS, NONE):
                 accumulation = per_step(runs[v][1], (repeats + 1) * n) * 1e3  # ms
                 rows.append(
                     [
@@ -217,8 +246,10 @@ def main() -> None:
     start("bench_scores", args.threads, repeats)
     print(
         f"\nplain loop, {n} steps per run: ms/step = one training step (zero_grad, forward,"
-        " loss, backward, Adam.step with the pruner's hooks, 50% masks) with that score (no"
-        " pruner: the dense model, no hooks); × magnitude = its time for the same steps /"
+        " loss, backward, Adam.step with the pruner's hooks) with that score, every score"
+        " holding the 50% masks magnitude chooses (magnitude, random's masks: those random"
+        " chooses; no pruner: the dense model, no hooks); × magnitude = its time for the same"
+        " steps /"
         " score='magnitude' (whole step, noisy; random accumulates nothing: its distance"
         " from 1 is the noise); accumulation = the score's own hooks timed inside those steps"
         " (median call × calls per step), and as % of magnitude's step\n"

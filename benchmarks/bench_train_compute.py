@@ -19,10 +19,14 @@ and a 5.8M-parameter MLP at batch 64), Adam attached:
 * one update: ``RigL(0.9).update(t)`` (drop and grow in every layer: what its optimizer step
   pre-hook runs every ``delta_t`` steps) after a forward and backward with whole gradients,
   against one pruning step ``MagnitudePruner().apply(model, 0.9)`` from 0.85 (what the
-  callback runs at a pruning epoch; a fresh copy of the model at 0.85 each time, untimed);
+  callback runs at a pruning epoch; a fresh copy of the model at 0.85 each time, untimed),
+  with the default floors and without (``min_density=0``);
 * per training step: blocks of ``delta_t`` plain training steps (one update in each) with
-  ``RigL(0.9, delta_t=...)`` attached, against as many steps with static masks
-  (``MagnitudePruner().apply(model, 0.9)``, then attached).
+  ``RigL(0.9, delta_t=...)`` attached, against as many steps of the same model holding
+  RigL's first masks (``MagnitudePruner().apply_masks``, attached). The same zeros matter:
+  on this CPU ``torch.sqrt`` runs many times slower on zeros scattered at random than on
+  positive values, and Adam takes the square root of its second moments, which are zero
+  wherever a weight is pruned, so a step's time depends on where its zeros lie.
 
 Every figure is a median of ``--repeats``, the variants interleaved, on a quiet machine and
 beside ``--busy`` processes spinning on the CPU (``benchmarks/load.py``). Torch runs on
@@ -264,8 +268,13 @@ def update_vs_prune(name: str, repeats: int, spinners: int) -> list[list[str]]:
 
 def per_step(name: str, delta_t: int, repeats: int, spinners: int) -> list[list[str]]:
     batch = MODELS[name][2]()
-    model, optimizer, _ = with_rigl(name, delta_t)
-    static_model, static_optimizer = with_masks(name, SPARSITY)
+    model, optimizer, rigl = with_rigl(name, delta_t)
+    # the baseline holds RigL's first masks: the same zeros (Adam's step on CPU runs at a
+    # speed that depends on where its zero moments lie), only never moved
+    static_model, static_optimizer = model_and_optimizer(name)
+    static = ls.MagnitudePruner()
+    static.attach(static_optimizer)
+    static.apply_masks(static_model, rigl.masks(model))
     runs = {
         "rigl": steps(model, optimizer, batch, delta_t),  # one update per run
         "static": steps(static_model, static_optimizer, batch, delta_t),
@@ -342,8 +351,9 @@ def main() -> None:
 
     print(
         "\nper training step, averaged over delta_t steps (one update among them): static ms ="
-        " a step (zero_grad, forward, loss, backward, Adam.step) with fixed 90% masks; RigL ms"
-        " = the same with RigL(0.9, delta_t) attached; × = RigL / static\n"
+        " a step (zero_grad, forward, loss, backward, Adam.step) with RigL's first masks held"
+        " (MagnitudePruner.apply_masks); RigL ms = the same with RigL(0.9, delta_t) attached;"
+        " × = RigL / static\n"
     )
     table = [["model", "delta_t", "load", "static ms/step", "RigL ms/step", "RigL / static ×"]]
     for name, delta_t in blocks:
