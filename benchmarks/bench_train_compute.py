@@ -28,9 +28,11 @@ and a 5.8M-parameter MLP at batch 64), Adam attached:
   positive values, and Adam takes the square root of its second moments, which are zero
   wherever a weight is pruned, so a step's time depends on where its zeros lie.
 
-Every figure is a median of ``--repeats``, the variants interleaved, on a quiet machine and
-beside ``--busy`` processes spinning on the CPU (``benchmarks/load.py``). Torch runs on
-``--threads`` (default 1) intra-op threads, as ``bench_callback.py`` does. Usage::
+Every figure is a median of ``--repeats`` (the single calls of (b): 3 × ``--repeats``, as a
+call of a few milliseconds is now and then preempted whole), the variants interleaved, on a
+quiet machine and beside ``--busy`` processes spinning on the CPU (``benchmarks/load.py``).
+Torch runs on ``--threads`` (default 1) intra-op threads, as ``bench_callback.py`` does.
+Usage::
 
     python benchmarks/bench_train_compute.py [--repeats 7] [--epochs 8] [--busy 2]
         [--threads 1] [--quick]
@@ -327,7 +329,8 @@ def main() -> None:
         print(profile(over[0], repeats))
 
     print(
-        "\n(b) RigL(0.9) against magnitude pruning to 0.9, one call each: update ms ="
+        f"\n(b) RigL(0.9) against magnitude pruning to 0.9, single calls, medians of"
+        f" {3 * repeats}: update ms ="
         " RigL.update(t) (drop + grow in every layer, Adam attached) after a backward with"
         " whole gradients; prune ms = MagnitudePruner().apply(model, 0.9) from 0.85 on a fresh"
         " copy (default floors: every row keeps its largest weight, 1% of each layer); prune"
@@ -346,7 +349,7 @@ def main() -> None:
         ]
     ]
     for name in models:
-        table += update_vs_prune(name, repeats, args.busy)
+        table += update_vs_prune(name, 3 * repeats, args.busy)
     print(markdown(table))
 
     print(
