@@ -28,3 +28,5 @@ test-slow: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_counter.py
+	$(BIN)/python benchmarks/bench_scores.py
+	$(BIN)/python benchmarks/bench_train_compute.py

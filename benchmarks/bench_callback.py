@@ -37,12 +37,9 @@ assertions. Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import tempfile
-import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,16 +47,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
+from training import fit_digits, quiet, wrap
 
 import lightning_sparsity as ls
-from lightning_sparsity.demo import DigitsCNN, DigitsDataModule
 
 HOOKS = ("setup", "on_fit_start", "on_train_batch_start", "on_train_epoch_end", "on_fit_end")
 ONCE_HOOKS = ("setup", "on_fit_start", "on_fit_end")
-SEED = 0
 
 
 # ----------------------------------------------------------------------------- variants
@@ -82,22 +76,6 @@ VARIANTS: dict[str, Callable[[], ls.SparsityCallback | None]] = {
 # ----------------------------------------------------------------------------- timing
 
 
-class EpochTimer(pl.Callback):
-    """Wall time of each train epoch (validation and earlier callbacks' epoch-end hooks in)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start the clock."""
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Stop the clock."""
-        self.times.append(time.perf_counter() - self._start)
-
-
 @dataclass
 class HookTimes:
     """Seconds spent in each wrapped hook (one entry per call) and in ``pruner.apply``."""
@@ -108,31 +86,17 @@ class HookTimes:
     _prune_acc: float = 0.0
 
 
-def _wrap(obj: Any, name: str, sink: Callable[[float], None]) -> None:
-    """Replace ``obj.name`` by an instance attribute that times each call into ``sink``."""
-    inner = getattr(obj, name)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            sink(time.perf_counter() - start)
-
-    setattr(obj, name, timed)
-
-
 def instrument(callback: ls.SparsityCallback) -> HookTimes:
     """Time the callback's hooks (and its pruner's ``apply``) from now on."""
     times = HookTimes()
     for hook in HOOKS:
-        _wrap(callback, hook, times.calls[hook].append)
+        wrap(callback, hook, times.calls[hook].append)
     if callback.pruning is not None:
 
         def add_prune(seconds: float) -> None:
             times._prune_acc += seconds
 
-        _wrap(callback.pruning, "apply", add_prune)
+        wrap(callback.pruning, "apply", add_prune)
         inner_end = callback.on_train_epoch_end
 
         def epoch_end(*args: Any, **kwargs: Any) -> Any:
@@ -158,30 +122,12 @@ class Fit:
 
 def run_fit(variant: str, epochs: int, root: Path) -> Fit:
     """Fit the digits CNN once with ``variant``'s callback (or none)."""
-    pl.seed_everything(SEED, verbose=False)
     callback = VARIANTS[variant]()
-    timer = EpochTimer()
     hooks = instrument(callback) if callback is not None else None
-    callbacks: list[pl.Callback] = [timer] if callback is None else [callback, timer]
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(root), name=variant),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    order: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    assert order[-1] is timer  # its epoch end comes after SparsityCallback's
-    model, data = DigitsCNN(), DigitsDataModule()
-    start = time.perf_counter()
-    trainer.fit(model, data)
-    seconds = time.perf_counter() - start
+    times = fit_digits([] if callback is None else [callback], epochs, root, variant)
     meter = None if callback is None else callback.controller.meter
     traces = meter.traces if meter is not None else 0
-    return Fit(seconds, timer.times, hooks, traces)
+    return Fit(times.seconds, times.epochs, hooks, traces)
 
 
 # ----------------------------------------------------------------------------- report
@@ -289,16 +235,6 @@ def legend(epochs: int, repeats: int) -> str:
 
 
 # ----------------------------------------------------------------------------- main
-
-
-def quiet() -> None:
-    """Silence Lightning's info logs and the few-workers / few-batches warnings."""
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning_utilities", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("lightning_utilities.core.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # pytorch_lightning vs torch 2.13
 
 
 def main() -> None:
