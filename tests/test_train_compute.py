@@ -309,3 +309,25 @@ def test_an_absolute_training_budget_needs_no_max_epochs(tmp_path: Path) -> None
         assert [p.epoch for p in callback.history][-1] == epochs
         assert callback.history[-1].budget_status == "within"
     assert callback.stopping_reason == "compute_spent"
+
+
+def test_a_prune_that_only_zeroes_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 epochs of 2 batches, prunes at the ends of epochs 1 and 2. The step is counted at
+    the first batch and again at the second (a weight initialised to zero would move at
+    the first step), then once after each prune: 4 counts. A second count after a prune
+    could only agree (bench_train_compute: it was half the ledger's time); RigL's counts
+    go on until two batches agree (test_rigl_growth_steps_count_every_weight_gradient)."""
+    calls = []
+    real = ls.SparsityMeter.measure_training
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ls.SparsityMeter, "measure_training", counted)
+    callback = _fit(tmp_path, 3)
+    assert len(calls) == 4
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
+    assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]

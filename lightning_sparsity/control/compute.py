@@ -3,9 +3,12 @@
 Each training batch adds ``examples × cost``, ``cost`` the training step's FLOPs per example
 (:meth:`SparsityMeter.measure_training`: forward and backward) at the weights the batch ran
 with. Counted again when the masks change (the pruner's ``generation``) or the step
-computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``), and then
-at every batch until two batches in a row cost the same: a weight RigL grows is live at
-zero until its first step, so the nonzeros settle a step after the masks. (A live weight
+computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``), and then,
+at the fit's start and after a change by a pruner that grows weights back (RigL, SET:
+``pruner.regrows``), at every batch until two batches in a row cost the same: a weight RigL
+grows is live at zero until its first step, so the nonzeros settle a step after the masks
+(and a weight initialised to zero moves at the first step). A prune that only zeroes is
+counted once. (A live weight
 that stays exactly zero for several steps and only then moves is counted as zero until the
 next change.) The
 weight gradients counted are those of the live entries (the pruner's masks), every entry of
@@ -59,7 +62,11 @@ class TrainCompute:
             if value is None:
                 return
             same = self._cached is not None and self._cached[0] == key
-            self._settled = same and self._cached is not None and self._cached[1] == value
+            if same:  # counted again to see the nonzeros settle: settled if they did
+                self._settled = self._cached is not None and self._cached[1] == value
+            else:  # new masks: only a pruner that grows weights back moves them after
+                regrows = pruner is None or getattr(pruner, "regrows", True)
+                self._settled = self._cached is not None and not regrows
             self._cached = (key, value)
         self._pending = self._cached[1]
 

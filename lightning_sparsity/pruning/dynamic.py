@@ -95,6 +95,7 @@ class RigL(MagnitudePruner):
     """
 
     takes_targets: ClassVar[bool] = False  # its sparsity is constant
+    regrows: ClassVar[bool] = True  # grown weights are live at zero until their first step
 
     def __init__(
         self,

@@ -1355,6 +1355,9 @@ class MagnitudePruner(Settings):
 
     #: whether a budget with ``action="adjust"`` may set this pruner's targets
     takes_targets: ClassVar[bool] = True
+    #: whether its masks bring weights back (live at zero until they train): a prune that
+    #: only zeroes leaves nonzeros that stay where they are
+    regrows: ClassVar[bool] = False
 
     _SETTINGS: ClassVar[tuple[str, ...]] = (
         "schedule",
