@@ -192,26 +192,9 @@ def test_a_fit_killed_between_updates_resumes_as_if_never_killed(tmp_path: Path,
     """3 steps an epoch, updates at steps 2, 4, 6, 8, 10: SIGKILL after step 8 (the update
     in the middle of epoch 3); resumed from the checkpoint of epoch 2 (step 6), Lightning
     runs epoch 3 again: masks and weights equal an uninterrupted run's."""
-    import os
-    import subprocess
-    import sys
+    from tests.score_fit import killed_and_resumed
 
-    from tests.fits import ROOT
-    from tests.score_fit import fit
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = ROOT / "tests" / "scripts" / "kill_scores.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cut"), method, "8"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr[-3000:]
-    whole = fit(tmp_path / "whole", method, 5)
-    resumed = fit(tmp_path / "cut", method, 5, ckpt=str(tmp_path / "cut" / "ckpt" / "last.ckpt"))
+    whole, resumed = killed_and_resumed(tmp_path, method, kill_at=8)
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(whole.fc1.weight != 0, resumed.fc1.weight != 0)

@@ -415,24 +415,8 @@ def test_a_fit_killed_mid_accumulation_resumes_as_if_never_killed(tmp_path: Path
     """SIGKILL after the first step of epoch 4 (steps since the prune at epoch 2 in the
     accumulators); resumed from the last epoch-end checkpoint, Lightning runs epoch 4 again
     from its start: masks and weights equal an uninterrupted run's."""
-    import os
-    import subprocess
-    import sys
+    from tests.score_fit import killed_and_resumed
 
-    from tests.fits import ROOT
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = ROOT / "tests" / "scripts" / "kill_scores.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cut"), score],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr[-3000:]
-    whole = fit(tmp_path / "whole", score, 5)
-    resumed = fit(tmp_path / "cut", score, 5, ckpt=str(tmp_path / "cut" / "ckpt" / "last.ckpt"))
+    whole, resumed = killed_and_resumed(tmp_path, score)
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
