@@ -61,12 +61,10 @@ class TrainCompute:
             value = self._measure(meter, pruner, model, dense)
             if value is None:
                 return
-            same = self._cached is not None and self._cached[0] == key
-            if same:  # counted again to see the nonzeros settle: settled if they did
-                self._settled = self._cached is not None and self._cached[1] == value
+            if self._cached is not None and self._cached[0] == key:
+                self._settled = self._cached[1] == value  # counted again: did they settle?
             else:  # new masks: only a pruner that grows weights back moves them after
-                regrows = pruner is None or getattr(pruner, "regrows", True)
-                self._settled = self._cached is not None and not regrows
+                self._settled = self._cached is not None and not (pruner is None or pruner.regrows)
             self._cached = (key, value)
         self._pending = self._cached[1]
 

@@ -26,7 +26,7 @@ from lightning_sparsity.control.budget import BudgetDecision, FlopBudget, Traini
 from lightning_sparsity.control.compute import TrainCompute
 from lightning_sparsity.control.guard import GuardCheck, MetricGuard
 from lightning_sparsity.control.rewind import Rewind, check_rewind, rewind_epoch_of
-from lightning_sparsity.counting import SparsityMeter, SparsityReport, measure
+from lightning_sparsity.counting import CostModel, SparsityMeter, SparsityReport, measure
 from lightning_sparsity.pruning import MagnitudePruner
 
 __all__ = [
@@ -574,8 +574,7 @@ class SparsityController:
         next_epoch = self.compute.epoch_examples * per_example
         plan, self._plan = self._plan, None
         spent = float(trained["train_flops_total"])
-        epochs = self._max_epochs if self._max_epochs and self._max_epochs > 0 else None
-        return budget.evaluate_training(spent, next_epoch, epoch, plan, epochs)
+        return budget.evaluate_training(spent, next_epoch, epoch, plan, self._epochs())
 
     def _epochs(self) -> int | None:
         """The fit's ``max_epochs``, which a training budget relative to a dense run needs.
@@ -600,9 +599,12 @@ class SparsityController:
             )
         return None
 
-    def _train_steps(self, model: nn.Module) -> tuple[float, float]:
-        """A training step's dense FLOPs per example, and its cost at the pruner's floors."""
-        cost = self._meter().cost_model(training=True)
+    def _train_steps(self, model: nn.Module, cost: CostModel | None = None) -> tuple[float, float]:
+        """A training step's dense FLOPs per example, and its cost at the pruner's floors.
+
+        ``cost``: the training step's cost model, if the caller has it already.
+        """
+        cost = cost or self._meter().cost_model(training=True)
         pruned = None if self.pruning is None else self.pruning.floor_densities(model)
         return float(cost.flops), float(cost.floor(pruned or {}))
 
@@ -617,11 +619,11 @@ class SparsityController:
             self._epochs(), dense_step, floor_step, float(trained["train_flops_dense"])
         )
 
-    def _plan_training(self, model: nn.Module, t: int) -> TrainingPlan:
+    def _plan_training(self, model: nn.Module, t: int, cost: CostModel) -> TrainingPlan:
         """Where ``FlopBudget(count="train", action="adjust")`` prunes the step to now."""
         budget = self.budget
         assert budget is not None
-        dense_step, floor_step = self._train_steps(model)
+        dense_step, floor_step = self._train_steps(model, cost)
         epochs = self._epochs()
         assert epochs is not None  # adjust: refused without one
         self._plan = budget.plan_training(
@@ -744,7 +746,7 @@ class SparsityController:
             if training and budget.dense is None:
                 return None, check  # no epoch was counted (train_flops off, or it failed)
             cost = self._meter().cost_model(training=training)
-            target = self._plan_training(model, t).step if training else budget.scheduled(t)
+            target = self._plan_training(model, t, cost).step if training else budget.scheduled(t)
             pruner.apply_flop_target(
                 model, target, cost.flops_per_nonzero, cost.fixed_flops, not_above=True
             )
