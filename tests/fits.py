@@ -139,6 +139,20 @@ def run_ranks(script: str, tmp_path: Path, *args: str, timeout: int) -> list[dic
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+def run_killed(script: str, *args: str) -> None:
+    """Run ``tests/scripts/<script>`` (a fit that SIGKILLs itself); fail if it was not killed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL
+
+
 def two_four_fit_parts(tmp_path: Path, include: list[str]) -> tuple[Any, Any]:
     """A SparsityCallback ramping ``include`` to 2:4 over 2 epochs (Cubic to 0.5), and a
     ModelCheckpoint saving ``last.ckpt`` in ``tmp_path``: the parts of a fit to resume."""

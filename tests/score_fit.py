@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sparsity as ls
-from tests.fits import Learning
+from tests.fits import Learning, run_killed
 from tests.resume_fit import Killer
 
 
@@ -59,23 +59,7 @@ def fit(
 def killed_and_resumed(root: Path, score: str, kill_at: int = 10) -> tuple[Net, Net]:
     """The fit SIGKILLed after global step ``kill_at`` (a real subprocess), resumed from its
     last epoch-end checkpoint to 5 epochs; and the same fit never interrupted."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.fits import ROOT
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = ROOT / "tests" / "scripts" / "kill_scores.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(root / "cut"), score, str(kill_at)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL
+    run_killed("kill_scores.py", str(root / "cut"), score, str(kill_at))
     whole = fit(root / "whole", score, 5)
     resumed = fit(root / "cut", score, 5, ckpt=str(root / "cut" / "ckpt" / "last.ckpt"))
     return whole, resumed

@@ -4,18 +4,14 @@ was never interrupted (a real subprocess SIGKILLed at several points)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.fits import run_killed
 from tests.resume_fit import fit
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers",
@@ -51,17 +47,7 @@ def whole(tmp_path_factory: pytest.TempPathFactory):
 
 
 def killed(out: Path, every: int, hook: str, at: int, after: bool) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [str(out), str(every), hook, str(at), "after" if after else "before"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "kill_fit.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL
+    run_killed("kill_fit.py", str(out), str(every), hook, str(at), "after" if after else "before")
 
 
 # the two kills that reproduced the defects run by default; the others in the slow suite

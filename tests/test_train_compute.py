@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
-from tests.fits import Learning
+from tests.fits import Learning, quiet_trainer
 
 
 class Uneven(Learning):
@@ -48,17 +48,7 @@ def _dense_per_example() -> float:
 def _run(root: Path, epochs: int, *callbacks: Any, model: Any = None, **trainer: Any) -> Any:
     """A quiet CPU fit of ``model`` (a fresh :class:`Learning`) for ``epochs`` epochs."""
     ckpt = trainer.pop("ckpt_path", None)
-    settings = {
-        "default_root_dir": root,
-        "max_epochs": epochs,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        **trainer,
-    }
-    fit = pl.Trainer(callbacks=list(callbacks), **settings)
+    fit = quiet_trainer(root, list(callbacks), epochs, **trainer)
     fit.fit(model or Learning(), ckpt_path=ckpt)
     return fit
 
