@@ -11,7 +11,7 @@ whole cost, noisy), and the ledger itself timed inside the fit (``TrainCompute.b
 ``end_batch`` and ``close_epoch``, where all of its work happens) per epoch, against the
 median epoch without it: the first epoch apart (it traces the training step), the median of
 the others. Where that is over 1 % of an epoch, the recount (``TrainCompute._measure``:
-``pruner.masks(model)`` and ``meter.measure_training(trainable=masks)``) is profiled.
+``pruner.masks(model)`` and ``meter.count_training(masks)``) is profiled.
 
 (b) RigL against magnitude pruning on the same model at 90 % (the digits CNN at batch 64,
 and a 5.8M-parameter MLP at batch 64), Adam attached:
@@ -182,11 +182,12 @@ def profile(callback: ls.SparsityCallback, repeats: int) -> str:
     masks = pruner.masks(model)
     parts: dict[str, Callable[[], object]] = {
         "TrainCompute._measure (a recount)": lambda: controller.compute._measure(
-            meter, pruner, model, False
+            meter, pruner, model
         ),
         "  pruner.masks(model)": lambda: pruner.masks(model),
-        "  meter.measure_training(trainable=masks)": lambda: meter.measure_training(
-            trainable=masks
+        "  meter.count_training(masks)": lambda: meter.count_training(masks),
+        "  meter.measure_training(trainable=masks) (with realizable)": lambda: (
+            meter.measure_training(trainable=masks)
         ),
         "  meter.measure_training() (no masks)": meter.measure_training,
         "  meter.measure() (the epoch-end recount)": meter.measure,
@@ -196,7 +197,7 @@ def profile(callback: ls.SparsityCallback, repeats: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(50):
-        controller.compute._measure(meter, pruner, model, False)
+        controller.compute._measure(meter, pruner, model)
     profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(18)

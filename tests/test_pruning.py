@@ -532,8 +532,11 @@ def test_prune_remove_after_our_pruning_keeps_zeros_in_place():
     pruner.apply(model, 0.75)
     masks = pruner.masks(model)
     assert list(masks) == [f"{n}.weight" for n in LAYERS]
+    generation = pruner.generation
     pruner.make_permanent(model)
     assert not prune.is_pruned(model)
+    assert pruner.masks(model) == {}
+    assert pruner.generation == generation + 1  # the masks changed: a cached count is stale
     for name, w in zip(LAYERS, weights(model), strict=True):
         assert isinstance(w, nn.Parameter)
         assert torch.equal(w.detach() != 0, masks[f"{name}.weight"])

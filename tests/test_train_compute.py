@@ -134,17 +134,39 @@ class Nonzeros(pl.Callback):
         self.seen.append((int((w1 != 0).sum()), int((w2 != 0).sum())))
 
 
-def test_rigl_growth_steps_count_every_weight_gradient(tmp_path: Path) -> None:
+def _counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each call of ``SparsityMeter.count_training`` (the ledger's recount) from now on."""
+    calls: list[int] = []
+    real = ls.SparsityMeter.count_training
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ls.SparsityMeter, "count_training", counted)
+    return calls
+
+
+def test_rigl_growth_steps_count_every_weight_gradient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """RigL at 70% uniform (fc1 154, fc2 38 live), an update every 3 steps until step 7:
     steps 3 and 6 compute the whole weight gradient (2·(512 + 128) per example), the others
     the live entries' (the masks': a grown weight is live at zero). Multiplications count
     the nonzero weights at each step: a grown weight is zero at the step after its growth
-    (4, 7) and moves then, so step 5 costs more than step 4 with the same masks."""
+    (4, 7) and moves then, so step 5 costs more than step 4 with the same masks.
+
+    Counted at steps 1 (every live weight nonzero: still), 4 (grown zeros), 5 (moved:
+    still), 7 and 8: 5 counts. Steps 2 and 3 reuse step 1's count, step 6 step 5's; steps
+    3 and 6 take the whole gradient's cost from that same sweep (the weights have not
+    changed since)."""
+    calls = _counted(monkeypatch)
     pruner = ls.RigL(0.7, allocation="uniform", delta_t=3, end_step=7)
     nonzeros = Nonzeros()
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
     _run(tmp_path, 4, nonzeros, callback)  # 32 examples, 2 batches of 16 an epoch: 8 steps
     assert pruner.updates == 2
+    assert len(calls) == 5
     live = 154 + 38
     steps = []
     for t, (z1, z2) in enumerate(nonzeros.seen, start=1):
@@ -154,6 +176,37 @@ def test_rigl_growth_steps_count_every_weight_gradient(tmp_path: Path) -> None:
     assert [p.train_flops for p in callback.history] == [0] + [
         16 * (steps[i] + steps[i + 1]) for i in (0, 2, 4, 6)
     ]
+
+
+class HalfZero(Learning):
+    """fc2's first 16 input columns initialised to zero: live, trained, moved by step 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.fc2.weight[:, :16] = 0
+
+
+def test_a_weight_initialised_to_zero_is_counted_again_once_it_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pruner: every weight trains, its nonzero entries' gradients count. Step 1 runs
+    with fc2's 64 zeros (fc2 has 64 nonzeros), step 2 after SGD moved them: the per-step
+    cost read off the weights before each batch (2·(n1 + n2) forward, 2·n2 for fc2's input
+    gradient, 2·(n1 + n2) weight gradients) differs, and the ledger adds each step's own.
+    Counted at steps 1 and 2 (step 1 had a trained entry at zero; step 2 none): 2 counts in
+    2 epochs."""
+    calls = _counted(monkeypatch)
+    nonzeros = Nonzeros()
+    callback = ls.SparsityCallback(write_files=False, verbose=False)
+    _run(tmp_path, 2, nonzeros, callback, model=HalfZero())
+    assert nonzeros.seen[0] == (512, 64)
+    assert nonzeros.seen[1] == nonzeros.seen[2] == nonzeros.seen[3] == (512, 128)
+    steps = [_sparse(*seen) for seen in nonzeros.seen]
+    assert [p.train_flops for p in callback.history] == [0] + [
+        16 * (steps[i] + steps[i + 1]) for i in (0, 2)
+    ]
+    assert len(calls) == 2
 
 
 def test_off_and_refused_quietly(tmp_path: Path) -> None:
@@ -305,19 +358,13 @@ def test_a_prune_that_only_zeroes_is_counted_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """3 epochs of 2 batches, prunes at the ends of epochs 1 and 2. The step is counted at
-    the first batch and again at the second (a weight initialised to zero would move at
-    the first step), then once after each prune: 4 counts. A second count after a prune
-    could only agree (bench_train_compute: it was half the ledger's time); RigL's counts
-    go on until two batches agree (test_rigl_growth_steps_count_every_weight_gradient)."""
-    calls = []
-    real = ls.SparsityMeter.measure_training
-
-    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ls.SparsityMeter, "measure_training", counted)
+    the first batch (every weight entry is nonzero and trains: the next steps cost the
+    same), then once after each prune: 3 counts. A second count after a prune could only
+    agree (bench_train_compute: it was half the ledger's time); RigL's counts go on until
+    the grown weights have moved (test_rigl_growth_steps_count_every_weight_gradient), and
+    a weight initialised to zero is counted again at the next batch (test below)."""
+    calls = _counted(monkeypatch)
     callback = _fit(tmp_path, 3)
-    assert len(calls) == 4
+    assert len(calls) == 3
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
     assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]

@@ -1,20 +1,21 @@
 """Training compute: the FLOPs of the training steps that ran, per epoch and over the run.
 
 Each training batch adds ``examples × cost``, ``cost`` the training step's FLOPs per example
-(:meth:`SparsityMeter.measure_training`: forward and backward) at the weights the batch ran
-with. Counted again when the masks change (the pruner's ``generation``) or the step
-computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``), and then,
-at the fit's start and after a change by a pruner that grows weights back (RigL, SET:
-``pruner.regrows``), at every batch until two batches in a row cost the same: a weight RigL
-grows is live at zero until its first step, so the nonzeros settle a step after the masks
-(and a weight initialised to zero moves at the first step). A prune that only zeroes is
-counted once. (A live weight
-that stays exactly zero for several steps and only then moves is counted as zero until the
-next change.) The
-weight gradients counted are those of the live entries (the pruner's masks), every entry of
-an unpruned weight. A batch whose optimizer step the AMP scaler skips still ran its forward
-and backward: it counts. Under DDP each rank adds its own batches; the epoch's sums are
-gathered over the ranks at its end. Lightning-free.
+(:meth:`SparsityMeter.count_training`: forward and backward) at the weights the batch ran
+with. Counted at the fit's first batch and again when the masks change (the pruner's
+``generation``); then again at every batch while the last count is not settled. A count is
+settled when no trained entry was zero (``StepCount.still``: a step moves only trained
+entries, so the nonzeros stay as they are), when two batches in a row cost the same, or
+after a prune by a pruner that only zeroes (``pruner.regrows`` false). A weight RigL or SET
+grows is live at zero until its first step, and a weight initialised to zero moves at the
+first step: those are counted again at the next batch. (A live weight that stays exactly
+zero for several steps and only then moves is counted as zero until the next change.) A
+step that computes every weight gradient (RigL's growth steps, ``pruner.dense_gradients``)
+takes that cost from the same count. The weight gradients counted are those of the live
+entries (the pruner's masks), every entry of an unpruned weight. A batch whose optimizer
+step the AMP scaler skips still ran its forward and backward: it counts. Under DDP each
+rank adds its own batches; the epoch's sums are gathered over the ranks at its end.
+Lightning-free.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+from lightning_sparsity.counting.meter import StepCount
 
 __all__ = ["TrainCompute"]
 
@@ -42,9 +45,10 @@ class TrainCompute:
         self.epoch_examples = 0  # the last closed epoch's, over all ranks
         self._examples = 0  # this epoch's so far, this process's
         self.failed: str | None = None  # why counting stopped (said once)
-        self._cached: tuple[Any, tuple[float, float]] | None = None
-        self._settled = False  # the cached cost held for two batches in a row
+        self._cached: tuple[Any, StepCount] | None = None
+        self._settled = False  # the cached count holds until the masks change
         self._pending: tuple[float, float] | None = None
+        self._masks: tuple[Any, dict[str, Any]] | None = None  # the pruner's, per generation
 
     def reset(self) -> None:
         """A new fit: nothing counted."""
@@ -55,34 +59,35 @@ class TrainCompute:
         self._pending = None
         if not self.enabled or self.failed is not None or meter is None:
             return
-        dense = pruner is not None and pruner.dense_gradients
-        key = (id(meter), None if pruner is None else pruner.generation, dense)
+        key = (id(meter), None if pruner is None else pruner.generation)
         if self._cached is None or self._cached[0] != key or not self._settled:
-            value = self._measure(meter, pruner, model, dense)
-            if value is None:
+            count = self._measure(meter, pruner, model)
+            if count is None:
                 return
-            if self._cached is not None and self._cached[0] == key:
-                self._settled = self._cached[1] == value  # counted again: did they settle?
+            if count.still:  # no trained entry at zero: the next steps cost the same
+                self._settled = True
+            elif self._cached is not None and self._cached[0] == key:
+                self._settled = self._cached[1] == count  # counted again: did they settle?
             else:  # new masks: only a pruner that grows weights back moves them after
                 self._settled = self._cached is not None and not (pruner is None or pruner.regrows)
-            self._cached = (key, value)
-        self._pending = self._cached[1]
+            self._cached = (key, count)
+        count = self._cached[1]
+        dense = pruner is not None and pruner.dense_gradients  # RigL's growth step
+        self._pending = (count.flops, count.flops_sparse_all if dense else count.flops_sparse)
 
-    def _measure(
-        self, meter: Any, pruner: Any, model: nn.Module, dense: bool
-    ) -> tuple[float, float] | None:
-        """``(dense, sparse)`` FLOPs of one step per example now; ``None`` if it failed.
+    def _measure(self, meter: Any, pruner: Any, model: nn.Module) -> StepCount | None:
+        """The step's count now (:meth:`SparsityMeter.count_training`); ``None`` if it failed.
 
         A model whose step cannot be traced is said once; the fit goes on, uncounted.
         """
         trainable: Any = "nonzero"
-        if dense:
-            trainable = "all"
-        elif pruner is not None:
-            masks = pruner.masks(model)
-            trainable = masks if masks else "nonzero"
+        if pruner is not None:
+            key = (id(model), pruner.generation)  # the masks change with the generation only
+            if self._masks is None or self._masks[0] != key:
+                self._masks = (key, pruner.masks(model))
+            trainable = self._masks[1] or "nonzero"
         try:
-            cost = meter.measure_training(trainable=trainable).total
+            return meter.count_training(trainable)
         except Exception as err:
             self.failed = f"{type(err).__name__}: {err}"
             warnings.warn(
@@ -91,13 +96,11 @@ class TrainCompute:
                 stacklevel=4,
             )
             return None
-        sparse = cost.flops if cost.flops_sparse is None else cost.flops_sparse
-        return cost.flops, sparse
 
     def cost_now(self, meter: Any, pruner: Any, model: nn.Module) -> float:
         """The sparse FLOPs of a plain step per example at the weights now (0 if failed)."""
-        value = self._measure(meter, pruner, model, dense=False)
-        return 0.0 if value is None else value[1]
+        count = self._measure(meter, pruner, model)
+        return 0.0 if count is None else count.flops_sparse
 
     def end_batch(self, examples: int) -> None:
         """Add the batch that ran: ``examples`` times its step's cost per example."""

@@ -433,17 +433,40 @@ class SparsityMeter:
                 gathers each weight anew, out of the trace's sight (not counted yet).
             MeasureError: if the forward, the loss or the backward fails.
         """
+        return self._training_cost(trainable, self.patterns)[0]
+
+    def count_training(self, trainable: Trainable = "nonzero") -> StepCount:
+        """A training step's dense and sparse FLOPs now, as a ledger of the steps adds them.
+
+        What :meth:`measure_training` counts, without the realizable column (the probes
+        are half of a recount's time), and with the sparse cost of a step that computes
+        every weight gradient from the same sweep.
+
+        Raises:
+            ValueError: on the meta device (the counts need the weights' values).
+            TypeError, ValueError, NotImplementedError, MeasureError: as
+                :meth:`measure_training`.
+        """
+        count = self._training_cost(trainable, None)[1]
+        if count is None:
+            raise ValueError("count_training() needs real weights; the model is on meta")
+        return count
+
+    def _training_cost(
+        self, trainable: Trainable, patterns: Sequence[Pattern] | None
+    ) -> tuple[TrainingCost, StepCount | None]:
         current = self._ensure_training_trace()
         known = self._training_known
         previous = known[1] if known is not None and known[0] is current else None
-        cost, nnz = _training_cost(
-            current, self.per, self._divisor, self.batch_size, self.patterns, trainable, previous
+        cost, nnz, count = _training_cost(
+            current, self.per, self._divisor, self.batch_size, patterns, trainable, previous
         )
         self._training_known = (current, nnz) if nnz is not None else None
-        return cost
+        return cost, count
 
     def _ensure_training_trace(self) -> Trace:
-        if any(is_sharded(p) for p in self.model.parameters()):
+        params = list(self.model.parameters())
+        if any(is_sharded(p) for p in params):
             raise NotImplementedError(
                 "training FLOPs of a sharded (FSDP2 / DTensor) model are not counted yet:"
                 " its backward gathers each weight anew, out of the trace's sight"
@@ -452,8 +475,8 @@ class SparsityMeter:
         self._ensure_trace(slots)  # the number of examples, for a replaced example input
         leaves = tree_flatten(self.example_input)[0]
         signature = (
-            _signature(self.model, slots, self.example_input),
-            tuple(p.requires_grad for p in self.model.parameters()),
+            self._signature,  # the forward's, as _ensure_trace just checked it
+            tuple(p.requires_grad for p in params),
             tuple(x.requires_grad for x in leaves if isinstance(x, Tensor)),
             self.loss,
         )
@@ -839,6 +862,30 @@ def _shape_of(current: Trace, slot: int) -> torch.Size:
         return current.slots[slot].value().shape
 
 
+@dataclass(frozen=True)
+class StepCount:
+    """One training step's FLOPs at the weights now, as a ledger adds them up.
+
+    From one sweep of the nonzero counts, without the realizable probes
+    (:meth:`SparsityMeter.count_training`); per example or per batch as the meter counts.
+
+    Attributes:
+        flops: dense (as :attr:`TrainingCost.total`'s ``flops``).
+        flops_sparse: sparse, the weight gradients of the ``trainable`` entries.
+        flops_sparse_all: sparse, every weight gradient of a weight that requires one (a
+            step that computes them all: RigL's growth steps).
+        still: no trained entry is zero (a masked weight's live entries, every entry of the
+            others that train). A step moves only trained entries, and an entry a step moves
+            is not left at exactly zero, so the next steps have the same nonzeros, and these
+            costs, until the weights are changed otherwise (new masks).
+    """
+
+    flops: int | float
+    flops_sparse: int | float
+    flops_sparse_all: int | float
+    still: bool
+
+
 def _training_cost(
     current: Trace,
     per: Per,
@@ -847,22 +894,33 @@ def _training_cost(
     patterns: Sequence[Pattern] | None,
     trainable: Trainable,
     previous: Sequence[int | None] | None = None,
-) -> tuple[TrainingCost, list[int | None] | None]:
-    """A training trace's cost now, and every slot's nonzeros (``None`` on meta)."""
+) -> tuple[TrainingCost, list[int | None] | None, StepCount | None]:
+    """A training trace's cost now, every slot's nonzeros, and the ledger's count.
+
+    The last two are ``None`` on meta.
+    """
     parts = len(PARTS)
     sparse: list[Fraction] | None = None
     realizable: list[Fraction] | None = None
     nnz_slot: list[int | None] | None = None
+    gw_trained = gw_all = Fraction(0)  # the weight gradients as ``trainable`` says, and all
+    still = True
     if not any(slot.is_meta() for slot in current.slots):
         counted = _nonzeros(current, patterns, previous)
         trained = _trained(current, counted, trainable)
         nnz_slot = list(counted.nnz_slot)
+        masked = set(trainable) if isinstance(trainable, Mapping) else set()
         sparse = [Fraction(f) for f in current.part_fixed]
         if counted.forms is not None:
             realizable = [Fraction(f) for f in current.part_fixed]
         for i, use in enumerate(current.uses):
             if use.part == GRAD_WEIGHTS:
                 n = 0 if use.frozen else trained[i]
+                gw_trained += use.coef * n
+                gw_all += 0 if use.frozen else use.coef * counted.numel_use[i]
+                if not use.frozen:  # trains every entry, or a masked weight's live ones
+                    named = current.slots[use.slot].name in masked
+                    still &= counted.nnz_use[i] == (n if named else counted.numel_use[i])
             else:
                 n = counted.nnz_use[i]
             sparse[use.part] += use.coef * n
@@ -887,6 +945,15 @@ def _training_cost(
         )
 
     forward, grad_inputs, grad_weights = (step(p) for p in range(parts))
+    count: StepCount | None = None
+    if sparse is not None:
+        total = sum(sparse, Fraction(0))
+        count = StepCount(
+            flops=_as_number(Fraction(sum(current.part_dense), div)),
+            flops_sparse=_as_number(total / div),
+            flops_sparse_all=_as_number((total - gw_trained + gw_all) / div),
+            still=still,
+        )
     cost = TrainingCost(
         total=step(*range(parts)),
         forward=forward,
@@ -896,7 +963,7 @@ def _training_cost(
         batch_size=batch_size,
         unsupported=dict(current.unsupported),
     )
-    return cost, nnz_slot
+    return cost, nnz_slot, count
 
 
 def _report(

@@ -1220,6 +1220,7 @@ class MagnitudePruner(Settings):
         for _, module, name in self.targets(model):
             storage.remove(module, name)
         self._masked = []
+        self.generation += 1
 
     # ------------------------------------------------------------------ through training
     def enforce(self) -> None:
