@@ -407,6 +407,36 @@ def test_sparse_equals_brute_force() -> None:
     assert dense_grads.total.flops_sparse == small_brute(model, x, everything) + conv_zeros
 
 
+def test_the_ledgers_count_is_the_measured_one() -> None:
+    """``count_training`` (what the callback's ledger adds) against the brute force of
+    test_sparse_equals_brute_force: its sparse cost with the masks, with every weight
+    gradient (RigL's growth step) from the same sweep, and ``still`` false exactly while a
+    trained entry is zero."""
+    torch.manual_seed(0)
+    model, x = Small(), torch.randn(2, 2, 6, 6)
+    meter = SparsityMeter(model, x, per="batch")
+    fresh = meter.count_training()
+    assert fresh.still  # every entry of every weight nonzero
+    assert fresh.flops == fresh.flops_sparse == fresh.flops_sparse_all
+    assert fresh.flops == meter.measure_training().total.flops
+    fc1, fc2 = model.fc1.weight, model.fc2.weight
+    with torch.no_grad():
+        fc1[:, ::2] = 0  # pruned: its mask
+        fc2[0] = 0  # pruned too, but row 0 kept by the mask (grown: live at zero)
+    masks = {"fc1.weight": fc1.detach() != 0, "fc2.weight": torch.ones_like(fc2, dtype=bool)}
+    masks["fc2.weight"][1:] = fc2.detach()[1:] != 0
+    count = meter.count_training(masks)
+    trained = {n: m.float() for n, m in masks.items()}
+    assert count.flops_sparse == small_brute(model, x, trained)
+    everything = {n: torch.ones_like(m, dtype=torch.float) for n, m in masks.items()}
+    assert count.flops_sparse_all == small_brute(model, x, everything)  # convs: no zeros
+    assert not count.still  # fc2's row 0 is trained and zero
+    with torch.no_grad():
+        fc2[0] = 0.5  # moved by a step
+    assert meter.count_training(masks).still
+    assert not meter.count_training().still  # fc1's zeros, unmasked: they would train
+
+
 def test_lstm_sparse_equals_brute_force() -> None:
     torch.manual_seed(0)
     lstm, x = nn.LSTM(5, 6), torch.randn(4, 2, 5)
