@@ -10,7 +10,8 @@ once an epoch). Two figures: the median train epoch with the count against witho
 whole cost, noisy), and the ledger itself timed inside the fit (``TrainCompute.begin_batch``,
 ``end_batch`` and ``close_epoch``, where all of its work happens) per epoch, against the
 median epoch without it: the first epoch apart (it traces the training step), the median of
-the others. Where that is over 1 % of an epoch, the recount (``TrainCompute._measure``:
+the others, and the whole fit (the median fit's ledger against the median fit's epochs
+without it). Where that is over 1 % of an epoch, the recount (``TrainCompute._measure``:
 ``pruner.masks(model)`` and ``meter.count_training(masks)``) is profiled.
 
 (b) RigL against magnitude pruning on the same model at 90 % (the digits CNN at batch 64,
@@ -99,6 +100,8 @@ class Ledger:
     first: list[float] = field(default_factory=list)  # the ledger's seconds in epoch 1
     later: list[float] = field(default_factory=list)  # ... in each later epoch
     recounts: list[int] = field(default_factory=list)  # recounts in each later epoch
+    fits: list[float] = field(default_factory=list)  # the ledger's seconds in each fit
+    fit_epochs: list[float] = field(default_factory=list)  # each fit's epochs, summed
     last: ls.SparsityCallback | None = None
 
 
@@ -116,6 +119,8 @@ def fit(
     out.epochs += times.epochs
     out.first.append(per_epoch[0])
     out.later += per_epoch[1:]
+    out.fits.append(sum(per_epoch))
+    out.fit_epochs.append(sum(times.epochs))
     out.recounts += [
         sum(start <= e <= end for e in recounts.ends) for start, end in times.spans[1:]
     ]
@@ -135,6 +140,7 @@ def ledger_rows(
             "ledger %, epoch 1",
             "ledger ms, later epochs",
             "ledger %, later epochs",
+            "ledger %, whole fit",
             "recounts / later epoch",
         ]
     ]
@@ -164,6 +170,7 @@ def ledger_rows(
                     f"{first / base * 100:.2f}%",
                     f"{later * 1e3:.2f}",
                     f"{later / base * 100:.2f}%",
+                    f"{statistics.median(on.fits) / statistics.median(off.fit_epochs) * 100:.2f}%",
                     f"{statistics.mean(on.recounts):.2f}",
                 ]
             )
@@ -316,8 +323,9 @@ def main() -> None:
         " epoch ms, off = median train epoch (validation in) with train_flops=False; epoch ×"
         " = median epoch with train_flops=True / that; ledger = TrainCompute's begin_batch +"
         " end_batch + close_epoch timed inside the fit per epoch (epoch 1 traces the training"
-        " step; later epochs: median), and as % of the off epoch; recounts = meter"
-        " recounts per later epoch (mean)\n"
+        " step; later epochs: median), and as % of the off epoch; whole fit = the median"
+        " fit's ledger / the median fit's epochs, off; recounts = meter recounts per later"
+        " epoch (mean)\n"
     )
     with tempfile.TemporaryDirectory(prefix="bench_train_compute_") as tmp:
         rows, over = ledger_rows(epochs, repeats, args.busy, Path(tmp), not quick)

@@ -210,8 +210,12 @@ class SparsityCallbackLogic:
         train_flops: count the training FLOPs that ran (``sparsity/train_flops`` per epoch,
             ``sparsity/train_flops_total`` over the fit, dense and sparse: every training
             batch's examples times its forward and backward at the masks it ran with;
-            :mod:`lightning_sparsity.control.compute`). A model whose training step cannot
-            be traced is warned about once and trains on, uncounted.
+            :mod:`lightning_sparsity.control.compute`). ``True`` counts a step as one
+            forward and backward of the model on the example input; ``"step"`` records
+            the first training batch's step as it runs (several losses, forwards,
+            backwards or optimizers: a GAN's; the model's own loss) and counts every
+            batch as that step (:meth:`SparsityMeter.start_step`). A model whose training
+            step cannot be traced is warned about once and trains on, uncounted.
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
@@ -256,7 +260,7 @@ class SparsityCallbackLogic:
         name: str | None = None,
         hparams: dict[str, Any] | None = None,
         hparams_experiment: bool = True,
-        train_flops: bool = True,
+        train_flops: bool | Literal["step"] = True,
         speed: bool = False,
         export: Literal["compact"] | None = None,
         rewind_epoch: int | None = None,
@@ -287,10 +291,11 @@ class SparsityCallbackLogic:
             "prog_bar": prog_bar,
             "verbose": verbose,
             "speed": speed,
-            "train_flops": train_flops,
             "hparams_experiment": hparams_experiment,
         }
         check_bools(flags, type_errors)
+        if not isinstance(train_flops, bool) and train_flops != "step":
+            type_errors.append(f"`train_flops` must be a bool or 'step', got {train_flops!r}")
         if example_input is not None and not isinstance(example_input, (Tensor, tuple, list, dict)):
             type_errors.append(
                 "`example_input` must be a Tensor, a tuple/list of positional arguments, a dict"
@@ -339,7 +344,9 @@ class SparsityCallbackLogic:
             rewind_epoch=rewind_epoch,
             rewind_optimizer=rewind_optimizer,
         )
-        self.controller.compute.enabled = train_flops
+        self.controller.compute.enabled = bool(train_flops)
+        self._backwards = 0  # in the batch running
+        self._said_passes = False
         self._dir: Path | None = None
         self._writer: HistoryWriter | None = None
         self._layout_written: set[int] = set()
@@ -583,6 +590,7 @@ class SparsityCallbackLogic:
 
     def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         """Detach from the optimizers and weight averaging (also after an exception)."""
+        self.controller.abort_batch()  # a step being recorded (train_flops="step")
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -604,14 +612,27 @@ class SparsityCallbackLogic:
         elif batch_idx == 0:
             self._reapply(pl_module, f"at the start of epoch {int(trainer.current_epoch)}")
         if self.train_flops and self.controller.bound:
-            self.controller.batch_start(pl_module)
+            self.controller.batch_start(pl_module, record=self.train_flops == "step")
+        self._backwards = 0
+
+    def on_before_backward(self, trainer: Any, pl_module: nn.Module, loss: Tensor) -> None:
+        """Count the batch's backward passes (``train_flops=True`` counts one)."""
+        self._backwards += 1
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Count the batch's training FLOPs; with ``prune_every_n_steps``: prune every N steps."""
         if self.train_flops and self.controller.bound:
-            self.controller.batch_end(self._batch_examples(batch))
+            self.controller.batch_end(pl_module, self._batch_examples(batch))
+            if self.train_flops is True and self._backwards != 1 and not self._said_passes:
+                self._said_passes = True
+                rank_zero_warn(
+                    f"lightning_sparsity: the training step ran {self._backwards} backward"
+                    " passes in one batch, but the training FLOPs count one forward and"
+                    " backward of the model on the example input per batch: pass"
+                    " train_flops='step' to SparsityCallback to count the step as it runs"
+                )
         every = self.prune_every_n_steps
         if every is None or not self.controller.bound or self.frozen:
             return

@@ -368,3 +368,124 @@ def test_a_prune_that_only_zeroes_is_counted_once(
     assert len(calls) == 3
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
     assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
+
+
+class GAN(pl.LightningModule):
+    """A generator g (4→8) and a discriminator d (8→1), two optimizers stepped by hand,
+    two backward passes per batch. ``FlopCounterMode`` runs around each training step
+    (forwards, backwards and optimizer steps): ``dense`` holds its FLOPs per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.g = torch.nn.Linear(4, 8)
+        self.d = torch.nn.Linear(8, 1)
+        self.automatic_optimization = False
+        self.example_input_array = torch.zeros(1, 4)
+        self.dense: list[int] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.g(z)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        (real,) = batch
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        opt_g, opt_d = self.optimizers()
+        with FlopCounterMode(display=False) as counter:
+            fake = self.g(torch.randn(len(real), 4))
+            g_loss = F.binary_cross_entropy_with_logits(self.d(fake), ones)
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+            d_loss = F.binary_cross_entropy_with_logits(self.d(real), ones)
+            d_loss = d_loss + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros)
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            opt_d.step()
+        self.dense.append(counter.get_total_flops())
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.g.parameters()), torch.optim.Adam(self.d.parameters())
+
+    def train_dataloader(self) -> DataLoader:
+        data = TensorDataset(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+        return DataLoader(data, batch_size=16)
+
+
+def test_a_recorded_step_counts_every_pass_and_optimizer(tmp_path: Path) -> None:
+    """``train_flops="step"`` on a GAN step: g's forward, d on the fake, the backward of
+    g's loss through d and g (d's weight gradient too: autograd computes it, though only g
+    steps), d on the real and the detached fake, their backward (no input gradient: the
+    inputs need none). Per example, ``ng``/``nd`` the live weights of g/d:
+
+        2·ng + 2·nd  +  2·nd + 2·nd + 2·ng  +  2·(2·nd)  +  2·(2·nd)  =  4·ng + 14·nd
+
+    (240 dense: ng 32, nd 8); 50% uniform after epoch 1: ng 16, nd 4, 120. Dense is what
+    FlopCounterMode counted around each real step. Counted as one forward and backward of
+    the model (``train_flops=True``) the step would cost 2·32·3 = 192 dense: that is said."""
+    model = GAN()
+    pruner = ls.MagnitudePruner(
+        schedule=ls.schedules.Step(milestones=[1], sparsities=[0.5]), allocation="uniform"
+    )
+    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False, train_flops="step")
+    _run(tmp_path, 2, callback, model=model)
+    points = callback.history
+    assert [p.train_flops_dense for p in points[1:]] == [sum(model.dense[:2]), sum(model.dense[2:])]
+    assert [p.train_flops_dense for p in points[1:]] == [32 * 240] * 2
+    assert [p.train_flops for p in points[1:]] == [32 * (4 * 32 + 14 * 8), 32 * (4 * 16 + 14 * 4)]
+    assert callback.controller.meter.training_traces == 0  # the example input's: never traced
+
+
+def test_a_step_of_several_backward_passes_is_named_when_not_recorded(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(write_files=False, verbose=False)
+    with pytest.warns(UserWarning, match=r"2 backward passes .* train_flops='step'"):
+        _run(tmp_path, 1, callback, model=GAN())
+
+
+def test_a_recorded_plain_step_costs_what_the_example_input_does(tmp_path: Path) -> None:
+    """One forward and backward per batch (automatic optimization, SGD): the recorded step
+    is the closed form of the module docstring, as ``train_flops=True`` counts it; the
+    loss (cross-entropy) and SGD's update are not products: they cost nothing here."""
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False, train_flops="step")
+    _run(tmp_path, 3, callback)
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
+    assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
+    assert callback.controller.meter.training_traces == 0
+
+
+class Skipped(Learning):
+    """Manual optimization through a CPU ``GradScaler``: the first batch's loss is scaled
+    past float32 (infinite gradients), so the scaler skips its optimizer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+        self.skipped: list[bool] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        before = self.fc1.weight.detach().clone()
+        loss = F.cross_entropy(self(batch[0]), batch[1]) * (1e30 if batch_idx == 0 else 1)
+        optimizer.zero_grad()
+        self.manual_backward(self.scaler.scale(loss))
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.skipped.append(torch.equal(before, self.fc1.weight))
+
+
+@pytest.mark.parametrize("train_flops", [True, "step"])
+def test_a_step_the_scaler_skips_still_ran_its_forward_and_backward(
+    tmp_path: Path, train_flops: Any
+) -> None:
+    """2 batches of 16, no pruner, every weight dense: 32 · 2816 FLOPs in the epoch (the
+    closed form), the skipped first step included. Recorded, the scaler's checks and
+    updates are elementwise: no op without a formula."""
+    model = Skipped()
+    callback = ls.SparsityCallback(write_files=False, verbose=False, train_flops=train_flops)
+    _run(tmp_path, 1, callback, model=model)
+    assert model.skipped == [True, False]
+    assert [p.train_flops for p in callback.history] == [0, 32 * _sparse(512, 128)]
+    assert callback.controller.meter.measure_training().unsupported == {}

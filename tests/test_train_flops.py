@@ -684,3 +684,48 @@ def test_backward_plumbing_is_free() -> None:
     assert found.unsupported == {}
     conv, linear = 2 * 2 * 64 * (4 * 3 * 9), 2 * 2 * 4 * 3
     assert found.total.flops == 2 * conv + 3 * linear  # conv: no input gradient
+
+
+def test_a_recorded_step_and_its_misuse() -> None:
+    """Two linear layers, two losses and two optimizers per step, outside Lightning: the
+    recorded step's dense FLOPs are what FlopCounterMode counts around the same step;
+    per example the step's FLOPs divided by the examples given."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 5), nn.Linear(5, 3)
+    model = nn.Sequential(a, b)
+    opt_a, opt_b = torch.optim.Adam(a.parameters()), torch.optim.SGD(b.parameters(), lr=0.1)
+    x = torch.randn(4, 6)
+
+    def step() -> None:
+        hidden = a(x)
+        opt_a.zero_grad()
+        b(hidden).square().sum().backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        b(hidden.detach()).sum().backward()
+        opt_b.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    meter = SparsityMeter(model, torch.zeros(1, 6))
+    meter.start_step()
+    assert meter.recording
+    with pytest.raises(RuntimeError, match="being recorded already"):
+        meter.start_step()
+    step()
+    meter.stop_step(4)
+    assert not meter.recording
+    assert meter.step_recorded
+    assert meter.measure_training().total.flops * 4 == counter.get_total_flops()
+    # a: forward 2·30, weight gradient 2·30 (its input needs none); b twice: forward 2·15,
+    # input gradient 2·15 the first time, weight gradient 2·15 each time
+    assert meter.measure_training().total.flops == 2 * 30 * 2 + 2 * 15 * 5
+    with pytest.raises(RuntimeError, match="no step is being recorded"):
+        meter.stop_step(4)
+    meter.start_step()
+    with pytest.raises(ValueError, match="`examples` must be a positive int, got 0"):
+        meter.stop_step(0)
+    meter.abort_step()  # nothing running: nothing to do
+    meter.retrace()  # back to the example input's step
+    assert not meter.step_recorded
+    assert meter.measure_training().total.flops == 2 * 30 * 2 + 2 * 15 * 3

@@ -89,13 +89,23 @@ class TrainCompute:
         try:
             return meter.count_training(trainable)
         except Exception as err:
-            self.failed = f"{type(err).__name__}: {err}"
-            warnings.warn(
-                f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
-                UserWarning,
-                stacklevel=4,
-            )
+            self.fail(err)
             return None
+
+    @property
+    def counting(self) -> bool:
+        """Whether the training FLOPs are counted (on, and nothing failed)."""
+        return self.enabled and self.failed is None
+
+    def fail(self, err: Exception) -> None:
+        """Stop counting for this fit, said once (the fit goes on)."""
+        self.failed = f"{type(err).__name__}: {err}"
+        self._pending = None
+        warnings.warn(
+            f"lightning_sparsity: the training FLOPs are not counted in this fit: {err}",
+            UserWarning,
+            stacklevel=5,
+        )
 
     def cost_now(self, meter: Any, pruner: Any, model: nn.Module) -> float:
         """The sparse FLOPs of a plain step per example at the weights now (0 if failed)."""

@@ -430,13 +430,36 @@ class SparsityController:
 
     # ------------------------------------------------------------------ training compute
 
-    def batch_start(self, model: nn.Module) -> None:
-        """A training batch is about to run: the cost of its step (see :class:`TrainCompute`)."""
-        self.compute.begin_batch(self.meter, self.pruning, model)
+    def batch_start(self, model: nn.Module, record: bool = False) -> None:
+        """A training batch is about to run: the cost of its step (see :class:`TrainCompute`).
 
-    def batch_end(self, examples: int) -> None:
+        ``record``: record the step as it runs, the first time (``SparsityMeter.start_step``);
+        that batch is counted at its end.
+        """
+        meter = self.meter
+        if record and meter is not None and not meter.step_recorded and self.compute.counting:
+            try:
+                meter.start_step()
+            except NotImplementedError as err:  # a sharded model
+                self.compute.fail(err)
+            return
+        self.compute.begin_batch(meter, self.pruning, model)
+
+    def batch_end(self, model: nn.Module, examples: int) -> None:
         """The batch ran on ``examples`` examples (this process's)."""
+        meter = self.meter
+        if meter is not None and meter.recording:
+            if examples < 1:  # nothing to divide by: record the next batch
+                meter.abort_step()
+                return
+            meter.stop_step(examples)
+            self.compute.begin_batch(meter, self.pruning, model)  # at the weights after it
         self.compute.end_batch(examples)
+
+    def abort_batch(self) -> None:
+        """The fit ends or failed inside a batch: stop recording its step, if it runs."""
+        if self.meter is not None:
+            self.meter.abort_step()
 
     # ------------------------------------------------------------------ points
 

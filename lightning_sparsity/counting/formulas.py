@@ -931,4 +931,6 @@ def is_free(op: torch._ops.OpOverload) -> bool:
         or torch.Tag.inplace_view in op.tags  # transpose_, squeeze_, as_strided_: metadata
         or op._opname in FREE_OPS
         or op._opname.rstrip("_") in FREE_OPS
+        # optimizers' elementwise updates, the AMP scaler's checks and scale updates
+        or op._opname.startswith(("_foreach_", "_fused_", "_amp_"))
     )

@@ -52,6 +52,7 @@ from lightning_sparsity.counting.trace import (
     GRAD_WEIGHTS,
     PARTS,
     Loss,
+    StepRecorder,
     Trace,
     replay,
     trace,
@@ -354,6 +355,8 @@ class SparsityMeter:
         self.training_traces = 0
         self._training: tuple[tuple[Any, ...], Trace] | None = None
         self._training_known: tuple[Trace, list[int | None]] | None = None
+        self._recorder: StepRecorder | None = None
+        self._step: tuple[Trace, int] | None = None  # a recorded step and its examples
         self.patterns = _patterns(realizable)
         self.model = model
         self.example_input = example_input
@@ -392,6 +395,59 @@ class SparsityMeter:
         """
         self._trace = None
         self._training = None
+        self._step = None
+
+    def start_step(self) -> None:
+        """Record the training step that runs from now until :meth:`stop_step`.
+
+        From then on the training FLOPs (:meth:`measure_training`, :meth:`count_training`,
+        ``cost_model(training=True)``) are that step's instead of one forward and backward
+        on the example input: for a step that is not that (several losses, forwards or
+        optimizers: :class:`.trace.StepRecorder`). Per example, the recorded step's
+        FLOPs are divided by the number of examples :meth:`stop_step` is given.
+
+        Raises:
+            RuntimeError: if a recording is running.
+            NotImplementedError: for a sharded (FSDP2 / DTensor) model.
+        """
+        if self._recorder is not None:
+            raise RuntimeError("SparsityMeter.start_step: a step is being recorded already")
+        self._refuse_sharded()
+        recorder = StepRecorder(self.model, find_slots(self.model))
+        recorder.start()
+        self._recorder = recorder
+
+    def stop_step(self, examples: int) -> None:
+        """End the recording :meth:`start_step` began; the step ran on ``examples`` examples.
+
+        Raises:
+            RuntimeError: if no step is being recorded.
+            ValueError: if ``examples`` is not a positive int.
+        """
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            raise RuntimeError("SparsityMeter.stop_step: no step is being recorded")
+        trace = recorder.stop()
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise ValueError(f"`examples` must be a positive int, got {examples!r}")
+        self._step = (trace, examples)
+        self._training_known = None
+
+    def abort_step(self) -> None:
+        """Stop a running recording (the step failed), keeping what was counted before."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.close()
+
+    @property
+    def recording(self) -> bool:
+        """Whether a step is being recorded (:meth:`start_step`)."""
+        return self._recorder is not None
+
+    @property
+    def step_recorded(self) -> bool:
+        """Whether the training FLOPs are a recorded step's (:meth:`stop_step`)."""
+        return self._step is not None
 
     def measure(self) -> SparsityReport:
         """Count the model as it is now (re-tracing only if its structure changed).
@@ -455,22 +511,34 @@ class SparsityMeter:
     def _training_cost(
         self, trainable: Trainable, patterns: Sequence[Pattern] | None
     ) -> tuple[TrainingCost, StepCount | None]:
-        current = self._ensure_training_trace()
+        current, div, batch_size = self._training_step()
         known = self._training_known
         previous = known[1] if known is not None and known[0] is current else None
         cost, nnz, count = _training_cost(
-            current, self.per, self._divisor, self.batch_size, patterns, trainable, previous
+            current, self.per, div, batch_size, patterns, trainable, previous
         )
         self._training_known = (current, nnz) if nnz is not None else None
         return cost, count
 
-    def _ensure_training_trace(self) -> Trace:
-        params = list(self.model.parameters())
+    def _training_step(self) -> tuple[Trace, int, int | None]:
+        """The training step's trace, what its FLOPs are divided by, and its batch size."""
+        if self._step is None:
+            return self._ensure_training_trace(), self._divisor, self.batch_size
+        self._refuse_sharded()
+        current, examples = self._step
+        return current, examples if self.per == "example" else 1, examples
+
+    def _refuse_sharded(self, params: Sequence[Tensor] | None = None) -> None:
+        params = list(self.model.parameters()) if params is None else params
         if any(is_sharded(p) for p in params):
             raise NotImplementedError(
                 "training FLOPs of a sharded (FSDP2 / DTensor) model are not counted yet:"
                 " its backward gathers each weight anew, out of the trace's sight"
             )
+
+    def _ensure_training_trace(self) -> Trace:
+        params = list(self.model.parameters())
+        self._refuse_sharded(params)
         slots = find_slots(self.model)
         self._ensure_trace(slots)  # the number of examples, for a replaced example input
         leaves = tree_flatten(self.example_input)[0]
@@ -498,10 +566,9 @@ class SparsityMeter:
             ValueError: on the meta device (partly used weights need their values).
         """
         if training:
-            current = self._ensure_training_trace()
+            current, div, _ = self._training_step()
         else:
-            current = self._ensure_trace(find_slots(self.model))
-        div = self._divisor
+            current, div = self._ensure_trace(find_slots(self.model)), self._divisor
         per_nonzero: dict[int, Fraction] = {}
         partial: set[str] = set()
         fixed = Fraction(sum(current.fixed))

@@ -64,6 +64,7 @@ __all__ = [
     "GRAD_WEIGHTS",
     "PARTS",
     "MeasureError",
+    "StepRecorder",
     "Trace",
     "WeightUse",
     "call_model",
@@ -183,10 +184,19 @@ _Operand = tuple[Tensor, int, "tuple[ChainOp, ...] | None"]  # a weight operand 
 
 
 class _CountingMode(TorchDispatchMode):
-    def __init__(self, modules: Sequence[nn.Module], effective: bool, training: bool = False):
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        effective: bool,
+        training: bool = False,
+        live: bool = False,
+    ):
         super().__init__()
         n_rows = len(modules)
         self.training = training
+        # a step as it runs (StepRecorder): forwards and backwards may alternate, an op is
+        # in the backward when autograd's engine runs it
+        self.live = live
         self.backward = False
         self.part_dense = [0] * len(PARTS)
         self.part_fixed = [0] * len(PARTS)
@@ -237,6 +247,12 @@ class _CountingMode(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if self.live:
+            inside = torch._C._current_autograd_node() is not None
+            if inside and not self.backward:
+                self.start_backward()
+            elif self.backward and not inside:
+                self.backward = False  # a forward again (the next pass, the optimizer's)
         if self.pending:
             self._settle()
         out = func(*args, **kwargs)
@@ -454,15 +470,8 @@ def _readers(model: nn.Module, slots: Sequence[Slot]) -> dict[int, list[Reader]]
 
 
 @contextlib.contextmanager
-def _tracking(
-    model: nn.Module, mode: _CountingMode, slots: Sequence[Slot], example_input: Any
-) -> Iterator[None]:
-    """Module rows and weight marks for ``mode`` while the body runs ``model``.
-
-    The body runs under ``parametrize.cached()``, in the grad mode the caller set (the
-    cached weights are computed in it). A failure becomes a :class:`MeasureError` that
-    shows the input's shapes.
-    """
+def _hooks(model: nn.Module, mode: _CountingMode, slots: Sequence[Slot]) -> Iterator[None]:
+    """Module rows and weight marks for ``mode`` while the body runs ``model``."""
     modules = list(model.named_modules())
     row_of_module = {id(m): i for i, (_, m) in enumerate(modules)}
     readers: dict[int, list[Reader]] = {}
@@ -482,22 +491,35 @@ def _tracking(
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
-        with parametrize.cached():
-            # every weight as any module may read it, also before (or without) its owner's
-            # forward, e.g. nn.MultiheadAttention reading out_proj.weight; the
-            # parametrization cache makes the forward read these very tensors
-            for i, slot in enumerate(slots):
-                mode.mark(getattr(slot.module, slot.attr), i)
-            readers.update(_readers(model, slots))
+        # every weight as any module may read it, also before (or without) its owner's
+        # forward, e.g. nn.MultiheadAttention reading out_proj.weight
+        for i, slot in enumerate(slots):
+            mode.mark(getattr(slot.module, slot.attr), i)
+        readers.update(_readers(model, slots))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _tracking(
+    model: nn.Module, mode: _CountingMode, slots: Sequence[Slot], example_input: Any
+) -> Iterator[None]:
+    """:func:`_hooks` for a trace the meter runs, under ``parametrize.cached()``.
+
+    The body runs in the grad mode the caller set (the cached weights are computed in it);
+    the cache makes the forward read the very tensors marked. A failure becomes a
+    :class:`MeasureError` that shows the input's shapes.
+    """
+    try:
+        with parametrize.cached(), _hooks(model, mode, slots):
             yield
     except Exception as err:
         raise MeasureError(
             f"{type(model).__name__} forward failed on the example input"
             f" ({describe_input(example_input)}): {type(err).__name__}: {err}"
         ) from err
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _finish(model: nn.Module, slots: list[Slot], mode: _CountingMode) -> Trace:
@@ -628,6 +650,53 @@ def _train_step(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in buffers:
                 buffer.copy_(value)
+
+
+class StepRecorder:
+    """Trace the training step as it runs: every forward and backward from start to stop.
+
+    For a step that is not one forward and one backward of the model on its input (a GAN's
+    two losses and optimizers, a second forward for a consistency loss, a teacher's
+    forward): what :func:`trace_training` records for one step on the example input, here
+    recorded off the real step, hooks on the model's modules and a dispatch mode between
+    :meth:`start` and :meth:`stop` (which may be called from two callback hooks). An op runs
+    in the backward when autograd's engine runs it; products are split into the parts of
+    :data:`PARTS` as there. The optimizer's own ops are elementwise (not counted).
+
+    Weights read through a parametrization are not followed (each read computes a new
+    tensor): their products count as activations'. Nothing is restored: the step is the
+    user's own.
+
+    Args:
+        model: the model whose weights the step reads (the LightningModule).
+        slots: ``find_slots(model)`` if the caller has them.
+    """
+
+    def __init__(self, model: nn.Module, slots: list[Slot] | None = None) -> None:
+        self.model = model
+        self.slots = find_slots(model) if slots is None else slots
+        self._mode = _CountingMode(list(model.modules()), effective=False, training=True, live=True)
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        """Start recording (hooks on every module, the dispatch mode entered)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(_hooks(self.model, self._mode, self.slots))
+        stack.enter_context(self._mode)
+        self._stack = stack
+
+    def close(self) -> None:
+        """Stop recording, if it runs (after a failed step too): hooks removed, mode left."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def stop(self) -> Trace:
+        """Stop recording: the trace of what ran since :meth:`start`."""
+        self.close()
+        self._mode.pending.clear()
+        self._mode.nodes.clear()  # autograd's nodes of the step: not kept alive
+        return _finish(self.model, self.slots, self._mode)
 
 
 def trace_training(
