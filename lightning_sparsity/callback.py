@@ -624,15 +624,7 @@ class SparsityCallbackLogic:
     ) -> None:
         """Count the batch's training FLOPs; with ``prune_every_n_steps``: prune every N steps."""
         if self.train_flops and self.controller.bound:
-            self.controller.batch_end(pl_module, self._batch_examples(batch))
-            if self.train_flops is True and self._backwards != 1 and not self._said_passes:
-                self._said_passes = True
-                rank_zero_warn(
-                    f"lightning_sparsity: the training step ran {self._backwards} backward"
-                    " passes in one batch, but the training FLOPs count one forward and"
-                    " backward of the model on the example input per batch: pass"
-                    " train_flops='step' to SparsityCallback to count the step as it runs"
-                )
+            self._count_batch(pl_module, self._batch_examples(batch))
         every = self.prune_every_n_steps
         if every is None or not self.controller.bound or self.frozen:
             return
@@ -642,6 +634,32 @@ class SparsityCallbackLogic:
         )
         if done is not None:
             self._mask_averages()
+
+    def _count_batch(self, pl_module: nn.Module, examples: int) -> None:
+        """Add the batch to the training FLOPs.
+
+        A step of several backward passes is counted as it runs (recorded at the next
+        batch); a batch without one is named.
+        """
+        meter, passes = self.controller.meter, self._backwards
+        known = meter is None or meter.step_recorded or meter.recording  # (recording: now)
+        if self.train_flops is True and passes > 1 and not known:
+            self.controller.defer_batch(examples)
+            if not self._said_passes:
+                self._said_passes = True
+                rank_zero_info(
+                    f"lightning_sparsity: the training step ran {passes} backward passes in"
+                    " one batch: its training FLOPs are those of the step as it runs,"
+                    " recorded at the next batch (train_flops='step' records the first)"
+                )
+            return
+        self.controller.batch_end(pl_module, examples)
+        if self.train_flops is True and passes == 0 and not self._said_passes:
+            self._said_passes = True
+            rank_zero_warn(
+                "lightning_sparsity: the training step ran no backward pass in a batch, but"
+                " its training FLOPs count one forward and backward of the model per batch"
+            )
 
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Prune (schedule or FLOP budget), then measure, log and act on the budget."""

@@ -323,14 +323,18 @@ def test_the_totals_reach_tensorboard_and_the_report(tmp_path: Path) -> None:
     assert f"over 3 epochs): sparse 189K, dense 270K ({total / dense:.3f} of dense)" in report
 
 
-def test_ddp_totals_add_every_rank_and_survive_a_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("train_flops", ["example", "step"])
+def test_ddp_totals_add_every_rank_and_survive_a_resume(tmp_path: Path, train_flops: str) -> None:
     """Two ranks, 24 and 20 examples an epoch: 44 × (2816, 1972, 1126, 1126) per epoch (the
     schedule of the first test). The checkpoint of step 9 holds the third epoch's batches
     (rank 0's 24 and rank 1's 20 examples, summed on save) before its end: the resumed fit
-    counts them once, on one rank, and ends with the same totals on both ranks."""
+    counts them once, on one rank, and ends with the same totals on both ranks. Recorded
+    (``"step"``), each rank's step is its own batch of 8 or 7 examples, DDP's gradient
+    all-reduce in it: the same per example."""
     from tests.fits import run_ranks
 
-    ranks = run_ranks("train_ddp.py", tmp_path, timeout=300)
+    args = ("step",) if train_flops == "step" else ()
+    ranks = run_ranks("train_ddp.py", tmp_path, *args, timeout=300)
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51), _sparse(205, 51)]
     expected = [0] + [44 * e for e in epochs]
     for rank in ranks:
@@ -412,7 +416,8 @@ class GAN(pl.LightningModule):
         return DataLoader(data, batch_size=16)
 
 
-def test_a_recorded_step_counts_every_pass_and_optimizer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("train_flops", ["step", True])
+def test_a_recorded_step_counts_every_pass_and_optimizer(tmp_path: Path, train_flops: Any) -> None:
     """``train_flops="step"`` on a GAN step: g's forward, d on the fake, the backward of
     g's loss through d and g (d's weight gradient too: autograd computes it, though only g
     steps), d on the real and the detached fake, their backward (no input gradient: the
@@ -421,25 +426,38 @@ def test_a_recorded_step_counts_every_pass_and_optimizer(tmp_path: Path) -> None
         2·ng + 2·nd  +  2·nd + 2·nd + 2·ng  +  2·(2·nd)  +  2·(2·nd)  =  4·ng + 14·nd
 
     (240 dense: ng 32, nd 8); 50% uniform after epoch 1: ng 16, nd 4, 120. Dense is what
-    FlopCounterMode counted around each real step. Counted as one forward and backward of
-    the model (``train_flops=True``) the step would cost 2·32·3 = 192 dense: that is said."""
+    FlopCounterMode counted around each real step. ``train_flops=True`` counts the first
+    batch as one forward and backward of the model (g alone: 2·32·3 = 192 dense), sees its
+    two backward passes, and counts it with the second, recorded: the same."""
     model = GAN()
     pruner = ls.MagnitudePruner(
         schedule=ls.schedules.Step(milestones=[1], sparsities=[0.5]), allocation="uniform"
     )
-    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False, train_flops="step")
+    callback = ls.SparsityCallback(
+        pruner, write_files=False, verbose=False, train_flops=train_flops
+    )
     _run(tmp_path, 2, callback, model=model)
     points = callback.history
     assert [p.train_flops_dense for p in points[1:]] == [sum(model.dense[:2]), sum(model.dense[2:])]
     assert [p.train_flops_dense for p in points[1:]] == [32 * 240] * 2
     assert [p.train_flops for p in points[1:]] == [32 * (4 * 32 + 14 * 8), 32 * (4 * 16 + 14 * 4)]
-    assert callback.controller.meter.training_traces == 0  # the example input's: never traced
+    meter = callback.controller.meter
+    assert meter.steps_recorded == 1
+    assert meter.training_traces == (0 if train_flops == "step" else 1)  # the example input's
 
 
-def test_a_step_of_several_backward_passes_is_named_when_not_recorded(tmp_path: Path) -> None:
+class SkipsFirst(Learning):
+    """The first batch's training_step returns None: Lightning runs no backward for it."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        return None if batch_idx == 0 else loss
+
+
+def test_a_batch_without_a_backward_pass_is_named(tmp_path: Path) -> None:
     callback = ls.SparsityCallback(write_files=False, verbose=False)
-    with pytest.warns(UserWarning, match=r"2 backward passes .* train_flops='step'"):
-        _run(tmp_path, 1, callback, model=GAN())
+    with pytest.warns(UserWarning, match=r"ran no backward pass in a batch"):
+        _run(tmp_path, 1, callback, model=SkipsFirst())
 
 
 def test_a_recorded_plain_step_costs_what_the_example_input_does(tmp_path: Path) -> None:

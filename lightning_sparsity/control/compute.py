@@ -49,6 +49,7 @@ class TrainCompute:
         self._settled = False  # the cached count holds until the masks change
         self._pending: tuple[float, float] | None = None
         self._masks: tuple[Any, dict[str, Any]] | None = None  # the pruner's, per generation
+        self.owed = 0  # examples of batches whose step is not known yet (defer_batch)
 
     def reset(self) -> None:
         """A new fit: nothing counted."""
@@ -59,7 +60,8 @@ class TrainCompute:
         self._pending = None
         if not self.enabled or self.failed is not None or meter is None:
             return
-        key = (id(meter), None if pruner is None else pruner.generation)
+        # the masks, and the step they are counted for (a recorded one replaces the first)
+        key = (id(meter), None if pruner is None else pruner.generation, meter.steps_recorded)
         if self._cached is None or self._cached[0] != key or not self._settled:
             count = self._measure(meter, pruner, model)
             if count is None:
@@ -112,11 +114,26 @@ class TrainCompute:
         count = self._measure(meter, pruner, model)
         return 0.0 if count is None else count.flops_sparse
 
+    def defer_batch(self, examples: int) -> None:
+        """Owe the batch that ran: it is not the step its cost was chosen for.
+
+        A step of several backward passes: its ``examples`` are added with the next batch,
+        at that batch's cost (its step recorded as it runs).
+        """
+        if self._pending is None:
+            return
+        self._pending = None
+        self.owed += examples
+
     def end_batch(self, examples: int) -> None:
-        """Add the batch that ran: ``examples`` times its step's cost per example."""
+        """Add the batch that ran: ``examples`` times its step's cost per example.
+
+        The examples owed by deferred batches are added with it, at the same cost.
+        """
         if self._pending is None:
             return
         dense, sparse = self._pending
+        examples, self.owed = examples + self.owed, 0
         self._examples += examples
         self.epoch_dense += examples * dense
         self.epoch_sparse += examples * sparse
@@ -163,6 +180,7 @@ class TrainCompute:
             "total_dense": self.total_dense,
             "total_sparse": self.total_sparse,
             "epoch": self.partial(),
+            "owed": self.owed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,6 +189,7 @@ class TrainCompute:
         self.total_sparse = state.get("total_sparse", 0)
         dense, sparse, examples = state.get("epoch") or (0, 0, 0)
         self.epoch_dense, self.epoch_sparse, self._examples = dense, sparse, int(examples)
+        self.owed = int(state.get("owed", 0))
 
 
 def _plain(value: float) -> float:

@@ -434,9 +434,10 @@ class SparsityController:
         """A training batch is about to run: the cost of its step (see :class:`TrainCompute`).
 
         ``record``: record the step as it runs, the first time (``SparsityMeter.start_step``);
-        that batch is counted at its end.
+        that batch is counted at its end. Recorded too after a deferred batch.
         """
         meter = self.meter
+        record = record or self.compute.owed > 0
         if record and meter is not None and not meter.step_recorded and self.compute.counting:
             try:
                 meter.start_step()
@@ -455,6 +456,13 @@ class SparsityController:
             meter.stop_step(examples)
             self.compute.begin_batch(meter, self.pruning, model)  # at the weights after it
         self.compute.end_batch(examples)
+
+    def defer_batch(self, examples: int) -> None:
+        """The batch ran a step that is not one forward and backward on the example input.
+
+        Counted with the next batch, whose step is recorded as it runs.
+        """
+        self.compute.defer_batch(examples)
 
     def abort_batch(self) -> None:
         """The fit ends or failed inside a batch: stop recording its step, if it runs."""

@@ -357,6 +357,7 @@ class SparsityMeter:
         self._training_known: tuple[Trace, list[int | None]] | None = None
         self._recorder: StepRecorder | None = None
         self._step: tuple[Trace, int] | None = None  # a recorded step and its examples
+        self.steps_recorded = 0
         self.patterns = _patterns(realizable)
         self.model = model
         self.example_input = example_input
@@ -431,6 +432,7 @@ class SparsityMeter:
         if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
             raise ValueError(f"`examples` must be a positive int, got {examples!r}")
         self._step = (trace, examples)
+        self.steps_recorded += 1
         self._training_known = None
 
     def abort_step(self) -> None:

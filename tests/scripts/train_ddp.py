@@ -1,7 +1,8 @@
 """A real DDP fit (gloo, 2 CPU processes) counting training FLOPs, resumed from a checkpoint
 taken on an epoch's last batch (before its end hook).
 
-Run as ``python train_ddp.py OUT_DIR``; Lightning's ``ddp`` launcher re-runs this script for
+Run as ``python train_ddp.py OUT_DIR [step]`` (``step``: ``train_flops="step"``, the step
+recorded as it runs on each rank); Lightning's ``ddp`` launcher re-runs this script for
 rank 1. The ranks run different examples (no DistributedSampler): rank 0 24 in batches of 8,
 rank 1 20 in batches of 7 (7, 7, 6): 3 steps each an epoch. First an uninterrupted 4-epoch
 fit that saves a checkpoint at step 9 (the third epoch's last batch), then a fit resumed
@@ -36,11 +37,13 @@ class Net(Learning):
         return DataLoader(data, batch_size=batch)
 
 
-def fit(out: Path, ckpt: str | None) -> tuple[Any, list[dict]]:
+def fit(out: Path, ckpt: str | None, train_flops: Any) -> tuple[Any, list[dict]]:
     pl.seed_everything(0, verbose=False)
     schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
     pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
+    callback = ls.SparsityCallback(
+        pruner, write_files=False, verbose=False, train_flops=train_flops
+    )
     saver = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=9, save_top_k=-1)
     trainer = pl.Trainer(
         strategy="ddp",
@@ -59,12 +62,12 @@ def fit(out: Path, ckpt: str | None) -> tuple[Any, list[dict]]:
     return trainer, [point.to_dict() for point in callback.history]
 
 
-def main(out: Path) -> None:
+def main(out: Path, train_flops: Any) -> None:
     warnings.filterwarnings("ignore")
-    trainer, whole = fit(out, None)
+    trainer, whole = fit(out, None, train_flops)
     dist.barrier()
     (saved,) = (out / "ckpt").glob("*step=9.ckpt")
-    _, resumed = fit(out / "resumed", str(saved))
+    _, resumed = fit(out / "resumed", str(saved), train_flops)
     result = {"rank": trainer.global_rank, "whole": whole, "resumed": resumed}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -72,4 +75,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), "step" if sys.argv[2:] == ["step"] else True)
