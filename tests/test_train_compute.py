@@ -507,3 +507,18 @@ def test_a_step_the_scaler_skips_still_ran_its_forward_and_backward(
     assert model.skipped == [True, False]
     assert [p.train_flops for p in callback.history] == [0, 32 * _sparse(512, 128)]
     assert callback.controller.meter.measure_training().unsupported == {}
+
+
+@pytest.mark.parametrize("train_flops", [True, "step"])
+def test_mixed_precision_counts_the_same_products(tmp_path: Path, train_flops: Any) -> None:
+    """``precision="bf16-mixed"`` (CPU autocast): the products are those of float32, in
+    bfloat16 (autocast's casts of the weights carry their zeros): the epochs cost the
+    closed form of the module docstring at 30% and 60%."""
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    callback = ls.SparsityCallback(
+        pruner, write_files=False, verbose=False, train_flops=train_flops
+    )
+    _run(tmp_path, 3, callback, precision="bf16-mixed")
+    epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
+    assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
