@@ -68,6 +68,29 @@ def test_a_given_deadline_is_marked_and_no_metric_means_two_panels() -> None:
         plt.close(fig)
 
 
+def test_training_flops_spent_get_a_panel_with_their_budget() -> None:
+    """A training-compute budget of 5,000: the running totals and the limit on the second
+    panel; the sparsity panel moves to third."""
+    spent = [(0, 0), (2000, 2000), (3600, 4000), (4800, 6000)]
+    budget = {"budget_count": "train", "budget_limit": 5000}
+    points = [
+        point(e, DENSE, DENSE, train_flops_total=sparse, train_flops_dense_total=dense, **budget)
+        for e, (sparse, dense) in enumerate(spent)
+    ]
+    fig = history_figure(points, title="demo/version_0")
+    try:
+        flops, training, sparsity = fig.axes
+        assert training.get_title() == "training FLOPs spent"
+        lines = labels(training)
+        assert list(lines["sparse"].get_ydata()) == [s for s, _ in spent]
+        assert list(lines["dense"].get_ydata()) == [d for _, d in spent]
+        assert list(lines["budget"].get_ydata()) == [5000] * 4
+        assert "budget" not in labels(flops)  # not a budget on a forward's FLOPs
+        assert sparsity.get_title() == "sparsity"
+    finally:
+        plt.close(fig)
+
+
 def row(label: str, flops: float, mean: float, std: float, pareto: bool = True) -> dict:
     return {"label": label, "flops_sparse": flops, "metric_mean": mean, "metric_std": std,
             "pareto": pareto}  # fmt: skip

@@ -71,7 +71,8 @@ class HistoryPoint:
             (the budget froze the masks) or ``None`` (nothing pruned: not due, or the masks
             already where the schedule or the budget asks).
         guard_value: the guarded metric when the guard was asked.
-        budget_count: what the budget counts (``"sparse"``, ``"effective"``, ``"params"``).
+        budget_count: what the budget counts (``"sparse"``, ``"effective"``, ``"params"``,
+            ``"train"``: the training FLOPs since the fit began).
         budget_value: the budget's measured value.
         budget_limit: the budget's limit.
         budget_scheduled: with ``action="adjust"``, the value allowed at this point.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity._files import write_json
 from lightning_sparsity._text import si
@@ -120,6 +120,17 @@ def _deadline_x(points: Sequence[HistoryPoint], deadline: int | None) -> float |
     return None if at_limit is None else float(at_limit)
 
 
+def _training_panel(ax: Any, points: Sequence[HistoryPoint], x: list[int], xlabel: str) -> None:
+    """The training FLOPs spent since the fit began, sparse and dense, and their budget."""
+    ax.plot(x, [p.train_flops_dense_total for p in points], "--", color="grey", label="dense")
+    ax.plot(x, [p.train_flops_total for p in points], "o-", color="tab:blue", label="sparse")
+    limit = [p.budget_limit if p.budget_count == "train" else None for p in points]
+    if any(v is not None for v in limit):
+        ax.plot(x, limit, ":", color="red", label="budget")
+    ax.set(xlabel=xlabel, ylabel="FLOPs, all examples", title="training FLOPs spent")
+    ax.set_ylim(bottom=0)
+
+
 def history_figure(
     points: Sequence[HistoryPoint],
     *,
@@ -129,9 +140,10 @@ def history_figure(
 ) -> Figure:
     """The figure of :func:`plot_history` (matplotlib objects: labels and lines to read back).
 
-    Panels: FLOPs (dense, sparse, realizable, the budget and its schedule), sparsity, and
-    the monitored metrics (``metrics``, or the guard's value) where there are any; the
-    budget's deadline and the point the masks froze are marked on each panel.
+    Panels: FLOPs (dense, sparse, realizable, the budget and its schedule), the training
+    FLOPs spent so far (sparse and dense, and a budget on them) where they were counted,
+    sparsity, and the monitored metrics (``metrics``, or the guard's value) where there are
+    any; the budget's deadline and the point the masks froze are marked on each panel.
     """
     import matplotlib
 
@@ -142,9 +154,10 @@ def history_figure(
     xlabel = "epochs completed" if all(p.step == p.epoch for p in points) else "global step"
     series = dict(metrics or {})
     guarded = [(p.step, p.guard_value) for p in points if p.guard_value is not None]
-    panels = 3 if series or guarded else 2
+    trained = any(p.train_flops_total for p in points)
+    panels = 2 + trained + bool(series or guarded)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
-    ax_flops, ax_sparsity = axes[0], axes[1]
+    ax_flops, ax_sparsity = axes[0], axes[1 + trained]
     # dense over realizable: they are one line until a kernel realizes a pattern
     ax_flops.plot(x, [p.flops for p in points], "--", color="grey", label="dense", zorder=3)
     ax_flops.plot(x, [p.flops_sparse for p in points], "o-", color="tab:blue", label="sparse")
@@ -161,6 +174,8 @@ def history_figure(
         ax_flops.plot(x, scheduled, "x:", color="darkred", label="budget schedule")
     ax_flops.set(xlabel=xlabel, ylabel=f"FLOPs per {points[0].per}", title="FLOPs")
     ax_flops.set_ylim(bottom=0)
+    if trained:
+        _training_panel(axes[1], points, x, xlabel)
     ax_sparsity.plot(x, [p.param_sparsity for p in points], "o-", label="all parameters")
     pruned = [p.pruned_sparsity for p in points]
     if any(v is not None for v in pruned):
@@ -170,8 +185,8 @@ def history_figure(
         ax_sparsity.plot(x, targets, ":", label="schedule target")
     ax_sparsity.plot(x, [1 - p.flops_ratio for p in points], "s-", label="FLOPs removed (fraction)")
     ax_sparsity.set(xlabel=xlabel, ylabel="sparsity", ylim=(0, 1), title="sparsity")
-    if panels == 3:
-        ax_metric = axes[2]
+    if series or guarded:
+        ax_metric = axes[-1]
         for name, values in series.items():
             ax_metric.plot(_on_axis(points, values), [v for _, v in values], "o-", label=name)
         if not series:
