@@ -211,11 +211,13 @@ class SparsityCallbackLogic:
             ``sparsity/train_flops_total`` over the fit, dense and sparse: every training
             batch's examples times its forward and backward at the masks it ran with;
             :mod:`lightning_sparsity.control.compute`). ``True`` counts a step as one
-            forward and backward of the model on the example input; ``"step"`` records
-            the first training batch's step as it runs (several losses, forwards,
-            backwards or optimizers: a GAN's; the model's own loss) and counts every
-            batch as that step (:meth:`SparsityMeter.start_step`). A model whose training
-            step cannot be traced is warned about once and trains on, uncounted.
+            forward and backward of the model on the example input, until a batch runs
+            several backward passes (a GAN's): then the next batch's step is recorded as
+            it runs and counts for every batch. ``"step"`` records the first training
+            batch's step (also a teacher's forward, products in the loss; the optimizers'
+            updates excluded) and counts every batch as that step
+            (:meth:`SparsityMeter.start_step`). A model whose training step cannot be
+            traced is warned about once and trains on, uncounted.
         speed: at fit end, time the forward with dense vs sparse kernels
             (:func:`lightning_sparsity.speed`: CSR on CPU, 2:4 on CUDA), log
             ``sparsity/speedup_measured`` and write ``sparsity_speed.md``; one process only.
@@ -589,8 +591,8 @@ class SparsityCallbackLogic:
         self._begin(trainer, pl_module)
 
     def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        """Detach from the optimizers and weight averaging (also after an exception)."""
-        self.controller.abort_batch()  # a step being recorded (train_flops="step")
+        """Detach from the optimizers and weight averaging (at the end of a stage)."""
+        self.controller.abort_batch()  # a step being recorded whose batch never ended
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -638,13 +640,13 @@ class SparsityCallbackLogic:
     def _count_batch(self, pl_module: nn.Module, examples: int) -> None:
         """Add the batch to the training FLOPs.
 
-        A step of several backward passes is counted as it runs (recorded at the next
-        batch); a batch without one is named.
+        A step of several backward passes is counted as it runs (the next batch's step
+        recorded, this batch corrected to it); a batch without one is named.
         """
         meter, passes = self.controller.meter, self._backwards
         known = meter is None or meter.step_recorded or meter.recording  # (recording: now)
         if self.train_flops is True and passes > 1 and not known:
-            self.controller.defer_batch(examples)
+            self.controller.owe_batch(examples)
             if not self._said_passes:
                 self._said_passes = True
                 rank_zero_info(
@@ -653,16 +655,22 @@ class SparsityCallbackLogic:
                     " recorded at the next batch (train_flops='step' records the first)"
                 )
             return
-        self.controller.batch_end(pl_module, examples)
-        if self.train_flops is True and passes == 0 and not self._said_passes:
+        self.controller.batch_end(pl_module, examples, passes)
+        if passes == 0 and not self._said_passes:
             self._said_passes = True
             rank_zero_warn(
-                "lightning_sparsity: the training step ran no backward pass in a batch, but"
-                " its training FLOPs count one forward and backward of the model per batch"
+                "lightning_sparsity: the training step ran no backward pass in a batch; its"
+                " training FLOPs are counted as a whole step's (a forward and a backward)"
             )
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: nn.Module, optimizer: Any) -> None:
+        """An optimizer's update is not part of a recorded step (``train_flops="step"``)."""
+        if self.train_flops:
+            self.controller.optimizer_step()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """Prune (schedule or FLOP budget), then measure, log and act on the budget."""
+        self.controller.abort_batch()  # a recorded batch the module skipped never ended
         epoch = int(trainer.current_epoch) + 1
         if not self.controller.bound or (self.controller.last_epoch or 0) >= epoch:
             return  # no batch ran and no input was given; or this point is recorded
@@ -779,7 +787,11 @@ class SparsityCallbackLogic:
         return timing
 
     def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:
-        """Keep the plot of what finished; the history files are already on disk."""
+        """Keep the plot of what finished; the history files are already on disk.
+
+        A step being recorded stops (Lightning tears down without ``teardown`` then).
+        """
+        self.controller.abort_batch()
         directory = self.directory
         if trainer.is_global_zero and self.write_files and directory and len(self.history) > 1:
             try:

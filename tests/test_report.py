@@ -62,7 +62,8 @@ def test_a_crashed_run_is_rendered_from_its_history(tmp_path: Path, capsys) -> N
     ]
     image = matplotlib.image.imread(run / "sparsity_curves.png")  # a PNG matplotlib reads back
     assert (run / "sparsity_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert image.shape[:2] == (400, 1000)  # plot_history: 10 x 4 inches at 100 dpi
+    # plot_history: 5 x 4 inches a panel at 100 dpi; FLOPs, training FLOPs spent, sparsity
+    assert image.shape[:2] == (400, 1500)
     text = (run / "sparsity_report.md").read_text()
     assert "the fit did not finish" in text
     rows = table(text)

@@ -454,10 +454,14 @@ class SkipsFirst(Learning):
         return None if batch_idx == 0 else loss
 
 
-def test_a_batch_without_a_backward_pass_is_named(tmp_path: Path) -> None:
-    callback = ls.SparsityCallback(write_files=False, verbose=False)
+@pytest.mark.parametrize("train_flops", [True, "step"])
+def test_a_batch_without_a_backward_pass_is_named(tmp_path: Path, train_flops: Any) -> None:
+    """The skipped batch is counted as a whole step (2 × 16 × 2816), and said. Recorded,
+    its recording is dropped (it saw no backward) and the next batch's step recorded."""
+    callback = ls.SparsityCallback(write_files=False, verbose=False, train_flops=train_flops)
     with pytest.warns(UserWarning, match=r"ran no backward pass in a batch"):
         _run(tmp_path, 1, callback, model=SkipsFirst())
+    assert [p.train_flops for p in callback.history] == [0, 32 * _sparse(512, 128)]
 
 
 def test_a_recorded_plain_step_costs_what_the_example_input_does(tmp_path: Path) -> None:
@@ -522,3 +526,76 @@ def test_mixed_precision_counts_the_same_products(tmp_path: Path, train_flops: A
     _run(tmp_path, 3, callback, precision="bf16-mixed")
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
     assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
+
+
+class Fails(Learning):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        raise RuntimeError("simulated failure")
+
+
+class SkipsTheFirstEpoch(Learning):
+    """``on_train_batch_start`` returns -1 in epoch 0: Lightning skips the rest of it (the
+    callbacks' hook ran first: a recording started and its batch never ends)."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
+        return -1 if self.current_epoch == 0 else None
+
+
+def test_a_recording_whose_batch_fails_or_is_skipped_is_stopped(tmp_path: Path) -> None:
+    callback = ls.SparsityCallback(write_files=False, verbose=False, train_flops="step")
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _run(tmp_path, 1, callback, model=Fails())
+    assert torch._C._len_torch_dispatch_stack() == 0  # the recording's mode left
+    assert not callback.controller.meter.recording
+    callback = ls.SparsityCallback(write_files=False, verbose=False, train_flops="step")
+    _run(tmp_path / "skip", 2, callback, model=SkipsTheFirstEpoch())
+    assert torch._C._len_torch_dispatch_stack() == 0
+    assert [p.train_flops for p in callback.history] == [0, 0, 32 * _sparse(512, 128)]
+
+
+class MatmulSGD(torch.optim.SGD):
+    """SGD whose update multiplies matrices (as Muon's Newton-Schulz steps do)."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.dim() == 2:
+                    p.grad.copy_(p.grad @ p.grad.T @ p.grad)
+        super().step()
+        return loss
+
+
+class Orthogonal(Learning):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return MatmulSGD(self.parameters(), lr=0.01)
+
+
+def test_a_recorded_step_leaves_the_optimizers_update_out(tmp_path: Path) -> None:
+    """The update's matmuls run between ``on_before_optimizer_step`` and the end of the
+    optimizer's step: not counted, as on the example input (the closed form)."""
+    callback = ls.SparsityCallback(write_files=False, verbose=False, train_flops="step")
+    _run(tmp_path, 1, callback, model=Orthogonal())
+    assert [p.train_flops for p in callback.history] == [0, 32 * _sparse(512, 128)]
+
+
+class OneBatchGAN(GAN):
+    def train_dataloader(self) -> DataLoader:
+        data = TensorDataset(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+        return DataLoader(data, batch_size=32)
+
+
+def test_a_batch_owed_its_step_across_an_epoch_end_is_corrected_in_the_next(
+    tmp_path: Path,
+) -> None:
+    """One batch an epoch: epoch 1's batch ran two backward passes, counted as one forward
+    and backward of the model until epoch 2's step is recorded (g's forward and weight
+    gradient, its input needs none: 2·32·2 = 128 per example dense; the GAN step 240,
+    FlopCounterMode's); epoch 2 carries the correction, the total is exact."""
+    model = OneBatchGAN()
+    callback = ls.SparsityCallback(write_files=False, verbose=False)
+    _run(tmp_path, 2, callback, model=model)
+    dense = [p.train_flops_dense for p in callback.history]
+    assert dense == [0, 32 * 128, 32 * 240 + 32 * (240 - 128)]
+    assert callback.history[-1].train_flops_dense_total == sum(model.dense) == 2 * 32 * 240

@@ -10,6 +10,8 @@ trained entries' weight-gradient products), written here.
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -729,3 +731,27 @@ def test_a_recorded_step_and_its_misuse() -> None:
     meter.retrace()  # back to the example input's step
     assert not meter.step_recorded
     assert meter.measure_training().total.flops == 2 * 30 * 2 + 2 * 15 * 3
+
+
+def test_a_recording_holds_no_output_that_has_no_gradient_node() -> None:
+    """A frozen teacher's output (``no_grad``: no autograd node) is not kept alive by the
+    recording once the step lets go of it; the optimizers' elementwise ops are free, a
+    grouped matmul is not."""
+    from lightning_sparsity.counting.formulas import is_free
+    from lightning_sparsity.counting.trace import StepRecorder
+
+    teacher = nn.Linear(64, 64)
+    recorder = StepRecorder(teacher)
+    recorder.start()
+    try:
+        with torch.no_grad():
+            out = teacher(torch.randn(32, 64))
+        held = weakref.ref(out)
+        del out
+        gc.collect()
+        assert held() is None
+    finally:
+        recorder.close()
+    assert is_free(torch.ops.aten._foreach_add_.List)
+    assert is_free(torch.ops.aten._fused_adam_.default)
+    assert not is_free(torch.ops.aten._foreach_mm.default)

@@ -15,7 +15,12 @@ takes that cost from the same count. The weight gradients counted are those of t
 entries (the pruner's masks), every entry of an unpruned weight. A batch whose optimizer
 step the AMP scaler skips still ran its forward and backward: it counts. Under DDP each
 rank adds its own batches; the epoch's sums are gathered over the ranks at its end.
-Lightning-free.
+
+The step is one forward and backward on the meter's example input, or the step recorded as
+it ran (:meth:`SparsityMeter.start_step`): counted again once one is recorded. A batch
+whose step was not the one its cost was chosen for (several backward passes; a recording
+that saw none) is owed: added at that cost, then corrected to the next recorded step's cost
+(in the epoch that step comes in; the total is exact). Lightning-free.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ class TrainCompute:
         self._settled = False  # the cached count holds until the masks change
         self._pending: tuple[float, float] | None = None
         self._masks: tuple[Any, dict[str, Any]] | None = None  # the pruner's, per generation
-        self.owed = 0  # examples of batches whose step is not known yet (defer_batch)
+        # batches whose step is not known yet (owe): examples, and the dense and sparse
+        # FLOPs added for them meanwhile; corrected when a recorded step's cost is known
+        self.owed: list[float] = [0, 0, 0]
 
     def reset(self) -> None:
         """A new fit: nothing counted."""
@@ -114,26 +121,36 @@ class TrainCompute:
         count = self._measure(meter, pruner, model)
         return 0.0 if count is None else count.flops_sparse
 
-    def defer_batch(self, examples: int) -> None:
-        """Owe the batch that ran: it is not the step its cost was chosen for.
+    def owe(self, examples: int) -> None:
+        """Add the batch that ran, whose step is not the one its cost was chosen for.
 
-        A step of several backward passes: its ``examples`` are added with the next batch,
-        at that batch's cost (its step recorded as it runs).
+        A step of several backward passes, or a recording that saw none: added now at the
+        cost chosen (none when there was none), corrected to the next recorded step's
+        cost by :meth:`settle_owed` (in whichever epoch that comes).
         """
-        if self._pending is None:
+        if not self.counting:
             return
-        self._pending = None
-        self.owed += examples
+        dense, sparse = self._pending or (0, 0)
+        self._pending = (dense, sparse)
+        self.end_batch(examples)
+        self.owed = [self.owed[0] + examples, self.owed[1] + examples * dense,
+                     self.owed[2] + examples * sparse]  # fmt: skip
+
+    def settle_owed(self) -> None:
+        """Correct the owed batches to the cost chosen now (a recorded step's)."""
+        examples, dense_added, sparse_added = self.owed
+        if self._pending is None or not examples:
+            return
+        dense, sparse = self._pending
+        self.epoch_dense += examples * dense - dense_added
+        self.epoch_sparse += examples * sparse - sparse_added
+        self.owed = [0, 0, 0]
 
     def end_batch(self, examples: int) -> None:
-        """Add the batch that ran: ``examples`` times its step's cost per example.
-
-        The examples owed by deferred batches are added with it, at the same cost.
-        """
+        """Add the batch that ran: ``examples`` times its step's cost per example."""
         if self._pending is None:
             return
         dense, sparse = self._pending
-        examples, self.owed = examples + self.owed, 0
         self._examples += examples
         self.epoch_dense += examples * dense
         self.epoch_sparse += examples * sparse
@@ -180,7 +197,7 @@ class TrainCompute:
             "total_dense": self.total_dense,
             "total_sparse": self.total_sparse,
             "epoch": self.partial(),
-            "owed": self.owed,
+            "owed": list(self.owed),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -189,7 +206,7 @@ class TrainCompute:
         self.total_sparse = state.get("total_sparse", 0)
         dense, sparse, examples = state.get("epoch") or (0, 0, 0)
         self.epoch_dense, self.epoch_sparse, self._examples = dense, sparse, int(examples)
-        self.owed = int(state.get("owed", 0))
+        self.owed = list(state.get("owed") or (0, 0, 0))
 
 
 def _plain(value: float) -> float:

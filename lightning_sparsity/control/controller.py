@@ -435,11 +435,12 @@ class SparsityController:
         """A training batch is about to run: the cost of its step (see :class:`TrainCompute`).
 
         ``record``: record the step as it runs, the first time (``SparsityMeter.start_step``);
-        that batch is counted at its end. Recorded too after a deferred batch.
+        that batch is counted at its end. Recorded too while batches are owed a step.
         """
         meter = self.meter
-        record = record or self.compute.owed > 0
-        if record and meter is not None and not meter.step_recorded and self.compute.counting:
+        self.abort_batch()  # a recording whose batch never ended (skipped by the module)
+        wanted = record or bool(self.compute.owed[0])
+        if wanted and meter is not None and not meter.step_recorded and self.compute.counting:
             try:
                 meter.start_step()
             except NotImplementedError as err:  # a sharded model
@@ -447,26 +448,37 @@ class SparsityController:
             return
         self.compute.begin_batch(meter, self.pruning, model)
 
-    def batch_end(self, model: nn.Module, examples: int) -> None:
-        """The batch ran on ``examples`` examples (this process's)."""
+    def optimizer_step(self) -> None:
+        """An optimizer's update begins (after its closure): not part of a recorded step."""
+        if self.meter is not None:
+            self.meter.pause_step()
+
+    def batch_end(self, model: nn.Module, examples: int, passes: int) -> None:
+        """The batch ran on ``examples`` examples (this process's), ``passes`` backwards.
+
+        A recording that saw no backward pass is dropped (the next batch is recorded); the
+        batch is owed its cost until then.
+        """
         meter = self.meter
         if meter is not None and meter.recording:
-            if examples < 1:  # nothing to divide by: record the next batch
+            if examples < 1 or passes == 0:
                 meter.abort_step()
+                self.compute.owe(examples)
                 return
             meter.stop_step(examples)
             self.compute.begin_batch(meter, self.pruning, model)  # at the weights after it
+            self.compute.settle_owed()
         self.compute.end_batch(examples)
 
-    def defer_batch(self, examples: int) -> None:
+    def owe_batch(self, examples: int) -> None:
         """The batch ran a step that is not one forward and backward on the example input.
 
-        Counted with the next batch, whose step is recorded as it runs.
+        Counted at that cost now and corrected to the step recorded at the next batch.
         """
-        self.compute.defer_batch(examples)
+        self.compute.owe(examples)
 
     def abort_batch(self) -> None:
-        """The fit ends or failed inside a batch: stop recording its step, if it runs."""
+        """Stop recording a step, if one runs (its batch failed or never ended)."""
         if self.meter is not None:
             self.meter.abort_step()
 

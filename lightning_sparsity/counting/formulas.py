@@ -931,6 +931,19 @@ def is_free(op: torch._ops.OpOverload) -> bool:
         or torch.Tag.inplace_view in op.tags  # transpose_, squeeze_, as_strided_: metadata
         or op._opname in FREE_OPS
         or op._opname.rstrip("_") in FREE_OPS
-        # optimizers' elementwise updates, the AMP scaler's checks and scale updates
-        or op._opname.startswith(("_foreach_", "_fused_", "_amp_"))
+        or _elementwise_step(op)
+    )
+
+
+#: aten ops of the ``_foreach_`` family that are products, not elementwise.
+FOREACH_PRODUCTS: frozenset[str] = frozenset(["_foreach_mm"])
+
+
+def _elementwise_step(op: torch._ops.OpOverload) -> bool:
+    """An optimizer's fused or per-list elementwise update, or the AMP scaler's checks."""
+    name = op._opname
+    return (
+        op.namespace == "aten"
+        and name.startswith(("_foreach_", "_fused_", "_amp_"))
+        and name not in FOREACH_PRODUCTS
     )

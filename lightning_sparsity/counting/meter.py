@@ -435,6 +435,11 @@ class SparsityMeter:
         self.steps_recorded += 1
         self._training_known = None
 
+    def pause_step(self) -> None:
+        """An optimizer's update begins: not recorded until its ``step`` ends."""
+        if self._recorder is not None:
+            self._recorder.pause()
+
     def abort_step(self) -> None:
         """Stop a running recording (the step failed), keeping what was counted before."""
         recorder, self._recorder = self._recorder, None

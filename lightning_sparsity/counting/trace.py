@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -200,9 +201,11 @@ class _CountingMode(TorchDispatchMode):
         self.backward = False
         self.part_dense = [0] * len(PARTS)
         self.part_fixed = [0] * len(PARTS)
-        # training: each counted forward op's output, row and weight operands until the
-        # backward starts; then by the autograd node that computes their gradients
-        self.pending: list[tuple[Any, int, list[_Operand]]] = []
+        # training: each counted forward op's output (weakly: an output freed before it has
+        # a node never gets one), row and weight operands until the backward starts; then
+        # by the autograd node that computes their gradients
+        self.pending: list[tuple[weakref.ReferenceType[Tensor], int, list[_Operand]]] = []
+        self.paused = False  # a recorded step's optimizer update: not counted
         self.nodes: dict[Any, tuple[int, list[_Operand]]] = {}
         self.prov: dict[int, _Provenance] = {}
         self.stack: list[int] = [0]
@@ -247,6 +250,8 @@ class _CountingMode(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         if self.live:
             inside = torch._C._current_autograd_node() is not None
             if inside and not self.backward:
@@ -278,14 +283,13 @@ class _CountingMode(TorchDispatchMode):
         without a node yet (none: a ``no_grad`` part) waits for the backward's start.
         """
         waiting = []
-        for out, row, operands in self.pending:
-            leaves = out if isinstance(out, (tuple, list)) else (out,)
-            first = next((t for t in leaves if isinstance(t, Tensor)), None)
+        for ref, row, operands in self.pending:
+            first = ref()
             node = None if first is None else first.grad_fn
             if node is not None:
                 self.nodes[node] = (row, operands)
             elif first is not None and not self.backward:
-                waiting.append((out, row, operands))
+                waiting.append((ref, row, operands))
         self.pending = waiting
 
     def start_backward(self) -> None:
@@ -388,7 +392,10 @@ class _CountingMode(TorchDispatchMode):
             self._use(row, *found, use.flops, FORWARD)
             operands.append(found)
         if self.training:
-            self.pending.append((out, row, operands))
+            leaves = out if isinstance(out, (tuple, list)) else (out,)
+            first = next((t for t in leaves if isinstance(t, Tensor)), None)
+            if first is not None:
+                self.pending.append((weakref.ref(first), row, operands))
         if self.effective is not None:
             counts = formula.effective(*args, **kwargs, result=out)
             total = 2 * (torch.stack(counts).sum() if len(counts) > 1 else counts[0])  # MAC→FLOPs
@@ -661,7 +668,10 @@ class StepRecorder:
     recorded off the real step, hooks on the model's modules and a dispatch mode between
     :meth:`start` and :meth:`stop` (which may be called from two callback hooks). An op runs
     in the backward when autograd's engine runs it; products are split into the parts of
-    :data:`PARTS` as there. The optimizer's own ops are elementwise (not counted).
+    :data:`PARTS` as there. An optimizer's update is not part of the step: from
+    :meth:`pause` (Lightning's ``on_before_optimizer_step``, after the closure's forward and
+    backward) to the end of that optimizer's ``step`` nothing counts (an optimizer whose
+    update multiplies matrices, Muon's, costs nothing here, as it does on the example input).
 
     Weights read through a parametrization are not followed (each read computes a new
     tensor): their products count as activations'. Nothing is restored: the step is the
@@ -682,14 +692,37 @@ class StepRecorder:
         """Start recording (hooks on every module, the dispatch mode entered)."""
         stack = contextlib.ExitStack()
         stack.enter_context(_hooks(self.model, self._mode, self.slots))
+        handle = register_optimizer_step_post_hook(lambda *_: self.resume())
+        stack.callback(handle.remove)
         stack.enter_context(self._mode)
         self._stack = stack
 
+    def pause(self) -> None:
+        """Count nothing until the optimizer step that runs now ends (its update)."""
+        self._mode.paused = True
+
+    def resume(self) -> None:
+        """Count again (an optimizer step ended)."""
+        self._mode.paused = False
+
     def close(self) -> None:
-        """Stop recording, if it runs (after a failed step too): hooks removed, mode left."""
+        """Stop recording, if it runs (after a failed step too): hooks removed, mode left.
+
+        Warns if another dispatch mode entered since :meth:`start` is still active: leaving
+        ours pops the innermost one (torch's modes are a stack).
+        """
         stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        if stack is None:
+            return
+        depth = torch._C._len_torch_dispatch_stack()
+        if depth and torch._C._get_dispatch_stack_at(depth - 1) is not self._mode:
+            warnings.warn(
+                "lightning_sparsity: a TorchDispatchMode entered while the training step was"
+                " recorded is still active; leaving the recording's mode pops it instead",
+                UserWarning,
+                stacklevel=3,
+            )
+        stack.close()
 
     def stop(self) -> Trace:
         """Stop recording: the trace of what ran since :meth:`start`."""
