@@ -492,9 +492,10 @@ class SparsityCallbackLogic:
         own = (states or {}).get(self.state_key)
         if isinstance(own, dict) and trainer.global_rank != 0:
             compute = own.get("compute")
-            if isinstance(compute, dict) and compute.get("epoch"):
-                # the epoch's training FLOPs so far are every rank's sum: rank 0 adds them
-                own["compute"] = {**compute, "epoch": None}
+            if isinstance(compute, dict) and (compute.get("epoch") or compute.get("owed")):
+                # the epoch's training FLOPs so far (and what is owed) are every rank's sum:
+                # rank 0 adds them
+                own["compute"] = {**compute, "epoch": None, "owed": None}
         if not states or self.state_key in states or self.name is not None:
             return
         legacy = [k for k in states if isinstance(k, str) and k.startswith("SparsityCallback[(")]
@@ -514,7 +515,9 @@ class SparsityCallbackLogic:
         own = (checkpoint.get("callbacks") or {}).get(self.state_key)
         if trainer.world_size > 1 and isinstance(own, dict) and "compute" in own:
             # every rank saves together: the epoch's training FLOPs so far, summed
-            own["compute"]["epoch"] = self.controller.compute.partial(self._gather(trainer))
+            compute, gather = self.controller.compute, self._gather(trainer)
+            own["compute"]["epoch"] = compute.partial(gather)
+            own["compute"]["owed"] = compute.owed_over(gather)
         if self.pruning is not None and self.pruning.mask_storage == "prune":
             names = self.pruning.target_names(pl_module)
             for key in ("state_dict", "current_model_state"):

@@ -183,7 +183,11 @@ class TrainCompute:
         This process's; with ``gather``, every rank's added (a collective: all call it).
         """
         mine = [self.epoch_dense, self.epoch_sparse, self._examples]
-        return mine if gather is None else [_plain(sum(gather(float(v)))) for v in mine]
+        return mine if gather is None else summed(mine, gather)
+
+    def owed_over(self, gather: Gather) -> list[float]:
+        """The owed batches' ``[examples, dense, sparse]`` added over every rank (collective)."""
+        return summed(self.owed, gather)
 
     def state_dict(self) -> dict[str, Any]:
         """The totals and the epoch so far (a resume continues both).
@@ -207,6 +211,11 @@ class TrainCompute:
         dense, sparse, examples = state.get("epoch") or (0, 0, 0)
         self.epoch_dense, self.epoch_sparse, self._examples = dense, sparse, int(examples)
         self.owed = list(state.get("owed") or (0, 0, 0))
+
+
+def summed(values: list[float], gather: Gather) -> list[float]:
+    """Each value added over every rank (a collective: all call it)."""
+    return [_plain(sum(gather(float(v)))) for v in values]
 
 
 def _plain(value: float) -> float:
