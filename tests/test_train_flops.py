@@ -728,6 +728,13 @@ def test_a_recorded_step_and_its_misuse() -> None:
     with pytest.raises(ValueError, match="`examples` must be a positive int, got 0"):
         meter.stop_step(0)
     meter.abort_step()  # nothing running: nothing to do
+    # an update paused the recording and never ended (the AMP scaler skipped the step):
+    # the next forward counts again
+    meter.start_step()
+    meter.pause_step()
+    step()
+    meter.stop_step(4)
+    assert meter.measure_training().total.flops * 4 == counter.get_total_flops()
     meter.retrace()  # back to the example input's step
     assert not meter.step_recorded
     assert meter.measure_training().total.flops == 2 * 30 * 2 + 2 * 15 * 3

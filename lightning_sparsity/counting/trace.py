@@ -484,6 +484,7 @@ def _hooks(model: nn.Module, mode: _CountingMode, slots: Sequence[Slot]) -> Iter
     readers: dict[int, list[Reader]] = {}
 
     def pre_hook(module: nn.Module, _: Any) -> None:
+        mode.paused = False  # a forward: an optimizer update before it is over (or skipped)
         mode.stack.append(row_of_module[id(module)])
         # the weights of this module and those below it as its forward will read them: after
         # prune's own pre-hook (the effective weight), after FSDP2's (the unsharded weight)
@@ -670,8 +671,9 @@ class StepRecorder:
     in the backward when autograd's engine runs it; products are split into the parts of
     :data:`PARTS` as there. An optimizer's update is not part of the step: from
     :meth:`pause` (Lightning's ``on_before_optimizer_step``, after the closure's forward and
-    backward) to the end of that optimizer's ``step`` nothing counts (an optimizer whose
-    update multiplies matrices, Muon's, costs nothing here, as it does on the example input).
+    backward) to the end of that optimizer's ``step``, or the next module's forward (a step
+    the AMP scaler skips never ends), nothing counts: an optimizer whose update multiplies
+    matrices, Muon's, costs nothing here, as it does on the example input.
 
     Weights read through a parametrization are not followed (each read computes a new
     tensor): their products count as activations'. Nothing is restored: the step is the
