@@ -429,7 +429,7 @@ class SparsityCallbackLogic:
             self._resumed = None
             # fast_dev_run (a sweep's one-batch check) sets max_epochs=1: no deadline there
             if not getattr(trainer, "fast_dev_run", False):
-                for warning in self.controller.fit_warnings(trainer.max_epochs):
+                for warning in self.controller.fit_warnings(trainer.max_epochs, trainer.max_steps):
                     rank_zero_warn(f"lightning_sparsity: {warning}")
         if trainer.ckpt_path and self.pruning is not None:  # any stage: test(ckpt_path=...)
             self.pruning.make_permanent(pl_module)

@@ -293,6 +293,7 @@ class SparsityController:
         self.stopped: BudgetDecision | None = None
         self.compute = TrainCompute()
         self._max_epochs: int | None = None
+        self._max_steps: int | None = None
         self._state = _State()
         self._plan: TrainingPlan | None = None  # the training budget's, for its message
 
@@ -332,14 +333,16 @@ class SparsityController:
         """Whether :meth:`bind` was called."""
         return self.meter is not None
 
-    def fit_warnings(self, max_epochs: int | None) -> list[str]:
+    def fit_warnings(self, max_epochs: int | None, max_steps: int | None = None) -> list[str]:
         """What a fit of ``max_epochs`` epochs will not reach, as sentences.
 
         The budget's deadline; any pruning by the schedule (whose time counts epochs unless
-        pruning goes by steps).
+        pruning goes by steps). ``max_steps`` (if positive) ends the fit too: a training
+        budget does not stop a fit at its last epoch.
         """
         found: list[str] = []
         self._max_epochs = max_epochs
+        self._max_steps = max_steps if max_steps is not None and max_steps > 0 else None
         if self.budget is not None:
             deadline = self.budget.deadline_warning(max_epochs)
             if deadline is not None:
@@ -602,7 +605,7 @@ class SparsityController:
         return self._record(model, report, epoch, global_step, step, pruning, check, trained)
 
     def _training_budget(
-        self, model: nn.Module, epoch: int, trained: Mapping[str, Any] | None
+        self, model: nn.Module, epoch: int, trained: Mapping[str, Any] | None, global_step: int
     ) -> BudgetDecision | None:
         """``FlopBudget(count="train")``: the fit's training FLOPs against the limit.
 
@@ -618,7 +621,10 @@ class SparsityController:
         next_epoch = self.compute.epoch_examples * per_example
         plan, self._plan = self._plan, None
         spent = float(trained["train_flops_total"])
-        return budget.evaluate_training(spent, next_epoch, epoch, plan, self._epochs())
+        epochs = self._epochs()
+        if self._max_steps is not None and global_step >= self._max_steps:
+            epochs = epoch  # the fit ends here by its steps: no next epoch to stop
+        return budget.evaluate_training(spent, next_epoch, epoch, plan, epochs)
 
     def _epochs(self) -> int | None:
         """The fit's ``max_epochs``, which a training budget relative to a dense run needs.
@@ -830,7 +836,7 @@ class SparsityController:
         decision = None
         budget_fields: dict[str, Any] = {}
         if self.budget is not None and self.budget.count == "train":
-            decision = self._training_budget(model, epoch, trained)
+            decision = self._training_budget(model, epoch, trained, global_step)
             value = None if decision is None else decision.value
         elif self.budget is not None:
             value = self.budget.value(self._budget_report(model, report))
