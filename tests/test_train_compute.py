@@ -601,3 +601,33 @@ def test_a_batch_owed_its_step_across_an_epoch_end_is_corrected_in_the_next(
     dense = [p.train_flops_dense for p in callback.history]
     assert dense == [0, 32 * 128, 32 * 240 + 32 * (240 - 128)]
     assert callback.history[-1].train_flops_dense_total == sum(model.dense) == 2 * 32 * 240
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_the_digits_demo_counts_the_same_step_both_ways(tmp_path: Path) -> None:
+    """The digits CNN (BatchNorm in training mode, Adam, torchmetrics in its training
+    step), 4 batches an epoch, pruned to 50% after the first: the step recorded as it runs
+    and the example input's step give the same FLOPs in every epoch; dense is
+    FlopCounterMode's around a forward and backward of the CNN, per example, times the
+    examples; the recorded step meets no op without a formula."""
+    from lightning_sparsity.demo import DigitsCNN, DigitsDataModule
+
+    model = DigitsCNN()
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 10
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    per_example = counter.get_total_flops() / 8
+    history = {}
+    for mode in (True, "step"):
+        pruner = ls.MagnitudePruner(schedule=ls.schedules.Step(milestones=[1], sparsities=[0.5]))
+        callback = ls.SparsityCallback(pruner, write_files=False, verbose=False, train_flops=mode)
+        pl.seed_everything(0, verbose=False)
+        trainer = quiet_trainer(tmp_path / str(mode), [callback], 2, limit_train_batches=4)
+        trainer.fit(DigitsCNN(), DigitsDataModule())
+        history[mode] = [(p.train_flops, p.train_flops_dense) for p in callback.history]
+        examples = callback.controller.compute.epoch_examples
+    assert history[True] == history["step"]
+    dense = examples * per_example
+    assert [d for _, d in history[True]] == [0, dense, dense]
+    assert history[True][2][0] < history[True][1][0]  # pruned: fewer sparse FLOPs
+    assert callback.controller.meter.measure_training().unsupported == {}
