@@ -40,6 +40,7 @@ from lightning_sparsity.loggers.history import (
     metric_series,
     plot_history,
     training_line,
+    training_ratio,
 )
 from lightning_sparsity.loggers.resume import Logged, logged_versions, same_root
 from lightning_sparsity.loggers.tensorboard import (
@@ -726,10 +727,8 @@ class SparsityCallbackLogic:
             report.to_json(directory / "sparsity_report.json")
             (directory / "sparsity_report.md").write_text(table + "\n")
             self._plot(trainer, directory)
-            trained = ""
-            if last.train_flops_total is not None and last.train_flops_dense_total:
-                ratio = last.train_flops_total / last.train_flops_dense_total
-                trained = f", training FLOPs {ratio:.3f} of dense"
+            ratio = training_ratio(last)
+            trained = "" if ratio is None else f", training FLOPs {ratio:.3f} of dense"
             rank_zero_info(
                 f"lightning_sparsity: sparse/dense FLOPs {last.flops_ratio:.3f}, parameter"
                 f" sparsity {last.param_sparsity:.3f}{trained}; history, report and plot in"

@@ -1019,15 +1019,6 @@ def _training_cost(
         )
 
     forward, grad_inputs, grad_weights = (step(p) for p in range(parts))
-    count: StepCount | None = None
-    if sparse is not None:
-        total = sum(sparse, Fraction(0))
-        count = StepCount(
-            flops=_as_number(Fraction(sum(current.part_dense), div)),
-            flops_sparse=_as_number(total / div),
-            flops_sparse_all=_as_number((total - gw_trained + gw_all) / div),
-            still=still,
-        )
     cost = TrainingCost(
         total=step(*range(parts)),
         forward=forward,
@@ -1037,6 +1028,16 @@ def _training_cost(
         batch_size=batch_size,
         unsupported=dict(current.unsupported),
     )
+    count: StepCount | None = None
+    if sparse is not None:
+        assert cost.total.flops_sparse is not None
+        every_gradient = sum(sparse, Fraction(0)) - gw_trained + gw_all
+        count = StepCount(
+            flops=cost.total.flops,
+            flops_sparse=cost.total.flops_sparse,
+            flops_sparse_all=_as_number(every_gradient / div),
+            still=still,
+        )
     return cost, nnz_slot, count
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "metric_series",
     "plot_history",
     "training_line",
+    "training_ratio",
 ]
 
 
@@ -244,13 +245,20 @@ def plot_history(
     return path
 
 
+def training_ratio(last: HistoryPoint) -> float | None:
+    """The fit's sparse training FLOPs over its dense ones (``None``: not counted, or none)."""
+    sparse, dense = last.train_flops_total, last.train_flops_dense_total
+    return None if sparse is None or not dense else sparse / dense
+
+
 def training_line(last: HistoryPoint) -> str:
     """The fit's training FLOPs, a paragraph under the report's table ("" if not counted)."""
     if last.train_flops_total is None:
         return ""
-    sparse, dense = last.train_flops_total, last.train_flops_dense_total
-    ratio = f" ({sparse / dense:.3f} of dense)" if dense else ""
+    ratio = training_ratio(last)
+    of_dense = "" if ratio is None else f" ({ratio:.3f} of dense)"
     return (
         f"\n\nTraining FLOPs of the fit (every training example's forward and backward, over"
-        f" {last.epoch} epochs): sparse {si(sparse)}, dense {si(dense)}{ratio}."
+        f" {last.epoch} epochs): sparse {si(last.train_flops_total)},"
+        f" dense {si(last.train_flops_dense_total)}{of_dense}."
     )
