@@ -596,7 +596,6 @@ class SparsityCallbackLogic:
 
     def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         """Detach from the optimizers and weight averaging (at the end of a stage)."""
-        self.controller.abort_batch()  # a step being recorded whose batch never ended
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -441,7 +441,6 @@ class SparsityController:
         that batch is counted at its end. Recorded too while batches are owed a step.
         """
         meter = self.meter
-        self.abort_batch()  # a recording whose batch never ended (skipped by the module)
         wanted = record or bool(self.compute.owed[0])
         if wanted and meter is not None and not meter.step_recorded and self.compute.counting:
             try:
