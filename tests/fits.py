@@ -76,6 +76,25 @@ def quiet_trainer(tmp_path: Path, callbacks: list, epochs: int, **kwargs: Any) -
     return pl.Trainer(callbacks=callbacks, **options)
 
 
+def two_rank_trainer(root: Path, callbacks: list, epochs: int, **kwargs: Any) -> pl.Trainer:
+    """:func:`quiet_trainer` for 2 CPU processes (gloo), under DDP unless ``strategy`` says."""
+    return quiet_trainer(root, callbacks, epochs, **{"strategy": "ddp", "devices": 2, **kwargs})
+
+
+def stepped_callback(*budget: Any, **options: Any) -> Any:
+    """A quiet SparsityCallback pruning uniformly to 30% after epoch 1 and 60% after epoch 2.
+
+    Uniform: each layer loses round(s · numel); in TinyMLP 30% leaves fc1 358 and fc2 90 live
+    weights, 60% leaves 205 and 51. ``budget``: a FlopBudget; ``options`` override the rest.
+    """
+    import lightning_sparsity as ls
+
+    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
+    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
+    quiet = {"write_files": False, "verbose": False}
+    return ls.SparsityCallback(pruner, *budget, **{**quiet, **options})
+
+
 class TinyMixin:
     """fc1 16→32 and fc2 32→4: 2 · (512 + 128) = 1,280 dense FLOPs per example; lr 0.
 

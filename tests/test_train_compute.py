@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_sparsity as ls
-from tests.fits import Learning, quiet_trainer
+from tests.fits import Learning, quiet_trainer, stepped_callback
 
 
 class Uneven(Learning):
@@ -56,10 +56,7 @@ def _run(root: Path, epochs: int, *callbacks: Any, model: Any = None, **trainer:
 def _fit(
     root: Path, epochs: int, ckpt: str | None = None, model: Any = None, **trainer: Any
 ) -> Any:
-    # uniform: each layer loses round(s · numel): 30% -> fc1 358, fc2 90 live; 60% -> 205, 51
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
+    callback = stepped_callback()
     saver = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
     _run(
         root,
@@ -218,9 +215,7 @@ def test_off_and_refused_quietly(tmp_path: Path) -> None:
 
 
 def _budget_fit(root: Path, budget: ls.FlopBudget, epochs: int, **trainer: Any) -> Any:
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(pruner, budget, write_files=False, verbose=False)
+    callback = stepped_callback(budget)
     _run(root, epochs, callback, **trainer)
     return callback
 
@@ -305,9 +300,7 @@ def test_the_totals_reach_tensorboard_and_the_report(tmp_path: Path) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(pruner, verbose=False)
+    callback = stepped_callback(write_files=True)
     logger = TensorBoardLogger(tmp_path, name="tb")
     _run(tmp_path, 3, callback, logger=logger)
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]  # as in the first test
@@ -470,9 +463,7 @@ def test_a_recorded_plain_step_costs_what_the_example_input_does(tmp_path: Path)
     """One forward and backward per batch (automatic optimization, SGD): the recorded step
     is the closed form of the module docstring, as ``train_flops=True`` counts it; the
     loss (cross-entropy) and SGD's update are not products: they cost nothing here."""
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(pruner, write_files=False, verbose=False, train_flops="step")
+    callback = stepped_callback(train_flops="step")
     _run(tmp_path, 3, callback)
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
     assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]
@@ -520,11 +511,7 @@ def test_mixed_precision_counts_the_same_products(tmp_path: Path, train_flops: A
     """``precision="bf16-mixed"`` (CPU autocast): the products are those of float32, in
     bfloat16 (autocast's casts of the weights carry their zeros): the epochs cost the
     closed form of the module docstring at 30% and 60%."""
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(
-        pruner, write_files=False, verbose=False, train_flops=train_flops
-    )
+    callback = stepped_callback(train_flops=train_flops)
     _run(tmp_path, 3, callback, precision="bf16-mixed")
     epochs = [_sparse(512, 128), _sparse(358, 90), _sparse(205, 51)]
     assert [p.train_flops for p in callback.history] == [0] + [32 * e for e in epochs]

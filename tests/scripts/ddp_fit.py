@@ -19,7 +19,7 @@ import torch.distributed as dist
 from pytorch_lightning.loggers import CSVLogger
 
 import lightning_sparsity as ls
-from tests.fits import Wide
+from tests.fits import Wide, two_rank_trainer
 
 
 class LocalMetric(pl.Callback):
@@ -42,17 +42,8 @@ def main(out: Path) -> None:
     guard = ls.MetricGuard("val_acc", threshold=0.0)
     callback = ls.SparsityCallback(pruner, ls.FlopBudget("60%", finetune_epochs=1), guard=guard)
     local = LocalMetric()
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=20,
-        logger=CSVLogger(out, name="csv", version=0),
-        callbacks=[local, callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = two_rank_trainer(
+        out, [local, callback], 20, logger=CSVLogger(out, name="csv", version=0)
     )
     model = Wide()
     trainer.fit(model)

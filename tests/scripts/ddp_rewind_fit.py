@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import lightning_sparsity as ls
+from tests.fits import two_rank_trainer
 from tests.test_rewind import PER_ROUND, RATE, ROUNDS, Net, Recorder
 
 
@@ -35,18 +36,7 @@ def main(out: Path) -> None:
     pruner = ls.MagnitudePruner(schedule=schedule, min_density=0.0)
     callback = ls.SparsityCallback(pruner, rewind_optimizer=True, write_files=False)
     recorder = Recorder(callback)
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=k + (ROUNDS + 1) * PER_ROUND,
-        logger=False,
-        callbacks=[callback, recorder],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = two_rank_trainer(out, [callback, recorder], k + (ROUNDS + 1) * PER_ROUND)
     trainer.fit(Net())
     at_k = recorder.weights[k]
     prunes = [p.epoch for p in callback.history if p.pruning == "pruned"]

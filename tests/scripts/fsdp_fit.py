@@ -13,12 +13,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
+from tests.fits import two_rank_trainer
 from tests.fsdp_cases import CASES, Frozen, masks_digest, state_on_pruned
 
 
@@ -44,17 +44,11 @@ def main(out: Path, case: str) -> None:
     torch.manual_seed(0)
     model = Sharded()
     callback = CASES[case]()
-    trainer = pl.Trainer(
+    trainer = two_rank_trainer(
+        out,
+        [callback],
+        4,
         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-        accelerator="cpu",
-        devices=2,
-        max_epochs=4,
-        logger=False,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
     )
     trainer.fit(model)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sparsity as ls
-from tests.fits import Learning
+from tests.fits import Learning, two_rank_trainer
 
 
 class Net(Learning):
@@ -44,18 +44,7 @@ def main(out: Path, score: str) -> None:
         schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.4, 0.7])
         pruner = ls.MagnitudePruner(schedule=schedule, score=score, seed=5)
     callback = ls.SparsityCallback(pruner, write_files=False, verbose=False)
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=2,
-        logger=False,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = two_rank_trainer(out, [callback], 2)
     model = Net()
     trainer.fit(model)
     masks = torch.cat([m.flatten() for m in pruner.masks(model).values()]).to(torch.uint8)

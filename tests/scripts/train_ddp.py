@@ -24,8 +24,7 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_sparsity as ls
-from tests.fits import Learning
+from tests.fits import Learning, stepped_callback, two_rank_trainer
 
 
 class Net(Learning):
@@ -39,23 +38,14 @@ class Net(Learning):
 
 def fit(out: Path, ckpt: str | None, train_flops: Any) -> tuple[Any, list[dict]]:
     pl.seed_everything(0, verbose=False)
-    schedule = ls.schedules.Step(milestones=[1, 2], sparsities=[0.3, 0.6])
-    pruner = ls.MagnitudePruner(schedule=schedule, allocation="uniform")
-    callback = ls.SparsityCallback(
-        pruner, write_files=False, verbose=False, train_flops=train_flops
-    )
+    callback = stepped_callback(train_flops=train_flops)
     saver = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=9, save_top_k=-1)
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=4,
-        logger=False,
-        callbacks=[callback, saver],
+    trainer = two_rank_trainer(
+        out,
+        [callback, saver],
+        4,
+        enable_checkpointing=True,
         use_distributed_sampler=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
     )
     trainer.fit(Net(), ckpt_path=ckpt)
