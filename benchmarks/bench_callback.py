@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from training import fit_digits, quiet, wrap
+from training import add_threads, fit_digits, quiet, wrap
 
 import lightning_sparsity as ls
 
@@ -242,13 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="fits per variant (default 5)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per fit (default 8)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: with 2 threads, other work on the 2 cores"
-        " stalls OpenMP and makes epochs up to 50x slower)",
-    )
+    add_threads(parser)
     args = parser.parse_args()
     if min(args.repeats, args.epochs, args.threads) < 1:
         parser.error("--repeats, --epochs and --threads must be >= 1")

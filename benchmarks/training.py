@@ -236,15 +236,20 @@ def arguments(doc: str, quick: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per Lightning fit")
     parser.add_argument("--busy", type=int, default=2, help="spinning processes (0: quiet only)")
+    add_threads(parser)
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
+    return parser
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's intra-op threads, 1 by default."""
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch intra-op threads (default 1: with 2 threads, other work on the 2 cores"
-        " stalls OpenMP and makes steps many times slower)",
+        " stalls OpenMP and makes steps and epochs many times slower, up to 50x)",
     )
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
-    return parser
 
 
 def start(name: str, threads: int, repeats: int) -> None:
