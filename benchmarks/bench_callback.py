@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from training import add_threads, fit_digits, quiet, wrap
+from training import add_threads, fit_digits, interleaved, quiet, wrap
 
 import lightning_sparsity as ls
 
@@ -260,10 +260,8 @@ def main() -> None:
         root = Path(tmp)
         for name in names:  # warm-up: imports, first trace, first TensorBoard writer
             run_fit(name, min(args.epochs, 2), root / "warmup")
-        for repeat in range(args.repeats):
-            shift = repeat % len(names)
-            for name in names[shift:] + names[:shift]:
-                fits[name].append(run_fit(name, args.epochs, root))
+        for name in interleaved(names, args.repeats):
+            fits[name].append(run_fit(name, args.epochs, root))
     print(legend(args.epochs, args.repeats))
     print(report(fits, args.epochs))
 

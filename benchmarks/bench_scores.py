@@ -51,6 +51,7 @@ from training import (
     Calls,
     arguments,
     fit_digits,
+    interleaved,
     loads,
     markdown,
     model_and_optimizer,
@@ -211,12 +212,10 @@ def fits(epochs: int, repeats: int, spinners: int, root: Path, warmup: bool) -> 
         epoch_times: dict[str, list[float]] = {s: [] for s in FIT_SCORES}
         accumulation: dict[str, list[float]] = {s: [] for s in FIT_SCORES}
         with busy_beside_others(count) as others:
-            for repeat in range(repeats):
-                shift = repeat % len(FIT_SCORES)
-                for s in FIT_SCORES[shift:] + FIT_SCORES[:shift]:
-                    epochs_s, accumulated = fit(s, epochs, root)
-                    epoch_times[s] += epochs_s
-                    accumulation[s] += accumulated
+            for s in interleaved(FIT_SCORES, repeats):
+                epochs_s, accumulated = fit(s, epochs, root)
+                epoch_times[s] += epochs_s
+                accumulation[s] += accumulated
         load = f"{load} ({others})"
         base = statistics.median(epoch_times["magnitude"])
         for s in FIT_SCORES:

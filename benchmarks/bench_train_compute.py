@@ -60,6 +60,7 @@ from training import (
     Calls,
     arguments,
     fit_digits,
+    interleaved,
     loads,
     markdown,
     model_and_optimizer,
@@ -151,10 +152,8 @@ def ledger_rows(
     for load, count in loads(spinners):
         runs = {v: Ledger() for v in variants}
         with busy_beside_others(count) as others:
-            for repeat in range(repeats):
-                shift = repeat % len(variants)
-                for title, on in variants[shift:] + variants[:shift]:
-                    fit(PRUNERS[title], on, epochs, root, runs[(title, on)])
+            for title, on in interleaved(variants, repeats):
+                fit(PRUNERS[title], on, epochs, root, runs[(title, on)])
         load = f"{load} ({others})"
         for title in PRUNERS:
             on, off = runs[(title, True)], runs[(title, False)]

@@ -11,10 +11,10 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from lightning_sparsity.demo import DigitsCNN, DigitsDataModule
 
 SEED = 0
+T = TypeVar("T")
 BATCH = 64  # DigitsDataModule's batch size, and the plain loop's
 
 
@@ -97,6 +98,13 @@ def fit_digits(callbacks: list[pl.Callback], epochs: int, root: Path, name: str)
     start = time.perf_counter()
     trainer.fit(model, data)
     return FitTimes(time.perf_counter() - start, timer.times, timer.spans)
+
+
+def interleaved(variants: Sequence[T], repeats: int) -> Iterator[T]:
+    """Every variant once per repeat, the order rotated each repeat (no variant always first)."""
+    for repeat in range(repeats):
+        shift = repeat % len(variants)
+        yield from [*variants[shift:], *variants[:shift]]
 
 
 # ----------------------------------------------------------------------------- timing calls
