@@ -439,6 +439,44 @@ def test_the_ledgers_count_is_the_measured_one() -> None:
     assert not meter.count_training().still  # fc1's zeros, unmasked: they would train
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_the_ledgers_count_on_random_zeros_and_masks(seed: int) -> None:
+    """Random zeros (in the convs every third case, in fc1 and fc2 in most), random masks
+    on fc1 and fc2 (their nonzeros and some zero entries kept live, as RigL grows them;
+    in odd cases those moved by a step): the ledger's sparse counts equal the brute force,
+    and ``still`` holds exactly when no trained entry is zero (a live masked entry, or any
+    entry of an unmasked conv). The eight cases hold every combination of the two."""
+    torch.manual_seed(seed)
+    model, x = Small(), torch.randn(2, 2, 6, 6)
+    g = torch.Generator().manual_seed(seed)
+    for i, (name, p) in enumerate(model.named_parameters()):
+        if name.endswith("weight"):  # zeros in the convs every third case, in fc most
+            fraction = 0.5 * (seed % 3 == 0) if "conv" in name else 0.6 * (seed % 4 != 0)
+            sparsify_(p, fraction, seed + i)
+    masks = {}
+    for name in ("fc1.weight", "fc2.weight"):
+        weight = model.get_parameter(name)
+        grown = torch.rand(weight.shape, generator=g) < 0.1  # live, at zero until a step
+        masks[name] = (weight.detach() != 0) | grown
+        if seed % 2:
+            with torch.no_grad():
+                weight[grown & (weight == 0)] = 0.25  # moved by a step
+    meter = SparsityMeter(model, x, per="batch")
+    count = meter.count_training(masks)
+    trained = {n: m.float() for n, m in masks.items()}
+    assert count.flops_sparse == small_brute(model, x, trained)
+    everything = {n: torch.ones_like(m, dtype=torch.float) for n, m in masks.items()}
+    conv_zeros = sum(
+        2 * rows * int((m.weight == 0).sum())
+        for m, rows in ((model.conv1, 2 * 36), (model.conv2, 2 * 4))
+    )
+    assert count.flops_sparse_all == small_brute(model, x, everything) + conv_zeros
+    live_zero = any(bool((model.get_parameter(n)[m] == 0).any()) for n, m in masks.items())
+    conv_zero = any(bool((m.weight == 0).any()) for m in (model.conv1, model.conv2))
+    assert count.still == (not live_zero and not conv_zero)
+    assert count.flops == meter.measure_training().total.flops
+
+
 def test_lstm_sparse_equals_brute_force() -> None:
     torch.manual_seed(0)
     lstm, x = nn.LSTM(5, 6), torch.randn(4, 2, 5)
